@@ -1,0 +1,182 @@
+//! Test-only controls under `/_sandbox/` (documented in docs/sandbox.md): reset, state dumps,
+//! fault injection, request counters, webhook settings and delivery log, restoring archived
+//! records, and signed file downloads. HubSpot's own paths never carry any of these.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::{json, Value};
+
+use super::error::{ApiError, ApiResult};
+use super::faults::Faults;
+use super::gate::Counters;
+use super::model::{PortalData, Source};
+use super::objects::reply;
+use super::params::{object_type, Json, Query};
+use super::webhooks::WebhookSettings;
+use super::{files, Portal, Shared};
+
+pub fn router() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/_sandbox/info", get(info))
+        .route("/_sandbox/reset", post(reset))
+        .route("/_sandbox/state", get(state_all))
+        .route("/_sandbox/portals/{portal}/state", get(state_one))
+        .route("/_sandbox/portals/{portal}/faults", get(get_faults).put(put_faults).delete(clear_faults))
+        .route("/_sandbox/portals/{portal}/counters", get(get_counters).delete(clear_counters))
+        .route("/_sandbox/portals/{portal}/webhooks", get(get_hooks).put(put_hooks))
+        .route("/_sandbox/portals/{portal}/webhooks/deliveries", get(deliveries))
+        .route("/_sandbox/portals/{portal}/webhooks/flush", post(flush))
+        .route("/_sandbox/portals/{portal}/objects/{object_type}/{object_id}/restore", post(restore))
+        .route("/_sandbox/signed/{portal_id}/{file_id}", get(files::signed_download))
+}
+
+fn portal<'a>(shared: &'a Shared, name: &str) -> ApiResult<&'a Arc<Portal>> {
+    shared.portal_by_name(name).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no sandbox portal named {name}; served: {}",
+            shared.portals.iter().map(|p| p.info.name.as_str()).collect::<Vec<_>>().join(", ")
+        ))
+    })
+}
+
+async fn info(State(shared): State<Arc<Shared>>) -> Response {
+    reply(
+        StatusCode::OK,
+        json!({
+            "base_url": shared.base_url,
+            "portals": shared.portals.iter().map(|p| &p.info).collect::<Vec<_>>(),
+        }),
+    )
+}
+
+/// `POST /_sandbox/reset[?portal=NAME]`: back to a freshly seeded portal; credentials, fault
+/// settings and webhook settings stay, counters and pending webhooks are cleared.
+async fn reset(State(shared): State<Arc<Shared>>, RawQuery(q): RawQuery) -> ApiResult<Response> {
+    let q = Query::parse(q.as_deref());
+    let targets: Vec<&Arc<Portal>> = match q.get("portal") {
+        Some(name) => vec![portal(&shared, name)?],
+        None => shared.portals.iter().collect(),
+    };
+    let now = shared.now_ms();
+    for p in targets {
+        let mut fresh = PortalData::seeded(&p.info.name, p.ordinal, now);
+        fresh.rebuild_indexes();
+        *p.data.lock() = fresh;
+        *p.counters.lock() = Counters::default();
+        p.hooks.clear();
+    }
+    shared.touched();
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn dump(p: &Portal) -> Value {
+    let data = p.data.lock();
+    let mut v = serde_json::to_value(&*data).unwrap_or(Value::Null);
+    // File contents can be large; the dump shows their size instead.
+    if let Some(files) = v.get_mut("files").and_then(Value::as_object_mut) {
+        for (id, f) in files.iter_mut() {
+            let size = id.parse::<u64>().ok().and_then(|i| data.files.get(&i)).map_or(0, |f| f.content.len());
+            if let Some(o) = f.as_object_mut() {
+                o.remove("content");
+                o.insert("size".into(), json!(size));
+            }
+        }
+    }
+    json!({ "name": p.info.name, "portal_id": p.info.portal_id, "data": v })
+}
+
+async fn state_all(State(shared): State<Arc<Shared>>) -> Response {
+    reply(StatusCode::OK, json!({ "portals": shared.portals.iter().map(|p| dump(p)).collect::<Vec<_>>() }))
+}
+
+async fn state_one(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> ApiResult<Response> {
+    Ok(reply(StatusCode::OK, dump(portal(&shared, &name)?)))
+}
+
+async fn get_faults(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> ApiResult<Response> {
+    let p = portal(&shared, &name)?;
+    let f = p.faults.lock().clone();
+    Ok(reply(StatusCode::OK, serde_json::to_value(f).unwrap_or(Value::Null)))
+}
+
+/// Replaces the portal's fault settings (fields left out are off).
+async fn put_faults(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    Json(f): Json<Faults>,
+) -> ApiResult<Response> {
+    let p = portal(&shared, &name)?;
+    f.validate()?;
+    *p.faults.lock() = f.clone();
+    Ok(reply(StatusCode::OK, serde_json::to_value(f).unwrap_or(Value::Null)))
+}
+
+async fn clear_faults(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> ApiResult<Response> {
+    *portal(&shared, &name)?.faults.lock() = Faults::default();
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn get_counters(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> ApiResult<Response> {
+    let c = portal(&shared, &name)?.counters.lock().clone();
+    Ok(reply(StatusCode::OK, serde_json::to_value(c).unwrap_or(Value::Null)))
+}
+
+async fn clear_counters(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> ApiResult<Response> {
+    *portal(&shared, &name)?.counters.lock() = Counters::default();
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn get_hooks(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> ApiResult<Response> {
+    let s = portal(&shared, &name)?.hooks.settings();
+    Ok(reply(StatusCode::OK, serde_json::to_value(s).unwrap_or(Value::Null)))
+}
+
+async fn put_hooks(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    Json(s): Json<WebhookSettings>,
+) -> ApiResult<Response> {
+    let p = portal(&shared, &name)?;
+    if let Some(url) = &s.target_url {
+        let ok = reqwest::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+        if !ok {
+            return Err(ApiError::validation(format!("target_url {url} is not an http(s) URL")));
+        }
+    }
+    if s.max_concurrent == 0 || s.max_concurrent > 100 {
+        return Err(ApiError::validation("max_concurrent must be between 1 and 100"));
+    }
+    p.hooks.set_settings(s.clone());
+    Ok(reply(StatusCode::OK, serde_json::to_value(s).unwrap_or(Value::Null)))
+}
+
+async fn deliveries(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> ApiResult<Response> {
+    let (log, stats) = portal(&shared, &name)?.hooks.deliveries();
+    Ok(reply(StatusCode::OK, json!({ "stats": stats, "deliveries": log })))
+}
+
+async fn flush(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> ApiResult<Response> {
+    portal(&shared, &name)?.hooks.flush();
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Restores an archived record, as a person would from HubSpot's recycle bin; emits
+/// `deal.restore` for deals.
+async fn restore(
+    State(shared): State<Arc<Shared>>,
+    Path((name, t, id)): Path<(String, String, String)>,
+) -> ApiResult<Response> {
+    let p = portal(&shared, &name)?;
+    let t = object_type(&t)?;
+    let id: u64 = id.parse().map_err(|_| ApiError::not_found(format!("{id} is not an object id")))?;
+    let now = shared.now_ms();
+    let mut changes = Vec::new();
+    p.data.lock().restore(t, id, now, &mut changes)?;
+    shared.publish(p, changes, Source::CrmUi);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

@@ -1,0 +1,702 @@
+//! CRM v3 objects: list, read, create, update, archive, the five batch calls and search.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::data::{not_found, Change};
+use super::error::{ApiError, ApiResult};
+use super::gate::Ctx;
+use super::model::*;
+use super::params::{object_type, Json, Query};
+use super::{search, Shared};
+
+/// Most inputs one batch call takes.
+pub const MAX_BATCH: usize = 100;
+/// List page sizes: HubSpot's maximum, and the lower one when history is asked for.
+const MAX_LIST: usize = 100;
+const MAX_LIST_WITH_HISTORY: usize = 50;
+
+pub fn reply(status: StatusCode, body: Value) -> Response {
+    (status, axum::Json(body)).into_response()
+}
+
+/// Which parts of an object an answer shows.
+#[derive(Default)]
+pub struct View {
+    pub properties: Option<Vec<String>>,
+    pub history: Vec<String>,
+    pub associations: Vec<ObjectType>,
+}
+
+impl View {
+    pub fn from_query(q: &Query) -> ApiResult<View> {
+        let props = q.list("properties");
+        let mut associations = Vec::new();
+        for a in q.list("associations") {
+            // HubSpot ignores association types it does not know.
+            if let Some(t) = ObjectType::parse(&a) {
+                associations.push(t);
+            }
+        }
+        Ok(View {
+            properties: (!props.is_empty()).then_some(props),
+            history: q.list("propertiesWithHistory"),
+            associations,
+        })
+    }
+}
+
+/// Renders an object as HubSpot answers it, with values as of `at` (search lag) .
+pub fn render(data: &PortalData, t: ObjectType, obj: &Object, view: &View, at: i64) -> Value {
+    let mut props = Map::new();
+    let always: &[&str] = match t {
+        ObjectType::Deals | ObjectType::Companies => &["createdate", "hs_lastmodifieddate", "hs_object_id"],
+        ObjectType::Contacts => &["createdate", "lastmodifieddate", "hs_object_id"],
+        _ => &["hs_createdate", "hs_lastmodifieddate", "hs_object_id"],
+    };
+    let names: Vec<&str> = match &view.properties {
+        Some(list) => list
+            .iter()
+            .map(String::as_str)
+            .filter(|n| data.property(t, n).is_some())
+            .chain(always.iter().copied())
+            .collect(),
+        None => t.default_properties().to_vec(),
+    };
+    for n in names {
+        props.insert(
+            n.to_owned(),
+            obj.get_at(n, at).map(Value::String).unwrap_or(Value::Null),
+        );
+    }
+    let mut out = Map::new();
+    out.insert("id".into(), json!(obj.id.to_string()));
+    out.insert("properties".into(), Value::Object(props));
+    if !view.history.is_empty() {
+        let mut h = Map::new();
+        for n in view.history.iter().filter(|n| data.property(t, n).is_some()) {
+            let entries: Vec<Value> = match obj.props.get(n.as_str()) {
+                Some(_) => obj
+                    .history(n)
+                    .into_iter()
+                    .filter(|e| e.ts <= at)
+                    .map(|e| {
+                        json!({
+                            "value": e.value,
+                            "timestamp": iso(e.ts),
+                            "sourceType": e.source.as_str(),
+                            "sourceId": source_id(e.source),
+                        })
+                    })
+                    .collect(),
+                None => obj
+                    .get_at(n, at)
+                    .map(|v| {
+                        vec![json!({
+                            "value": v,
+                            "timestamp": iso(obj.created_ms),
+                            "sourceType": "CALCULATED",
+                        })]
+                    })
+                    .unwrap_or_default(),
+            };
+            h.insert(n.clone(), Value::Array(entries));
+        }
+        out.insert("propertiesWithHistory".into(), Value::Object(h));
+    }
+    out.insert("createdAt".into(), json!(iso(obj.created_ms)));
+    out.insert("updatedAt".into(), json!(iso(obj.updated_ms)));
+    out.insert("archived".into(), json!(obj.is_archived()));
+    if let Some(a) = obj.archived_ms {
+        out.insert("archivedAt".into(), json!(iso(a)));
+    }
+    if !view.associations.is_empty() {
+        let mut assoc = Map::new();
+        for to in &view.associations {
+            let linked = data.associated((t, obj.id), *to);
+            if linked.is_empty() {
+                continue;
+            }
+            let name = assoc_type_name(t, *to);
+            let results: Vec<Value> = linked
+                .iter()
+                .map(|(id, _)| json!({ "id": id.to_string(), "type": name }))
+                .collect();
+            assoc.insert(to.name().into(), json!({ "results": results }));
+        }
+        if !assoc.is_empty() {
+            out.insert("associations".into(), Value::Object(assoc));
+        }
+    }
+    Value::Object(out)
+}
+
+fn source_id(s: Source) -> &'static str {
+    match s {
+        Source::Integration => "sandbox-private-app",
+        Source::CrmUi => "sandbox-user",
+        Source::Api => "sandbox-api",
+        Source::Import => "sandbox-import",
+    }
+}
+
+/// A view showing the default properties plus the ones a write touched.
+fn written_view(props: &Map<String, Value>, t: ObjectType) -> View {
+    let mut list: Vec<String> = t.default_properties().iter().map(|s| (*s).to_owned()).collect();
+    list.extend(props.keys().cloned());
+    View {
+        properties: Some(list),
+        ..View::default()
+    }
+}
+
+pub async fn list(
+    State(_shared): State<Arc<Shared>>,
+    Extension(ctx): Extension<Ctx>,
+    Path(t): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    let t = object_type(&t)?;
+    let q = Query::parse(q.as_deref());
+    let view = View::from_query(&q)?;
+    let max = if view.history.is_empty() { MAX_LIST } else { MAX_LIST_WITH_HISTORY };
+    let limit = q.limit(10, max)?;
+    let archived = q.flag("archived")?;
+    let after: u64 = match q.get("after") {
+        None => 0,
+        Some(a) => a.parse().map_err(|_| {
+            ApiError::validation(format!("after={a} is not a paging cursor this endpoint returned"))
+        })?,
+    };
+    let data = ctx.portal.data.lock();
+    let mut page = data
+        .objects(t)
+        .range(after..)
+        .map(|(_, o)| o)
+        .filter(|o| o.is_archived() == archived);
+    let results: Vec<Value> = page
+        .by_ref()
+        .take(limit)
+        .map(|o| render(&data, t, o, &view, i64::MAX))
+        .collect();
+    let mut body = json!({ "results": results });
+    if let Some(next) = page.next() {
+        let after = next.id.to_string();
+        body["paging"] = json!({ "next": { "after": after, "link": format!("?after={after}") } });
+    }
+    Ok(reply(StatusCode::OK, body))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AssocInput {
+    to: IdRef,
+    types: Vec<AssocTypeInput>,
+}
+
+#[derive(Deserialize)]
+pub struct IdRef {
+    #[serde(deserialize_with = "id_string")]
+    id: String,
+}
+
+/// Ids may come as strings or numbers.
+fn id_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    match Value::deserialize(d)? {
+        Value::String(s) => Ok(s),
+        Value::Number(n) => Ok(n.to_string()),
+        other => Err(serde::de::Error::custom(format!("id must be a string, got {other}"))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AssocTypeInput {
+    pub association_category: String,
+    pub association_type_id: i32,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateInput {
+    #[serde(default)]
+    properties: Map<String, Value>,
+    #[serde(default)]
+    associations: Vec<AssocInput>,
+    object_write_trace_id: Option<String>,
+}
+
+/// Resolves v3-style associations on create (the target type follows from the type id).
+fn plan_associations(
+    data: &PortalData,
+    t: ObjectType,
+    inputs: &[AssocInput],
+) -> ApiResult<Vec<(ObjKey, Vec<(AssocCategory, i32)>)>> {
+    let mut out = Vec::new();
+    for a in inputs {
+        let mut types = Vec::new();
+        let mut to_type = None;
+        for ty in &a.types {
+            let cat = AssocCategory::parse(&ty.association_category).ok_or_else(|| {
+                ApiError::validation(format!(
+                    "associationCategory {} is not one of HUBSPOT_DEFINED, USER_DEFINED, INTEGRATOR_DEFINED",
+                    ty.association_category
+                ))
+            })?;
+            let def = ASSOC_DEFS
+                .iter()
+                .find(|d| d.from == t && d.type_id == ty.association_type_id)
+                .ok_or_else(|| {
+                    ApiError::validation(format!(
+                        "association type {} is not valid from {}",
+                        ty.association_type_id,
+                        t.name()
+                    ))
+                })?;
+            to_type = Some(def.to);
+            types.push((cat, ty.association_type_id));
+        }
+        let to_type = to_type.ok_or_else(|| ApiError::validation("each association needs at least one type"))?;
+        let id: u64 = a.to.id.parse().map_err(|_| not_found(to_type, &a.to.id))?;
+        data.live(to_type, id).map_err(|_| {
+            ApiError::validation(format!(
+                "cannot associate with {} {}: it does not exist",
+                to_type.singular(),
+                a.to.id
+            ))
+        })?;
+        out.push(((to_type, id), types));
+    }
+    Ok(out)
+}
+
+fn create_one(
+    data: &mut PortalData,
+    t: ObjectType,
+    input: &CreateInput,
+    source: Source,
+    now: i64,
+    changes: &mut Vec<Change>,
+) -> ApiResult<u64> {
+    let plan = plan_associations(data, t, &input.associations)?;
+    let id = data.create(t, &input.properties, source, now, changes)?;
+    for (to, types) in plan {
+        data.associate((t, id), to, &types, now, changes)?;
+    }
+    Ok(id)
+}
+
+pub async fn create(
+    State(shared): State<Arc<Shared>>,
+    Extension(ctx): Extension<Ctx>,
+    Path(t): Path<String>,
+    Json(input): Json<CreateInput>,
+) -> ApiResult<Response> {
+    let t = object_type(&t)?;
+    let now = shared.now_ms();
+    let mut changes = Vec::new();
+    let body = {
+        let mut data = ctx.portal.data.lock();
+        let id = create_one(&mut data, t, &input, ctx.source, now, &mut changes)?;
+        let obj = data.live(t, id)?;
+        render(&data, t, obj, &written_view(&input.properties, t), i64::MAX)
+    };
+    shared.publish(&ctx.portal, changes, ctx.source);
+    Ok(reply(StatusCode::CREATED, body))
+}
+
+pub async fn read(
+    State(_shared): State<Arc<Shared>>,
+    Extension(ctx): Extension<Ctx>,
+    Path((t, id)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    let t = object_type(&t)?;
+    let q = Query::parse(q.as_deref());
+    let view = View::from_query(&q)?;
+    let archived = q.flag("archived")?;
+    let data = ctx.portal.data.lock();
+    let id = data.resolve(t, &id, q.get("idProperty"))?;
+    let obj = data
+        .objects(t)
+        .get(&id)
+        .filter(|o| o.is_archived() == archived)
+        .ok_or_else(|| not_found(t, &id.to_string()))?;
+    Ok(reply(StatusCode::OK, render(&data, t, obj, &view, i64::MAX)))
+}
+
+#[derive(Deserialize)]
+pub struct UpdateInput {
+    #[serde(default)]
+    properties: Map<String, Value>,
+}
+
+pub async fn update(
+    State(shared): State<Arc<Shared>>,
+    Extension(ctx): Extension<Ctx>,
+    Path((t, id)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+    Json(input): Json<UpdateInput>,
+) -> ApiResult<Response> {
+    let t = object_type(&t)?;
+    let q = Query::parse(q.as_deref());
+    let now = shared.now_ms();
+    let mut changes = Vec::new();
+    let body = {
+        let mut data = ctx.portal.data.lock();
+        let id = data.resolve(t, &id, q.get("idProperty"))?;
+        data.update(t, id, &input.properties, ctx.source, now, &mut changes)?;
+        let obj = data.live(t, id)?;
+        render(&data, t, obj, &written_view(&input.properties, t), i64::MAX)
+    };
+    shared.publish(&ctx.portal, changes, ctx.source);
+    Ok(reply(StatusCode::OK, body))
+}
+
+pub async fn archive(
+    State(shared): State<Arc<Shared>>,
+    Extension(ctx): Extension<Ctx>,
+    Path((t, id)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let t = object_type(&t)?;
+    let now = shared.now_ms();
+    let mut changes = Vec::new();
+    if let Ok(id) = id.parse::<u64>() {
+        ctx.portal.data.lock().archive(t, id, now, &mut changes);
+    }
+    shared.publish(&ctx.portal, changes, ctx.source);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchInput {
+    inputs: Vec<Value>,
+    #[serde(default)]
+    properties: Vec<String>,
+    #[serde(default)]
+    properties_with_history: Vec<String>,
+    id_property: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BatchUpdateInput {
+    #[serde(deserialize_with = "id_string")]
+    id: String,
+    id_property: Option<String>,
+    #[serde(default)]
+    properties: Map<String, Value>,
+    object_write_trace_id: Option<String>,
+}
+
+fn parse_inputs<T: serde::de::DeserializeOwned>(inputs: &[Value]) -> ApiResult<Vec<T>> {
+    inputs
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            serde_json::from_value(v.clone())
+                .map_err(|e| ApiError::validation(format!("Invalid input JSON: inputs[{i}]: {e}")))
+        })
+        .collect()
+}
+
+fn batch_body(results: Vec<Value>, errors: Vec<Value>, started: i64, now: i64) -> (StatusCode, Value) {
+    let mut body = json!({
+        "status": "COMPLETE",
+        "results": results,
+        "startedAt": iso(started),
+        "completedAt": iso(now),
+    });
+    if errors.is_empty() {
+        (StatusCode::OK, body)
+    } else {
+        body["numErrors"] = json!(errors.len());
+        body["errors"] = Value::Array(errors);
+        (StatusCode::MULTI_STATUS, body)
+    }
+}
+
+/// Partial failure is allowed only when every input carries a distinct
+/// `objectWriteTraceId` (HubSpot's rule); otherwise one bad input fails the whole call.
+fn traced(ids: &[Option<String>]) -> bool {
+    let mut seen = HashSet::new();
+    ids.iter().all(|i| i.as_ref().is_some_and(|i| seen.insert(i.clone())))
+}
+
+pub async fn batch(
+    State(shared): State<Arc<Shared>>,
+    Extension(ctx): Extension<Ctx>,
+    Path((t, op)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+    Json(input): Json<BatchInput>,
+) -> ApiResult<Response> {
+    let t = object_type(&t)?;
+    let q = Query::parse(q.as_deref());
+    if input.inputs.len() > MAX_BATCH {
+        return Err(ApiError::validation(format!(
+            "Batch input has {} inputs; the limit is {MAX_BATCH}. Split the call.",
+            input.inputs.len()
+        )));
+    }
+    let started = shared.now_ms();
+    let now = started;
+    let mut changes = Vec::new();
+    let (status, body) = {
+        let mut data = ctx.portal.data.lock();
+        match op.as_str() {
+            "read" => batch_read(&data, t, &input, q.flag("archived")?, now)?,
+            "create" => batch_create(&mut data, t, &input, ctx.source, now, &mut changes)?,
+            "update" => batch_update(&mut data, t, &input, ctx.source, now, &mut changes)?,
+            "upsert" => batch_upsert(&mut data, t, &input, ctx.source, now, &mut changes)?,
+            "archive" => {
+                for v in &input.inputs {
+                    let id = v.get("id").map(|v| match v {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    });
+                    if let Some(id) = id.and_then(|s| s.parse::<u64>().ok()) {
+                        data.archive(t, id, now, &mut changes);
+                    }
+                }
+                drop(data);
+                shared.publish(&ctx.portal, changes, ctx.source);
+                return Ok(StatusCode::NO_CONTENT.into_response());
+            }
+            other => {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "OBJECT_NOT_FOUND",
+                    format!("unknown batch operation {other}: use read, create, update, upsert or archive"),
+                ))
+            }
+        }
+    };
+    shared.publish(&ctx.portal, changes, ctx.source);
+    Ok(reply(status, body))
+}
+
+fn batch_read(data: &PortalData, t: ObjectType, input: &BatchInput, archived: bool, now: i64) -> ApiResult<(StatusCode, Value)> {
+    let view = View {
+        properties: (!input.properties.is_empty()).then(|| input.properties.clone()),
+        history: input.properties_with_history.clone(),
+        associations: Vec::new(),
+    };
+    let mut results = Vec::new();
+    let mut missing = Vec::new();
+    for v in &input.inputs {
+        let Some(id) = v.get("id").map(|v| match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }) else {
+            return Err(ApiError::validation("Invalid input JSON: each input needs an id"));
+        };
+        let found = data
+            .resolve(t, &id, input.id_property.as_deref())
+            .ok()
+            .and_then(|oid| data.objects(t).get(&oid))
+            .filter(|o| o.is_archived() == archived);
+        match found {
+            Some(o) => results.push(render(data, t, o, &view, i64::MAX)),
+            None => missing.push(id),
+        }
+    }
+    let errors = if missing.is_empty() {
+        Vec::new()
+    } else {
+        vec![ApiError::not_found(format!(
+            "Could not get some {} objects, they may be deleted or not exist. Check that ids are valid.",
+            t.singular().to_uppercase()
+        ))
+        .standard_error(json!({ "ids": missing }))]
+    };
+    Ok(batch_body(results, errors, now, now))
+}
+
+fn batch_create(
+    data: &mut PortalData,
+    t: ObjectType,
+    input: &BatchInput,
+    source: Source,
+    now: i64,
+    changes: &mut Vec<Change>,
+) -> ApiResult<(StatusCode, Value)> {
+    let inputs: Vec<CreateInput> = parse_inputs(&input.inputs)?;
+    let partial = traced(&inputs.iter().map(|i| i.object_write_trace_id.clone()).collect::<Vec<_>>());
+    if !partial {
+        // All or nothing: check every input before writing any.
+        let mut seen_unique: HashSet<(String, String)> = HashSet::new();
+        for i in &inputs {
+            data.check_create(t, &i.properties)?;
+            plan_associations(data, t, &i.associations)?;
+            for (k, v) in &i.properties {
+                if data.property(t, k).is_some_and(|p| p.has_unique_value) {
+                    if let Some(s) = v.as_str().filter(|s| !s.is_empty()) {
+                        if !seen_unique.insert((k.clone(), s.to_owned())) {
+                            return Err(ApiError::conflict(format!("Duplicate {k} value {s} in batch input")));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let mut results = Vec::new();
+    let mut errors = Vec::new();
+    for i in &inputs {
+        match create_one(data, t, i, source, now, changes) {
+            Ok(id) => {
+                let obj = data.live(t, id)?;
+                let mut v = render(data, t, obj, &written_view(&i.properties, t), i64::MAX);
+                if let Some(tr) = &i.object_write_trace_id {
+                    v["objectWriteTraceId"] = json!(tr);
+                }
+                results.push(v);
+            }
+            Err(e) => errors.push(e.standard_error(json!({
+                "objectWriteTraceId": [i.object_write_trace_id.clone().unwrap_or_default()]
+            }))),
+        }
+    }
+    let (status, body) = batch_body(results, errors, now, now);
+    Ok((if status == StatusCode::OK { StatusCode::CREATED } else { status }, body))
+}
+
+fn batch_update(
+    data: &mut PortalData,
+    t: ObjectType,
+    input: &BatchInput,
+    source: Source,
+    now: i64,
+    changes: &mut Vec<Change>,
+) -> ApiResult<(StatusCode, Value)> {
+    let inputs: Vec<BatchUpdateInput> = parse_inputs(&input.inputs)?;
+    let mut seen = HashSet::new();
+    for i in &inputs {
+        if !seen.insert((i.id_property.clone(), i.id.clone())) {
+            return Err(ApiError::validation(format!("Duplicate IDs found in batch input: [{}]", i.id)));
+        }
+    }
+    let partial = traced(&inputs.iter().map(|i| i.object_write_trace_id.clone()).collect::<Vec<_>>());
+    let mut missing = Vec::new();
+    let mut resolved = Vec::new();
+    for i in &inputs {
+        match data.resolve(t, &i.id, i.id_property.as_deref().or(input.id_property.as_deref())) {
+            Ok(id) if data.live(t, id).is_ok() => resolved.push(Some(id)),
+            _ => {
+                missing.push(i.id.clone());
+                resolved.push(None);
+            }
+        }
+    }
+    if !partial {
+        for (i, id) in inputs.iter().zip(&resolved) {
+            if let Some(id) = id {
+                data.check_update(t, *id, &i.properties)?;
+            }
+        }
+    }
+    let mut results = Vec::new();
+    let mut errors = Vec::new();
+    for (i, id) in inputs.iter().zip(resolved) {
+        let Some(id) = id else { continue };
+        match data.update(t, id, &i.properties, source, now, changes) {
+            Ok(()) => {
+                let obj = data.live(t, id)?;
+                let mut v = render(data, t, obj, &written_view(&i.properties, t), i64::MAX);
+                if let Some(tr) = &i.object_write_trace_id {
+                    v["objectWriteTraceId"] = json!(tr);
+                }
+                results.push(v);
+            }
+            Err(e) => errors.push(e.standard_error(json!({ "ids": [i.id] }))),
+        }
+    }
+    if !missing.is_empty() {
+        errors.push(
+            ApiError::not_found(format!(
+                "Could not get some {} objects, they may be deleted or not exist. Check that ids are valid.",
+                t.singular().to_uppercase()
+            ))
+            .standard_error(json!({ "ids": missing })),
+        );
+    }
+    Ok(batch_body(results, errors, now, now))
+}
+
+fn batch_upsert(
+    data: &mut PortalData,
+    t: ObjectType,
+    input: &BatchInput,
+    source: Source,
+    now: i64,
+    changes: &mut Vec<Change>,
+) -> ApiResult<(StatusCode, Value)> {
+    let inputs: Vec<BatchUpdateInput> = parse_inputs(&input.inputs)?;
+    let mut seen = HashSet::new();
+    // Check everything first: upsert is all or nothing.
+    for i in &inputs {
+        let Some(prop) = i.id_property.as_deref().or(input.id_property.as_deref()) else {
+            return Err(ApiError::validation("batch upsert needs idProperty on every input"));
+        };
+        if !data.property(t, prop).is_some_and(|p| p.has_unique_value) {
+            return Err(ApiError::validation(format!(
+                "{prop} is not a unique identifier property for {}; create it with hasUniqueValue=true",
+                t.name()
+            )));
+        }
+        if !seen.insert((prop.to_owned(), i.id.clone())) {
+            return Err(ApiError::validation(format!("Duplicate IDs found in batch input: [{}]", i.id)));
+        }
+        match data.resolve(t, &i.id, Some(prop)) {
+            Ok(id) => {
+                data.check_update(t, id, &i.properties)?;
+            }
+            Err(_) => {
+                let mut props = i.properties.clone();
+                props.insert(prop.to_owned(), json!(i.id));
+                data.check_create(t, &props)?;
+            }
+        }
+    }
+    let mut results = Vec::new();
+    for i in &inputs {
+        let prop = i.id_property.as_deref().or(input.id_property.as_deref()).unwrap_or_default();
+        let (id, new) = match data.resolve(t, &i.id, Some(prop)) {
+            Ok(id) => {
+                data.update(t, id, &i.properties, source, now, changes)?;
+                (id, false)
+            }
+            Err(_) => {
+                let mut props = i.properties.clone();
+                props.insert(prop.to_owned(), json!(i.id));
+                (data.create(t, &props, source, now, changes)?, true)
+            }
+        };
+        let obj = data.live(t, id)?;
+        let mut v = render(data, t, obj, &written_view(&i.properties, t), i64::MAX);
+        v["new"] = json!(new);
+        results.push(v);
+    }
+    Ok(batch_body(results, Vec::new(), now, now))
+}
+
+pub async fn search(
+    State(shared): State<Arc<Shared>>,
+    Extension(ctx): Extension<Ctx>,
+    Path(t): Path<String>,
+    Json(req): Json<search::SearchRequest>,
+) -> ApiResult<Response> {
+    let t = object_type(&t)?;
+    let lag = ctx.portal.faults.lock().search_lag_ms as i64;
+    let at = shared.now_ms() - lag;
+    let data = ctx.portal.data.lock();
+    let body = search::run(&data, t, &req, at)?;
+    Ok(reply(StatusCode::OK, body))
+}
