@@ -1,0 +1,158 @@
+//! Shared helpers for integration tests: start a sandbox in-process on 127.0.0.1:0, talk to
+//! one of its portals, and wait on conditions with a deadline instead of sleeping.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use dealsync::sandbox::{self, PortalInfo, SandboxConfig, SandboxHandle};
+use serde_json::Value;
+
+/// Starts a sandbox with the default portals and HubSpot's default limits.
+pub async fn sandbox() -> SandboxHandle {
+    sandbox_with(SandboxConfig::default()).await
+}
+
+/// Starts a sandbox with the given configuration (the listen address is forced to loopback).
+pub async fn sandbox_with(mut config: SandboxConfig) -> SandboxHandle {
+    config.listen = "127.0.0.1:0".parse().expect("loopback address");
+    sandbox::start(config).await.expect("sandbox starts")
+}
+
+/// A sandbox without rate limits, for tests that make many calls.
+pub async fn unlimited_sandbox() -> SandboxHandle {
+    sandbox_with(SandboxConfig {
+        rate_limit_per_10s: None,
+        daily_limit: None,
+        search_per_s: None,
+        ..SandboxConfig::default()
+    })
+    .await
+}
+
+/// A client for one portal of a sandbox.
+#[derive(Clone)]
+pub struct Portal {
+    pub base: String,
+    pub info: PortalInfo,
+    pub http: reqwest::Client,
+}
+
+pub fn portal(sb: &SandboxHandle, name: &str) -> Portal {
+    Portal {
+        base: sb.base_url.clone(),
+        info: sb.portal(name).clone(),
+        http: reqwest::Client::builder().no_proxy().build().expect("client"),
+    }
+}
+
+/// One answer: status, headers and the JSON body (`Value::Null` when empty or not JSON).
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+async fn answer(resp: reqwest::Response) -> Answer {
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.expect("body");
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Answer { status, headers, body, text }
+}
+
+impl Portal {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// A request with this portal's bearer token.
+    pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, self.url(path)).bearer_auth(&self.info.token)
+    }
+
+    pub async fn send(&self, rb: reqwest::RequestBuilder) -> Answer {
+        answer(rb.send().await.expect("request reaches the sandbox")).await
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        self.send(self.req(reqwest::Method::GET, path)).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Answer {
+        self.send(self.req(reqwest::Method::POST, path).json(&body)).await
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> Answer {
+        self.send(self.req(reqwest::Method::PATCH, path).json(&body)).await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> Answer {
+        self.send(self.req(reqwest::Method::PUT, path).json(&body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Answer {
+        self.send(self.req(reqwest::Method::DELETE, path)).await
+    }
+
+    /// Creates a deal and returns its id.
+    pub async fn create_deal(&self, props: Value) -> String {
+        let a = self.post("/crm/v3/objects/deals", serde_json::json!({ "properties": props })).await;
+        assert_eq!(a.status, 201, "create deal: {}", a.text);
+        a.body["id"].as_str().expect("id").to_owned()
+    }
+
+    /// A sandbox control call (no token) under `/_sandbox/portals/{name}/…`.
+    pub async fn control(&self, method: reqwest::Method, rest: &str, body: Option<Value>) -> Answer {
+        let mut rb = self
+            .http
+            .request(method, format!("{}/_sandbox/portals/{}{}", self.base, self.info.name, rest));
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        answer(rb.send().await.expect("control call")).await
+    }
+
+    pub async fn counters(&self) -> Value {
+        self.control(reqwest::Method::GET, "/counters", None).await.body
+    }
+
+    pub async fn set_faults(&self, faults: Value) {
+        let a = self.control(reqwest::Method::PUT, "/faults", Some(faults)).await;
+        assert_eq!(a.status, 200, "set faults: {}", a.text);
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// Asserts that a body is HubSpot's error shape with the given category.
+pub fn assert_error(a: &Answer, status: u16, category: &str) {
+    assert_eq!(a.status, status, "unexpected status; body: {}", a.text);
+    assert_eq!(a.body["status"], "error", "error body: {}", a.text);
+    assert_eq!(a.body["category"], category, "error body: {}", a.text);
+    assert!(a.body["message"].as_str().is_some_and(|m| !m.is_empty()), "message: {}", a.text);
+    assert!(a.body["correlationId"].as_str().is_some_and(|m| !m.is_empty()), "correlationId: {}", a.text);
+}
