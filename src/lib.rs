@@ -2,5 +2,7 @@
 //! portal and HubSpot's own portal. See README.md for users and ARCHITECTURE.md for the map.
 
 pub mod cli;
+pub mod crm;
 pub mod sandbox;
 pub mod signature;
+pub mod store;

@@ -1,0 +1,457 @@
+//! Typed queries. Each takes a connection and runs on the store thread (see `Store::call`).
+
+use std::collections::HashMap;
+
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
+use serde::Serialize;
+
+use super::StoreError;
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Which portal of a link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    Partner,
+    Hubspot,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Partner => "partner",
+            Side::Hubspot => "hubspot",
+        }
+    }
+}
+
+/// One link between a partner deal and a HubSpot deal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Link {
+    pub id: i64,
+    pub partner: String,
+    pub partner_deal_id: String,
+    pub hubspot_deal_id: String,
+    pub deal_type: String,
+    pub state: String,
+}
+
+const LINK_COLS: &str = "id, partner, partner_deal_id, hubspot_deal_id, deal_type, state";
+
+fn link_row(r: &rusqlite::Row) -> rusqlite::Result<Link> {
+    Ok(Link {
+        id: r.get(0)?,
+        partner: r.get(1)?,
+        partner_deal_id: r.get(2)?,
+        hubspot_deal_id: r.get(3)?,
+        deal_type: r.get(4)?,
+        state: r.get(5)?,
+    })
+}
+
+/// Creates a link (state `active`) and returns it. An existing link for the same partner deal
+/// is returned unchanged, so registration can be retried safely.
+pub fn insert_link(
+    c: &Connection,
+    partner: &str,
+    partner_deal_id: &str,
+    hubspot_deal_id: &str,
+    deal_type: &str,
+) -> Result<Link, StoreError> {
+    let now = now_ms();
+    c.execute(
+        "INSERT INTO links (partner, partner_deal_id, hubspot_deal_id, deal_type, state, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, 'active', ?5, ?5)
+         ON CONFLICT (partner, partner_deal_id) DO NOTHING",
+        params![partner, partner_deal_id, hubspot_deal_id, deal_type, now],
+    )?;
+    c.query_row(
+        &format!("SELECT {LINK_COLS} FROM links WHERE partner = ?1 AND partner_deal_id = ?2"),
+        params![partner, partner_deal_id],
+        link_row,
+    )
+    .map_err(Into::into)
+}
+
+pub fn link(c: &Connection, id: i64) -> Result<Option<Link>, StoreError> {
+    c.query_row(&format!("SELECT {LINK_COLS} FROM links WHERE id = ?1"), [id], link_row)
+        .optional()
+        .map_err(Into::into)
+}
+
+pub fn links_by_ids(c: &Connection, ids: &[i64]) -> Result<Vec<Link>, StoreError> {
+    let mut out = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(500) {
+        let marks = vec!["?"; chunk.len()].join(",");
+        let mut st = c.prepare(&format!("SELECT {LINK_COLS} FROM links WHERE id IN ({marks})"))?;
+        let rows = st.query_map(params_from_iter(chunk.iter()), link_row)?;
+        for r in rows {
+            out.push(r?);
+        }
+    }
+    Ok(out)
+}
+
+/// Active links whose deal on `side` (of `portal`, for partners) is one of `deal_ids`, with the
+/// timestamp our own last write produced there.
+pub fn links_for_deals(
+    c: &Connection,
+    side: Side,
+    portal: &str,
+    deal_ids: &[String],
+) -> Result<Vec<(Link, Option<i64>)>, StoreError> {
+    let mut out = Vec::new();
+    for chunk in deal_ids.chunks(500) {
+        let marks = vec!["?"; chunk.len()].join(",");
+        let (sql, args): (String, Vec<&str>) = match side {
+            Side::Partner => (
+                format!(
+                    "SELECT {LINK_COLS}, partner_written_ms FROM links
+                     WHERE state = 'active' AND partner = ? AND partner_deal_id IN ({marks})"
+                ),
+                std::iter::once(portal).chain(chunk.iter().map(String::as_str)).collect(),
+            ),
+            Side::Hubspot => (
+                format!(
+                    "SELECT {LINK_COLS}, hubspot_written_ms FROM links
+                     WHERE state = 'active' AND hubspot_deal_id IN ({marks})"
+                ),
+                chunk.iter().map(String::as_str).collect(),
+            ),
+        };
+        let mut st = c.prepare(&sql)?;
+        let rows = st.query_map(params_from_iter(args), |r| Ok((link_row(r)?, r.get(6)?)))?;
+        for r in rows {
+            out.push(r?);
+        }
+    }
+    Ok(out)
+}
+
+/// Active links after `after_id`, in id order (the reconciliation sweep walks them).
+pub fn active_links_after(c: &Connection, after_id: i64, limit: usize) -> Result<Vec<Link>, StoreError> {
+    let mut st = c.prepare(&format!(
+        "SELECT {LINK_COLS} FROM links WHERE state = 'active' AND id > ?1 ORDER BY id LIMIT ?2"
+    ))?;
+    let rows = st.query_map(params![after_id, limit as i64], link_row)?;
+    rows.collect::<Result<_, _>>().map_err(Into::into)
+}
+
+pub fn set_link_state(c: &Connection, link_id: i64, state: &str) -> Result<(), StoreError> {
+    c.execute(
+        "UPDATE links SET state = ?2, updated_at = ?3 WHERE id = ?1",
+        params![link_id, state, now_ms()],
+    )?;
+    Ok(())
+}
+
+/// Shadows of several links: link id -> field -> value.
+pub fn shadows(c: &Connection, link_ids: &[i64]) -> Result<HashMap<i64, HashMap<String, Option<String>>>, StoreError> {
+    let mut out: HashMap<i64, HashMap<String, Option<String>>> = HashMap::new();
+    for chunk in link_ids.chunks(500) {
+        let marks = vec!["?"; chunk.len()].join(",");
+        let mut st = c.prepare(&format!("SELECT link_id, field, value FROM shadows WHERE link_id IN ({marks})"))?;
+        let rows = st.query_map(params_from_iter(chunk.iter()), |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?))
+        })?;
+        for r in rows {
+            let (l, f, v) = r?;
+            out.entry(l).or_default().insert(f, v);
+        }
+    }
+    Ok(out)
+}
+
+/// A conflict to record.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConflictRecord {
+    pub link_id: i64,
+    pub field: String,
+    pub partner_value: Option<String>,
+    pub hubspot_value: Option<String>,
+    pub winner: String,
+    pub policy: String,
+}
+
+/// Everything a finished job commits, in one transaction.
+#[derive(Debug, Default)]
+pub struct JobCommit {
+    pub link_id: i64,
+    pub shadows: Vec<(String, Option<String>)>,
+    pub conflicts: Vec<ConflictRecord>,
+    pub partner_written_ms: Option<i64>,
+    pub hubspot_written_ms: Option<i64>,
+    pub new_state: Option<String>,
+    pub outcome: String,
+}
+
+/// Commits the results of finished jobs and removes them from the queue (or re-queues those
+/// that got a new change while running).
+pub fn commit_jobs(c: &mut Connection, commits: &[JobCommit]) -> Result<(), StoreError> {
+    let now = now_ms();
+    let tx = c.transaction()?;
+    {
+        let mut shadow = tx.prepare_cached(
+            "INSERT INTO shadows (link_id, field, value, updated_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (link_id, field) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+        )?;
+        let mut conflict = tx.prepare_cached(
+            "INSERT INTO conflicts (link_id, field, partner_value, hubspot_value, winner, policy, at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        let mut written = tx.prepare_cached(
+            "UPDATE links SET partner_written_ms = COALESCE(?2, partner_written_ms),
+                              hubspot_written_ms = COALESCE(?3, hubspot_written_ms),
+                              state = COALESCE(?4, state), updated_at = ?5
+             WHERE id = ?1",
+        )?;
+        let mut done = tx.prepare_cached("DELETE FROM jobs WHERE link_id = ?1 AND rerun = 0")?;
+        let mut again = tx.prepare_cached(
+            "UPDATE jobs SET state = 'pending', rerun = 0, attempts = 0, due_at = ?2,
+                             first_failed_at = NULL, last_error = NULL
+             WHERE link_id = ?1",
+        )?;
+        let mut history = tx.prepare_cached(
+            "INSERT INTO job_history (link_id, at, outcome, detail) VALUES (?1, ?2, ?3, NULL)",
+        )?;
+        for j in commits {
+            for (field, value) in &j.shadows {
+                shadow.execute(params![j.link_id, field, value, now])?;
+            }
+            for k in &j.conflicts {
+                conflict.execute(params![k.link_id, k.field, k.partner_value, k.hubspot_value, k.winner, k.policy, now])?;
+            }
+            written.execute(params![j.link_id, j.partner_written_ms, j.hubspot_written_ms, j.new_state, now])?;
+            if done.execute([j.link_id])? == 0 {
+                again.execute(params![j.link_id, now])?;
+            }
+            history.execute(params![j.link_id, now, j.outcome])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// A job taken from the queue.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    pub link_id: i64,
+    pub attempts: i64,
+    pub reason: String,
+    pub enqueued_at: i64,
+    pub first_failed_at: Option<i64>,
+}
+
+/// Enqueues (or coalesces into the existing) job for each link. A job already waiting out a
+/// retry delay keeps it: a new change is no reason to hammer a failing portal.
+pub fn enqueue(tx: &Connection, link_ids: &[i64], reason: &str, due_at: i64) -> Result<usize, StoreError> {
+    let now = now_ms();
+    let mut st = tx.prepare_cached(
+        "INSERT INTO jobs (link_id, state, rerun, reason, enqueued_at, due_at) VALUES (?1, 'pending', 0, ?2, ?3, ?4)
+         ON CONFLICT (link_id) DO UPDATE SET
+            rerun = CASE WHEN jobs.state = 'running' THEN 1 ELSE jobs.rerun END,
+            due_at = CASE WHEN jobs.attempts > 0 THEN jobs.due_at ELSE MIN(jobs.due_at, excluded.due_at) END",
+    )?;
+    let mut n = 0;
+    for id in link_ids {
+        n += st.execute(params![id, reason, now, due_at])?;
+    }
+    Ok(n)
+}
+
+pub fn enqueue_now(c: &mut Connection, link_ids: &[i64], reason: &str) -> Result<usize, StoreError> {
+    let tx = c.transaction()?;
+    let n = enqueue(&tx, link_ids, reason, now_ms())?;
+    tx.commit()?;
+    Ok(n)
+}
+
+/// Takes up to `limit` due jobs and marks them running.
+pub fn claim_jobs(c: &mut Connection, limit: usize, now: i64) -> Result<Vec<ClaimedJob>, StoreError> {
+    let mut st = c.prepare_cached(
+        "UPDATE jobs SET state = 'running'
+         WHERE link_id IN (SELECT link_id FROM jobs WHERE state = 'pending' AND due_at <= ?1
+                           ORDER BY due_at, link_id LIMIT ?2)
+         RETURNING link_id, attempts, reason, enqueued_at, first_failed_at",
+    )?;
+    let rows = st.query_map(params![now, limit as i64], |r| {
+        Ok(ClaimedJob {
+            link_id: r.get(0)?,
+            attempts: r.get(1)?,
+            reason: r.get(2)?,
+            enqueued_at: r.get(3)?,
+            first_failed_at: r.get(4)?,
+        })
+    })?;
+    rows.collect::<Result<_, _>>().map_err(Into::into)
+}
+
+/// The earliest due time of a pending job, if any.
+pub fn next_due(c: &Connection) -> Result<Option<i64>, StoreError> {
+    c.query_row("SELECT MIN(due_at) FROM jobs WHERE state = 'pending'", [], |r| r.get(0))
+        .map_err(Into::into)
+}
+
+/// Puts a failed job back with a delay.
+pub fn retry_job(c: &Connection, link_id: i64, due_at: i64, error: &str) -> Result<(), StoreError> {
+    let now = now_ms();
+    c.execute(
+        "UPDATE jobs SET state = 'pending', attempts = attempts + 1, due_at = ?2, last_error = ?3,
+                         first_failed_at = COALESCE(first_failed_at, ?4)
+         WHERE link_id = ?1",
+        params![link_id, due_at, error, now],
+    )?;
+    c.execute(
+        "INSERT INTO job_history (link_id, at, outcome, detail) VALUES (?1, ?2, 'retry', ?3)",
+        params![link_id, now, error],
+    )?;
+    Ok(())
+}
+
+/// Removes a job that went to the dead-letter file.
+pub fn drop_job(c: &Connection, link_id: i64, error: &str) -> Result<(), StoreError> {
+    c.execute("DELETE FROM jobs WHERE link_id = ?1", [link_id])?;
+    c.execute(
+        "INSERT INTO job_history (link_id, at, outcome, detail) VALUES (?1, ?2, 'dead_letter', ?3)",
+        params![link_id, now_ms(), error],
+    )?;
+    Ok(())
+}
+
+/// Jobs left `running` by a process that stopped are safe to run again: a job commits its
+/// store changes only after its writes succeeded, and a re-run decides from current state.
+pub fn recover_running_jobs(c: &Connection) -> Result<usize, StoreError> {
+    Ok(c.execute("UPDATE jobs SET state = 'pending' WHERE state = 'running'", [])?)
+}
+
+pub fn cursor(c: &Connection, portal: &str) -> Result<Option<i64>, StoreError> {
+    c.query_row("SELECT value_ms FROM cursors WHERE portal = ?1", [portal], |r| r.get(0))
+        .optional()
+        .map_err(Into::into)
+}
+
+/// Enqueues the links a poll page found and moves the portal's cursor, in one transaction, so
+/// a crash never advances the cursor past work that was not queued.
+pub fn poll_commit(c: &mut Connection, portal: &str, cursor_ms: i64, link_ids: &[i64]) -> Result<(), StoreError> {
+    let now = now_ms();
+    let tx = c.transaction()?;
+    enqueue(&tx, link_ids, "poll", now)?;
+    tx.execute(
+        "INSERT INTO cursors (portal, value_ms, updated_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (portal) DO UPDATE SET value_ms = MAX(cursors.value_ms, excluded.value_ms), updated_at = excluded.updated_at",
+        params![portal, cursor_ms, now],
+    )?;
+    tx.execute(
+        "INSERT INTO portal_health (portal, last_poll_ok, changes_seen) VALUES (?1, ?2, ?3)
+         ON CONFLICT (portal) DO UPDATE SET last_poll_ok = excluded.last_poll_ok,
+                                            changes_seen = portal_health.changes_seen + excluded.changes_seen",
+        params![portal, now, link_ids.len() as i64],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+pub fn poll_failed(c: &Connection, portal: &str, error: &str) -> Result<(), StoreError> {
+    c.execute(
+        "INSERT INTO portal_health (portal, last_poll_error, last_poll_error_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (portal) DO UPDATE SET last_poll_error = excluded.last_poll_error,
+                                            last_poll_error_at = excluded.last_poll_error_at",
+        params![portal, error, now_ms()],
+    )?;
+    Ok(())
+}
+
+/// Queue depth and the age of the oldest pending job.
+pub fn queue_stats(c: &Connection) -> Result<(i64, Option<i64>), StoreError> {
+    c.query_row("SELECT COUNT(*), MIN(enqueued_at) FROM jobs", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(Into::into)
+}
+
+pub fn conflicts_for(c: &Connection, link_id: i64) -> Result<Vec<ConflictRecord>, StoreError> {
+    let mut st = c.prepare(
+        "SELECT link_id, field, partner_value, hubspot_value, winner, policy FROM conflicts WHERE link_id = ?1 ORDER BY id",
+    )?;
+    let rows = st.query_map([link_id], |r| {
+        Ok(ConflictRecord {
+            link_id: r.get(0)?,
+            field: r.get(1)?,
+            partner_value: r.get(2)?,
+            hubspot_value: r.get(3)?,
+            winner: r.get(4)?,
+            policy: r.get(5)?,
+        })
+    })?;
+    rows.collect::<Result<_, _>>().map_err(Into::into)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mem() -> Connection {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(include_str!("schema_v1.sql")).unwrap();
+        c
+    }
+
+    #[test]
+    fn jobs_coalesce_and_rerun_after_a_change_during_the_run() {
+        let mut c = mem();
+        let l = insert_link(&c, "partner-a", "1", "9", "channel").unwrap();
+        assert_eq!(insert_link(&c, "partner-a", "1", "9", "channel").unwrap(), l);
+        enqueue_now(&mut c, &[l.id], "poll").unwrap();
+        enqueue_now(&mut c, &[l.id], "webhook").unwrap();
+        assert_eq!(queue_stats(&c).unwrap().0, 1, "two events, one job");
+        let claimed = claim_jobs(&mut c, 10, now_ms() + 1).unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert!(claim_jobs(&mut c, 10, now_ms() + 1).unwrap().is_empty(), "a running job is not claimed twice");
+        enqueue_now(&mut c, &[l.id], "poll").unwrap();
+        commit_jobs(&mut c, &[JobCommit { link_id: l.id, outcome: "ok".into(), ..Default::default() }]).unwrap();
+        assert_eq!(queue_stats(&c).unwrap().0, 1, "the change during the run is kept");
+        assert_eq!(claim_jobs(&mut c, 10, now_ms() + 1).unwrap().len(), 1);
+        commit_jobs(&mut c, &[JobCommit { link_id: l.id, outcome: "ok".into(), ..Default::default() }]).unwrap();
+        assert_eq!(queue_stats(&c).unwrap().0, 0);
+    }
+
+    #[test]
+    fn retry_delay_is_kept_when_new_changes_arrive() {
+        let mut c = mem();
+        let l = insert_link(&c, "p", "1", "9", "channel").unwrap();
+        enqueue_now(&mut c, &[l.id], "poll").unwrap();
+        claim_jobs(&mut c, 1, now_ms() + 1).unwrap();
+        let later = now_ms() + 60_000;
+        retry_job(&c, l.id, later, "HTTP 503").unwrap();
+        enqueue_now(&mut c, &[l.id], "poll").unwrap();
+        assert!(claim_jobs(&mut c, 1, now_ms() + 1).unwrap().is_empty());
+        assert_eq!(claim_jobs(&mut c, 1, later).unwrap()[0].attempts, 1);
+    }
+
+    #[test]
+    fn cursor_never_moves_back_and_running_jobs_recover() {
+        let mut c = mem();
+        let l = insert_link(&c, "p", "1", "9", "channel").unwrap();
+        poll_commit(&mut c, "p", 100, &[l.id]).unwrap();
+        poll_commit(&mut c, "p", 50, &[]).unwrap();
+        assert_eq!(cursor(&c, "p").unwrap(), Some(100));
+        claim_jobs(&mut c, 1, now_ms() + 1).unwrap();
+        assert_eq!(recover_running_jobs(&c).unwrap(), 1);
+        assert_eq!(claim_jobs(&mut c, 1, now_ms() + 1).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn links_found_by_either_side() {
+        let c = mem();
+        let a = insert_link(&c, "partner-a", "1", "9", "best_partner_wins").unwrap();
+        let b = insert_link(&c, "partner-b", "5", "9", "best_partner_wins").unwrap();
+        let hs = links_for_deals(&c, Side::Hubspot, "hubspot", &["9".into()]).unwrap();
+        assert_eq!(hs.len(), 2);
+        let p = links_for_deals(&c, Side::Partner, "partner-b", &["5".into(), "1".into()]).unwrap();
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].0.id, b.id);
+        set_link_state(&c, a.id, "orphaned").unwrap();
+        assert_eq!(links_for_deals(&c, Side::Hubspot, "hubspot", &["9".into()]).unwrap().len(), 1);
+    }
+}
