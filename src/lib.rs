@@ -3,6 +3,9 @@
 
 pub mod cli;
 pub mod crm;
+pub mod deadletter;
+pub mod ingest;
 pub mod sandbox;
+pub mod setup;
 pub mod signature;
 pub mod store;

@@ -295,6 +295,11 @@ pub fn next_due(c: &Connection) -> Result<Option<i64>, StoreError> {
         .map_err(Into::into)
 }
 
+/// [`next_due`] in the shape `Store::call` takes.
+pub fn next_due_conn(c: &mut Connection) -> Result<Option<i64>, StoreError> {
+    next_due(c)
+}
+
 /// Puts a failed job back with a delay.
 pub fn retry_job(c: &Connection, link_id: i64, due_at: i64, error: &str) -> Result<(), StoreError> {
     let now = now_ms();

@@ -1,0 +1,89 @@
+//! What dealsync needs in each portal: a property group and the custom properties the synced
+//! fields and registrations use. `ensure` creates what is missing and nothing else, so running
+//! it twice changes nothing; with `dry_run` it only reports what it would create.
+
+use serde_json::{json, Value};
+
+use crate::crm::{Client, CrmError};
+
+/// The property group dealsync's properties live in.
+pub const GROUP: &str = "dealsync";
+
+/// HubSpot's products a partner can register interest in.
+pub const PRODUCTS: &[(&str, &str)] = &[
+    ("marketing_hub", "Marketing Hub"),
+    ("sales_hub", "Sales Hub"),
+    ("service_hub", "Service Hub"),
+    ("content_hub", "Content Hub"),
+    ("operations_hub", "Operations Hub"),
+    ("commerce_hub", "Commerce Hub"),
+];
+
+/// Deal properties dealsync uses on both sides.
+pub fn deal_properties() -> Vec<Value> {
+    let text = |name: &str, label: &str| {
+        json!({ "name": name, "label": label, "type": "string", "fieldType": "textarea", "groupName": GROUP })
+    };
+    vec![
+        json!({
+            "name": "dealsync_product_interest", "label": "Product interest", "type": "enumeration",
+            "fieldType": "checkbox", "groupName": GROUP,
+            "options": PRODUCTS.iter().enumerate().map(|(i, (v, l))| json!({"label": l, "value": v, "hidden": false, "displayOrder": i})).collect::<Vec<_>>(),
+        }),
+        text("dealsync_intro_note", "Intro note"),
+        text("dealsync_specific_pain", "Specific pain / opportunity"),
+        text("dealsync_next_steps", "Next steps"),
+        json!({
+            "name": "dealsync_compensation_eligible", "label": "Partner compensation eligible", "type": "enumeration",
+            "fieldType": "booleancheckbox", "groupName": GROUP,
+            "options": [{"label": "Yes", "value": "true", "hidden": false}, {"label": "No", "value": "false", "hidden": false}],
+        }),
+    ]
+}
+
+/// One thing setup did (or would do).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Action {
+    pub portal: String,
+    pub what: String,
+}
+
+/// Creates the group and properties that are missing in one portal.
+pub async fn ensure(client: &Client, dry_run: bool) -> Result<Vec<Action>, CrmError> {
+    let mut actions = Vec::new();
+    let portal = client.portal().to_owned();
+    let existing = client
+        .call(reqwest::Method::GET, "/crm/v3/properties/deals", None, crate::crm::CallKind::Ordinary)
+        .await?;
+    let names: Vec<&str> = existing
+        .get("results")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.get("name").and_then(Value::as_str))
+        .collect();
+    let groups = client
+        .call(reqwest::Method::GET, "/crm/v3/properties/deals/groups", None, crate::crm::CallKind::Ordinary)
+        .await?;
+    let has_group = groups
+        .get("results")
+        .and_then(Value::as_array)
+        .is_some_and(|g| g.iter().any(|g| g.get("name").and_then(Value::as_str) == Some(GROUP)));
+    if !has_group {
+        if !dry_run {
+            client.ensure_group("deals", GROUP, "dealsync").await?;
+        }
+        actions.push(Action { portal: portal.clone(), what: format!("create deal property group {GROUP}") });
+    }
+    for p in deal_properties() {
+        let name = p["name"].as_str().unwrap_or_default();
+        if names.contains(&name) {
+            continue;
+        }
+        if !dry_run {
+            client.ensure_property("deals", &p).await?;
+        }
+        actions.push(Action { portal: portal.clone(), what: format!("create deal property {name}") });
+    }
+    Ok(actions)
+}
