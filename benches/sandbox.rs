@@ -57,14 +57,20 @@ fn main() {
         .expect("startup line");
     let startup: Value = serde_json::from_str(&line).expect("startup JSON");
     let base = startup["base_url"].as_str().expect("base_url").to_owned();
-    let token = startup["portals"][0]["token"].as_str().expect("token").to_owned();
+    let token = startup["portals"][0]["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
     let result = rt.block_on(async move {
-        let http = reqwest::Client::builder().no_proxy().build().expect("client");
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("client");
         let idle_mb = rss_mb(pid);
 
         // Throughput: concurrent reads of one deal.
@@ -85,8 +91,13 @@ fn main() {
         let start = Instant::now();
         let mut tasks = Vec::new();
         for _ in 0..CONCURRENCY {
-            let (http, url, token, done, failed) =
-                (http.clone(), url.clone(), token.clone(), done.clone(), failed.clone());
+            let (http, url, token, done, failed) = (
+                http.clone(),
+                url.clone(),
+                token.clone(),
+                done.clone(),
+                failed.clone(),
+            );
             tasks.push(tokio::spawn(async move {
                 while start.elapsed() < RUN_FOR {
                     match http.get(&url).bearer_auth(&token).send().await {

@@ -18,7 +18,11 @@ pub mod exit {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "dealsync", version, about = "Two-way sync of shared partner deals between HubSpot portals")]
+#[command(
+    name = "dealsync",
+    version,
+    about = "Two-way sync of shared partner deals between HubSpot portals"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -36,7 +40,11 @@ pub struct SandboxArgs {
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
     /// Portals to serve, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "hubspot,partner-a,partner-b")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "hubspot,partner-a,partner-b"
+    )]
     pub portals: Vec<String>,
     /// Where a portal's webhooks go, as PORTAL=URL (repeatable).
     #[arg(long = "webhook-target", value_parser = parse_target)]
@@ -91,7 +99,11 @@ fn limit<T: PartialEq + Default>(v: T) -> Option<T> {
 async fn run_sandbox(args: SandboxArgs) -> Result<(), CliError> {
     let config = SandboxConfig {
         listen: args.listen,
-        portals: args.portals.iter().map(|p| PortalSpec::named(p.trim())).collect(),
+        portals: args
+            .portals
+            .iter()
+            .map(|p| PortalSpec::named(p.trim()))
+            .collect(),
         rate_limit_per_10s: limit(args.rate_limit),
         daily_limit: limit(args.daily_limit),
         search_per_s: limit(args.search_rate_limit),

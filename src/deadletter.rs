@@ -29,15 +29,26 @@ pub struct Entry {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeadLetterError {
-    #[error("cannot write the dead-letter file {path}: {source}; check free disk space and permissions")]
-    Write { path: PathBuf, source: std::io::Error },
+    #[error(
+        "cannot write the dead-letter file {path}: {source}; check free disk space and permissions"
+    )]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot read the dead-letter file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Appends entries to the file (created owner-only if missing) and fsyncs it.
 pub fn append(path: &Path, entries: &[Entry]) -> Result<(), DeadLetterError> {
-    let err = |source| DeadLetterError::Write { path: path.to_owned(), source };
+    let err = |source| DeadLetterError::Write {
+        path: path.to_owned(),
+        source,
+    };
     let mut opts = std::fs::OpenOptions::new();
     opts.create(true).append(true);
     #[cfg(unix)]
@@ -62,7 +73,9 @@ pub fn append(path: &Path, entries: &[Entry]) -> Result<(), DeadLetterError> {
 
 fn ends_with_newline(path: &Path) -> bool {
     use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = std::fs::File::open(path) else { return true };
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return true;
+    };
     if f.seek(SeekFrom::End(-1)).is_err() {
         return true;
     }
@@ -76,7 +89,12 @@ pub fn read(path: &Path) -> Result<(Vec<Entry>, Vec<String>), DeadLetterError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
-        Err(source) => return Err(DeadLetterError::Read { path: path.to_owned(), source }),
+        Err(source) => {
+            return Err(DeadLetterError::Read {
+                path: path.to_owned(),
+                source,
+            })
+        }
     };
     let mut entries = Vec::new();
     let mut warnings = Vec::new();
@@ -121,10 +139,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("dl.jsonl");
         append(&p, &[entry("a")]).unwrap();
-        std::fs::OpenOptions::new().append(true).open(&p).unwrap().write_all(b"{\"id\":\"tor").unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .unwrap()
+            .write_all(b"{\"id\":\"tor")
+            .unwrap();
         append(&p, &[entry("b")]).unwrap();
         let (entries, warnings) = read(&p).unwrap();
-        assert_eq!(entries.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(
+            entries.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
         assert_eq!(warnings.len(), 1);
         assert!(warnings[0].contains(":2:"));
     }
@@ -136,6 +162,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("dl.jsonl");
         append(&p, &[entry("a")]).unwrap();
-        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 }

@@ -5,6 +5,7 @@ pub mod cli;
 pub mod crm;
 pub mod deadletter;
 pub mod ingest;
+pub mod rules;
 pub mod sandbox;
 pub mod setup;
 pub mod signature;

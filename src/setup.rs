@@ -21,9 +21,7 @@ pub const PRODUCTS: &[(&str, &str)] = &[
 
 /// Deal properties dealsync uses on both sides.
 pub fn deal_properties() -> Vec<Value> {
-    let text = |name: &str, label: &str| {
-        json!({ "name": name, "label": label, "type": "string", "fieldType": "textarea", "groupName": GROUP })
-    };
+    let text = |name: &str, label: &str| json!({ "name": name, "label": label, "type": "string", "fieldType": "textarea", "groupName": GROUP });
     vec![
         json!({
             "name": "dealsync_product_interest", "label": "Product interest", "type": "enumeration",
@@ -53,7 +51,12 @@ pub async fn ensure(client: &Client, dry_run: bool) -> Result<Vec<Action>, CrmEr
     let mut actions = Vec::new();
     let portal = client.portal().to_owned();
     let existing = client
-        .call(reqwest::Method::GET, "/crm/v3/properties/deals", None, crate::crm::CallKind::Ordinary)
+        .call(
+            reqwest::Method::GET,
+            "/crm/v3/properties/deals",
+            None,
+            crate::crm::CallKind::Ordinary,
+        )
         .await?;
     let names: Vec<&str> = existing
         .get("results")
@@ -63,17 +66,28 @@ pub async fn ensure(client: &Client, dry_run: bool) -> Result<Vec<Action>, CrmEr
         .filter_map(|p| p.get("name").and_then(Value::as_str))
         .collect();
     let groups = client
-        .call(reqwest::Method::GET, "/crm/v3/properties/deals/groups", None, crate::crm::CallKind::Ordinary)
+        .call(
+            reqwest::Method::GET,
+            "/crm/v3/properties/deals/groups",
+            None,
+            crate::crm::CallKind::Ordinary,
+        )
         .await?;
     let has_group = groups
         .get("results")
         .and_then(Value::as_array)
-        .is_some_and(|g| g.iter().any(|g| g.get("name").and_then(Value::as_str) == Some(GROUP)));
+        .is_some_and(|g| {
+            g.iter()
+                .any(|g| g.get("name").and_then(Value::as_str) == Some(GROUP))
+        });
     if !has_group {
         if !dry_run {
             client.ensure_group("deals", GROUP, "dealsync").await?;
         }
-        actions.push(Action { portal: portal.clone(), what: format!("create deal property group {GROUP}") });
+        actions.push(Action {
+            portal: portal.clone(),
+            what: format!("create deal property group {GROUP}"),
+        });
     }
     for p in deal_properties() {
         let name = p["name"].as_str().unwrap_or_default();
@@ -83,7 +97,10 @@ pub async fn ensure(client: &Client, dry_run: bool) -> Result<Vec<Action>, CrmEr
         if !dry_run {
             client.ensure_property("deals", &p).await?;
         }
-        actions.push(Action { portal: portal.clone(), what: format!("create deal property {name}") });
+        actions.push(Action {
+            portal: portal.clone(),
+            what: format!("create deal property {name}"),
+        });
     }
     Ok(actions)
 }

@@ -46,7 +46,9 @@ pub enum SignatureError {
     BadTimestamp,
     #[error("the request timestamp is outside HubSpot's 5-minute window (check the host clock)")]
     Stale,
-    #[error("the signature does not match (wrong webhook secret for this portal, or a forged request)")]
+    #[error(
+        "the signature does not match (wrong webhook secret for this portal, or a forged request)"
+    )]
     Mismatch,
 }
 
@@ -64,7 +66,10 @@ pub fn verify_v3(
     let (Some(ts), Some(sig)) = (timestamp, signature) else {
         return Err(SignatureError::Missing);
     };
-    let ts: i64 = ts.trim().parse().map_err(|_| SignatureError::BadTimestamp)?;
+    let ts: i64 = ts
+        .trim()
+        .parse()
+        .map_err(|_| SignatureError::BadTimestamp)?;
     if (now_ms - ts).abs() > MAX_TIMESTAMP_AGE_MS {
         return Err(SignatureError::Stale);
     }
@@ -143,7 +148,15 @@ mod tests {
     fn verify_accepts_fresh_and_rejects_stale_tampered_missing() {
         let ts = 1693657560000;
         let sig = sign_v3(SECRET, "POST", URI, BODY, ts);
-        let ok = verify_v3(SECRET, "POST", URI, BODY, Some(&ts.to_string()), Some(&sig), ts + 1000);
+        let ok = verify_v3(
+            SECRET,
+            "POST",
+            URI,
+            BODY,
+            Some(&ts.to_string()),
+            Some(&sig),
+            ts + 1000,
+        );
         assert_eq!(ok, Ok(()));
         let stale = verify_v3(
             SECRET,
@@ -155,7 +168,15 @@ mod tests {
             ts + MAX_TIMESTAMP_AGE_MS + 1,
         );
         assert_eq!(stale, Err(SignatureError::Stale));
-        let tampered = verify_v3(SECRET, "POST", URI, b"{}", Some(&ts.to_string()), Some(&sig), ts);
+        let tampered = verify_v3(
+            SECRET,
+            "POST",
+            URI,
+            b"{}",
+            Some(&ts.to_string()),
+            Some(&sig),
+            ts,
+        );
         assert_eq!(tampered, Err(SignatureError::Mismatch));
         assert_eq!(
             verify_v3(SECRET, "POST", URI, BODY, None, Some(&sig), ts),

@@ -25,13 +25,19 @@ struct Window {
 impl Window {
     /// How long to wait before one more call fits, after dropping calls that left the window.
     fn wait(&mut self, now: Instant) -> Option<Duration> {
-        while self.sent.front().is_some_and(|t| now.duration_since(*t) >= self.span) {
+        while self
+            .sent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= self.span)
+        {
             self.sent.pop_front();
         }
         if self.sent.len() < self.max {
             None
         } else {
-            self.sent.front().map(|t| (*t + self.span).saturating_duration_since(now))
+            self.sent
+                .front()
+                .map(|t| (*t + self.span).saturating_duration_since(now))
         }
     }
 }
@@ -121,7 +127,10 @@ mod tests {
         }
         assert_eq!(Instant::now(), t0, "ten calls fit at once");
         b.acquire(CallKind::Ordinary).await;
-        assert!(Instant::now() - t0 >= Duration::from_secs(10), "the 11th waits out the window");
+        assert!(
+            Instant::now() - t0 >= Duration::from_secs(10),
+            "the 11th waits out the window"
+        );
         // Search has its own window.
         let t1 = Instant::now();
         for _ in 0..4 {

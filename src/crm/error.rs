@@ -45,9 +45,13 @@ pub enum CrmError {
 impl CrmError {
     pub fn class(&self) -> ErrorClass {
         match self {
-            CrmError::Http { status, .. } if *status == 429 || *status >= 500 => ErrorClass::Transient,
+            CrmError::Http { status, .. } if *status == 429 || *status >= 500 => {
+                ErrorClass::Transient
+            }
             // 408 (request timeout) and 423 (locked) are HubSpot's way of saying "later".
-            CrmError::Http { status: 408 | 423, .. } => ErrorClass::Transient,
+            CrmError::Http {
+                status: 408 | 423, ..
+            } => ErrorClass::Transient,
             CrmError::Http { .. } => ErrorClass::Permanent,
             CrmError::Timeout { .. } | CrmError::Connect { .. } => ErrorClass::Transient,
             // A garbled body is usually a proxy's error page: worth another try.

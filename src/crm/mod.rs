@@ -57,7 +57,10 @@ pub struct Record {
 
 impl Record {
     pub fn get(&self, prop: &str) -> Option<&str> {
-        self.properties.get(prop).and_then(|v| v.as_deref()).filter(|v| !v.is_empty())
+        self.properties
+            .get(prop)
+            .and_then(|v| v.as_deref())
+            .filter(|v| !v.is_empty())
     }
 
     fn parse(v: &Value) -> Option<Record> {
@@ -65,12 +68,16 @@ impl Record {
         let mut r = Record {
             id,
             archived: v.get("archived").and_then(Value::as_bool).unwrap_or(false),
-            updated_at_ms: v.get("updatedAt").and_then(Value::as_str).and_then(parse_ms),
+            updated_at_ms: v
+                .get("updatedAt")
+                .and_then(Value::as_str)
+                .and_then(parse_ms),
             ..Record::default()
         };
         if let Some(props) = v.get("properties").and_then(Value::as_object) {
             for (k, val) in props {
-                r.properties.insert(k.clone(), val.as_str().map(str::to_owned));
+                r.properties
+                    .insert(k.clone(), val.as_str().map(str::to_owned));
             }
         }
         if let Some(hist) = v.get("propertiesWithHistory").and_then(Value::as_object) {
@@ -79,7 +86,11 @@ impl Record {
                     .as_array()
                     .into_iter()
                     .flatten()
-                    .filter_map(|e| e.get("timestamp").and_then(Value::as_str).and_then(parse_ms))
+                    .filter_map(|e| {
+                        e.get("timestamp")
+                            .and_then(Value::as_str)
+                            .and_then(parse_ms)
+                    })
                     .max();
                 if let Some(ts) = newest {
                     r.changed_at.insert(k.clone(), ts);
@@ -91,7 +102,9 @@ impl Record {
 
     /// `hs_lastmodifieddate` in ms.
     pub fn last_modified_ms(&self) -> Option<i64> {
-        self.get("hs_lastmodifieddate").and_then(parse_ms).or(self.updated_at_ms)
+        self.get("hs_lastmodifieddate")
+            .and_then(parse_ms)
+            .or(self.updated_at_ms)
     }
 }
 
@@ -100,7 +113,9 @@ pub fn parse_ms(s: &str) -> Option<i64> {
     if let Ok(ms) = s.trim().parse::<i64>() {
         return Some(ms);
     }
-    chrono::DateTime::parse_from_rfc3339(s.trim()).ok().map(|d| d.timestamp_millis())
+    chrono::DateTime::parse_from_rfc3339(s.trim())
+        .ok()
+        .map(|d| d.timestamp_millis())
 }
 
 /// Outcome of a batch write: records written, and per-id failures.
@@ -131,7 +146,10 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("portal", &self.portal).field("base", &self.base).finish_non_exhaustive()
+        f.debug_struct("Client")
+            .field("portal", &self.portal)
+            .field("base", &self.base)
+            .finish_non_exhaustive()
     }
 }
 
@@ -172,7 +190,13 @@ impl Client {
     }
 
     /// One HTTP call with the budget, classification and retries.
-    pub async fn call(&self, method: Method, path: &str, body: Option<&Value>, kind: CallKind) -> Result<Value, CrmError> {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        kind: CallKind,
+    ) -> Result<Value, CrmError> {
         let call_name = format!("{method} {}", path.split('?').next().unwrap_or(path));
         let attempt = || self.once(method.clone(), path, body, kind, &call_name);
         attempt
@@ -194,9 +218,19 @@ impl Client {
             .await
     }
 
-    async fn once(&self, method: Method, path: &str, body: Option<&Value>, kind: CallKind, call: &str) -> Result<Value, CrmError> {
+    async fn once(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        kind: CallKind,
+        call: &str,
+    ) -> Result<Value, CrmError> {
         self.budget.acquire(kind).await;
-        let mut rb = self.http.request(method, format!("{}{}", self.base, path)).bearer_auth(&*self.token);
+        let mut rb = self
+            .http
+            .request(method, format!("{}{}", self.base, path))
+            .bearer_auth(&*self.token);
         if let Some(b) = body {
             rb = rb.json(b);
         }
@@ -208,7 +242,10 @@ impl Client {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let bytes = resp.bytes().await.map_err(|e| self.transport_error(call, e))?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(call, e))?;
         if (200..300).contains(&status) {
             if bytes.is_empty() {
                 return Ok(Value::Null);
@@ -221,8 +258,11 @@ impl Client {
         }
         let err: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         let text = |k: &str| err.get(k).and_then(Value::as_str).map(str::to_owned);
-        let category = text("category").or_else(|| text("errorType")).unwrap_or_else(|| "UNKNOWN".into());
-        let message = text("message").unwrap_or_else(|| format!("HTTP {status} without a HubSpot error body"));
+        let category = text("category")
+            .or_else(|| text("errorType"))
+            .unwrap_or_else(|| "UNKNOWN".into());
+        let message = text("message")
+            .unwrap_or_else(|| format!("HTTP {status} without a HubSpot error body"));
         let retry_after = if status == 429 {
             // Honour the window HubSpot names; without Retry-After, wait it out.
             let d = retry_after.unwrap_or(match text("policyName").as_deref() {
@@ -248,18 +288,35 @@ impl Client {
 
     fn transport_error(&self, call: &str, e: reqwest::Error) -> CrmError {
         if e.is_timeout() {
-            CrmError::Timeout { portal: self.portal.clone(), call: call.to_owned() }
+            CrmError::Timeout {
+                portal: self.portal.clone(),
+                call: call.to_owned(),
+            }
         } else if e.is_decode() || e.is_body() {
-            CrmError::Decode { portal: self.portal.clone(), call: call.to_owned(), detail: e.to_string() }
+            CrmError::Decode {
+                portal: self.portal.clone(),
+                call: call.to_owned(),
+                detail: e.to_string(),
+            }
         } else {
             // reqwest's text can include the URL but never the Authorization header.
-            CrmError::Connect { portal: self.portal.clone(), call: call.to_owned(), detail: e.to_string() }
+            CrmError::Connect {
+                portal: self.portal.clone(),
+                call: call.to_owned(),
+                detail: e.to_string(),
+            }
         }
     }
 
     /// Reads records by id, 100 per call. Ids that do not exist (or are archived) are absent
     /// from the result.
-    pub async fn batch_read(&self, object: &str, ids: &[String], props: &[String], with_history: bool) -> Result<Vec<Record>, CrmError> {
+    pub async fn batch_read(
+        &self,
+        object: &str,
+        ids: &[String],
+        props: &[String],
+        with_history: bool,
+    ) -> Result<Vec<Record>, CrmError> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(BATCH) {
             let mut body = json!({
@@ -270,7 +327,12 @@ impl Client {
                 body["propertiesWithHistory"] = json!(props);
             }
             let v = self
-                .call(Method::POST, &format!("/crm/v3/objects/{object}/batch/read"), Some(&body), CallKind::Ordinary)
+                .call(
+                    Method::POST,
+                    &format!("/crm/v3/objects/{object}/batch/read"),
+                    Some(&body),
+                    CallKind::Ordinary,
+                )
                 .await?;
             out.extend(records(&v, &self.portal, "batch read")?);
         }
@@ -279,32 +341,49 @@ impl Client {
 
     /// Updates records, 100 per call. Per-record failures (207) come back in `failed`; a
     /// whole-call failure fails every id of that call.
-    pub async fn batch_update(&self, object: &str, updates: &[(String, Map<String, Value>)]) -> BatchOutcome {
+    pub async fn batch_update(
+        &self,
+        object: &str,
+        updates: &[(String, Map<String, Value>)],
+    ) -> BatchOutcome {
         let mut out = BatchOutcome::default();
         for chunk in updates.chunks(BATCH) {
             let body = json!({
                 "inputs": chunk.iter().map(|(id, p)| json!({ "id": id, "properties": p })).collect::<Vec<_>>(),
             });
             match self
-                .call(Method::POST, &format!("/crm/v3/objects/{object}/batch/update"), Some(&body), CallKind::Ordinary)
+                .call(
+                    Method::POST,
+                    &format!("/crm/v3/objects/{object}/batch/update"),
+                    Some(&body),
+                    CallKind::Ordinary,
+                )
                 .await
             {
                 Ok(v) => {
                     let written = records(&v, &self.portal, "batch update").unwrap_or_default();
-                    let done: std::collections::HashSet<&str> = written.iter().map(|r| r.id.as_str()).collect();
-                    let errors = v.get("errors").and_then(Value::as_array).cloned().unwrap_or_default();
+                    let done: std::collections::HashSet<&str> =
+                        written.iter().map(|r| r.id.as_str()).collect();
+                    let errors = v
+                        .get("errors")
+                        .and_then(Value::as_array)
+                        .cloned()
+                        .unwrap_or_default();
                     for (id, _) in chunk {
                         if !done.contains(id.as_str()) {
                             let why = errors
                                 .iter()
                                 .find(|e| error_mentions(e, id))
                                 .or(errors.first());
-                            out.failed.push((id.clone(), batch_error(&self.portal, why)));
+                            out.failed
+                                .push((id.clone(), batch_error(&self.portal, why)));
                         }
                     }
                     out.written.extend(written);
                 }
-                Err(e) => out.failed.extend(chunk.iter().map(|(id, _)| (id.clone(), e.clone()))),
+                Err(e) => out
+                    .failed
+                    .extend(chunk.iter().map(|(id, _)| (id.clone(), e.clone()))),
             }
         }
         out
@@ -313,35 +392,75 @@ impl Client {
     /// One search page.
     pub async fn search(&self, object: &str, body: &Value) -> Result<SearchPage, CrmError> {
         let v = self
-            .call(Method::POST, &format!("/crm/v3/objects/{object}/search"), Some(body), CallKind::Search)
+            .call(
+                Method::POST,
+                &format!("/crm/v3/objects/{object}/search"),
+                Some(body),
+                CallKind::Search,
+            )
             .await?;
         Ok(SearchPage {
             records: records(&v, &self.portal, "search")?,
             total: v.get("total").and_then(Value::as_u64).unwrap_or(0),
-            next_after: v
-                .pointer("/paging/next/after")
-                .and_then(|a| a.as_str().map(str::to_owned).or_else(|| a.as_u64().map(|n| n.to_string()))),
+            next_after: v.pointer("/paging/next/after").and_then(|a| {
+                a.as_str()
+                    .map(str::to_owned)
+                    .or_else(|| a.as_u64().map(|n| n.to_string()))
+            }),
         })
     }
 
-    pub async fn create(&self, object: &str, properties: &Map<String, Value>, associations: Value) -> Result<Record, CrmError> {
+    pub async fn create(
+        &self,
+        object: &str,
+        properties: &Map<String, Value>,
+        associations: Value,
+    ) -> Result<Record, CrmError> {
         let body = json!({ "properties": properties, "associations": associations });
-        let v = self.call(Method::POST, &format!("/crm/v3/objects/{object}"), Some(&body), CallKind::Ordinary).await?;
+        let v = self
+            .call(
+                Method::POST,
+                &format!("/crm/v3/objects/{object}"),
+                Some(&body),
+                CallKind::Ordinary,
+            )
+            .await?;
         Record::parse(&v).ok_or_else(|| decode(&self.portal, "create", "no id in the answer"))
     }
 
-    pub async fn update(&self, object: &str, id: &str, properties: &Map<String, Value>) -> Result<Record, CrmError> {
+    pub async fn update(
+        &self,
+        object: &str,
+        id: &str,
+        properties: &Map<String, Value>,
+    ) -> Result<Record, CrmError> {
         let body = json!({ "properties": properties });
         let v = self
-            .call(Method::PATCH, &format!("/crm/v3/objects/{object}/{id}"), Some(&body), CallKind::Ordinary)
+            .call(
+                Method::PATCH,
+                &format!("/crm/v3/objects/{object}/{id}"),
+                Some(&body),
+                CallKind::Ordinary,
+            )
             .await?;
         Record::parse(&v).ok_or_else(|| decode(&self.portal, "update", "no id in the answer"))
     }
 
     /// Reads one record; `None` when it does not exist or is archived.
-    pub async fn get(&self, object: &str, id: &str, props: &[String]) -> Result<Option<Record>, CrmError> {
-        let path = format!("/crm/v3/objects/{object}/{id}?properties={}", props.join(","));
-        match self.call(Method::GET, &path, None, CallKind::Ordinary).await {
+    pub async fn get(
+        &self,
+        object: &str,
+        id: &str,
+        props: &[String],
+    ) -> Result<Option<Record>, CrmError> {
+        let path = format!(
+            "/crm/v3/objects/{object}/{id}?properties={}",
+            props.join(",")
+        );
+        match self
+            .call(Method::GET, &path, None, CallKind::Ordinary)
+            .await
+        {
             Ok(v) => Ok(Record::parse(&v)),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),
@@ -349,16 +468,33 @@ impl Client {
     }
 
     pub async fn archive(&self, object: &str, id: &str) -> Result<(), CrmError> {
-        self.call(Method::DELETE, &format!("/crm/v3/objects/{object}/{id}"), None, CallKind::Ordinary)
-            .await
-            .map(|_| ())
+        self.call(
+            Method::DELETE,
+            &format!("/crm/v3/objects/{object}/{id}"),
+            None,
+            CallKind::Ordinary,
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Creates a property (with its group) unless it exists. Returns whether it was created.
-    pub async fn ensure_property(&self, object: &str, definition: &Value) -> Result<bool, CrmError> {
-        let name = definition.get("name").and_then(Value::as_str).unwrap_or_default();
+    pub async fn ensure_property(
+        &self,
+        object: &str,
+        definition: &Value,
+    ) -> Result<bool, CrmError> {
+        let name = definition
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         match self
-            .call(Method::GET, &format!("/crm/v3/properties/{object}/{name}"), None, CallKind::Ordinary)
+            .call(
+                Method::GET,
+                &format!("/crm/v3/properties/{object}/{name}"),
+                None,
+                CallKind::Ordinary,
+            )
             .await
         {
             Ok(_) => return Ok(false),
@@ -366,7 +502,12 @@ impl Client {
             Err(e) => return Err(e),
         }
         match self
-            .call(Method::POST, &format!("/crm/v3/properties/{object}"), Some(definition), CallKind::Ordinary)
+            .call(
+                Method::POST,
+                &format!("/crm/v3/properties/{object}"),
+                Some(definition),
+                CallKind::Ordinary,
+            )
             .await
         {
             Ok(_) => Ok(true),
@@ -376,10 +517,20 @@ impl Client {
     }
 
     /// Creates a property group unless it exists.
-    pub async fn ensure_group(&self, object: &str, name: &str, label: &str) -> Result<bool, CrmError> {
+    pub async fn ensure_group(
+        &self,
+        object: &str,
+        name: &str,
+        label: &str,
+    ) -> Result<bool, CrmError> {
         let body = json!({ "name": name, "label": label });
         match self
-            .call(Method::POST, &format!("/crm/v3/properties/{object}/groups"), Some(&body), CallKind::Ordinary)
+            .call(
+                Method::POST,
+                &format!("/crm/v3/properties/{object}/groups"),
+                Some(&body),
+                CallKind::Ordinary,
+            )
             .await
         {
             Ok(_) => Ok(true),
@@ -390,7 +541,11 @@ impl Client {
 }
 
 fn decode(portal: &str, call: &str, detail: &str) -> CrmError {
-    CrmError::Decode { portal: portal.to_owned(), call: call.to_owned(), detail: detail.to_owned() }
+    CrmError::Decode {
+        portal: portal.to_owned(),
+        call: call.to_owned(),
+        detail: detail.to_owned(),
+    }
 }
 
 fn records(v: &Value, portal: &str, call: &str) -> Result<Vec<Record>, CrmError> {
@@ -404,11 +559,20 @@ fn records(v: &Value, portal: &str, call: &str) -> Result<Vec<Record>, CrmError>
 fn error_mentions(e: &Value, id: &str) -> bool {
     e.get("context")
         .and_then(Value::as_object)
-        .is_some_and(|c| c.values().any(|v| v.as_array().is_some_and(|a| a.iter().any(|x| x.as_str() == Some(id)))))
+        .is_some_and(|c| {
+            c.values().any(|v| {
+                v.as_array()
+                    .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(id)))
+            })
+        })
 }
 
 fn batch_error(portal: &str, e: Option<&Value>) -> CrmError {
-    let text = |k: &str| e.and_then(|e| e.get(k)).and_then(Value::as_str).map(str::to_owned);
+    let text = |k: &str| {
+        e.and_then(|e| e.get(k))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
     let category = text("category").unwrap_or_else(|| "UNKNOWN".into());
     let status = match category.as_str() {
         "OBJECT_NOT_FOUND" => 404,

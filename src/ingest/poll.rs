@@ -57,8 +57,25 @@ pub struct Poller {
 }
 
 impl Poller {
-    pub fn new(portal: &str, side: Side, client: Client, store: Store, interval: Duration, overlap: Duration, wake: Arc<Notify>) -> Poller {
-        Poller { portal: portal.to_owned(), side, client, store, interval, overlap, wake, seen: HashMap::new() }
+    pub fn new(
+        portal: &str,
+        side: Side,
+        client: Client,
+        store: Store,
+        interval: Duration,
+        overlap: Duration,
+        wake: Arc<Notify>,
+    ) -> Poller {
+        Poller {
+            portal: portal.to_owned(),
+            side,
+            client,
+            store,
+            interval,
+            overlap,
+            wake,
+            seen: HashMap::new(),
+        }
     }
 
     /// Polls every `interval` until cancelled. Failures are recorded in portal health and
@@ -67,12 +84,17 @@ impl Poller {
         loop {
             let span = tracing::info_span!("poll", portal = %self.portal);
             match tracing::Instrument::instrument(self.poll_once(), span).await {
-                Ok(s) if s.queued > 0 => tracing::debug!(portal = %self.portal, queued = s.queued, records = s.records, "poll queued work"),
+                Ok(s) if s.queued > 0 => {
+                    tracing::debug!(portal = %self.portal, queued = s.queued, records = s.records, "poll queued work")
+                }
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(portal = %self.portal, error = %e, "poll failed; retrying next interval");
-                    let (store, portal, msg) = (self.store.clone(), self.portal.clone(), e.to_string());
-                    let _ = store.call(move |c| store::poll_failed(c, &portal, &msg)).await;
+                    let (store, portal, msg) =
+                        (self.store.clone(), self.portal.clone(), e.to_string());
+                    let _ = store
+                        .call(move |c| store::poll_failed(c, &portal, &msg))
+                        .await;
                 }
             }
             tokio::select! {
@@ -116,13 +138,18 @@ impl Poller {
         loop {
             let page = self
                 .client
-                .search("deals", &Self::query(lower.0, lower.1.as_deref(), after.as_deref()))
+                .search(
+                    "deals",
+                    &Self::query(lower.0, lower.1.as_deref(), after.as_deref()),
+                )
                 .await?;
             stats.records += page.records.len();
             let mut fresh: Vec<(String, i64)> = Vec::new();
             let mut max_ts = cursor.unwrap_or(since);
             for r in &page.records {
-                let Some(ts) = r.last_modified_ms() else { continue };
+                let Some(ts) = r.last_modified_ms() else {
+                    continue;
+                };
                 max_ts = max_ts.max(ts);
                 if self.seen.get(&r.id) != Some(&ts) {
                     fresh.push((r.id.clone(), ts));
@@ -133,9 +160,12 @@ impl Poller {
             let links = if ids.is_empty() {
                 Vec::new()
             } else {
-                self.store.call(move |c| store::links_for_deals(c, side, &portal, &ids)).await?
+                self.store
+                    .call(move |c| store::links_for_deals(c, side, &portal, &ids))
+                    .await?
             };
-            let ts_of: HashMap<&str, i64> = fresh.iter().map(|(id, ts)| (id.as_str(), *ts)).collect();
+            let ts_of: HashMap<&str, i64> =
+                fresh.iter().map(|(id, ts)| (id.as_str(), *ts)).collect();
             let mut queue = Vec::new();
             for (link, written) in &links {
                 let deal = match self.side {
@@ -151,7 +181,9 @@ impl Poller {
             stats.queued += queue.len();
             let portal = self.portal.clone();
             let n = queue.len();
-            self.store.call(move |c| store::poll_commit(c, &portal, max_ts, &queue)).await?;
+            self.store
+                .call(move |c| store::poll_commit(c, &portal, max_ts, &queue))
+                .await?;
             if n > 0 {
                 self.wake.notify_waiters();
             }
@@ -164,8 +196,12 @@ impl Poller {
                     let offset: usize = a.parse().unwrap_or(0);
                     if offset + SEARCH_PAGE > SEARCH_CAP {
                         // Restart from the last record with a strict (timestamp, id) bound.
-                        let Some(last) = page.records.last() else { break };
-                        let Some(ts) = last.last_modified_ms() else { break };
+                        let Some(last) = page.records.last() else {
+                            break;
+                        };
+                        let Some(ts) = last.last_modified_ms() else {
+                            break;
+                        };
                         lower = (ts, Some(last.id.clone()));
                         after = None;
                         stats.restarts += 1;

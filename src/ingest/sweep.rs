@@ -20,17 +20,26 @@ pub struct Sweep {
 
 impl Sweep {
     /// Queues one pass over every active link. Returns how many were queued.
-    pub async fn pass(&self, pace: Option<Duration>, cancel: &CancellationToken) -> Result<usize, StoreError> {
+    pub async fn pass(
+        &self,
+        pace: Option<Duration>,
+        cancel: &CancellationToken,
+    ) -> Result<usize, StoreError> {
         let mut after = 0i64;
         let mut total = 0;
         loop {
             let batch = self.batch;
-            let links = self.store.call(move |c| store::active_links_after(c, after, batch)).await?;
+            let links = self
+                .store
+                .call(move |c| store::active_links_after(c, after, batch))
+                .await?;
             let Some(last) = links.last() else { break };
             after = last.id;
             let ids: Vec<i64> = links.iter().map(|l| l.id).collect();
             total += ids.len();
-            self.store.call(move |c| store::enqueue_now(c, &ids, "sweep")).await?;
+            self.store
+                .call(move |c| store::enqueue_now(c, &ids, "sweep"))
+                .await?;
             self.wake.notify_waiters();
             if let Some(p) = pace {
                 tokio::select! {
@@ -51,7 +60,13 @@ impl Sweep {
             }
             let count = self
                 .store
-                .call(|c| Ok(c.query_row("SELECT COUNT(*) FROM links WHERE state = 'active'", [], |r| r.get::<_, i64>(0))?))
+                .call(|c| {
+                    Ok(c.query_row(
+                        "SELECT COUNT(*) FROM links WHERE state = 'active'",
+                        [],
+                        |r| r.get::<_, i64>(0),
+                    )?)
+                })
                 .await
                 .unwrap_or(0)
                 .max(1) as u32;
@@ -59,7 +74,9 @@ impl Sweep {
             let pace = (self.interval / 2 / batches).min(Duration::from_secs(60));
             match self.pass(Some(pace), &cancel).await {
                 Ok(n) => tracing::info!(links = n, "reconciliation sweep queued links"),
-                Err(e) => tracing::warn!(error = %e, "reconciliation sweep failed; next interval retries"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reconciliation sweep failed; next interval retries")
+                }
             }
         }
     }

@@ -60,7 +60,9 @@ fn default_types(from: ObjectType, to: ObjectType) -> ApiResult<Vec<(AssocCatego
 
 fn parse_types(inputs: &[AssocTypeInput]) -> ApiResult<Vec<(AssocCategory, i32)>> {
     if inputs.is_empty() {
-        return Err(ApiError::validation("at least one association type is needed"));
+        return Err(ApiError::validation(
+            "at least one association type is needed",
+        ));
     }
     inputs
         .iter()
@@ -102,14 +104,22 @@ pub async fn put_default(
     let now = shared.now_ms();
     let mut changes = Vec::new();
     let types = default_types(ft, tt)?;
-    ctx.portal.data.lock().associate(from, to, &types, now, &mut changes)?;
+    ctx.portal
+        .data
+        .lock()
+        .associate(from, to, &types, now, &mut changes)?;
     shared.publish(&ctx.portal, changes, ctx.source);
     let result = json!({
         "from": { "id": from.1.to_string() },
         "to": { "id": to.1.to_string() },
         "associationSpec": { "associationCategory": types[0].0.as_str(), "associationTypeId": types[0].1 },
     });
-    Ok(batch_envelope(vec![result], Vec::new(), now, StatusCode::OK))
+    Ok(batch_envelope(
+        vec![result],
+        Vec::new(),
+        now,
+        StatusCode::OK,
+    ))
 }
 
 pub async fn put_typed(
@@ -148,9 +158,11 @@ pub async fn list(
     let limit = q.limit(MAX_LIST, MAX_LIST)?;
     let after: u64 = match q.get("after") {
         None => 0,
-        Some(a) => a
-            .parse()
-            .map_err(|_| ApiError::validation(format!("after={a} is not a paging cursor this endpoint returned")))?,
+        Some(a) => a.parse().map_err(|_| {
+            ApiError::validation(format!(
+                "after={a} is not a paging cursor this endpoint returned"
+            ))
+        })?,
     };
     let data = ctx.portal.data.lock();
     let from = (ft, id(ft, &fid)?);
@@ -169,7 +181,8 @@ pub async fn list(
         .collect();
     let mut body = json!({ "results": results });
     if let Some((next, _)) = rest.next() {
-        body["paging"] = json!({ "next": { "after": next.to_string(), "link": format!("?after={next}") } });
+        body["paging"] =
+            json!({ "next": { "after": next.to_string(), "link": format!("?after={next}") } });
     }
     Ok(reply(StatusCode::OK, body))
 }
@@ -183,7 +196,10 @@ pub async fn remove(
     let (from, to) = ((ft, id(ft, &fid)?), (tt, id(tt, &tid)?));
     let now = shared.now_ms();
     let mut changes = Vec::new();
-    ctx.portal.data.lock().unassociate(from, to, now, &mut changes);
+    ctx.portal
+        .data
+        .lock()
+        .unassociate(from, to, now, &mut changes);
     shared.publish(&ctx.portal, changes, ctx.source);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -203,7 +219,9 @@ fn flex_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     match Value::deserialize(d)? {
         Value::String(s) => Ok(s),
         Value::Number(n) => Ok(n.to_string()),
-        other => Err(serde::de::Error::custom(format!("id must be a string, got {other}"))),
+        other => Err(serde::de::Error::custom(format!(
+            "id must be a string, got {other}"
+        ))),
     }
 }
 

@@ -26,20 +26,43 @@ pub fn router() -> Router<Arc<Shared>> {
         .route("/_sandbox/reset", post(reset))
         .route("/_sandbox/state", get(state_all))
         .route("/_sandbox/portals/{portal}/state", get(state_one))
-        .route("/_sandbox/portals/{portal}/faults", get(get_faults).put(put_faults).delete(clear_faults))
-        .route("/_sandbox/portals/{portal}/counters", get(get_counters).delete(clear_counters))
-        .route("/_sandbox/portals/{portal}/webhooks", get(get_hooks).put(put_hooks))
-        .route("/_sandbox/portals/{portal}/webhooks/deliveries", get(deliveries))
+        .route(
+            "/_sandbox/portals/{portal}/faults",
+            get(get_faults).put(put_faults).delete(clear_faults),
+        )
+        .route(
+            "/_sandbox/portals/{portal}/counters",
+            get(get_counters).delete(clear_counters),
+        )
+        .route(
+            "/_sandbox/portals/{portal}/webhooks",
+            get(get_hooks).put(put_hooks),
+        )
+        .route(
+            "/_sandbox/portals/{portal}/webhooks/deliveries",
+            get(deliveries),
+        )
         .route("/_sandbox/portals/{portal}/webhooks/flush", post(flush))
-        .route("/_sandbox/portals/{portal}/objects/{object_type}/{object_id}/restore", post(restore))
-        .route("/_sandbox/signed/{portal_id}/{file_id}", get(files::signed_download))
+        .route(
+            "/_sandbox/portals/{portal}/objects/{object_type}/{object_id}/restore",
+            post(restore),
+        )
+        .route(
+            "/_sandbox/signed/{portal_id}/{file_id}",
+            get(files::signed_download),
+        )
 }
 
 fn portal<'a>(shared: &'a Shared, name: &str) -> ApiResult<&'a Arc<Portal>> {
     shared.portal_by_name(name).ok_or_else(|| {
         ApiError::not_found(format!(
             "no sandbox portal named {name}; served: {}",
-            shared.portals.iter().map(|p| p.info.name.as_str()).collect::<Vec<_>>().join(", ")
+            shared
+                .portals
+                .iter()
+                .map(|p| p.info.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ))
     })
 }
@@ -80,7 +103,11 @@ fn dump(p: &Portal) -> Value {
     // File contents can be large; the dump shows their size instead.
     if let Some(files) = v.get_mut("files").and_then(Value::as_object_mut) {
         for (id, f) in files.iter_mut() {
-            let size = id.parse::<u64>().ok().and_then(|i| data.files.get(&i)).map_or(0, |f| f.content.len());
+            let size = id
+                .parse::<u64>()
+                .ok()
+                .and_then(|i| data.files.get(&i))
+                .map_or(0, |f| f.content.len());
             if let Some(o) = f.as_object_mut() {
                 o.remove("content");
                 o.insert("size".into(), json!(size));
@@ -91,17 +118,29 @@ fn dump(p: &Portal) -> Value {
 }
 
 async fn state_all(State(shared): State<Arc<Shared>>) -> Response {
-    reply(StatusCode::OK, json!({ "portals": shared.portals.iter().map(|p| dump(p)).collect::<Vec<_>>() }))
+    reply(
+        StatusCode::OK,
+        json!({ "portals": shared.portals.iter().map(|p| dump(p)).collect::<Vec<_>>() }),
+    )
 }
 
-async fn state_one(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> ApiResult<Response> {
+async fn state_one(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
     Ok(reply(StatusCode::OK, dump(portal(&shared, &name)?)))
 }
 
-async fn get_faults(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> ApiResult<Response> {
+async fn get_faults(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
     let p = portal(&shared, &name)?;
     let f = p.faults.lock().clone();
-    Ok(reply(StatusCode::OK, serde_json::to_value(f).unwrap_or(Value::Null)))
+    Ok(reply(
+        StatusCode::OK,
+        serde_json::to_value(f).unwrap_or(Value::Null),
+    ))
 }
 
 /// Replaces the portal's fault settings (fields left out are off).
@@ -113,27 +152,48 @@ async fn put_faults(
     let p = portal(&shared, &name)?;
     f.validate()?;
     *p.faults.lock() = f.clone();
-    Ok(reply(StatusCode::OK, serde_json::to_value(f).unwrap_or(Value::Null)))
+    Ok(reply(
+        StatusCode::OK,
+        serde_json::to_value(f).unwrap_or(Value::Null),
+    ))
 }
 
-async fn clear_faults(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> ApiResult<Response> {
+async fn clear_faults(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
     *portal(&shared, &name)?.faults.lock() = Faults::default();
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn get_counters(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> ApiResult<Response> {
+async fn get_counters(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
     let c = portal(&shared, &name)?.counters.lock().clone();
-    Ok(reply(StatusCode::OK, serde_json::to_value(c).unwrap_or(Value::Null)))
+    Ok(reply(
+        StatusCode::OK,
+        serde_json::to_value(c).unwrap_or(Value::Null),
+    ))
 }
 
-async fn clear_counters(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> ApiResult<Response> {
+async fn clear_counters(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
     *portal(&shared, &name)?.counters.lock() = Counters::default();
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn get_hooks(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> ApiResult<Response> {
+async fn get_hooks(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
     let s = portal(&shared, &name)?.hooks.settings();
-    Ok(reply(StatusCode::OK, serde_json::to_value(s).unwrap_or(Value::Null)))
+    Ok(reply(
+        StatusCode::OK,
+        serde_json::to_value(s).unwrap_or(Value::Null),
+    ))
 }
 
 async fn put_hooks(
@@ -145,19 +205,32 @@ async fn put_hooks(
     if let Some(url) = &s.target_url {
         let ok = reqwest::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
         if !ok {
-            return Err(ApiError::validation(format!("target_url {url} is not an http(s) URL")));
+            return Err(ApiError::validation(format!(
+                "target_url {url} is not an http(s) URL"
+            )));
         }
     }
     if s.max_concurrent == 0 || s.max_concurrent > 100 {
-        return Err(ApiError::validation("max_concurrent must be between 1 and 100"));
+        return Err(ApiError::validation(
+            "max_concurrent must be between 1 and 100",
+        ));
     }
     p.hooks.set_settings(s.clone());
-    Ok(reply(StatusCode::OK, serde_json::to_value(s).unwrap_or(Value::Null)))
+    Ok(reply(
+        StatusCode::OK,
+        serde_json::to_value(s).unwrap_or(Value::Null),
+    ))
 }
 
-async fn deliveries(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> ApiResult<Response> {
+async fn deliveries(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
     let (log, stats) = portal(&shared, &name)?.hooks.deliveries();
-    Ok(reply(StatusCode::OK, json!({ "stats": stats, "deliveries": log })))
+    Ok(reply(
+        StatusCode::OK,
+        json!({ "stats": stats, "deliveries": log }),
+    ))
 }
 
 async fn flush(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> ApiResult<Response> {
@@ -173,7 +246,9 @@ async fn restore(
 ) -> ApiResult<Response> {
     let p = portal(&shared, &name)?;
     let t = object_type(&t)?;
-    let id: u64 = id.parse().map_err(|_| ApiError::not_found(format!("{id} is not an object id")))?;
+    let id: u64 = id
+        .parse()
+        .map_err(|_| ApiError::not_found(format!("{id} is not an object id")))?;
     let now = shared.now_ms();
     let mut changes = Vec::new();
     p.data.lock().restore(t, id, now, &mut changes)?;

@@ -102,25 +102,81 @@ fn seed_properties(t: ObjectType) -> Vec<PropertyDef> {
         ObjectType::Quotes => "quoteinformation",
     };
     let mut v = vec![
-        read_only(prop("hs_object_id", "Record ID", "number", "number", g, &[])),
-        read_only(prop("hs_lastmodifieddate", "Last Modified Date", "datetime", "date", g, &[])),
-        read_only(prop("hs_createdate", "Create Date", "datetime", "date", g, &[])),
+        read_only(prop(
+            "hs_object_id",
+            "Record ID",
+            "number",
+            "number",
+            g,
+            &[],
+        )),
+        read_only(prop(
+            "hs_lastmodifieddate",
+            "Last Modified Date",
+            "datetime",
+            "date",
+            g,
+            &[],
+        )),
+        read_only(prop(
+            "hs_createdate",
+            "Create Date",
+            "datetime",
+            "date",
+            g,
+            &[],
+        )),
         prop("hubspot_owner_id", "Owner", "enumeration", "select", g, &[]),
     ];
     match t {
         ObjectType::Deals => v.extend([
-            read_only(prop("createdate", "Create Date", "datetime", "date", g, &[])),
+            read_only(prop(
+                "createdate",
+                "Create Date",
+                "datetime",
+                "date",
+                g,
+                &[],
+            )),
             prop("dealname", "Deal Name", "string", "text", g, &[]),
             prop("amount", "Amount", "number", "number", g, &[]),
             prop("closedate", "Close Date", "datetime", "date", g, &[]),
             prop("pipeline", "Pipeline", "enumeration", "select", g, &[]),
             prop("dealstage", "Deal Stage", "enumeration", "radio", g, &[]),
-            prop("description", "Deal Description", "string", "textarea", g, &[]),
-            prop("dealtype", "Deal Type", "enumeration", "radio", g, &["newbusiness", "existingbusiness"]),
+            prop(
+                "description",
+                "Deal Description",
+                "string",
+                "textarea",
+                g,
+                &[],
+            ),
+            prop(
+                "dealtype",
+                "Deal Type",
+                "enumeration",
+                "radio",
+                g,
+                &["newbusiness", "existingbusiness"],
+            ),
         ]),
         ObjectType::Contacts => v.extend([
-            read_only(prop("createdate", "Create Date", "datetime", "date", g, &[])),
-            read_only(prop("lastmodifieddate", "Last Modified Date", "datetime", "date", g, &[])),
+            read_only(prop(
+                "createdate",
+                "Create Date",
+                "datetime",
+                "date",
+                g,
+                &[],
+            )),
+            read_only(prop(
+                "lastmodifieddate",
+                "Last Modified Date",
+                "datetime",
+                "date",
+                g,
+                &[],
+            )),
             {
                 let mut p = prop("email", "Email", "string", "text", g, &[]);
                 p.has_unique_value = true;
@@ -132,7 +188,14 @@ fn seed_properties(t: ObjectType) -> Vec<PropertyDef> {
             prop("phone", "Phone Number", "string", "phonenumber", g, &[]),
         ]),
         ObjectType::Companies => v.extend([
-            read_only(prop("createdate", "Create Date", "datetime", "date", g, &[])),
+            read_only(prop(
+                "createdate",
+                "Create Date",
+                "datetime",
+                "date",
+                g,
+                &[],
+            )),
             prop("name", "Company name", "string", "text", g, &[]),
             prop("domain", "Company Domain Name", "string", "text", g, &[]),
             prop("website", "Website URL", "string", "text", g, &[]),
@@ -141,23 +204,75 @@ fn seed_properties(t: ObjectType) -> Vec<PropertyDef> {
         ObjectType::Notes => v.extend([
             prop("hs_note_body", "Note body", "string", "html", g, &[]),
             prop("hs_timestamp", "Activity date", "datetime", "date", g, &[]),
-            prop("hs_attachment_ids", "Attached file IDs", "string", "text", g, &[]),
+            prop(
+                "hs_attachment_ids",
+                "Attached file IDs",
+                "string",
+                "text",
+                g,
+                &[],
+            ),
         ]),
         ObjectType::Tasks => v.extend([
             prop("hs_task_subject", "Task Title", "string", "text", g, &[]),
             prop("hs_task_body", "Notes", "string", "html", g, &[]),
             prop("hs_timestamp", "Due date", "datetime", "date", g, &[]),
-            prop("hs_task_status", "Task Status", "enumeration", "select", g,
-                &["NOT_STARTED", "IN_PROGRESS", "WAITING", "COMPLETED", "DEFERRED"]),
-            prop("hs_task_priority", "Priority", "enumeration", "select", g,
-                &["NONE", "LOW", "MEDIUM", "HIGH"]),
-            prop("hs_task_type", "Task Type", "enumeration", "select", g, &["TODO", "CALL", "EMAIL"]),
+            prop(
+                "hs_task_status",
+                "Task Status",
+                "enumeration",
+                "select",
+                g,
+                &[
+                    "NOT_STARTED",
+                    "IN_PROGRESS",
+                    "WAITING",
+                    "COMPLETED",
+                    "DEFERRED",
+                ],
+            ),
+            prop(
+                "hs_task_priority",
+                "Priority",
+                "enumeration",
+                "select",
+                g,
+                &["NONE", "LOW", "MEDIUM", "HIGH"],
+            ),
+            prop(
+                "hs_task_type",
+                "Task Type",
+                "enumeration",
+                "select",
+                g,
+                &["TODO", "CALL", "EMAIL"],
+            ),
         ]),
         ObjectType::Quotes => v.extend([
             prop("hs_title", "Quote Name", "string", "text", g, &[]),
-            prop("hs_expiration_date", "Expiration Date", "datetime", "date", g, &[]),
-            prop("hs_status", "Quote approval status", "enumeration", "select", g,
-                &["DRAFT", "APPROVAL_NOT_NEEDED", "PENDING_APPROVAL", "APPROVED", "REJECTED", "PENDING_BUYER_ACTION"]),
+            prop(
+                "hs_expiration_date",
+                "Expiration Date",
+                "datetime",
+                "date",
+                g,
+                &[],
+            ),
+            prop(
+                "hs_status",
+                "Quote approval status",
+                "enumeration",
+                "select",
+                g,
+                &[
+                    "DRAFT",
+                    "APPROVAL_NOT_NEEDED",
+                    "PENDING_APPROVAL",
+                    "APPROVED",
+                    "REJECTED",
+                    "PENDING_BUYER_ACTION",
+                ],
+            ),
             prop("hs_quote_amount", "Amount", "number", "number", g, &[]),
             prop("hs_quote_link", "Quote link", "string", "text", g, &[]),
             prop("hs_currency", "Currency", "string", "text", g, &[]),
@@ -205,22 +320,42 @@ impl PortalData {
             for mut p in seed_properties(t) {
                 p.created_ms = now;
                 p.updated_ms = now;
-                groups.entry(p.group_name.clone()).or_insert_with(|| GroupDef {
-                    name: p.group_name.clone(),
-                    label: p.group_name.clone(),
-                    display_order: -1,
-                    archived: false,
-                });
+                groups
+                    .entry(p.group_name.clone())
+                    .or_insert_with(|| GroupDef {
+                        name: p.group_name.clone(),
+                        label: p.group_name.clone(),
+                        display_order: -1,
+                        archived: false,
+                    });
                 props.insert(p.name.clone(), p);
             }
             d.properties.insert(t, props);
             d.groups.insert(t, groups);
         }
         let mut stages = vec![
-            stage("appointmentscheduled", "Appointment Scheduled", 0, "0.2", false),
+            stage(
+                "appointmentscheduled",
+                "Appointment Scheduled",
+                0,
+                "0.2",
+                false,
+            ),
             stage("qualifiedtobuy", "Qualified To Buy", 1, "0.4", false),
-            stage("presentationscheduled", "Presentation Scheduled", 2, "0.6", false),
-            stage("decisionmakerboughtin", "Decision Maker Bought-In", 3, "0.8", false),
+            stage(
+                "presentationscheduled",
+                "Presentation Scheduled",
+                2,
+                "0.6",
+                false,
+            ),
+            stage(
+                "decisionmakerboughtin",
+                "Decision Maker Bought-In",
+                3,
+                "0.8",
+                false,
+            ),
             stage("contractsent", "Contract Sent", 4, "0.9", false),
             stage("closedwon", "Closed Won", 5, "1.0", true),
             stage("closedlost", "Closed Lost", 6, "0.0", true),
@@ -248,7 +383,12 @@ impl PortalData {
             let i = i as u64;
             d.owners.push(Owner {
                 id: ((ordinal + 1) * 1_000_000 + 100 + i).to_string(),
-                email: format!("{}.{}@{}.example", first.to_lowercase(), last.to_lowercase(), name),
+                email: format!(
+                    "{}.{}@{}.example",
+                    first.to_lowercase(),
+                    last.to_lowercase(),
+                    name
+                ),
                 first_name: first.into(),
                 last_name: last.into(),
                 user_id: ((ordinal + 1) * 1_000_000 + 500 + i) as i64,
@@ -379,7 +519,9 @@ impl PortalData {
                 problems.push(PropertyProblem {
                     name: name.clone(),
                     code: "READ_ONLY_VALUE",
-                    message: format!("\"{name}\" is a read only property; its value cannot be set."),
+                    message: format!(
+                        "\"{name}\" is a read only property; its value cannot be set."
+                    ),
                 });
                 continue;
             }
@@ -403,8 +545,14 @@ impl PortalData {
                 None => problems.push(PropertyProblem {
                     name: "pipeline".into(),
                     code: "INVALID_OPTION",
-                    message: format!("{pipeline_id} was not one of the allowed options: [{}]",
-                        self.pipelines[&ObjectType::Deals].iter().map(|p| p.id.as_str()).collect::<Vec<_>>().join(", ")),
+                    message: format!(
+                        "{pipeline_id} was not one of the allowed options: [{}]",
+                        self.pipelines[&ObjectType::Deals]
+                            .iter()
+                            .map(|p| p.id.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
                 }),
                 Some(p) => {
                     let check = stage.or_else(|| {
@@ -451,7 +599,10 @@ impl PortalData {
         if value.chars().count() > MAX_VALUE_LEN {
             return Err(bad(
                 "INVALID_PROPERTY_VALUE",
-                format!("{} is longer than the maximum of {MAX_VALUE_LEN} characters", def.name),
+                format!(
+                    "{} is longer than the maximum of {MAX_VALUE_LEN} characters",
+                    def.name
+                ),
             ));
         }
         match (def.ptype.as_str(), def.name.as_str()) {
@@ -459,7 +610,10 @@ impl PortalData {
                 if self.owners.iter().any(|o| o.id == value) {
                     Ok(value.into())
                 } else {
-                    Err(bad("INVALID_OWNER_ID", format!("{value} is not a valid owner id")))
+                    Err(bad(
+                        "INVALID_OWNER_ID",
+                        format!("{value} is not a valid owner id"),
+                    ))
                 }
             }
             (_, "pipeline" | "dealstage") if t == ObjectType::Deals => Ok(value.into()),
@@ -502,7 +656,10 @@ impl PortalData {
                 }),
             ("bool", _) => match value.to_ascii_lowercase().as_str() {
                 "true" | "false" => Ok(value.to_ascii_lowercase()),
-                _ => Err(bad("INVALID_BOOLEAN", format!("{value} is not a valid boolean"))),
+                _ => Err(bad(
+                    "INVALID_BOOLEAN",
+                    format!("{value} is not a valid boolean"),
+                )),
             },
             ("enumeration", _) if !def.options.is_empty() => {
                 let allowed = || {
@@ -532,7 +689,12 @@ impl PortalData {
     }
 
     /// Refuses a value that another live object of the type already holds in a unique property.
-    fn check_unique(&self, t: ObjectType, id: Option<u64>, values: &[(String, String)]) -> ApiResult<()> {
+    fn check_unique(
+        &self,
+        t: ObjectType,
+        id: Option<u64>,
+        values: &[(String, String)],
+    ) -> ApiResult<()> {
         for (name, value) in values {
             if value.is_empty() {
                 continue;
@@ -558,10 +720,16 @@ impl PortalData {
     }
 
     /// Validates a create without applying it (batch create checks all inputs first).
-    pub fn check_create(&self, t: ObjectType, props: &serde_json::Map<String, Value>) -> ApiResult<Vec<(String, String)>> {
+    pub fn check_create(
+        &self,
+        t: ObjectType,
+        props: &serde_json::Map<String, Value>,
+    ) -> ApiResult<Vec<(String, String)>> {
         let values = self.validate(t, props, None)?;
         if matches!(t, ObjectType::Notes | ObjectType::Tasks)
-            && !values.iter().any(|(n, v)| n == "hs_timestamp" && !v.is_empty())
+            && !values
+                .iter()
+                .any(|(n, v)| n == "hs_timestamp" && !v.is_empty())
         {
             return Err(invalid_properties(vec![PropertyProblem {
                 name: "hs_timestamp".into(),
@@ -595,23 +763,48 @@ impl PortalData {
             // HubSpot puts a deal without a pipeline into the default one.
             obj.props.insert(
                 self.intern("pipeline"),
-                vec![Hist { value: "default".into(), ts: now, source }],
+                vec![Hist {
+                    value: "default".into(),
+                    ts: now,
+                    source,
+                }],
             );
         }
-        changes.push(Change::Created { otype: t, id, at: now });
+        changes.push(Change::Created {
+            otype: t,
+            id,
+            at: now,
+        });
         for (name, value) in values {
             if value.is_empty() {
                 continue;
             }
             self.index_unique(t, &name, None, Some(&value), id);
             let key = self.intern(&name);
-            obj.props.insert(key, vec![Hist { value, ts: now, source }]);
+            obj.props.insert(
+                key,
+                vec![Hist {
+                    value,
+                    ts: now,
+                    source,
+                }],
+            );
         }
-        self.objects.get_mut(&t).expect("every type is seeded").insert(id, obj);
+        self.objects
+            .get_mut(&t)
+            .expect("every type is seeded")
+            .insert(id, obj);
         Ok(id)
     }
 
-    fn index_unique(&mut self, t: ObjectType, name: &str, old: Option<&str>, new: Option<&str>, id: u64) {
+    fn index_unique(
+        &mut self,
+        t: ObjectType,
+        name: &str,
+        old: Option<&str>,
+        new: Option<&str>,
+        id: u64,
+    ) {
         if let Some(idx) = self.unique.get_mut(&(t, name.to_owned())) {
             if let Some(o) = old {
                 idx.remove(o);
@@ -623,7 +816,12 @@ impl PortalData {
     }
 
     /// Validates an update without applying it.
-    pub fn check_update(&self, t: ObjectType, id: u64, props: &serde_json::Map<String, Value>) -> ApiResult<Vec<(String, String)>> {
+    pub fn check_update(
+        &self,
+        t: ObjectType,
+        id: u64,
+        props: &serde_json::Map<String, Value>,
+    ) -> ApiResult<Vec<(String, String)>> {
         let obj = self.live(t, id)?;
         let values = self.validate(t, props, Some(obj))?;
         self.check_unique(t, Some(id), &values)?;
@@ -656,7 +854,10 @@ impl PortalData {
             return Ok(());
         }
         for (name, old, _) in &changed {
-            let new = changed.iter().find(|(n, _, _)| n == name).map(|(_, _, v)| v.as_str());
+            let new = changed
+                .iter()
+                .find(|(n, _, _)| n == name)
+                .map(|(_, _, v)| v.as_str());
             self.index_unique(t, name, Some(old), new, id);
         }
         let keys: Vec<Arc<str>> = changed.iter().map(|(n, _, _)| self.intern(n)).collect();
@@ -667,8 +868,18 @@ impl PortalData {
             .expect("checked live above");
         obj.updated_ms = now;
         for (key, (name, _, value)) in keys.into_iter().zip(changed) {
-            obj.props.entry(key).or_default().push(Hist { value: value.clone(), ts: now, source });
-            changes.push(Change::Property { otype: t, id, name, value, at: now });
+            obj.props.entry(key).or_default().push(Hist {
+                value: value.clone(),
+                ts: now,
+                source,
+            });
+            changes.push(Change::Property {
+                otype: t,
+                id,
+                name,
+                value,
+                at: now,
+            });
         }
         Ok(())
     }
@@ -691,7 +902,11 @@ impl PortalData {
         for (name, value) in uniques {
             self.index_unique(t, &name, Some(&value), None, id);
         }
-        changes.push(Change::Archived { otype: t, id, at: now });
+        changes.push(Change::Archived {
+            otype: t,
+            id,
+            at: now,
+        });
         if let Some(edges) = self.assoc.remove(&(t, id)) {
             for (to, types) in edges {
                 if let Some(back) = self.assoc.get_mut(&to) {
@@ -712,7 +927,13 @@ impl PortalData {
     }
 
     /// Brings an archived object back (HubSpot: a UI restore). Associations stay dropped.
-    pub fn restore(&mut self, t: ObjectType, id: u64, now: i64, changes: &mut Vec<Change>) -> ApiResult<()> {
+    pub fn restore(
+        &mut self,
+        t: ObjectType,
+        id: u64,
+        now: i64,
+        changes: &mut Vec<Change>,
+    ) -> ApiResult<()> {
         let obj = self
             .objects
             .get_mut(&t)
@@ -727,20 +948,32 @@ impl PortalData {
             .filter_map(|k| obj.get(k).map(|v| (k.to_string(), v)))
             .collect();
         for (name, value) in &values {
-            if let Some(other) = self.unique.get(&(t, name.clone())).and_then(|m| m.get(value)) {
+            if let Some(other) = self
+                .unique
+                .get(&(t, name.clone()))
+                .and_then(|m| m.get(value))
+            {
                 return Err(ApiError::conflict(format!(
                     "cannot restore {} {id}: {name}={value} is now used by {other}",
                     t.singular()
                 )));
             }
         }
-        let obj = self.objects.get_mut(&t).and_then(|m| m.get_mut(&id)).expect("found above");
+        let obj = self
+            .objects
+            .get_mut(&t)
+            .and_then(|m| m.get_mut(&id))
+            .expect("found above");
         obj.archived_ms = None;
         obj.updated_ms = now;
         for (name, value) in values {
             self.index_unique(t, &name, None, Some(&value), id);
         }
-        changes.push(Change::Restored { otype: t, id, at: now });
+        changes.push(Change::Restored {
+            otype: t,
+            id,
+            at: now,
+        });
         Ok(())
     }
 
@@ -773,8 +1006,19 @@ impl PortalData {
             pairs.push((*cat, def.type_id, def.inverse));
         }
         for (cat, type_id, inverse) in pairs {
-            let fresh = self.assoc.entry(from).or_default().entry(to).or_default().insert((cat, type_id));
-            self.assoc.entry(to).or_default().entry(from).or_default().insert((cat, inverse));
+            let fresh = self
+                .assoc
+                .entry(from)
+                .or_default()
+                .entry(to)
+                .or_default()
+                .insert((cat, type_id));
+            self.assoc
+                .entry(to)
+                .or_default()
+                .entry(from)
+                .or_default()
+                .insert((cat, inverse));
             if fresh {
                 changes.push(Change::Association {
                     from,
@@ -812,7 +1056,11 @@ impl PortalData {
     }
 
     /// Associated objects of one type, by id, with their types.
-    pub fn associated(&self, from: ObjKey, to_type: ObjectType) -> Vec<(u64, Vec<(AssocCategory, i32)>)> {
+    pub fn associated(
+        &self,
+        from: ObjKey,
+        to_type: ObjectType,
+    ) -> Vec<(u64, Vec<(AssocCategory, i32)>)> {
         self.assoc
             .get(&from)
             .map(|m| {
@@ -830,6 +1078,9 @@ fn is_primary(from: ObjectType, to: ObjectType, type_id: i32) -> bool {
 }
 
 pub fn not_found(t: ObjectType, id: &str) -> ApiError {
-    ApiError::not_found(format!("Object not found.  objectId are usually numeric. ({} {id})", t.singular()))
-        .with_context(serde_json::json!({ "id": [id] }))
+    ApiError::not_found(format!(
+        "Object not found.  objectId are usually numeric. ({} {id})",
+        t.singular()
+    ))
+    .with_context(serde_json::json!({ "id": [id] }))
 }

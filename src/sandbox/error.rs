@@ -72,7 +72,8 @@ impl ApiError {
         let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITS", message);
         e.extra.insert("errorType".into(), json!("RATE_LIMIT"));
         e.extra.insert("policyName".into(), json!(policy));
-        e.extra.insert("requestId".into(), json!(uuid::Uuid::new_v4().to_string()));
+        e.extra
+            .insert("requestId".into(), json!(uuid::Uuid::new_v4().to_string()));
         e
     }
 
@@ -80,7 +81,10 @@ impl ApiError {
         let mut m = Map::new();
         m.insert("status".into(), json!("error"));
         m.insert("message".into(), json!(self.message));
-        m.insert("correlationId".into(), json!(uuid::Uuid::new_v4().to_string()));
+        m.insert(
+            "correlationId".into(),
+            json!(uuid::Uuid::new_v4().to_string()),
+        );
         m.insert("category".into(), json!(self.category));
         if let Some(s) = &self.sub_category {
             m.insert("subCategory".into(), json!(s));

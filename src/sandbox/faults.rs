@@ -152,7 +152,15 @@ mod tests {
             ..Faults::default()
         };
         assert_eq!(f.draw("/crm/v3/objects/notes", false, || 0.0), Draw::None);
-        assert_eq!(f.draw("/crm/v3/objects/deals/search", false, || 0.0), Draw::Status(500));
-        assert!(Faults { rate_429: 1.5, ..Faults::default() }.validate().is_err());
+        assert_eq!(
+            f.draw("/crm/v3/objects/deals/search", false, || 0.0),
+            Draw::Status(500)
+        );
+        assert!(Faults {
+            rate_429: 1.5,
+            ..Faults::default()
+        }
+        .validate()
+        .is_err());
     }
 }

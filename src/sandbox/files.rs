@@ -58,7 +58,8 @@ pub async fn upload(
     Extension(ctx): Extension<Ctx>,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> ApiResult<Response> {
-    let mut mp = multipart.map_err(|e| bad_upload(format!("expected a multipart/form-data upload: {e}")))?;
+    let mut mp =
+        multipart.map_err(|e| bad_upload(format!("expected a multipart/form-data upload: {e}")))?;
     let limit = shared.config.max_file_bytes;
     let (mut content, mut part_name, mut file_name, mut folder_path, mut folder_id, mut options) =
         (None, None, None, None, None, None);
@@ -115,14 +116,18 @@ pub async fn upload(
         "PRIVATE",
     ];
     if !ACCESS.contains(&access.as_str()) {
-        return Err(bad_upload(format!("options.access {access} is not one of {}", ACCESS.join(", "))));
+        return Err(bad_upload(format!(
+            "options.access {access} is not one of {}",
+            ACCESS.join(", ")
+        )));
     }
     let full = file_name.or(part_name).unwrap_or_else(|| "upload".into());
     let (name, extension) = match full.rsplit_once('.') {
         Some((n, e)) if !n.is_empty() => (n.to_owned(), e.to_owned()),
         _ => (full.clone(), String::new()),
     };
-    let folder = folder_path.unwrap_or_else(|| format!("/folder-{}", folder_id.unwrap_or_default()));
+    let folder =
+        folder_path.unwrap_or_else(|| format!("/folder-{}", folder_id.unwrap_or_default()));
     let folder = format!("/{}", folder.trim_matches('/'));
     let now = shared.now_ms();
     let body = {
@@ -153,7 +158,9 @@ fn live_file<'a>(data: &'a PortalData, id: &str) -> ApiResult<&'a FileRec> {
         .ok()
         .and_then(|i| data.files.get(&i))
         .filter(|f| f.archived_ms.is_none())
-        .ok_or_else(|| ApiError::not_found(format!("File {id} not found")).with_context(json!({ "id": [id] })))
+        .ok_or_else(|| {
+            ApiError::not_found(format!("File {id} not found")).with_context(json!({ "id": [id] }))
+        })
 }
 
 pub async fn read(
@@ -209,7 +216,9 @@ pub async fn signed_url(
             .parse()
             .ok()
             .filter(|s| (1..=86_400 * 7).contains(s))
-            .ok_or_else(|| ApiError::validation("expirationSeconds must be between 1 and 604800"))?,
+            .ok_or_else(|| {
+                ApiError::validation("expirationSeconds must be between 1 and 604800")
+            })?,
     };
     let data = ctx.portal.data.lock();
     let f = live_file(&data, &id)?;
@@ -233,7 +242,11 @@ pub async fn signed_url(
 }
 
 fn content_response(f: &FileRec) -> Response {
-    let name = if f.extension.is_empty() { f.name.clone() } else { format!("{}.{}", f.name, f.extension) };
+    let name = if f.extension.is_empty() {
+        f.name.clone()
+    } else {
+        format!("{}.{}", f.name, f.extension)
+    };
     let disposition = format!("attachment; filename=\"{}\"", name.replace('"', ""));
     (
         StatusCode::OK,
@@ -246,7 +259,10 @@ fn content_response(f: &FileRec) -> Response {
         .into_response()
 }
 
-pub async fn download(Extension(ctx): Extension<Ctx>, Path(id): Path<String>) -> ApiResult<Response> {
+pub async fn download(
+    Extension(ctx): Extension<Ctx>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     let data = ctx.portal.data.lock();
     Ok(content_response(live_file(&data, &id)?))
 }
@@ -258,9 +274,22 @@ pub async fn signed_download(
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
     let q = Query::parse(q.as_deref());
-    let denied = || ApiError::new(StatusCode::FORBIDDEN, "FORBIDDEN", "signed URL is invalid or expired; ask for a new one");
-    let portal = shared.portals.iter().find(|p| p.info.portal_id == portal_id).ok_or_else(denied)?;
-    let expires: i64 = q.get("expires").and_then(|e| e.parse().ok()).ok_or_else(denied)?;
+    let denied = || {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "FORBIDDEN",
+            "signed URL is invalid or expired; ask for a new one",
+        )
+    };
+    let portal = shared
+        .portals
+        .iter()
+        .find(|p| p.info.portal_id == portal_id)
+        .ok_or_else(denied)?;
+    let expires: i64 = q
+        .get("expires")
+        .and_then(|e| e.parse().ok())
+        .ok_or_else(denied)?;
     let data = portal.data.lock();
     let f = live_file(&data, &id)?;
     let sig = signature(portal, f.id, expires);

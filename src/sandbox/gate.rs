@@ -77,19 +77,28 @@ pub fn endpoint_key(method: &Method, path: &str) -> String {
 
 /// Whether a call changes state (for the `writes` counter).
 pub fn is_write(method: &Method, path: &str) -> bool {
-    *method != Method::GET
-        && !path.ends_with("/search")
-        && !path.ends_with("/batch/read")
+    *method != Method::GET && !path.ends_with("/search") && !path.ends_with("/batch/read")
 }
 
 pub fn router(shared: Arc<Shared>) -> Router {
     let api = Router::new()
-        .route("/crm/v3/objects/{object_type}", get(objects::list).post(objects::create))
-        .route("/crm/v3/objects/{object_type}/search", post(objects::search))
-        .route("/crm/v3/objects/{object_type}/batch/{op}", post(objects::batch))
+        .route(
+            "/crm/v3/objects/{object_type}",
+            get(objects::list).post(objects::create),
+        )
+        .route(
+            "/crm/v3/objects/{object_type}/search",
+            post(objects::search),
+        )
+        .route(
+            "/crm/v3/objects/{object_type}/batch/{op}",
+            post(objects::batch),
+        )
         .route(
             "/crm/v3/objects/{object_type}/{object_id}",
-            get(objects::read).patch(objects::update).delete(objects::archive),
+            get(objects::read)
+                .patch(objects::update)
+                .delete(objects::archive),
         )
         .route(
             "/crm/v4/objects/{object_type}/{object_id}/associations/default/{to_type}/{to_id}",
@@ -103,28 +112,55 @@ pub fn router(shared: Arc<Shared>) -> Router {
             "/crm/v4/objects/{object_type}/{object_id}/associations/{to_type}/{to_id}",
             put(assoc::put_typed).delete(assoc::remove),
         )
-        .route("/crm/v4/associations/{from_type}/{to_type}/batch/{op}", post(assoc::batch))
+        .route(
+            "/crm/v4/associations/{from_type}/{to_type}/batch/{op}",
+            post(assoc::batch),
+        )
         .route(
             "/crm/v4/associations/{from_type}/{to_type}/batch/associate/default",
             post(assoc::batch_default),
         )
-        .route("/crm/associations/v4/{from_type}/{to_type}/labels", get(assoc::labels))
-        .route("/crm/v4/associations/{from_type}/{to_type}/labels", get(assoc::labels))
-        .route("/crm/v3/properties/{object_type}", get(schema::list_properties).post(schema::create_property))
-        .route("/crm/v3/properties/{object_type}/batch/{op}", post(schema::batch_properties))
-        .route("/crm/v3/properties/{object_type}/groups", get(schema::list_groups).post(schema::create_group))
+        .route(
+            "/crm/associations/v4/{from_type}/{to_type}/labels",
+            get(assoc::labels),
+        )
+        .route(
+            "/crm/v4/associations/{from_type}/{to_type}/labels",
+            get(assoc::labels),
+        )
+        .route(
+            "/crm/v3/properties/{object_type}",
+            get(schema::list_properties).post(schema::create_property),
+        )
+        .route(
+            "/crm/v3/properties/{object_type}/batch/{op}",
+            post(schema::batch_properties),
+        )
+        .route(
+            "/crm/v3/properties/{object_type}/groups",
+            get(schema::list_groups).post(schema::create_group),
+        )
         .route(
             "/crm/v3/properties/{object_type}/groups/{group}",
-            get(schema::read_group).patch(schema::update_group).delete(schema::archive_group),
+            get(schema::read_group)
+                .patch(schema::update_group)
+                .delete(schema::archive_group),
         )
         .route(
             "/crm/v3/properties/{object_type}/{name}",
-            get(schema::read_property).patch(schema::update_property).delete(schema::archive_property),
+            get(schema::read_property)
+                .patch(schema::update_property)
+                .delete(schema::archive_property),
         )
-        .route("/crm/v3/pipelines/{object_type}", get(schema::list_pipelines).post(schema::create_pipeline))
+        .route(
+            "/crm/v3/pipelines/{object_type}",
+            get(schema::list_pipelines).post(schema::create_pipeline),
+        )
         .route(
             "/crm/v3/pipelines/{object_type}/{pipeline_id}",
-            get(schema::read_pipeline).patch(schema::update_pipeline).delete(schema::archive_pipeline),
+            get(schema::read_pipeline)
+                .patch(schema::update_pipeline)
+                .delete(schema::archive_pipeline),
         )
         .route(
             "/crm/v3/pipelines/{object_type}/{pipeline_id}/stages",
@@ -137,8 +173,14 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/crm/v3/owners", get(schema::list_owners))
         .route("/crm/v3/owners/{owner_id}", get(schema::read_owner))
         .route("/files/v3/files", post(files::upload))
-        .route("/files/v3/files/{file_id}", get(files::read).delete(files::archive))
-        .route("/files/v3/files/{file_id}/signed-url", get(files::signed_url))
+        .route(
+            "/files/v3/files/{file_id}",
+            get(files::read).delete(files::archive),
+        )
+        .route(
+            "/files/v3/files/{file_id}/signed-url",
+            get(files::signed_url),
+        )
         .route("/files/v3/files/{file_id}/download", get(files::download))
         .route_layer(middleware::from_fn_with_state(shared.clone(), gate));
 
@@ -150,13 +192,19 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .merge(sandbox)
         .fallback(unknown_path)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn(move |mut req: Request, next: Next| async move {
-            req.extensions_mut().insert(limit);
-            next.run(req).await
-        }))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_answer))
+        .layer(middleware::from_fn(
+            move |mut req: Request, next: Next| async move {
+                req.extensions_mut().insert(limit);
+                next.run(req).await
+            },
+        ))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_answer,
+        ))
         // Multipart uploads read up to the file limit; JSON endpoints enforce their own.
-        .layer(axum::extract::DefaultBodyLimit::max(shared.config.max_file_bytes))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            shared.config.max_file_bytes,
+        ))
         .with_state(shared)
 }
 
@@ -187,7 +235,11 @@ fn panic_answer(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 }
 
 fn bearer(req: &Request) -> Option<&str> {
-    let v = req.headers().get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let v = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, token) = v.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
@@ -196,11 +248,24 @@ async fn gate(State(shared): State<Arc<Shared>>, mut req: Request, next: Next) -
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().map(str::to_owned);
-    let Some(portal) = bearer(&req).and_then(|t| shared.portal_by_token(t)).cloned() else {
-        return finish(&shared, &method, &path, query, ApiError::unauthorized().into_response()).await;
+    let Some(portal) = bearer(&req)
+        .and_then(|t| shared.portal_by_token(t))
+        .cloned()
+    else {
+        return finish(
+            &shared,
+            &method,
+            &path,
+            query,
+            ApiError::unauthorized().into_response(),
+        )
+        .await;
     };
     let write = is_write(&method, &path);
-    portal.counters.lock().hit(endpoint_key(&method, &path), write);
+    portal
+        .counters
+        .lock()
+        .hit(endpoint_key(&method, &path), write);
 
     let (draw, latency, hang) = {
         let mut f = portal.faults.lock();
@@ -249,7 +314,9 @@ async fn gate(State(shared): State<Arc<Shared>>, mut req: Request, next: Next) -
     let admitted = portal.limits.lock().admit(search, Instant::now(), day);
     let headers = match admitted {
         Ok(h) => h,
-        Err(e) => return finish_counted(&shared, &portal, &method, &path, query, e.into_response()).await,
+        Err(e) => {
+            return finish_counted(&shared, &portal, &method, &path, query, e.into_response()).await
+        }
     };
 
     let source = req
@@ -258,7 +325,10 @@ async fn gate(State(shared): State<Arc<Shared>>, mut req: Request, next: Next) -
         .and_then(|v| v.to_str().ok())
         .and_then(Source::parse)
         .unwrap_or(Source::Integration);
-    req.extensions_mut().insert(Ctx { portal: portal.clone(), source });
+    req.extensions_mut().insert(Ctx {
+        portal: portal.clone(),
+        source,
+    });
     let mut resp = next.run(req).await;
     if draw == Draw::AfterWrite {
         resp = ApiError::new(
@@ -278,8 +348,14 @@ async fn gate(State(shared): State<Arc<Shared>>, mut req: Request, next: Next) -
         set("x-hubspot-ratelimit-max", h.max.to_string());
         set("x-hubspot-ratelimit-remaining", h.remaining.to_string());
         set("x-hubspot-ratelimit-interval-milliseconds", "10000".into());
-        set("x-hubspot-ratelimit-secondly", (h.max / 10).max(1).to_string());
-        set("x-hubspot-ratelimit-secondly-remaining", (h.remaining / 10).to_string());
+        set(
+            "x-hubspot-ratelimit-secondly",
+            (h.max / 10).max(1).to_string(),
+        );
+        set(
+            "x-hubspot-ratelimit-secondly-remaining",
+            (h.remaining / 10).to_string(),
+        );
         if let Some((max, rem)) = h.daily {
             set("x-hubspot-ratelimit-daily", max.to_string());
             set("x-hubspot-ratelimit-daily-remaining", rem.to_string());
@@ -308,7 +384,13 @@ async fn finish_counted(
 }
 
 /// Records the answer when recording is on; otherwise passes it through untouched.
-async fn finish(shared: &Shared, method: &Method, path: &str, query: Option<String>, resp: Response) -> Response {
+async fn finish(
+    shared: &Shared,
+    method: &Method,
+    path: &str,
+    query: Option<String>,
+    resp: Response,
+) -> Response {
     let Some(rec) = &shared.recorder else {
         return resp;
     };
@@ -328,7 +410,9 @@ async fn finish(shared: &Shared, method: &Method, path: &str, query: Option<Stri
         });
         return Response::from_parts(parts, body);
     }
-    let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
     rec.lock().push(Recorded {
         method: method.to_string(),
         path: path.to_owned(),
@@ -350,7 +434,10 @@ mod tests {
             "PATCH /crm/v3/objects/deals/{id}"
         );
         assert_eq!(
-            endpoint_key(&Method::PUT, "/crm/v4/objects/deals/1/associations/default/notes/2"),
+            endpoint_key(
+                &Method::PUT,
+                "/crm/v4/objects/deals/1/associations/default/notes/2"
+            ),
             "PUT /crm/v4/objects/deals/{id}/associations/default/notes/{id}"
         );
         assert_eq!(
@@ -358,6 +445,9 @@ mod tests {
             "POST /crm/v3/objects/deals/batch/update"
         );
         assert!(!is_write(&Method::POST, "/crm/v3/objects/deals/search"));
-        assert!(is_write(&Method::POST, "/crm/v3/objects/deals/batch/update"));
+        assert!(is_write(
+            &Method::POST,
+            "/crm/v3/objects/deals/batch/update"
+        ));
     }
 }

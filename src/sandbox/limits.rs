@@ -131,7 +131,10 @@ mod tests {
         for _ in 0..4 {
             assert!(l.admit(true, t0, 0).unwrap().is_none());
         }
-        assert_eq!(l.admit(true, t0, 0).err().unwrap().body()["policyName"], "SECONDLY");
+        assert_eq!(
+            l.admit(true, t0, 0).err().unwrap().body()["policyName"],
+            "SECONDLY"
+        );
         // Ordinary calls are unaffected by the search limit.
         assert!(l.admit(false, t0, 0).unwrap().is_some());
     }
@@ -142,7 +145,10 @@ mod tests {
         let t0 = Instant::now();
         assert!(l.admit(false, t0, 1).is_ok());
         assert!(l.admit(false, t0, 1).is_ok());
-        assert_eq!(l.admit(false, t0, 1).err().unwrap().body()["policyName"], "DAILY");
+        assert_eq!(
+            l.admit(false, t0, 1).err().unwrap().body()["policyName"],
+            "DAILY"
+        );
         assert!(l.admit(false, t0, 2).is_ok());
     }
 }

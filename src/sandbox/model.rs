@@ -179,34 +179,202 @@ pub struct AssocDef {
 use ObjectType as T;
 /// HubSpot's own type ids, per direction. The first entry for a pair is its default type.
 pub const ASSOC_DEFS: &[AssocDef] = &[
-    AssocDef { from: T::Contacts, to: T::Companies, type_id: 279, inverse: 280, label: None },
-    AssocDef { from: T::Companies, to: T::Contacts, type_id: 280, inverse: 279, label: None },
-    AssocDef { from: T::Contacts, to: T::Companies, type_id: 1, inverse: 2, label: Some("Primary") },
-    AssocDef { from: T::Companies, to: T::Contacts, type_id: 2, inverse: 1, label: Some("Primary") },
-    AssocDef { from: T::Deals, to: T::Contacts, type_id: 3, inverse: 4, label: None },
-    AssocDef { from: T::Contacts, to: T::Deals, type_id: 4, inverse: 3, label: None },
-    AssocDef { from: T::Deals, to: T::Companies, type_id: 341, inverse: 342, label: None },
-    AssocDef { from: T::Companies, to: T::Deals, type_id: 342, inverse: 341, label: None },
-    AssocDef { from: T::Deals, to: T::Companies, type_id: 5, inverse: 6, label: Some("Primary") },
-    AssocDef { from: T::Companies, to: T::Deals, type_id: 6, inverse: 5, label: Some("Primary") },
-    AssocDef { from: T::Deals, to: T::Notes, type_id: 213, inverse: 214, label: None },
-    AssocDef { from: T::Notes, to: T::Deals, type_id: 214, inverse: 213, label: None },
-    AssocDef { from: T::Deals, to: T::Tasks, type_id: 215, inverse: 216, label: None },
-    AssocDef { from: T::Tasks, to: T::Deals, type_id: 216, inverse: 215, label: None },
-    AssocDef { from: T::Deals, to: T::Quotes, type_id: 63, inverse: 64, label: None },
-    AssocDef { from: T::Quotes, to: T::Deals, type_id: 64, inverse: 63, label: None },
-    AssocDef { from: T::Notes, to: T::Contacts, type_id: 202, inverse: 201, label: None },
-    AssocDef { from: T::Contacts, to: T::Notes, type_id: 201, inverse: 202, label: None },
-    AssocDef { from: T::Notes, to: T::Companies, type_id: 190, inverse: 189, label: None },
-    AssocDef { from: T::Companies, to: T::Notes, type_id: 189, inverse: 190, label: None },
-    AssocDef { from: T::Tasks, to: T::Contacts, type_id: 204, inverse: 203, label: None },
-    AssocDef { from: T::Contacts, to: T::Tasks, type_id: 203, inverse: 204, label: None },
-    AssocDef { from: T::Tasks, to: T::Companies, type_id: 192, inverse: 191, label: None },
-    AssocDef { from: T::Companies, to: T::Tasks, type_id: 191, inverse: 192, label: None },
-    AssocDef { from: T::Quotes, to: T::Contacts, type_id: 69, inverse: 70, label: None },
-    AssocDef { from: T::Contacts, to: T::Quotes, type_id: 70, inverse: 69, label: None },
-    AssocDef { from: T::Quotes, to: T::Companies, type_id: 71, inverse: 72, label: None },
-    AssocDef { from: T::Companies, to: T::Quotes, type_id: 72, inverse: 71, label: None },
+    AssocDef {
+        from: T::Contacts,
+        to: T::Companies,
+        type_id: 279,
+        inverse: 280,
+        label: None,
+    },
+    AssocDef {
+        from: T::Companies,
+        to: T::Contacts,
+        type_id: 280,
+        inverse: 279,
+        label: None,
+    },
+    AssocDef {
+        from: T::Contacts,
+        to: T::Companies,
+        type_id: 1,
+        inverse: 2,
+        label: Some("Primary"),
+    },
+    AssocDef {
+        from: T::Companies,
+        to: T::Contacts,
+        type_id: 2,
+        inverse: 1,
+        label: Some("Primary"),
+    },
+    AssocDef {
+        from: T::Deals,
+        to: T::Contacts,
+        type_id: 3,
+        inverse: 4,
+        label: None,
+    },
+    AssocDef {
+        from: T::Contacts,
+        to: T::Deals,
+        type_id: 4,
+        inverse: 3,
+        label: None,
+    },
+    AssocDef {
+        from: T::Deals,
+        to: T::Companies,
+        type_id: 341,
+        inverse: 342,
+        label: None,
+    },
+    AssocDef {
+        from: T::Companies,
+        to: T::Deals,
+        type_id: 342,
+        inverse: 341,
+        label: None,
+    },
+    AssocDef {
+        from: T::Deals,
+        to: T::Companies,
+        type_id: 5,
+        inverse: 6,
+        label: Some("Primary"),
+    },
+    AssocDef {
+        from: T::Companies,
+        to: T::Deals,
+        type_id: 6,
+        inverse: 5,
+        label: Some("Primary"),
+    },
+    AssocDef {
+        from: T::Deals,
+        to: T::Notes,
+        type_id: 213,
+        inverse: 214,
+        label: None,
+    },
+    AssocDef {
+        from: T::Notes,
+        to: T::Deals,
+        type_id: 214,
+        inverse: 213,
+        label: None,
+    },
+    AssocDef {
+        from: T::Deals,
+        to: T::Tasks,
+        type_id: 215,
+        inverse: 216,
+        label: None,
+    },
+    AssocDef {
+        from: T::Tasks,
+        to: T::Deals,
+        type_id: 216,
+        inverse: 215,
+        label: None,
+    },
+    AssocDef {
+        from: T::Deals,
+        to: T::Quotes,
+        type_id: 63,
+        inverse: 64,
+        label: None,
+    },
+    AssocDef {
+        from: T::Quotes,
+        to: T::Deals,
+        type_id: 64,
+        inverse: 63,
+        label: None,
+    },
+    AssocDef {
+        from: T::Notes,
+        to: T::Contacts,
+        type_id: 202,
+        inverse: 201,
+        label: None,
+    },
+    AssocDef {
+        from: T::Contacts,
+        to: T::Notes,
+        type_id: 201,
+        inverse: 202,
+        label: None,
+    },
+    AssocDef {
+        from: T::Notes,
+        to: T::Companies,
+        type_id: 190,
+        inverse: 189,
+        label: None,
+    },
+    AssocDef {
+        from: T::Companies,
+        to: T::Notes,
+        type_id: 189,
+        inverse: 190,
+        label: None,
+    },
+    AssocDef {
+        from: T::Tasks,
+        to: T::Contacts,
+        type_id: 204,
+        inverse: 203,
+        label: None,
+    },
+    AssocDef {
+        from: T::Contacts,
+        to: T::Tasks,
+        type_id: 203,
+        inverse: 204,
+        label: None,
+    },
+    AssocDef {
+        from: T::Tasks,
+        to: T::Companies,
+        type_id: 192,
+        inverse: 191,
+        label: None,
+    },
+    AssocDef {
+        from: T::Companies,
+        to: T::Tasks,
+        type_id: 191,
+        inverse: 192,
+        label: None,
+    },
+    AssocDef {
+        from: T::Quotes,
+        to: T::Contacts,
+        type_id: 69,
+        inverse: 70,
+        label: None,
+    },
+    AssocDef {
+        from: T::Contacts,
+        to: T::Quotes,
+        type_id: 70,
+        inverse: 69,
+        label: None,
+    },
+    AssocDef {
+        from: T::Quotes,
+        to: T::Companies,
+        type_id: 71,
+        inverse: 72,
+        label: None,
+    },
+    AssocDef {
+        from: T::Companies,
+        to: T::Quotes,
+        type_id: 72,
+        inverse: 71,
+        label: None,
+    },
 ];
 
 pub fn assoc_def(from: ObjectType, to: ObjectType, type_id: i32) -> Option<&'static AssocDef> {
@@ -388,10 +556,15 @@ pub struct OptionDef {
 pub fn valid_type_pair(ptype: &str, field_type: &str) -> bool {
     matches!(
         (ptype, field_type),
-        ("string", "text" | "textarea" | "html" | "phonenumber" | "file")
-            | ("number", "number" | "calculation_equation")
+        (
+            "string",
+            "text" | "textarea" | "html" | "phonenumber" | "file"
+        ) | ("number", "number" | "calculation_equation")
             | ("date" | "datetime", "date")
-            | ("enumeration", "select" | "radio" | "checkbox" | "booleancheckbox")
+            | (
+                "enumeration",
+                "select" | "radio" | "checkbox" | "booleancheckbox"
+            )
             | ("bool", "booleancheckbox" | "calculation_equation")
     )
 }
@@ -468,6 +641,9 @@ mod b64 {
     }
 }
 
+/// The (category, type id) pairs of one association.
+pub type AssocTypes = Vec<(AssocCategory, i32)>;
+
 /// Key of one side of an association.
 pub type ObjKey = (ObjectType, u64);
 
@@ -512,7 +688,11 @@ mod assoc_serde {
         let edges: Vec<Edge> = Vec::deserialize(d)?;
         let mut m: Map = HashMap::new();
         for (from, to, c, t) in edges {
-            m.entry(from).or_default().entry(to).or_default().insert((c, t));
+            m.entry(from)
+                .or_default()
+                .entry(to)
+                .or_default()
+                .insert((c, t));
         }
         Ok(m)
     }

@@ -57,7 +57,9 @@ impl View {
 pub fn render(data: &PortalData, t: ObjectType, obj: &Object, view: &View, at: i64) -> Value {
     let mut props = Map::new();
     let always: &[&str] = match t {
-        ObjectType::Deals | ObjectType::Companies => &["createdate", "hs_lastmodifieddate", "hs_object_id"],
+        ObjectType::Deals | ObjectType::Companies => {
+            &["createdate", "hs_lastmodifieddate", "hs_object_id"]
+        }
         ObjectType::Contacts => &["createdate", "lastmodifieddate", "hs_object_id"],
         _ => &["hs_createdate", "hs_lastmodifieddate", "hs_object_id"],
     };
@@ -81,7 +83,11 @@ pub fn render(data: &PortalData, t: ObjectType, obj: &Object, view: &View, at: i
     out.insert("properties".into(), Value::Object(props));
     if !view.history.is_empty() {
         let mut h = Map::new();
-        for n in view.history.iter().filter(|n| data.property(t, n).is_some()) {
+        for n in view
+            .history
+            .iter()
+            .filter(|n| data.property(t, n).is_some())
+        {
             let entries: Vec<Value> = match obj.props.get(n.as_str()) {
                 Some(_) => obj
                     .history(n)
@@ -149,7 +155,11 @@ fn source_id(s: Source) -> &'static str {
 
 /// A view showing the default properties plus the ones a write touched.
 fn written_view(props: &Map<String, Value>, t: ObjectType) -> View {
-    let mut list: Vec<String> = t.default_properties().iter().map(|s| (*s).to_owned()).collect();
+    let mut list: Vec<String> = t
+        .default_properties()
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
     list.extend(props.keys().cloned());
     View {
         properties: Some(list),
@@ -166,13 +176,19 @@ pub async fn list(
     let t = object_type(&t)?;
     let q = Query::parse(q.as_deref());
     let view = View::from_query(&q)?;
-    let max = if view.history.is_empty() { MAX_LIST } else { MAX_LIST_WITH_HISTORY };
+    let max = if view.history.is_empty() {
+        MAX_LIST
+    } else {
+        MAX_LIST_WITH_HISTORY
+    };
     let limit = q.limit(10, max)?;
     let archived = q.flag("archived")?;
     let after: u64 = match q.get("after") {
         None => 0,
         Some(a) => a.parse().map_err(|_| {
-            ApiError::validation(format!("after={a} is not a paging cursor this endpoint returned"))
+            ApiError::validation(format!(
+                "after={a} is not a paging cursor this endpoint returned"
+            ))
         })?,
     };
     let data = ctx.portal.data.lock();
@@ -212,7 +228,9 @@ fn id_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error>
     match Value::deserialize(d)? {
         Value::String(s) => Ok(s),
         Value::Number(n) => Ok(n.to_string()),
-        other => Err(serde::de::Error::custom(format!("id must be a string, got {other}"))),
+        other => Err(serde::de::Error::custom(format!(
+            "id must be a string, got {other}"
+        ))),
     }
 }
 
@@ -238,7 +256,7 @@ fn plan_associations(
     data: &PortalData,
     t: ObjectType,
     inputs: &[AssocInput],
-) -> ApiResult<Vec<(ObjKey, Vec<(AssocCategory, i32)>)>> {
+) -> ApiResult<Vec<(ObjKey, AssocTypes)>> {
     let mut out = Vec::new();
     for a in inputs {
         let mut types = Vec::new();
@@ -250,6 +268,13 @@ fn plan_associations(
                     ty.association_category
                 ))
             })?;
+            if cat != AssocCategory::HubspotDefined {
+                return Err(ApiError::validation(format!(
+                    "{} {} is not an association type this portal defines; use HUBSPOT_DEFINED types",
+                    cat.as_str(),
+                    ty.association_type_id
+                )));
+            }
             let def = ASSOC_DEFS
                 .iter()
                 .find(|d| d.from == t && d.type_id == ty.association_type_id)
@@ -260,10 +285,19 @@ fn plan_associations(
                         t.name()
                     ))
                 })?;
+            // Every type of one association must point at the same kind of object.
+            if to_type.is_some_and(|prev| prev != def.to) {
+                return Err(ApiError::validation(format!(
+                    "association types of one target must all lead to the same object type; {} leads to {}",
+                    ty.association_type_id,
+                    def.to.name()
+                )));
+            }
             to_type = Some(def.to);
             types.push((cat, ty.association_type_id));
         }
-        let to_type = to_type.ok_or_else(|| ApiError::validation("each association needs at least one type"))?;
+        let to_type = to_type
+            .ok_or_else(|| ApiError::validation("each association needs at least one type"))?;
         let id: u64 = a.to.id.parse().map_err(|_| not_found(to_type, &a.to.id))?;
         data.live(to_type, id).map_err(|_| {
             ApiError::validation(format!(
@@ -329,7 +363,10 @@ pub async fn read(
         .get(&id)
         .filter(|o| o.is_archived() == archived)
         .ok_or_else(|| not_found(t, &id.to_string()))?;
-    Ok(reply(StatusCode::OK, render(&data, t, obj, &view, i64::MAX)))
+    Ok(reply(
+        StatusCode::OK,
+        render(&data, t, obj, &view, i64::MAX),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -408,7 +445,12 @@ fn parse_inputs<T: serde::de::DeserializeOwned>(inputs: &[Value]) -> ApiResult<V
         .collect()
 }
 
-fn batch_body(results: Vec<Value>, errors: Vec<Value>, started: i64, now: i64) -> (StatusCode, Value) {
+fn batch_body(
+    results: Vec<Value>,
+    errors: Vec<Value>,
+    started: i64,
+    now: i64,
+) -> (StatusCode, Value) {
     let mut body = json!({
         "status": "COMPLETE",
         "results": results,
@@ -428,7 +470,8 @@ fn batch_body(results: Vec<Value>, errors: Vec<Value>, started: i64, now: i64) -
 /// `objectWriteTraceId` (HubSpot's rule); otherwise one bad input fails the whole call.
 fn traced(ids: &[Option<String>]) -> bool {
     let mut seen = HashSet::new();
-    ids.iter().all(|i| i.as_ref().is_some_and(|i| seen.insert(i.clone())))
+    ids.iter()
+        .all(|i| i.as_ref().is_some_and(|i| seen.insert(i.clone())))
 }
 
 pub async fn batch(
@@ -474,7 +517,9 @@ pub async fn batch(
                 return Err(ApiError::new(
                     StatusCode::NOT_FOUND,
                     "OBJECT_NOT_FOUND",
-                    format!("unknown batch operation {other}: use read, create, update, upsert or archive"),
+                    format!(
+                    "unknown batch operation {other}: use read, create, update, upsert or archive"
+                ),
                 ))
             }
         }
@@ -483,7 +528,13 @@ pub async fn batch(
     Ok(reply(status, body))
 }
 
-fn batch_read(data: &PortalData, t: ObjectType, input: &BatchInput, archived: bool, now: i64) -> ApiResult<(StatusCode, Value)> {
+fn batch_read(
+    data: &PortalData,
+    t: ObjectType,
+    input: &BatchInput,
+    archived: bool,
+    now: i64,
+) -> ApiResult<(StatusCode, Value)> {
     let view = View {
         properties: (!input.properties.is_empty()).then(|| input.properties.clone()),
         history: input.properties_with_history.clone(),
@@ -496,7 +547,9 @@ fn batch_read(data: &PortalData, t: ObjectType, input: &BatchInput, archived: bo
             Value::String(s) => s.clone(),
             other => other.to_string(),
         }) else {
-            return Err(ApiError::validation("Invalid input JSON: each input needs an id"));
+            return Err(ApiError::validation(
+                "Invalid input JSON: each input needs an id",
+            ));
         };
         let found = data
             .resolve(t, &id, input.id_property.as_deref())
@@ -529,7 +582,12 @@ fn batch_create(
     changes: &mut Vec<Change>,
 ) -> ApiResult<(StatusCode, Value)> {
     let inputs: Vec<CreateInput> = parse_inputs(&input.inputs)?;
-    let partial = traced(&inputs.iter().map(|i| i.object_write_trace_id.clone()).collect::<Vec<_>>());
+    let partial = traced(
+        &inputs
+            .iter()
+            .map(|i| i.object_write_trace_id.clone())
+            .collect::<Vec<_>>(),
+    );
     if !partial {
         // All or nothing: check every input before writing any.
         let mut seen_unique: HashSet<(String, String)> = HashSet::new();
@@ -540,7 +598,9 @@ fn batch_create(
                 if data.property(t, k).is_some_and(|p| p.has_unique_value) {
                     if let Some(s) = v.as_str().filter(|s| !s.is_empty()) {
                         if !seen_unique.insert((k.clone(), s.to_owned())) {
-                            return Err(ApiError::conflict(format!("Duplicate {k} value {s} in batch input")));
+                            return Err(ApiError::conflict(format!(
+                                "Duplicate {k} value {s} in batch input"
+                            )));
                         }
                     }
                 }
@@ -565,7 +625,14 @@ fn batch_create(
         }
     }
     let (status, body) = batch_body(results, errors, now, now);
-    Ok((if status == StatusCode::OK { StatusCode::CREATED } else { status }, body))
+    Ok((
+        if status == StatusCode::OK {
+            StatusCode::CREATED
+        } else {
+            status
+        },
+        body,
+    ))
 }
 
 fn batch_update(
@@ -580,14 +647,26 @@ fn batch_update(
     let mut seen = HashSet::new();
     for i in &inputs {
         if !seen.insert((i.id_property.clone(), i.id.clone())) {
-            return Err(ApiError::validation(format!("Duplicate IDs found in batch input: [{}]", i.id)));
+            return Err(ApiError::validation(format!(
+                "Duplicate IDs found in batch input: [{}]",
+                i.id
+            )));
         }
     }
-    let partial = traced(&inputs.iter().map(|i| i.object_write_trace_id.clone()).collect::<Vec<_>>());
+    let partial = traced(
+        &inputs
+            .iter()
+            .map(|i| i.object_write_trace_id.clone())
+            .collect::<Vec<_>>(),
+    );
     let mut missing = Vec::new();
     let mut resolved = Vec::new();
     for i in &inputs {
-        match data.resolve(t, &i.id, i.id_property.as_deref().or(input.id_property.as_deref())) {
+        match data.resolve(
+            t,
+            &i.id,
+            i.id_property.as_deref().or(input.id_property.as_deref()),
+        ) {
             Ok(id) if data.live(t, id).is_ok() => resolved.push(Some(id)),
             _ => {
                 missing.push(i.id.clone());
@@ -643,7 +722,9 @@ fn batch_upsert(
     // Check everything first: upsert is all or nothing.
     for i in &inputs {
         let Some(prop) = i.id_property.as_deref().or(input.id_property.as_deref()) else {
-            return Err(ApiError::validation("batch upsert needs idProperty on every input"));
+            return Err(ApiError::validation(
+                "batch upsert needs idProperty on every input",
+            ));
         };
         if !data.property(t, prop).is_some_and(|p| p.has_unique_value) {
             return Err(ApiError::validation(format!(
@@ -652,7 +733,10 @@ fn batch_upsert(
             )));
         }
         if !seen.insert((prop.to_owned(), i.id.clone())) {
-            return Err(ApiError::validation(format!("Duplicate IDs found in batch input: [{}]", i.id)));
+            return Err(ApiError::validation(format!(
+                "Duplicate IDs found in batch input: [{}]",
+                i.id
+            )));
         }
         match data.resolve(t, &i.id, Some(prop)) {
             Ok(id) => {
@@ -667,7 +751,11 @@ fn batch_upsert(
     }
     let mut results = Vec::new();
     for i in &inputs {
-        let prop = i.id_property.as_deref().or(input.id_property.as_deref()).unwrap_or_default();
+        let prop = i
+            .id_property
+            .as_deref()
+            .or(input.id_property.as_deref())
+            .unwrap_or_default();
         let (id, new) = match data.resolve(t, &i.id, Some(prop)) {
             Ok(id) => {
                 data.update(t, id, &i.properties, source, now, changes)?;

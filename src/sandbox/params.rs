@@ -23,7 +23,10 @@ impl Query {
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn list(&self, key: &str) -> Vec<String> {
@@ -94,7 +97,9 @@ pub fn too_large(limit: usize) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         "VALIDATION_ERROR",
-        format!("Request body is larger than the limit of {limit} bytes; send fewer inputs per call"),
+        format!(
+            "Request body is larger than the limit of {limit} bytes; send fewer inputs per call"
+        ),
     )
 }
 

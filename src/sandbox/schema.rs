@@ -70,7 +70,10 @@ fn options(input: Vec<OptionIn>) -> ApiResult<Vec<OptionDef>> {
         .enumerate()
         .map(|(i, o)| {
             if !seen.insert(o.value.clone()) {
-                return Err(ApiError::validation(format!("option value {} is listed twice", o.value)));
+                return Err(ApiError::validation(format!(
+                    "option value {} is listed twice",
+                    o.value
+                )));
             }
             Ok(OptionDef {
                 label: o.label,
@@ -109,10 +112,16 @@ fn valid_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 100
         && n.starts_with(|c: char| c.is_ascii_lowercase())
-        && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && n.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
-fn create_property_in(data: &mut PortalData, t: ObjectType, p: PropertyCreate, now: i64) -> ApiResult<PropertyDef> {
+fn create_property_in(
+    data: &mut PortalData,
+    t: ObjectType,
+    p: PropertyCreate,
+    now: i64,
+) -> ApiResult<PropertyDef> {
     if !valid_name(&p.name) {
         return Err(ApiError::validation(format!(
             "Property name {:?} is invalid: use lowercase letters, digits and underscores, starting with a letter",
@@ -126,7 +135,10 @@ fn create_property_in(data: &mut PortalData, t: ObjectType, p: PropertyCreate, n
         )));
     }
     if p.ptype == "enumeration" && p.field_type != "booleancheckbox" && p.options.is_empty() {
-        return Err(ApiError::validation(format!("enumeration property {} needs options", p.name)));
+        return Err(ApiError::validation(format!(
+            "enumeration property {} needs options",
+            p.name
+        )));
     }
     if !data.groups[&t].contains_key(&p.group_name) {
         return Err(ApiError::validation(format!(
@@ -136,8 +148,10 @@ fn create_property_in(data: &mut PortalData, t: ObjectType, p: PropertyCreate, n
         )));
     }
     if data.properties[&t].contains_key(&p.name) {
-        return Err(ApiError::conflict(format!("Property already exists: {}", p.name))
-            .with_sub_category("PropertyValidationError.PROPERTY_EXISTS"));
+        return Err(
+            ApiError::conflict(format!("Property already exists: {}", p.name))
+                .with_sub_category("PropertyValidationError.PROPERTY_EXISTS"),
+        );
     }
     let def = PropertyDef {
         name: p.name.clone(),
@@ -158,9 +172,13 @@ fn create_property_in(data: &mut PortalData, t: ObjectType, p: PropertyCreate, n
         archived: false,
     };
     if def.has_unique_value {
-        data.unique.insert((t, def.name.clone()), Default::default());
+        data.unique
+            .insert((t, def.name.clone()), Default::default());
     }
-    data.properties.get_mut(&t).expect("seeded").insert(p.name, def.clone());
+    data.properties
+        .get_mut(&t)
+        .expect("seeded")
+        .insert(p.name, def.clone());
     Ok(def)
 }
 
@@ -172,7 +190,11 @@ pub async fn list_properties(
     let t = object_type(&t)?;
     let archived = Query::parse(q.as_deref()).flag("archived")?;
     let data = ctx.portal.data.lock();
-    let results: Vec<Value> = data.properties[&t].values().filter(|p| p.archived == archived).map(property_json).collect();
+    let results: Vec<Value> = data.properties[&t]
+        .values()
+        .filter(|p| p.archived == archived)
+        .map(property_json)
+        .collect();
     Ok(reply(StatusCode::OK, json!({ "results": results })))
 }
 
@@ -189,15 +211,23 @@ pub async fn create_property(
     Ok(reply(StatusCode::CREATED, property_json(&def)))
 }
 
-pub async fn read_property(Extension(ctx): Extension<Ctx>, Path((t, name)): Path<(String, String)>) -> ApiResult<Response> {
+pub async fn read_property(
+    Extension(ctx): Extension<Ctx>,
+    Path((t, name)): Path<(String, String)>,
+) -> ApiResult<Response> {
     let t = object_type(&t)?;
     let data = ctx.portal.data.lock();
-    let p = data.property(t, &name).ok_or_else(|| property_missing(t, &name))?;
+    let p = data
+        .property(t, &name)
+        .ok_or_else(|| property_missing(t, &name))?;
     Ok(reply(StatusCode::OK, property_json(p)))
 }
 
 fn property_missing(t: ObjectType, name: &str) -> ApiError {
-    ApiError::not_found(format!("Unable to find property {name} for object type {}", t.name()))
+    ApiError::not_found(format!(
+        "Unable to find property {name} for object type {}",
+        t.name()
+    ))
 }
 
 #[derive(Deserialize)]
@@ -226,7 +256,10 @@ pub async fn update_property(
     let mut data = ctx.portal.data.lock();
     if let Some(g) = &u.group_name {
         if !data.groups[&t].contains_key(g) {
-            return Err(ApiError::validation(format!("property group {g} does not exist for {}", t.name())));
+            return Err(ApiError::validation(format!(
+                "property group {g} does not exist for {}",
+                t.name()
+            )));
         }
     }
     let p = data
@@ -236,23 +269,41 @@ pub async fn update_property(
         .filter(|p| !p.archived)
         .ok_or_else(|| property_missing(t, &name))?;
     if p.hubspot_defined && (u.ptype.is_some() || u.field_type.is_some()) {
-        return Err(ApiError::validation(format!("{name} is HubSpot-defined; its type cannot change")));
+        return Err(ApiError::validation(format!(
+            "{name} is HubSpot-defined; its type cannot change"
+        )));
     }
     let ptype = u.ptype.clone().unwrap_or_else(|| p.ptype.clone());
     let field_type = u.field_type.clone().unwrap_or_else(|| p.field_type.clone());
     if !valid_type_pair(&ptype, &field_type) {
-        return Err(ApiError::validation(format!("type {ptype} cannot have fieldType {field_type}")));
+        return Err(ApiError::validation(format!(
+            "type {ptype} cannot have fieldType {field_type}"
+        )));
     }
     let opts = u.options.map(options).transpose()?;
     p.ptype = ptype;
     p.field_type = field_type;
-    if let Some(v) = u.label { p.label = v; }
-    if let Some(v) = u.description { p.description = v; }
-    if let Some(v) = u.group_name { p.group_name = v; }
-    if let Some(v) = opts { p.options = v; }
-    if let Some(v) = u.display_order { p.display_order = v; }
-    if let Some(v) = u.hidden { p.hidden = v; }
-    if let Some(v) = u.form_field { p.form_field = v; }
+    if let Some(v) = u.label {
+        p.label = v;
+    }
+    if let Some(v) = u.description {
+        p.description = v;
+    }
+    if let Some(v) = u.group_name {
+        p.group_name = v;
+    }
+    if let Some(v) = opts {
+        p.options = v;
+    }
+    if let Some(v) = u.display_order {
+        p.display_order = v;
+    }
+    if let Some(v) = u.hidden {
+        p.hidden = v;
+    }
+    if let Some(v) = u.form_field {
+        p.form_field = v;
+    }
     p.updated_ms = now;
     let body = property_json(p);
     drop(data);
@@ -273,7 +324,9 @@ pub async fn archive_property(
         .and_then(|m| m.get_mut(&name))
         .ok_or_else(|| property_missing(t, &name))?;
     if p.hubspot_defined {
-        return Err(ApiError::validation(format!("{name} is HubSpot-defined and cannot be archived")));
+        return Err(ApiError::validation(format!(
+            "{name} is HubSpot-defined and cannot be archived"
+        )));
     }
     p.archived = true;
     drop(data);
@@ -300,8 +353,9 @@ pub async fn batch_properties(
     match op.as_str() {
         "create" => {
             for (i, v) in input.inputs.into_iter().enumerate() {
-                let p: PropertyCreate = serde_json::from_value(v)
-                    .map_err(|e| ApiError::validation(format!("Invalid input JSON: inputs[{i}]: {e}")))?;
+                let p: PropertyCreate = serde_json::from_value(v).map_err(|e| {
+                    ApiError::validation(format!("Invalid input JSON: inputs[{i}]: {e}"))
+                })?;
                 let name = p.name.clone();
                 match create_property_in(&mut data, t, p, now) {
                     Ok(d) => results.push(property_json(&d)),
@@ -311,10 +365,15 @@ pub async fn batch_properties(
         }
         "read" => {
             for v in input.inputs {
-                let name = v.get("name").and_then(Value::as_str).unwrap_or_default().to_owned();
+                let name = v
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
                 match data.property(t, &name) {
                     Some(p) => results.push(property_json(p)),
-                    None => errors.push(property_missing(t, &name).standard_error(json!({ "name": [name] }))),
+                    None => errors
+                        .push(property_missing(t, &name).standard_error(json!({ "name": [name] }))),
                 }
             }
         }
@@ -331,13 +390,21 @@ pub async fn batch_properties(
             shared.touched();
             return Ok(StatusCode::NO_CONTENT.into_response());
         }
-        other => return Err(ApiError::not_found(format!("unknown batch operation {other}"))),
+        other => {
+            return Err(ApiError::not_found(format!(
+                "unknown batch operation {other}"
+            )))
+        }
     }
     drop(data);
     shared.touched();
     let mut body = json!({ "status": "COMPLETE", "results": results, "startedAt": iso(now), "completedAt": iso(now) });
     let status = if errors.is_empty() {
-        if op == "create" { StatusCode::CREATED } else { StatusCode::OK }
+        if op == "create" {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        }
     } else {
         body["numErrors"] = json!(errors.len());
         body["errors"] = Value::Array(errors);
@@ -346,10 +413,17 @@ pub async fn batch_properties(
     Ok(reply(status, body))
 }
 
-pub async fn list_groups(Extension(ctx): Extension<Ctx>, Path(t): Path<String>) -> ApiResult<Response> {
+pub async fn list_groups(
+    Extension(ctx): Extension<Ctx>,
+    Path(t): Path<String>,
+) -> ApiResult<Response> {
     let t = object_type(&t)?;
     let data = ctx.portal.data.lock();
-    let results: Vec<Value> = data.groups[&t].values().filter(|g| !g.archived).map(group_json).collect();
+    let results: Vec<Value> = data.groups[&t]
+        .values()
+        .filter(|g| !g.archived)
+        .map(group_json)
+        .collect();
     Ok(reply(StatusCode::OK, json!({ "results": results })))
 }
 
@@ -369,27 +443,44 @@ pub async fn create_group(
 ) -> ApiResult<Response> {
     let t = object_type(&t)?;
     let (Some(name), Some(label)) = (g.name, g.label) else {
-        return Err(ApiError::validation("a property group needs name and label"));
+        return Err(ApiError::validation(
+            "a property group needs name and label",
+        ));
     };
     if !valid_name(&name) {
-        return Err(ApiError::validation(format!("group name {name:?} is invalid: use lowercase letters, digits and underscores")));
+        return Err(ApiError::validation(format!(
+            "group name {name:?} is invalid: use lowercase letters, digits and underscores"
+        )));
     }
     let mut data = ctx.portal.data.lock();
     let groups = data.groups.get_mut(&t).expect("seeded");
     if groups.get(&name).is_some_and(|g| !g.archived) {
-        return Err(ApiError::conflict(format!("Property group already exists: {name}")));
+        return Err(ApiError::conflict(format!(
+            "Property group already exists: {name}"
+        )));
     }
-    let def = GroupDef { name: name.clone(), label, display_order: g.display_order.unwrap_or(-1), archived: false };
+    let def = GroupDef {
+        name: name.clone(),
+        label,
+        display_order: g.display_order.unwrap_or(-1),
+        archived: false,
+    };
     groups.insert(name, def.clone());
     drop(data);
     shared.touched();
     Ok(reply(StatusCode::CREATED, group_json(&def)))
 }
 
-pub async fn read_group(Extension(ctx): Extension<Ctx>, Path((t, g)): Path<(String, String)>) -> ApiResult<Response> {
+pub async fn read_group(
+    Extension(ctx): Extension<Ctx>,
+    Path((t, g)): Path<(String, String)>,
+) -> ApiResult<Response> {
     let t = object_type(&t)?;
     let data = ctx.portal.data.lock();
-    let g = data.groups[&t].get(&g).filter(|x| !x.archived).ok_or_else(|| ApiError::not_found(format!("Unable to find property group {g}")))?;
+    let g = data.groups[&t]
+        .get(&g)
+        .filter(|x| !x.archived)
+        .ok_or_else(|| ApiError::not_found(format!("Unable to find property group {g}")))?;
     Ok(reply(StatusCode::OK, group_json(g)))
 }
 
@@ -407,8 +498,12 @@ pub async fn update_group(
         .and_then(|m| m.get_mut(&name))
         .filter(|g| !g.archived)
         .ok_or_else(|| ApiError::not_found(format!("Unable to find property group {name}")))?;
-    if let Some(l) = u.label { g.label = l; }
-    if let Some(o) = u.display_order { g.display_order = o; }
+    if let Some(l) = u.label {
+        g.label = l;
+    }
+    if let Some(o) = u.display_order {
+        g.display_order = o;
+    }
     let body = group_json(g);
     drop(data);
     shared.touched();
@@ -422,8 +517,13 @@ pub async fn archive_group(
 ) -> ApiResult<Response> {
     let t = object_type(&t)?;
     let mut data = ctx.portal.data.lock();
-    if data.properties[&t].values().any(|p| p.group_name == name && !p.archived) {
-        return Err(ApiError::validation(format!("group {name} still has properties; move or archive them first")));
+    if data.properties[&t]
+        .values()
+        .any(|p| p.group_name == name && !p.archived)
+    {
+        return Err(ApiError::validation(format!(
+            "group {name} still has properties; move or archive them first"
+        )));
     }
     if let Some(g) = data.groups.get_mut(&t).and_then(|m| m.get_mut(&name)) {
         g.archived = true;
@@ -453,25 +553,43 @@ fn pipelines_of(t: ObjectType) -> ApiResult<ObjectType> {
     if t == ObjectType::Deals {
         Ok(t)
     } else {
-        Err(ApiError::validation(format!("the sandbox keeps pipelines for deals only, not {}", t.name())))
+        Err(ApiError::validation(format!(
+            "the sandbox keeps pipelines for deals only, not {}",
+            t.name()
+        )))
     }
 }
 
 fn pipeline_missing(id: &str) -> ApiError {
-    ApiError::not_found(format!("Unable to find pipeline {id}; list pipelines with GET /crm/v3/pipelines/deals"))
+    ApiError::not_found(format!(
+        "Unable to find pipeline {id}; list pipelines with GET /crm/v3/pipelines/deals"
+    ))
 }
 
-pub async fn list_pipelines(Extension(ctx): Extension<Ctx>, Path(t): Path<String>) -> ApiResult<Response> {
+pub async fn list_pipelines(
+    Extension(ctx): Extension<Ctx>,
+    Path(t): Path<String>,
+) -> ApiResult<Response> {
     let t = pipelines_of(object_type(&t)?)?;
     let data = ctx.portal.data.lock();
-    let results: Vec<Value> = data.pipelines[&t].iter().filter(|p| !p.archived).map(pipeline_json).collect();
+    let results: Vec<Value> = data.pipelines[&t]
+        .iter()
+        .filter(|p| !p.archived)
+        .map(pipeline_json)
+        .collect();
     Ok(reply(StatusCode::OK, json!({ "results": results })))
 }
 
-pub async fn read_pipeline(Extension(ctx): Extension<Ctx>, Path((t, id)): Path<(String, String)>) -> ApiResult<Response> {
+pub async fn read_pipeline(
+    Extension(ctx): Extension<Ctx>,
+    Path((t, id)): Path<(String, String)>,
+) -> ApiResult<Response> {
     let t = pipelines_of(object_type(&t)?)?;
     let data = ctx.portal.data.lock();
-    let p = data.pipelines[&t].iter().find(|p| p.id == id && !p.archived).ok_or_else(|| pipeline_missing(&id))?;
+    let p = data.pipelines[&t]
+        .iter()
+        .find(|p| p.id == id && !p.archived)
+        .ok_or_else(|| pipeline_missing(&id))?;
     Ok(reply(StatusCode::OK, pipeline_json(p)))
 }
 
@@ -485,12 +603,22 @@ pub struct StageIn {
 }
 
 fn build_stage(s: StageIn, order: i64, now: i64, taken: &[String]) -> ApiResult<Stage> {
-    let label = s.label.ok_or_else(|| ApiError::validation("every stage needs a label"))?;
+    let label = s
+        .label
+        .ok_or_else(|| ApiError::validation("every stage needs a label"))?;
     let metadata: BTreeMap<String, String> = s
         .metadata
         .unwrap_or_default()
         .into_iter()
-        .map(|(k, v)| (k, match v { Value::String(s) => s, o => o.to_string() }))
+        .map(|(k, v)| {
+            (
+                k,
+                match v {
+                    Value::String(s) => s,
+                    o => o.to_string(),
+                },
+            )
+        })
         .collect();
     match metadata.get("probability").map(|p| p.parse::<f64>()) {
         Some(Ok(p)) if (0.0..=1.0).contains(&p) => {}
@@ -504,7 +632,15 @@ fn build_stage(s: StageIn, order: i64, now: i64, taken: &[String]) -> ApiResult<
     if taken.contains(&id) {
         return Err(ApiError::conflict(format!("stage id {id} is already used")));
     }
-    Ok(Stage { id, label, display_order: s.display_order.unwrap_or(order), metadata, archived: false, created_ms: now, updated_ms: now })
+    Ok(Stage {
+        id,
+        label,
+        display_order: s.display_order.unwrap_or(order),
+        metadata,
+        archived: false,
+        created_ms: now,
+        updated_ms: now,
+    })
 }
 
 #[derive(Deserialize)]
@@ -529,20 +665,42 @@ pub async fn create_pipeline(
         return Err(ApiError::validation("a pipeline needs at least one stage"));
     }
     let mut data = ctx.portal.data.lock();
-    if data.pipelines[&t].iter().any(|x| x.label == p.label && !x.archived) {
-        return Err(ApiError::conflict(format!("A pipeline with label {} already exists", p.label)));
+    if data.pipelines[&t]
+        .iter()
+        .any(|x| x.label == p.label && !x.archived)
+    {
+        return Err(ApiError::conflict(format!(
+            "A pipeline with label {} already exists",
+            p.label
+        )));
     }
-    let id = p.pipeline_id.unwrap_or_else(|| format!("{}", data.alloc_id()));
+    let id = p
+        .pipeline_id
+        .unwrap_or_else(|| format!("{}", data.alloc_id()));
     if data.pipelines[&t].iter().any(|x| x.id == id) {
-        return Err(ApiError::conflict(format!("pipeline id {id} is already used")));
+        return Err(ApiError::conflict(format!(
+            "pipeline id {id} is already used"
+        )));
     }
     let mut stages: Vec<Stage> = Vec::new();
     for (i, s) in p.stages.into_iter().enumerate() {
-        let taken: Vec<String> = data.pipelines[&t].iter().flat_map(|p| p.stages.iter().map(|s| s.id.clone())).chain(stages.iter().map(|s| s.id.clone())).collect();
+        let taken: Vec<String> = data.pipelines[&t]
+            .iter()
+            .flat_map(|p| p.stages.iter().map(|s| s.id.clone()))
+            .chain(stages.iter().map(|s| s.id.clone()))
+            .collect();
         stages.push(build_stage(s, i as i64, now, &taken)?);
     }
     let order = p.display_order.unwrap_or(data.pipelines[&t].len() as i64);
-    let pipe = Pipeline { id, label: p.label, display_order: order, archived: false, created_ms: now, updated_ms: now, stages };
+    let pipe = Pipeline {
+        id,
+        label: p.label,
+        display_order: order,
+        archived: false,
+        created_ms: now,
+        updated_ms: now,
+        stages,
+    };
     let body = pipeline_json(&pipe);
     data.pipelines.get_mut(&t).expect("seeded").push(pipe);
     drop(data);
@@ -567,10 +725,20 @@ pub async fn update_pipeline(
     let t = pipelines_of(object_type(&t)?)?;
     let now = shared.now_ms();
     let mut data = ctx.portal.data.lock();
-    let p = data.pipelines.get_mut(&t).and_then(|v| v.iter_mut().find(|p| p.id == id)).ok_or_else(|| pipeline_missing(&id))?;
-    if let Some(l) = u.label { p.label = l; }
-    if let Some(o) = u.display_order { p.display_order = o; }
-    if let Some(a) = u.archived { p.archived = a; }
+    let p = data
+        .pipelines
+        .get_mut(&t)
+        .and_then(|v| v.iter_mut().find(|p| p.id == id))
+        .ok_or_else(|| pipeline_missing(&id))?;
+    if let Some(l) = u.label {
+        p.label = l;
+    }
+    if let Some(o) = u.display_order {
+        p.display_order = o;
+    }
+    if let Some(a) = u.archived {
+        p.archived = a;
+    }
     p.updated_ms = now;
     let body = pipeline_json(p);
     drop(data);
@@ -585,22 +753,42 @@ pub async fn archive_pipeline(
 ) -> ApiResult<Response> {
     let t = pipelines_of(object_type(&t)?)?;
     let mut data = ctx.portal.data.lock();
-    let in_use = data.objects(t).values().any(|o| !o.is_archived() && o.get("pipeline").as_deref() == Some(id.as_str()));
+    let in_use = data
+        .objects(t)
+        .values()
+        .any(|o| !o.is_archived() && o.get("pipeline").as_deref() == Some(id.as_str()));
     if in_use {
-        return Err(ApiError::validation(format!("pipeline {id} still has deals; move them first")));
+        return Err(ApiError::validation(format!(
+            "pipeline {id} still has deals; move them first"
+        )));
     }
-    let p = data.pipelines.get_mut(&t).and_then(|v| v.iter_mut().find(|p| p.id == id)).ok_or_else(|| pipeline_missing(&id))?;
+    let p = data
+        .pipelines
+        .get_mut(&t)
+        .and_then(|v| v.iter_mut().find(|p| p.id == id))
+        .ok_or_else(|| pipeline_missing(&id))?;
     p.archived = true;
     drop(data);
     shared.touched();
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-pub async fn list_stages(Extension(ctx): Extension<Ctx>, Path((t, id)): Path<(String, String)>) -> ApiResult<Response> {
+pub async fn list_stages(
+    Extension(ctx): Extension<Ctx>,
+    Path((t, id)): Path<(String, String)>,
+) -> ApiResult<Response> {
     let t = pipelines_of(object_type(&t)?)?;
     let data = ctx.portal.data.lock();
-    let p = data.pipelines[&t].iter().find(|p| p.id == id && !p.archived).ok_or_else(|| pipeline_missing(&id))?;
-    let results: Vec<Value> = p.stages.iter().filter(|s| !s.archived).map(stage_json).collect();
+    let p = data.pipelines[&t]
+        .iter()
+        .find(|p| p.id == id && !p.archived)
+        .ok_or_else(|| pipeline_missing(&id))?;
+    let results: Vec<Value> = p
+        .stages
+        .iter()
+        .filter(|s| !s.archived)
+        .map(stage_json)
+        .collect();
     Ok(reply(StatusCode::OK, json!({ "results": results })))
 }
 
@@ -613,8 +801,15 @@ pub async fn create_stage(
     let t = pipelines_of(object_type(&t)?)?;
     let now = shared.now_ms();
     let mut data = ctx.portal.data.lock();
-    let taken: Vec<String> = data.pipelines[&t].iter().flat_map(|p| p.stages.iter().map(|s| s.id.clone())).collect();
-    let p = data.pipelines.get_mut(&t).and_then(|v| v.iter_mut().find(|p| p.id == id && !p.archived)).ok_or_else(|| pipeline_missing(&id))?;
+    let taken: Vec<String> = data.pipelines[&t]
+        .iter()
+        .flat_map(|p| p.stages.iter().map(|s| s.id.clone()))
+        .collect();
+    let p = data
+        .pipelines
+        .get_mut(&t)
+        .and_then(|v| v.iter_mut().find(|p| p.id == id && !p.archived))
+        .ok_or_else(|| pipeline_missing(&id))?;
     let stage = build_stage(s, p.stages.len() as i64, now, &taken)?;
     let body = stage_json(&stage);
     p.stages.push(stage);
@@ -624,11 +819,23 @@ pub async fn create_stage(
     Ok(reply(StatusCode::CREATED, body))
 }
 
-pub async fn read_stage(Extension(ctx): Extension<Ctx>, Path((t, id, sid)): Path<(String, String, String)>) -> ApiResult<Response> {
+pub async fn read_stage(
+    Extension(ctx): Extension<Ctx>,
+    Path((t, id, sid)): Path<(String, String, String)>,
+) -> ApiResult<Response> {
     let t = pipelines_of(object_type(&t)?)?;
     let data = ctx.portal.data.lock();
-    let p = data.pipelines[&t].iter().find(|p| p.id == id && !p.archived).ok_or_else(|| pipeline_missing(&id))?;
-    let s = p.stages.iter().find(|s| s.id == sid && !s.archived).ok_or_else(|| ApiError::not_found(format!("Unable to find stage {sid} in pipeline {id}")))?;
+    let p = data.pipelines[&t]
+        .iter()
+        .find(|p| p.id == id && !p.archived)
+        .ok_or_else(|| pipeline_missing(&id))?;
+    let s = p
+        .stages
+        .iter()
+        .find(|s| s.id == sid && !s.archived)
+        .ok_or_else(|| {
+            ApiError::not_found(format!("Unable to find stage {sid} in pipeline {id}"))
+        })?;
     Ok(reply(StatusCode::OK, stage_json(s)))
 }
 
@@ -641,13 +848,33 @@ pub async fn update_stage(
     let t = pipelines_of(object_type(&t)?)?;
     let now = shared.now_ms();
     let mut data = ctx.portal.data.lock();
-    let p = data.pipelines.get_mut(&t).and_then(|v| v.iter_mut().find(|p| p.id == id && !p.archived)).ok_or_else(|| pipeline_missing(&id))?;
-    let s = p.stages.iter_mut().find(|s| s.id == sid && !s.archived).ok_or_else(|| ApiError::not_found(format!("Unable to find stage {sid} in pipeline {id}")))?;
-    if let Some(l) = u.label { s.label = l; }
-    if let Some(o) = u.display_order { s.display_order = o; }
+    let p = data
+        .pipelines
+        .get_mut(&t)
+        .and_then(|v| v.iter_mut().find(|p| p.id == id && !p.archived))
+        .ok_or_else(|| pipeline_missing(&id))?;
+    let s = p
+        .stages
+        .iter_mut()
+        .find(|s| s.id == sid && !s.archived)
+        .ok_or_else(|| {
+            ApiError::not_found(format!("Unable to find stage {sid} in pipeline {id}"))
+        })?;
+    if let Some(l) = u.label {
+        s.label = l;
+    }
+    if let Some(o) = u.display_order {
+        s.display_order = o;
+    }
     if let Some(m) = u.metadata {
         for (k, v) in m {
-            s.metadata.insert(k, match v { Value::String(s) => s, o => o.to_string() });
+            s.metadata.insert(
+                k,
+                match v {
+                    Value::String(s) => s,
+                    o => o.to_string(),
+                },
+            );
         }
     }
     s.updated_ms = now;
@@ -665,33 +892,58 @@ fn owner_json(o: &Owner) -> Value {
     })
 }
 
-pub async fn list_owners(Extension(ctx): Extension<Ctx>, RawQuery(q): RawQuery) -> ApiResult<Response> {
+pub async fn list_owners(
+    Extension(ctx): Extension<Ctx>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
     let q = Query::parse(q.as_deref());
     let limit = q.limit(100, 500)?;
     let after: usize = match q.get("after") {
         None => 0,
-        Some(a) => a.parse().map_err(|_| ApiError::validation(format!("after={a} is not a paging cursor")))?,
+        Some(a) => a
+            .parse()
+            .map_err(|_| ApiError::validation(format!("after={a} is not a paging cursor")))?,
     };
     let email = q.get("email").map(str::to_lowercase);
     let data = ctx.portal.data.lock();
-    let matching: Vec<&Owner> = data.owners.iter().filter(|o| email.as_ref().is_none_or(|e| o.email.to_lowercase() == *e)).collect();
-    let page: Vec<Value> = matching.iter().skip(after).take(limit).map(|o| owner_json(o)).collect();
+    let matching: Vec<&Owner> = data
+        .owners
+        .iter()
+        .filter(|o| email.as_ref().is_none_or(|e| o.email.to_lowercase() == *e))
+        .collect();
+    let page: Vec<Value> = matching
+        .iter()
+        .skip(after)
+        .take(limit)
+        .map(|o| owner_json(o))
+        .collect();
     let mut body = json!({ "results": page });
     if after + limit < matching.len() {
         let next = after + limit;
-        body["paging"] = json!({ "next": { "after": next.to_string(), "link": format!("?after={next}") } });
+        body["paging"] =
+            json!({ "next": { "after": next.to_string(), "link": format!("?after={next}") } });
     }
     Ok(reply(StatusCode::OK, body))
 }
 
-pub async fn read_owner(Extension(ctx): Extension<Ctx>, Path(id): Path<String>, RawQuery(q): RawQuery) -> ApiResult<Response> {
+pub async fn read_owner(
+    Extension(ctx): Extension<Ctx>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
     let q = Query::parse(q.as_deref());
     let by_user = q.get("idProperty") == Some("userId");
     let data = ctx.portal.data.lock();
     let o = data
         .owners
         .iter()
-        .find(|o| if by_user { o.user_id.to_string() == id } else { o.id == id })
+        .find(|o| {
+            if by_user {
+                o.user_id.to_string() == id
+            } else {
+                o.id == id
+            }
+        })
         .ok_or_else(|| ApiError::not_found(format!("Owner {id} not found")))?;
     Ok(reply(StatusCode::OK, owner_json(o)))
 }

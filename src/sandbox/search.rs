@@ -84,7 +84,11 @@ fn kind(data: &PortalData, t: ObjectType, prop: &str) -> Kind {
 
 fn compare(k: Kind, a: &str, b: &str) -> Option<Ordering> {
     match k {
-        Kind::Number => a.trim().parse::<f64>().ok()?.partial_cmp(&b.trim().parse::<f64>().ok()?),
+        Kind::Number => a
+            .trim()
+            .parse::<f64>()
+            .ok()?
+            .partial_cmp(&b.trim().parse::<f64>().ok()?),
         Kind::Time => Some(parse_time_ms(a)?.cmp(&parse_time_ms(b)?)),
         Kind::Text => Some(a.to_lowercase().cmp(&b.to_lowercase())),
     }
@@ -118,8 +122,19 @@ struct Compiled {
 
 fn compile(data: &PortalData, t: ObjectType, f: &Filter) -> ApiResult<Compiled> {
     const OPS: [&str; 13] = [
-        "EQ", "NEQ", "LT", "LTE", "GT", "GTE", "BETWEEN", "IN", "NOT_IN", "HAS_PROPERTY",
-        "NOT_HAS_PROPERTY", "CONTAINS_TOKEN", "NOT_CONTAINS_TOKEN",
+        "EQ",
+        "NEQ",
+        "LT",
+        "LTE",
+        "GT",
+        "GTE",
+        "BETWEEN",
+        "IN",
+        "NOT_IN",
+        "HAS_PROPERTY",
+        "NOT_HAS_PROPERTY",
+        "CONTAINS_TOKEN",
+        "NOT_CONTAINS_TOKEN",
     ];
     if !OPS.contains(&f.operator.as_str()) {
         return Err(ApiError::validation(format!(
@@ -130,7 +145,14 @@ fn compile(data: &PortalData, t: ObjectType, f: &Filter) -> ApiResult<Compiled> 
     }
     let needs_value = matches!(
         f.operator.as_str(),
-        "EQ" | "NEQ" | "LT" | "LTE" | "GT" | "GTE" | "BETWEEN" | "CONTAINS_TOKEN" | "NOT_CONTAINS_TOKEN"
+        "EQ" | "NEQ"
+            | "LT"
+            | "LTE"
+            | "GT"
+            | "GTE"
+            | "BETWEEN"
+            | "CONTAINS_TOKEN"
+            | "NOT_CONTAINS_TOKEN"
     );
     if needs_value && f.value.is_none() {
         return Err(ApiError::validation(format!(
@@ -139,10 +161,18 @@ fn compile(data: &PortalData, t: ObjectType, f: &Filter) -> ApiResult<Compiled> 
         )));
     }
     if f.operator == "BETWEEN" && f.high_value.is_none() {
-        return Err(ApiError::validation(format!("BETWEEN on {} needs highValue", f.property_name)));
+        return Err(ApiError::validation(format!(
+            "BETWEEN on {} needs highValue",
+            f.property_name
+        )));
     }
-    if matches!(f.operator.as_str(), "IN" | "NOT_IN") && f.values.as_ref().is_none_or(|v| v.is_empty()) {
-        return Err(ApiError::validation(format!("{} on {} needs values", f.operator, f.property_name)));
+    if matches!(f.operator.as_str(), "IN" | "NOT_IN")
+        && f.values.as_ref().is_none_or(|v| v.is_empty())
+    {
+        return Err(ApiError::validation(format!(
+            "{} on {} needs values",
+            f.operator, f.property_name
+        )));
     }
     Ok(Compiled {
         prop: f.property_name.clone(),
@@ -167,7 +197,10 @@ fn matches(c: &Compiled, obj: &Object, at: i64) -> bool {
         "GTE" => matches!(cmp(val), Some(Ordering::Greater | Ordering::Equal)),
         "BETWEEN" => {
             matches!(cmp(val), Some(Ordering::Greater | Ordering::Equal))
-                && matches!(cmp(c.high.as_deref().unwrap_or("")), Some(Ordering::Less | Ordering::Equal))
+                && matches!(
+                    cmp(c.high.as_deref().unwrap_or("")),
+                    Some(Ordering::Less | Ordering::Equal)
+                )
         }
         "IN" => c.values.iter().any(|x| cmp(x) == Some(Ordering::Equal)),
         "NOT_IN" => !c.values.iter().any(|x| cmp(x) == Some(Ordering::Equal)),
@@ -203,7 +236,9 @@ pub fn run(data: &PortalData, t: ObjectType, req: &SearchRequest, at: i64) -> Ap
         )));
     }
     if req.sorts.len() > 1 {
-        return Err(ApiError::validation("Only one sort is allowed per search request"));
+        return Err(ApiError::validation(
+            "Only one sort is allowed per search request",
+        ));
     }
     let limit = req.limit.unwrap_or(10);
     if !(1..=MAX_LIMIT).contains(&limit) {
@@ -214,7 +249,10 @@ pub fn run(data: &PortalData, t: ObjectType, req: &SearchRequest, at: i64) -> Ap
     let offset: usize = match &req.after {
         None => 0,
         Some(a) => text(a).trim().parse().map_err(|_| {
-            ApiError::validation(format!("after={} is not a paging cursor from a previous page", text(a)))
+            ApiError::validation(format!(
+                "after={} is not a paging cursor from a previous page",
+                text(a)
+            ))
         })?,
     };
     if offset >= MAX_RESULTS {
@@ -224,15 +262,26 @@ pub fn run(data: &PortalData, t: ObjectType, req: &SearchRequest, at: i64) -> Ap
     }
     if let Some(q) = &req.query {
         if q.chars().count() > MAX_QUERY_CHARS {
-            return Err(ApiError::validation(format!("query is longer than {MAX_QUERY_CHARS} characters")));
+            return Err(ApiError::validation(format!(
+                "query is longer than {MAX_QUERY_CHARS} characters"
+            )));
         }
     }
     let groups: Vec<Vec<Compiled>> = req
         .filter_groups
         .iter()
-        .map(|g| g.filters.iter().map(|f| compile(data, t, f)).collect::<ApiResult<_>>())
+        .map(|g| {
+            g.filters
+                .iter()
+                .map(|f| compile(data, t, f))
+                .collect::<ApiResult<_>>()
+        })
         .collect::<ApiResult<_>>()?;
-    let query = req.query.as_deref().map(str::to_lowercase).filter(|q| !q.trim().is_empty());
+    let query = req
+        .query
+        .as_deref()
+        .map(str::to_lowercase)
+        .filter(|q| !q.trim().is_empty());
 
     // The index holds objects that existed at `at` and were not archived by then.
     let mut hits: Vec<&Object> = data
@@ -243,7 +292,8 @@ pub fn run(data: &PortalData, t: ObjectType, req: &SearchRequest, at: i64) -> Ap
         .filter(|o| {
             query.as_deref().is_none_or(|q| {
                 t.query_properties().iter().any(|p| {
-                    o.get_at(p, at).is_some_and(|v| v.to_lowercase().contains(q))
+                    o.get_at(p, at)
+                        .is_some_and(|v| v.to_lowercase().contains(q))
                 })
             })
         })
@@ -254,9 +304,14 @@ pub fn run(data: &PortalData, t: ObjectType, req: &SearchRequest, at: i64) -> Ap
                 Some(n) => (n.to_owned(), true),
                 None => (n.clone(), false),
             },
-            SortSpec::Full { property_name, direction } => (
+            SortSpec::Full {
+                property_name,
+                direction,
+            } => (
                 property_name.clone(),
-                direction.as_deref().is_some_and(|d| d.eq_ignore_ascii_case("DESCENDING")),
+                direction
+                    .as_deref()
+                    .is_some_and(|d| d.eq_ignore_ascii_case("DESCENDING")),
             ),
         };
         let k = kind(data, t, &prop);
@@ -289,7 +344,8 @@ pub fn run(data: &PortalData, t: ObjectType, req: &SearchRequest, at: i64) -> Ap
         .collect();
     let mut body = json!({ "total": total, "results": results });
     if end < total {
-        body["paging"] = json!({ "next": { "after": end.to_string(), "link": format!("?after={end}") } });
+        body["paging"] =
+            json!({ "next": { "after": end.to_string(), "link": format!("?after={end}") } });
     }
     Ok(body)
 }

@@ -29,9 +29,17 @@ const LOG_KEEP: usize = 2_000;
 pub struct Subscription {
     #[serde(rename = "eventType")]
     pub event_type: String,
-    #[serde(rename = "propertyName", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "propertyName",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub property_name: Option<String>,
-    #[serde(rename = "objectTypeId", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "objectTypeId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub object_type_id: Option<String>,
     #[serde(default = "yes")]
     pub active: bool,
@@ -190,7 +198,10 @@ impl Hooks {
             let Some((etype, otype, object_id, at, extra)) = describe(&change) else {
                 continue;
             };
-            let prop = extra.get("propertyName").and_then(Value::as_str).map(str::to_owned);
+            let prop = extra
+                .get("propertyName")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
             let subs: Vec<usize> = st
                 .settings
                 .subscriptions
@@ -242,7 +253,9 @@ fn subscribed(s: &Subscription, otype: ObjectType, etype: &str, prop: Option<&st
         "object" => s.object_type_id.as_deref() == Some(otype.type_id()),
         other => other == otype.singular(),
     };
-    let prop_ok = action != "propertyChange" || s.property_name.is_none() || s.property_name.as_deref() == prop;
+    let prop_ok = action != "propertyChange"
+        || s.property_name.is_none()
+        || s.property_name.as_deref() == prop;
     type_ok && action == etype && prop_ok
 }
 
@@ -250,7 +263,13 @@ fn subscribed(s: &Subscription, otype: ObjectType, etype: &str, prop: Option<&st
 fn describe(c: &Change) -> Option<(String, ObjectType, u64, i64, Value)> {
     Some(match c {
         Change::Created { otype, id, at } => ("creation".into(), *otype, *id, *at, json!({})),
-        Change::Property { otype, id, name, value, at } => (
+        Change::Property {
+            otype,
+            id,
+            name,
+            value,
+            at,
+        } => (
             "propertyChange".into(),
             *otype,
             *id,
@@ -259,7 +278,14 @@ fn describe(c: &Change) -> Option<(String, ObjectType, u64, i64, Value)> {
         ),
         Change::Archived { otype, id, at } => ("deletion".into(), *otype, *id, *at, json!({})),
         Change::Restored { otype, id, at } => ("restore".into(), *otype, *id, *at, json!({})),
-        Change::Association { from, to, type_id, removed, primary, at } => {
+        Change::Association {
+            from,
+            to,
+            type_id,
+            removed,
+            primary,
+            at,
+        } => {
             // HubSpot sends no association events for notes: clients must poll for them.
             if from.0 == ObjectType::Notes || to.0 == ObjectType::Notes {
                 return None;
@@ -294,7 +320,10 @@ pub async fn dispatch(shared: Arc<Shared>, portal: Arc<Portal>, cancel: Cancella
             let mut keep = VecDeque::with_capacity(st.pending.len());
             let mut next_due: Option<Instant> = None;
             while let Some(p) = st.pending.pop_front() {
-                if p.due <= now && batch.len() < MAX_EVENTS_PER_REQUEST && settings.target_url.is_some() {
+                if p.due <= now
+                    && batch.len() < MAX_EVENTS_PER_REQUEST
+                    && settings.target_url.is_some()
+                {
                     batch.push(p);
                 } else {
                     next_due = Some(next_due.map_or(p.due, |d: Instant| d.min(p.due)));
@@ -305,7 +334,9 @@ pub async fn dispatch(shared: Arc<Shared>, portal: Arc<Portal>, cancel: Cancella
             let wait = if st.pending.iter().any(|p| p.due <= now) {
                 Duration::ZERO
             } else {
-                next_due.map_or(Duration::from_secs(3600), |d| d.saturating_duration_since(now))
+                next_due.map_or(Duration::from_secs(3600), |d| {
+                    d.saturating_duration_since(now)
+                })
             };
             (batch, wait, settings)
         };
@@ -346,14 +377,17 @@ async fn send(shared: &Shared, portal: &Portal, batch: Vec<Pending>, settings: &
         for p in batch {
             if faults.webhook_drop > 0.0 && chance(shared) < faults.webhook_drop {
                 st.stats.events_dropped += 1;
-                push_log(&mut st, Delivery {
-                    at: iso(shared.now_ms()),
-                    event_ids: vec![p.event_id],
-                    attempt_numbers: vec![p.attempt],
-                    status: None,
-                    outcome: "dropped",
-                    error: Some("dropped by fault injection".into()),
-                });
+                push_log(
+                    &mut st,
+                    Delivery {
+                        at: iso(shared.now_ms()),
+                        event_ids: vec![p.event_id],
+                        attempt_numbers: vec![p.attempt],
+                        status: None,
+                        outcome: "dropped",
+                        error: Some("dropped by fault injection".into()),
+                    },
+                );
                 continue;
             }
             if faults.webhook_duplicate > 0.0 && chance(shared) < faults.webhook_duplicate {
@@ -402,10 +436,14 @@ async fn send(shared: &Shared, portal: &Portal, batch: Vec<Pending>, settings: &
         .post(&target)
         .timeout(Duration::from_millis(settings.timeout_ms.max(1)))
         .header("content-type", "application/json");
-    let strip = faults.webhook_missing_headers > 0.0 && chance(shared) < faults.webhook_missing_headers;
+    let strip =
+        faults.webhook_missing_headers > 0.0 && chance(shared) < faults.webhook_missing_headers;
     if !strip {
         req = req
-            .header("X-HubSpot-Signature", crate::signature::sign_v1(secret, &body))
+            .header(
+                "X-HubSpot-Signature",
+                crate::signature::sign_v1(secret, &body),
+            )
             .header("X-HubSpot-Signature-Version", "v1")
             .header(
                 "X-HubSpot-Signature-v3",
@@ -416,7 +454,14 @@ async fn send(shared: &Shared, portal: &Portal, batch: Vec<Pending>, settings: &
     let result = req.body(body).send().await;
     let (status, error) = match result {
         Ok(r) => (Some(r.status().as_u16()), None),
-        Err(e) => (None, Some(if e.is_timeout() { "timed out".to_owned() } else { "connection failed".to_owned() })),
+        Err(e) => (
+            None,
+            Some(if e.is_timeout() {
+                "timed out".to_owned()
+            } else {
+                "connection failed".to_owned()
+            }),
+        ),
     };
     let ok = status.is_some_and(|s| (200..300).contains(&s));
     let ids: Vec<u64> = events.iter().map(|p| p.event_id).collect();
@@ -426,7 +471,17 @@ async fn send(shared: &Shared, portal: &Portal, batch: Vec<Pending>, settings: &
     st.stats.requests += 1;
     if ok {
         st.stats.events_delivered += events.len() as u64;
-        push_log(&mut st, Delivery { at: iso(shared.now_ms()), event_ids: ids, attempt_numbers: attempts, status, outcome: "delivered", error });
+        push_log(
+            &mut st,
+            Delivery {
+                at: iso(shared.now_ms()),
+                event_ids: ids,
+                attempt_numbers: attempts,
+                status,
+                outcome: "delivered",
+                error,
+            },
+        );
         return;
     }
     st.stats.failed_requests += 1;
@@ -443,14 +498,17 @@ async fn send(shared: &Shared, portal: &Portal, batch: Vec<Pending>, settings: &
         st.pending.push_back(p);
     }
     st.stats.events_exhausted += exhausted;
-    push_log(&mut st, Delivery {
-        at: iso(shared.now_ms()),
-        event_ids: ids,
-        attempt_numbers: attempts,
-        status,
-        outcome: if exhausted > 0 { "exhausted" } else { "retry" },
-        error,
-    });
+    push_log(
+        &mut st,
+        Delivery {
+            at: iso(shared.now_ms()),
+            event_ids: ids,
+            attempt_numbers: attempts,
+            status,
+            outcome: if exhausted > 0 { "exhausted" } else { "retry" },
+            error,
+        },
+    );
     drop(st);
     portal.hooks.wake.notify_one();
 }

@@ -121,10 +121,14 @@ fn open_rw(path: &Path) -> Result<Connection, StoreError> {
     };
     let conn = Connection::open(path).map_err(open_err)?;
     restrict_permissions(path);
-    conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
-    conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
-    conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(open_err)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(open_err)?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(open_err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(open_err)?;
     migrate(&conn, path)?;
     queries::recover_running_jobs(&conn)?;
     Ok(conn)
@@ -132,11 +136,14 @@ fn open_rw(path: &Path) -> Result<Connection, StoreError> {
 
 /// Opens the store read-only (for `dealsync status` while the daemon runs).
 pub fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-        .map_err(|source| StoreError::Open {
-            path: path.to_owned(),
-            source,
-        })?;
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|source| StoreError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     Ok(conn)
 }

@@ -77,16 +77,22 @@ pub fn insert_link(
 }
 
 pub fn link(c: &Connection, id: i64) -> Result<Option<Link>, StoreError> {
-    c.query_row(&format!("SELECT {LINK_COLS} FROM links WHERE id = ?1"), [id], link_row)
-        .optional()
-        .map_err(Into::into)
+    c.query_row(
+        &format!("SELECT {LINK_COLS} FROM links WHERE id = ?1"),
+        [id],
+        link_row,
+    )
+    .optional()
+    .map_err(Into::into)
 }
 
 pub fn links_by_ids(c: &Connection, ids: &[i64]) -> Result<Vec<Link>, StoreError> {
     let mut out = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(500) {
         let marks = vec!["?"; chunk.len()].join(",");
-        let mut st = c.prepare(&format!("SELECT {LINK_COLS} FROM links WHERE id IN ({marks})"))?;
+        let mut st = c.prepare(&format!(
+            "SELECT {LINK_COLS} FROM links WHERE id IN ({marks})"
+        ))?;
         let rows = st.query_map(params_from_iter(chunk.iter()), link_row)?;
         for r in rows {
             out.push(r?);
@@ -112,7 +118,9 @@ pub fn links_for_deals(
                     "SELECT {LINK_COLS}, partner_written_ms FROM links
                      WHERE state = 'active' AND partner = ? AND partner_deal_id IN ({marks})"
                 ),
-                std::iter::once(portal).chain(chunk.iter().map(String::as_str)).collect(),
+                std::iter::once(portal)
+                    .chain(chunk.iter().map(String::as_str))
+                    .collect(),
             ),
             Side::Hubspot => (
                 format!(
@@ -132,7 +140,11 @@ pub fn links_for_deals(
 }
 
 /// Active links after `after_id`, in id order (the reconciliation sweep walks them).
-pub fn active_links_after(c: &Connection, after_id: i64, limit: usize) -> Result<Vec<Link>, StoreError> {
+pub fn active_links_after(
+    c: &Connection,
+    after_id: i64,
+    limit: usize,
+) -> Result<Vec<Link>, StoreError> {
     let mut st = c.prepare(&format!(
         "SELECT {LINK_COLS} FROM links WHERE state = 'active' AND id > ?1 ORDER BY id LIMIT ?2"
     ))?;
@@ -149,13 +161,22 @@ pub fn set_link_state(c: &Connection, link_id: i64, state: &str) -> Result<(), S
 }
 
 /// Shadows of several links: link id -> field -> value.
-pub fn shadows(c: &Connection, link_ids: &[i64]) -> Result<HashMap<i64, HashMap<String, Option<String>>>, StoreError> {
+pub fn shadows(
+    c: &Connection,
+    link_ids: &[i64],
+) -> Result<HashMap<i64, HashMap<String, Option<String>>>, StoreError> {
     let mut out: HashMap<i64, HashMap<String, Option<String>>> = HashMap::new();
     for chunk in link_ids.chunks(500) {
         let marks = vec!["?"; chunk.len()].join(",");
-        let mut st = c.prepare(&format!("SELECT link_id, field, value FROM shadows WHERE link_id IN ({marks})"))?;
+        let mut st = c.prepare(&format!(
+            "SELECT link_id, field, value FROM shadows WHERE link_id IN ({marks})"
+        ))?;
         let rows = st.query_map(params_from_iter(chunk.iter()), |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?))
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+            ))
         })?;
         for r in rows {
             let (l, f, v) = r?;
@@ -222,9 +243,23 @@ pub fn commit_jobs(c: &mut Connection, commits: &[JobCommit]) -> Result<(), Stor
                 shadow.execute(params![j.link_id, field, value, now])?;
             }
             for k in &j.conflicts {
-                conflict.execute(params![k.link_id, k.field, k.partner_value, k.hubspot_value, k.winner, k.policy, now])?;
+                conflict.execute(params![
+                    k.link_id,
+                    k.field,
+                    k.partner_value,
+                    k.hubspot_value,
+                    k.winner,
+                    k.policy,
+                    now
+                ])?;
             }
-            written.execute(params![j.link_id, j.partner_written_ms, j.hubspot_written_ms, j.new_state, now])?;
+            written.execute(params![
+                j.link_id,
+                j.partner_written_ms,
+                j.hubspot_written_ms,
+                j.new_state,
+                now
+            ])?;
             if done.execute([j.link_id])? == 0 {
                 again.execute(params![j.link_id, now])?;
             }
@@ -247,7 +282,12 @@ pub struct ClaimedJob {
 
 /// Enqueues (or coalesces into the existing) job for each link. A job already waiting out a
 /// retry delay keeps it: a new change is no reason to hammer a failing portal.
-pub fn enqueue(tx: &Connection, link_ids: &[i64], reason: &str, due_at: i64) -> Result<usize, StoreError> {
+pub fn enqueue(
+    tx: &Connection,
+    link_ids: &[i64],
+    reason: &str,
+    due_at: i64,
+) -> Result<usize, StoreError> {
     let now = now_ms();
     let mut st = tx.prepare_cached(
         "INSERT INTO jobs (link_id, state, rerun, reason, enqueued_at, due_at) VALUES (?1, 'pending', 0, ?2, ?3, ?4)
@@ -262,7 +302,11 @@ pub fn enqueue(tx: &Connection, link_ids: &[i64], reason: &str, due_at: i64) -> 
     Ok(n)
 }
 
-pub fn enqueue_now(c: &mut Connection, link_ids: &[i64], reason: &str) -> Result<usize, StoreError> {
+pub fn enqueue_now(
+    c: &mut Connection,
+    link_ids: &[i64],
+    reason: &str,
+) -> Result<usize, StoreError> {
     let tx = c.transaction()?;
     let n = enqueue(&tx, link_ids, reason, now_ms())?;
     tx.commit()?;
@@ -270,7 +314,11 @@ pub fn enqueue_now(c: &mut Connection, link_ids: &[i64], reason: &str) -> Result
 }
 
 /// Takes up to `limit` due jobs and marks them running.
-pub fn claim_jobs(c: &mut Connection, limit: usize, now: i64) -> Result<Vec<ClaimedJob>, StoreError> {
+pub fn claim_jobs(
+    c: &mut Connection,
+    limit: usize,
+    now: i64,
+) -> Result<Vec<ClaimedJob>, StoreError> {
     let mut st = c.prepare_cached(
         "UPDATE jobs SET state = 'running'
          WHERE link_id IN (SELECT link_id FROM jobs WHERE state = 'pending' AND due_at <= ?1
@@ -291,8 +339,12 @@ pub fn claim_jobs(c: &mut Connection, limit: usize, now: i64) -> Result<Vec<Clai
 
 /// The earliest due time of a pending job, if any.
 pub fn next_due(c: &Connection) -> Result<Option<i64>, StoreError> {
-    c.query_row("SELECT MIN(due_at) FROM jobs WHERE state = 'pending'", [], |r| r.get(0))
-        .map_err(Into::into)
+    c.query_row(
+        "SELECT MIN(due_at) FROM jobs WHERE state = 'pending'",
+        [],
+        |r| r.get(0),
+    )
+    .map_err(Into::into)
 }
 
 /// [`next_due`] in the shape `Store::call` takes.
@@ -329,18 +381,30 @@ pub fn drop_job(c: &Connection, link_id: i64, error: &str) -> Result<(), StoreEr
 /// Jobs left `running` by a process that stopped are safe to run again: a job commits its
 /// store changes only after its writes succeeded, and a re-run decides from current state.
 pub fn recover_running_jobs(c: &Connection) -> Result<usize, StoreError> {
-    Ok(c.execute("UPDATE jobs SET state = 'pending' WHERE state = 'running'", [])?)
+    Ok(c.execute(
+        "UPDATE jobs SET state = 'pending' WHERE state = 'running'",
+        [],
+    )?)
 }
 
 pub fn cursor(c: &Connection, portal: &str) -> Result<Option<i64>, StoreError> {
-    c.query_row("SELECT value_ms FROM cursors WHERE portal = ?1", [portal], |r| r.get(0))
-        .optional()
-        .map_err(Into::into)
+    c.query_row(
+        "SELECT value_ms FROM cursors WHERE portal = ?1",
+        [portal],
+        |r| r.get(0),
+    )
+    .optional()
+    .map_err(Into::into)
 }
 
 /// Enqueues the links a poll page found and moves the portal's cursor, in one transaction, so
 /// a crash never advances the cursor past work that was not queued.
-pub fn poll_commit(c: &mut Connection, portal: &str, cursor_ms: i64, link_ids: &[i64]) -> Result<(), StoreError> {
+pub fn poll_commit(
+    c: &mut Connection,
+    portal: &str,
+    cursor_ms: i64,
+    link_ids: &[i64],
+) -> Result<(), StoreError> {
     let now = now_ms();
     let tx = c.transaction()?;
     enqueue(&tx, link_ids, "poll", now)?;
@@ -371,8 +435,10 @@ pub fn poll_failed(c: &Connection, portal: &str, error: &str) -> Result<(), Stor
 
 /// Queue depth and the age of the oldest pending job.
 pub fn queue_stats(c: &Connection) -> Result<(i64, Option<i64>), StoreError> {
-    c.query_row("SELECT COUNT(*), MIN(enqueued_at) FROM jobs", [], |r| Ok((r.get(0)?, r.get(1)?)))
-        .map_err(Into::into)
+    c.query_row("SELECT COUNT(*), MIN(enqueued_at) FROM jobs", [], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })
+    .map_err(Into::into)
 }
 
 pub fn conflicts_for(c: &Connection, link_id: i64) -> Result<Vec<ConflictRecord>, StoreError> {
@@ -406,18 +472,44 @@ mod tests {
     fn jobs_coalesce_and_rerun_after_a_change_during_the_run() {
         let mut c = mem();
         let l = insert_link(&c, "partner-a", "1", "9", "channel").unwrap();
-        assert_eq!(insert_link(&c, "partner-a", "1", "9", "channel").unwrap(), l);
+        assert_eq!(
+            insert_link(&c, "partner-a", "1", "9", "channel").unwrap(),
+            l
+        );
         enqueue_now(&mut c, &[l.id], "poll").unwrap();
         enqueue_now(&mut c, &[l.id], "webhook").unwrap();
         assert_eq!(queue_stats(&c).unwrap().0, 1, "two events, one job");
         let claimed = claim_jobs(&mut c, 10, now_ms() + 1).unwrap();
         assert_eq!(claimed.len(), 1);
-        assert!(claim_jobs(&mut c, 10, now_ms() + 1).unwrap().is_empty(), "a running job is not claimed twice");
+        assert!(
+            claim_jobs(&mut c, 10, now_ms() + 1).unwrap().is_empty(),
+            "a running job is not claimed twice"
+        );
         enqueue_now(&mut c, &[l.id], "poll").unwrap();
-        commit_jobs(&mut c, &[JobCommit { link_id: l.id, outcome: "ok".into(), ..Default::default() }]).unwrap();
-        assert_eq!(queue_stats(&c).unwrap().0, 1, "the change during the run is kept");
+        commit_jobs(
+            &mut c,
+            &[JobCommit {
+                link_id: l.id,
+                outcome: "ok".into(),
+                ..Default::default()
+            }],
+        )
+        .unwrap();
+        assert_eq!(
+            queue_stats(&c).unwrap().0,
+            1,
+            "the change during the run is kept"
+        );
         assert_eq!(claim_jobs(&mut c, 10, now_ms() + 1).unwrap().len(), 1);
-        commit_jobs(&mut c, &[JobCommit { link_id: l.id, outcome: "ok".into(), ..Default::default() }]).unwrap();
+        commit_jobs(
+            &mut c,
+            &[JobCommit {
+                link_id: l.id,
+                outcome: "ok".into(),
+                ..Default::default()
+            }],
+        )
+        .unwrap();
         assert_eq!(queue_stats(&c).unwrap().0, 0);
     }
 
@@ -457,6 +549,11 @@ mod tests {
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].0.id, b.id);
         set_link_state(&c, a.id, "orphaned").unwrap();
-        assert_eq!(links_for_deals(&c, Side::Hubspot, "hubspot", &["9".into()]).unwrap().len(), 1);
+        assert_eq!(
+            links_for_deals(&c, Side::Hubspot, "hubspot", &["9".into()])
+                .unwrap()
+                .len(),
+            1
+        );
     }
 }

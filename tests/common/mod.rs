@@ -42,7 +42,10 @@ pub fn portal(sb: &SandboxHandle, name: &str) -> Portal {
     Portal {
         base: sb.base_url.clone(),
         info: sb.portal(name).clone(),
-        http: reqwest::Client::builder().no_proxy().build().expect("client"),
+        http: reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("client"),
     }
 }
 
@@ -65,7 +68,12 @@ async fn answer(resp: reqwest::Response) -> Answer {
     let headers = resp.headers().clone();
     let text = resp.text().await.expect("body");
     let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Answer { status, headers, body, text }
+    Answer {
+        status,
+        headers,
+        body,
+        text,
+    }
 }
 
 impl Portal {
@@ -75,7 +83,9 @@ impl Portal {
 
     /// A request with this portal's bearer token.
     pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.http.request(method, self.url(path)).bearer_auth(&self.info.token)
+        self.http
+            .request(method, self.url(path))
+            .bearer_auth(&self.info.token)
     }
 
     pub async fn send(&self, rb: reqwest::RequestBuilder) -> Answer {
@@ -87,15 +97,18 @@ impl Portal {
     }
 
     pub async fn post(&self, path: &str, body: Value) -> Answer {
-        self.send(self.req(reqwest::Method::POST, path).json(&body)).await
+        self.send(self.req(reqwest::Method::POST, path).json(&body))
+            .await
     }
 
     pub async fn patch(&self, path: &str, body: Value) -> Answer {
-        self.send(self.req(reqwest::Method::PATCH, path).json(&body)).await
+        self.send(self.req(reqwest::Method::PATCH, path).json(&body))
+            .await
     }
 
     pub async fn put(&self, path: &str, body: Value) -> Answer {
-        self.send(self.req(reqwest::Method::PUT, path).json(&body)).await
+        self.send(self.req(reqwest::Method::PUT, path).json(&body))
+            .await
     }
 
     pub async fn delete(&self, path: &str) -> Answer {
@@ -104,16 +117,27 @@ impl Portal {
 
     /// Creates a deal and returns its id.
     pub async fn create_deal(&self, props: Value) -> String {
-        let a = self.post("/crm/v3/objects/deals", serde_json::json!({ "properties": props })).await;
+        let a = self
+            .post(
+                "/crm/v3/objects/deals",
+                serde_json::json!({ "properties": props }),
+            )
+            .await;
         assert_eq!(a.status, 201, "create deal: {}", a.text);
         a.body["id"].as_str().expect("id").to_owned()
     }
 
     /// A sandbox control call (no token) under `/_sandbox/portals/{name}/…`.
-    pub async fn control(&self, method: reqwest::Method, rest: &str, body: Option<Value>) -> Answer {
-        let mut rb = self
-            .http
-            .request(method, format!("{}/_sandbox/portals/{}{}", self.base, self.info.name, rest));
+    pub async fn control(
+        &self,
+        method: reqwest::Method,
+        rest: &str,
+        body: Option<Value>,
+    ) -> Answer {
+        let mut rb = self.http.request(
+            method,
+            format!("{}/_sandbox/portals/{}{}", self.base, self.info.name, rest),
+        );
         if let Some(b) = body {
             rb = rb.json(&b);
         }
@@ -121,11 +145,15 @@ impl Portal {
     }
 
     pub async fn counters(&self) -> Value {
-        self.control(reqwest::Method::GET, "/counters", None).await.body
+        self.control(reqwest::Method::GET, "/counters", None)
+            .await
+            .body
     }
 
     pub async fn set_faults(&self, faults: Value) {
-        let a = self.control(reqwest::Method::PUT, "/faults", Some(faults)).await;
+        let a = self
+            .control(reqwest::Method::PUT, "/faults", Some(faults))
+            .await;
         assert_eq!(a.status, 200, "set faults: {}", a.text);
     }
 }
@@ -142,7 +170,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(100));
     }
@@ -153,6 +184,16 @@ pub fn assert_error(a: &Answer, status: u16, category: &str) {
     assert_eq!(a.status, status, "unexpected status; body: {}", a.text);
     assert_eq!(a.body["status"], "error", "error body: {}", a.text);
     assert_eq!(a.body["category"], category, "error body: {}", a.text);
-    assert!(a.body["message"].as_str().is_some_and(|m| !m.is_empty()), "message: {}", a.text);
-    assert!(a.body["correlationId"].as_str().is_some_and(|m| !m.is_empty()), "correlationId: {}", a.text);
+    assert!(
+        a.body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "message: {}",
+        a.text
+    );
+    assert!(
+        a.body["correlationId"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "correlationId: {}",
+        a.text
+    );
 }

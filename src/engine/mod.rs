@@ -1,0 +1,337 @@
+//! The engine: workers that take due jobs from the store's queue (a batch at a time), read
+//! both sides of every link in batches, decide per field (`plan`), write both sides in
+//! batches, then commit shadows and finish the jobs in one transaction.
+//!
+//! Invariants:
+//! - Jobs of one link never run concurrently: claiming marks them running in the store
+//!   thread, atomically.
+//! - Store updates for a job commit only after its writes succeeded; a crash in between
+//!   leaves the job to run again, and the re-run sees both sides equal (no second write).
+//! - Transient failures retry with exponential backoff and jitter; permanent failures and
+//!   exhausted retries go to the dead-letter file, with the reason.
+
+pub mod plan;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use serde_json::{Map, Value};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::crm::{Client, CrmError, ErrorClass, Record};
+use crate::deadletter;
+use crate::store::{self, ClaimedJob, JobCommit, Link, Store, StoreError};
+pub use plan::{FieldKind, FieldSpec, LinkPlan, PlanError, StageMap};
+
+/// What the engine needs to know, distilled from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub fields: Vec<FieldSpec>,
+    pub stage_maps: HashMap<String, StageMap>,
+    pub batch_size: usize,
+    pub workers: usize,
+    pub max_attempts: i64,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    pub dead_letter_path: PathBuf,
+}
+
+/// The portals' clients.
+#[derive(Clone)]
+pub struct Portals {
+    pub hubspot: Client,
+    pub partners: HashMap<String, Client>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    DeadLetter(#[from] deadletter::DeadLetterError),
+}
+
+/// Shared by the workers.
+pub struct Engine {
+    pub store: Store,
+    pub portals: Portals,
+    pub settings: Settings,
+    pub wake: Arc<Notify>,
+}
+
+/// How one job ended.
+enum Outcome {
+    Done(JobCommit),
+    Failed { error: String, class: ErrorClass, fine_class: &'static str },
+}
+
+impl Engine {
+    fn hubspot_props(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.settings.fields.iter().map(|f| f.hubspot_property.clone()).collect();
+        v.push("hs_lastmodifieddate".into());
+        v
+    }
+
+    fn partner_props(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.settings.fields.iter().map(|f| f.partner_property.clone()).collect();
+        v.push("hs_lastmodifieddate".into());
+        v
+    }
+
+    /// Runs a worker until cancelled. Finishes the batch in hand before returning.
+    pub async fn worker(self: Arc<Self>, cancel: CancellationToken) {
+        loop {
+            if cancel.is_cancelled() {
+                return;
+            }
+            let limit = self.settings.batch_size;
+            let claimed = self
+                .store
+                .call(move |c| store::claim_jobs(c, limit, store::now_ms()))
+                .await;
+            match claimed {
+                Ok(jobs) if !jobs.is_empty() => {
+                    if let Err(e) = self.run_batch(jobs).await {
+                        tracing::error!(error = %e, "engine batch failed; jobs will be retried");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "cannot claim jobs"),
+            }
+            let next = self.store.call(store::next_due_conn).await.ok().flatten();
+            let wait = next
+                .map(|due| Duration::from_millis((due - store::now_ms()).clamp(1, 1_000) as u64))
+                .unwrap_or(Duration::from_secs(1));
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Reads, decides, writes and commits one batch of jobs.
+    pub async fn run_batch(&self, jobs: Vec<ClaimedJob>) -> Result<(), EngineError> {
+        let ids: Vec<i64> = jobs.iter().map(|j| j.link_id).collect();
+        let ids2 = ids.clone();
+        let (links, shadows) = self
+            .store
+            .call(move |c| Ok((store::links_by_ids(c, &ids2)?, store::shadows(c, &ids2)?)))
+            .await?;
+        let by_id: HashMap<i64, &ClaimedJob> = jobs.iter().map(|j| (j.link_id, j)).collect();
+        let mut outcomes: HashMap<i64, Outcome> = HashMap::new();
+        let active: Vec<&Link> = links.iter().filter(|l| l.state == "active").collect();
+        for l in links.iter().filter(|l| l.state != "active") {
+            outcomes.insert(l.id, Outcome::Done(JobCommit { link_id: l.id, outcome: format!("skipped: link {}", l.state), ..Default::default() }));
+        }
+        for id in &ids {
+            if !links.iter().any(|l| l.id == *id) {
+                outcomes.insert(*id, Outcome::Done(JobCommit { link_id: *id, outcome: "skipped: link gone".into(), ..Default::default() }));
+            }
+        }
+
+        // Read both sides, batched per portal.
+        let hs_ids: Vec<String> = unique(active.iter().map(|l| l.hubspot_deal_id.clone()));
+        let hs_read = self.portals.hubspot.batch_read("deals", &hs_ids, &self.hubspot_props(), true).await;
+        let mut partner_reads: HashMap<String, Result<HashMap<String, Record>, CrmError>> = HashMap::new();
+        for partner in unique(active.iter().map(|l| l.partner.clone())) {
+            let deal_ids: Vec<String> = unique(active.iter().filter(|l| l.partner == partner).map(|l| l.partner_deal_id.clone()));
+            let read = match self.portals.partners.get(&partner) {
+                Some(client) => client
+                    .batch_read("deals", &deal_ids, &self.partner_props(), true)
+                    .await
+                    .map(|rs| rs.into_iter().map(|r| (r.id.clone(), r)).collect()),
+                None => Err(CrmError::Http {
+                    portal: partner.clone(),
+                    call: "configuration".into(),
+                    status: 400,
+                    category: "NOT_CONFIGURED".into(),
+                    message: format!("partner {partner} has links but is not in the configuration; add it back or remove its links"),
+                    retry_after: None,
+                }),
+            };
+            partner_reads.insert(partner, read);
+        }
+        let hs: HashMap<String, Record> = match hs_read {
+            Ok(rs) => rs.into_iter().map(|r| (r.id.clone(), r)).collect(),
+            Err(e) => {
+                for l in &active {
+                    outcomes.insert(l.id, failed(&e));
+                }
+                HashMap::new()
+            }
+        };
+
+        // Decide.
+        let empty = HashMap::new();
+        let mut plans: Vec<(&Link, LinkPlan)> = Vec::new();
+        for l in &active {
+            if outcomes.contains_key(&l.id) {
+                continue;
+            }
+            let p = match partner_reads.get(&l.partner) {
+                Some(Ok(m)) => m.get(&l.partner_deal_id),
+                Some(Err(e)) => {
+                    outcomes.insert(l.id, failed(e));
+                    continue;
+                }
+                None => None,
+            };
+            let h = hs.get(&l.hubspot_deal_id);
+            let (Some(p), Some(h)) = (p, h) else {
+                // Deletion does not propagate: the link is orphaned and shown in status.
+                let gone = if p.is_none() { format!("partner deal {} in {}", l.partner_deal_id, l.partner) } else { format!("HubSpot deal {}", l.hubspot_deal_id) };
+                tracing::warn!(link = l.id, "{gone} is archived or deleted; link orphaned");
+                outcomes.insert(l.id, Outcome::Done(JobCommit {
+                    link_id: l.id,
+                    new_state: Some("orphaned".into()),
+                    outcome: format!("orphaned: {gone} is archived or deleted"),
+                    ..Default::default()
+                }));
+                continue;
+            };
+            let stages = self.settings.stage_maps.get(&l.partner).cloned().unwrap_or_default();
+            match plan::plan_link(l, &self.settings.fields, &stages, shadows.get(&l.id).unwrap_or(&empty), p, h) {
+                Ok(plan) => plans.push((l, plan)),
+                Err(e) => {
+                    outcomes.insert(l.id, Outcome::Failed { error: e.to_string(), class: ErrorClass::Permanent, fine_class: "unmapped_stage" });
+                }
+            }
+        }
+
+        // Write, batched per portal. Two links of one HubSpot deal (best partner wins) merge.
+        let mut hs_updates: HashMap<String, Map<String, Value>> = HashMap::new();
+        let mut p_updates: HashMap<String, HashMap<String, Map<String, Value>>> = HashMap::new();
+        for (l, plan) in &plans {
+            if !plan.hubspot_writes.is_empty() {
+                hs_updates.entry(l.hubspot_deal_id.clone()).or_default().extend(plan.hubspot_writes.clone());
+            }
+            if !plan.partner_writes.is_empty() {
+                p_updates.entry(l.partner.clone()).or_default().entry(l.partner_deal_id.clone()).or_default().extend(plan.partner_writes.clone());
+            }
+        }
+        let hs_result = self.write(&self.portals.hubspot, hs_updates).await;
+        let mut p_results = HashMap::new();
+        for (partner, updates) in p_updates {
+            if let Some(client) = self.portals.partners.get(&partner) {
+                p_results.insert(partner, self.write(client, updates).await);
+            }
+        }
+
+        for (l, plan) in plans {
+            let hs_w = hs_result.get(&l.hubspot_deal_id);
+            let p_w = p_results.get(&l.partner).and_then(|m| m.get(&l.partner_deal_id));
+            let err = [hs_w, p_w].into_iter().flatten().find_map(|r| r.as_ref().err());
+            if let Some(e) = err {
+                outcomes.insert(l.id, failed(e));
+                continue;
+            }
+            let ms = |w: Option<&Result<Option<i64>, CrmError>>| w.and_then(|r| r.as_ref().ok().copied().flatten());
+            let wrote = !plan.hubspot_writes.is_empty() || !plan.partner_writes.is_empty();
+            outcomes.insert(l.id, Outcome::Done(JobCommit {
+                link_id: l.id,
+                shadows: plan.shadows,
+                conflicts: plan.conflicts,
+                partner_written_ms: ms(p_w),
+                hubspot_written_ms: ms(hs_w),
+                new_state: None,
+                outcome: if wrote { "synced".into() } else { "no change".into() },
+            }));
+        }
+
+        // Commit successes together; schedule or dead-letter failures.
+        let mut commits = Vec::new();
+        let mut retries = Vec::new();
+        let mut dead = Vec::new();
+        for (id, o) in outcomes {
+            match o {
+                Outcome::Done(c) => commits.push(c),
+                Outcome::Failed { error, class, fine_class } => {
+                    let job = by_id[&id];
+                    let exhausted = job.attempts + 1 >= self.settings.max_attempts;
+                    if class == ErrorClass::Transient && !exhausted {
+                        retries.push((id, store::now_ms() + self.backoff(job.attempts).as_millis() as i64, error));
+                    } else {
+                        let link = links.iter().find(|l| l.id == id);
+                        let now = crate::sandbox::model::iso(store::now_ms());
+                        dead.push(deadletter::Entry {
+                            id: uuid::Uuid::new_v4().to_string(),
+                            link_id: id,
+                            partner: link.map(|l| l.partner.clone()).unwrap_or_default(),
+                            partner_deal_id: link.map(|l| l.partner_deal_id.clone()).unwrap_or_default(),
+                            hubspot_deal_id: link.map(|l| l.hubspot_deal_id.clone()).unwrap_or_default(),
+                            reason: job.reason.clone(),
+                            error,
+                            class: if class == ErrorClass::Transient { "exhausted".into() } else { fine_class.into() },
+                            attempts: job.attempts + 1,
+                            first_at: job.first_failed_at.map(crate::sandbox::model::iso).unwrap_or_else(|| now.clone()),
+                            last_at: now,
+                        });
+                    }
+                }
+            }
+        }
+        if !dead.is_empty() {
+            let path = self.settings.dead_letter_path.clone();
+            let entries = dead.clone();
+            tokio::task::spawn_blocking(move || deadletter::append(&path, &entries))
+                .await
+                .map_err(|e| StoreError::Corrupt(format!("dead-letter writer failed: {e}")))??;
+            for d in &dead {
+                tracing::error!(link = d.link_id, partner = %d.partner, class = %d.class, error = %d.error, "job dead-lettered");
+            }
+        }
+        self.store
+            .call(move |c| {
+                store::commit_jobs(c, &commits)?;
+                for (id, due, err) in &retries {
+                    store::retry_job(c, *id, *due, err)?;
+                }
+                for d in &dead {
+                    store::drop_job(c, d.link_id, &d.error)?;
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Batch-updates one portal; per deal id the new `hs_lastmodifieddate` or the error.
+    async fn write(&self, client: &Client, updates: HashMap<String, Map<String, Value>>) -> HashMap<String, Result<Option<i64>, CrmError>> {
+        let mut out = HashMap::new();
+        if updates.is_empty() {
+            return out;
+        }
+        let list: Vec<(String, Map<String, Value>)> = updates.into_iter().collect();
+        let result = client.batch_update("deals", &list).await;
+        for r in result.written {
+            out.insert(r.id.clone(), Ok(r.last_modified_ms()));
+        }
+        for (id, e) in result.failed {
+            out.insert(id, Err(e));
+        }
+        out
+    }
+
+    fn backoff(&self, attempts: i64) -> Duration {
+        let base = self.settings.retry_base.as_millis() as f64 * 2f64.powi(attempts.clamp(0, 20) as i32);
+        let capped = base.min(self.settings.retry_max.as_millis() as f64);
+        let jitter = rand::rng().random_range(0.5..1.0);
+        Duration::from_millis((capped * jitter) as u64)
+    }
+}
+
+fn failed(e: &CrmError) -> Outcome {
+    Outcome::Failed { error: e.to_string(), class: e.class(), fine_class: "permanent" }
+}
+
+fn unique(it: impl Iterator<Item = String>) -> Vec<String> {
+    let mut seen = HashSet::new();
+    it.filter(|s| seen.insert(s.clone())).collect()
+}
