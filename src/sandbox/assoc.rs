@@ -398,7 +398,18 @@ pub async fn batch_default(
         }
     }
     shared.publish(&ctx.portal, changes, ctx.source);
-    Ok(batch_envelope(results, errors, now, StatusCode::OK))
+    // HubSpot documents only 200 here; partial failures ride in `errors`/`numErrors`.
+    let mut body = json!({
+        "status": "COMPLETE",
+        "results": results,
+        "startedAt": iso(now),
+        "completedAt": iso(now),
+    });
+    if !errors.is_empty() {
+        body["numErrors"] = json!(errors.len());
+        body["errors"] = Value::Array(errors);
+    }
+    Ok(reply(StatusCode::OK, body))
 }
 
 pub async fn labels(Path((ft, tt)): Path<(String, String)>) -> ApiResult<Response> {

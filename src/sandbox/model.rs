@@ -478,6 +478,11 @@ impl Object {
         }
     }
 
+    /// `updatedAt` as it was at `at`.
+    pub fn updated_at(&self, at: i64) -> i64 {
+        self.last_write_at(at).unwrap_or(self.created_ms)
+    }
+
     fn last_write_at(&self, at: i64) -> Option<i64> {
         if at >= self.updated_ms {
             return Some(self.updated_ms);

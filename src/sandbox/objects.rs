@@ -118,9 +118,11 @@ pub fn render(data: &PortalData, t: ObjectType, obj: &Object, view: &View, at: i
         out.insert("propertiesWithHistory".into(), Value::Object(h));
     }
     out.insert("createdAt".into(), json!(iso(obj.created_ms)));
-    out.insert("updatedAt".into(), json!(iso(obj.updated_ms)));
-    out.insert("archived".into(), json!(obj.is_archived()));
-    if let Some(a) = obj.archived_ms {
+    // Everything as of `at`: a lagging search index shows a consistent older record.
+    out.insert("updatedAt".into(), json!(iso(obj.updated_at(at))));
+    let archived_at = obj.archived_ms.filter(|a| *a <= at);
+    out.insert("archived".into(), json!(archived_at.is_some()));
+    if let Some(a) = archived_at {
         out.insert("archivedAt".into(), json!(iso(a)));
     }
     if !view.associations.is_empty() {
@@ -466,6 +468,33 @@ fn batch_body(
     }
 }
 
+/// Unique values already claimed by earlier inputs of one all-or-nothing batch: two inputs
+/// may not take the same value, even though each alone would be accepted.
+#[derive(Default)]
+struct UniqueSeen(HashSet<(String, String)>);
+
+impl UniqueSeen {
+    /// `values` are the normalised values a `check_*` call returned.
+    fn check(
+        &mut self,
+        data: &PortalData,
+        t: ObjectType,
+        values: &[(String, String)],
+    ) -> ApiResult<()> {
+        for (k, v) in values {
+            if v.is_empty() || !data.property(t, k).is_some_and(|p| p.has_unique_value) {
+                continue;
+            }
+            if !self.0.insert((k.clone(), v.clone())) {
+                return Err(ApiError::conflict(format!(
+                    "Duplicate {k} value {v} in batch input"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Partial failure is allowed only when every input carries a distinct
 /// `objectWriteTraceId` (HubSpot's rule); otherwise one bad input fails the whole call.
 fn traced(ids: &[Option<String>]) -> bool {
@@ -590,21 +619,11 @@ fn batch_create(
     );
     if !partial {
         // All or nothing: check every input before writing any.
-        let mut seen_unique: HashSet<(String, String)> = HashSet::new();
+        let mut seen = UniqueSeen::default();
         for i in &inputs {
-            data.check_create(t, &i.properties)?;
+            let values = data.check_create(t, &i.properties)?;
             plan_associations(data, t, &i.associations)?;
-            for (k, v) in &i.properties {
-                if data.property(t, k).is_some_and(|p| p.has_unique_value) {
-                    if let Some(s) = v.as_str().filter(|s| !s.is_empty()) {
-                        if !seen_unique.insert((k.clone(), s.to_owned())) {
-                            return Err(ApiError::conflict(format!(
-                                "Duplicate {k} value {s} in batch input"
-                            )));
-                        }
-                    }
-                }
-            }
+            seen.check(data, t, &values)?;
         }
     }
     let mut results = Vec::new();
@@ -675,9 +694,11 @@ fn batch_update(
         }
     }
     if !partial {
+        let mut seen = UniqueSeen::default();
         for (i, id) in inputs.iter().zip(&resolved) {
             if let Some(id) = id {
-                data.check_update(t, *id, &i.properties)?;
+                let values = data.check_update(t, *id, &i.properties)?;
+                seen.check(data, t, &values)?;
             }
         }
     }

@@ -140,7 +140,10 @@ fn create_property_in(
             p.name
         )));
     }
-    if !data.groups[&t].contains_key(&p.group_name) {
+    if !data.groups[&t]
+        .get(&p.group_name)
+        .is_some_and(|g| !g.archived)
+    {
         return Err(ApiError::validation(format!(
             "property group {} does not exist for {}; create it first",
             p.group_name,
@@ -255,7 +258,7 @@ pub async fn update_property(
     let now = shared.now_ms();
     let mut data = ctx.portal.data.lock();
     if let Some(g) = &u.group_name {
-        if !data.groups[&t].contains_key(g) {
+        if !data.groups[&t].get(g).is_some_and(|x| !x.archived) {
             return Err(ApiError::validation(format!(
                 "property group {g} does not exist for {}",
                 t.name()
@@ -602,7 +605,15 @@ pub struct StageIn {
     metadata: Option<BTreeMap<String, Value>>,
 }
 
-fn build_stage(s: StageIn, order: i64, now: i64, taken: &[String]) -> ApiResult<Stage> {
+/// `fresh_id` is used when the caller names no stage id; it comes from the portal's id
+/// counter, so generated ids never collide.
+fn build_stage(
+    s: StageIn,
+    order: i64,
+    now: i64,
+    taken: &[String],
+    fresh_id: u64,
+) -> ApiResult<Stage> {
     let label = s
         .label
         .ok_or_else(|| ApiError::validation("every stage needs a label"))?;
@@ -628,7 +639,7 @@ fn build_stage(s: StageIn, order: i64, now: i64, taken: &[String]) -> ApiResult<
             )))
         }
     }
-    let id = s.stage_id.unwrap_or_else(|| format!("{}", now + order));
+    let id = s.stage_id.unwrap_or_else(|| fresh_id.to_string());
     if taken.contains(&id) {
         return Err(ApiError::conflict(format!("stage id {id} is already used")));
     }
@@ -689,7 +700,8 @@ pub async fn create_pipeline(
             .flat_map(|p| p.stages.iter().map(|s| s.id.clone()))
             .chain(stages.iter().map(|s| s.id.clone()))
             .collect();
-        stages.push(build_stage(s, i as i64, now, &taken)?);
+        let fresh = data.alloc_id();
+        stages.push(build_stage(s, i as i64, now, &taken, fresh)?);
     }
     let order = p.display_order.unwrap_or(data.pipelines[&t].len() as i64);
     let pipe = Pipeline {
@@ -805,12 +817,13 @@ pub async fn create_stage(
         .iter()
         .flat_map(|p| p.stages.iter().map(|s| s.id.clone()))
         .collect();
+    let fresh = data.alloc_id();
     let p = data
         .pipelines
         .get_mut(&t)
         .and_then(|v| v.iter_mut().find(|p| p.id == id && !p.archived))
         .ok_or_else(|| pipeline_missing(&id))?;
-    let stage = build_stage(s, p.stages.len() as i64, now, &taken)?;
+    let stage = build_stage(s, p.stages.len() as i64, now, &taken, fresh)?;
     let body = stage_json(&stage);
     p.stages.push(stage);
     p.updated_ms = now;
