@@ -140,9 +140,9 @@ fn create_property_in(
             p.name
         )));
     }
-    if !data.groups[&t]
+    if data.groups[&t]
         .get(&p.group_name)
-        .is_some_and(|g| !g.archived)
+        .is_none_or(|g| g.archived)
     {
         return Err(ApiError::validation(format!(
             "property group {} does not exist for {}; create it first",
@@ -258,7 +258,7 @@ pub async fn update_property(
     let now = shared.now_ms();
     let mut data = ctx.portal.data.lock();
     if let Some(g) = &u.group_name {
-        if !data.groups[&t].get(g).is_some_and(|x| !x.archived) {
+        if data.groups[&t].get(g).is_none_or(|x| x.archived) {
             return Err(ApiError::validation(format!(
                 "property group {g} does not exist for {}",
                 t.name()
