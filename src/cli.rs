@@ -30,8 +30,30 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the sync daemon: pollers, sweep and workers, until SIGTERM or SIGINT.
+    Run(ConfigArgs),
+    /// Validate a config file and the secrets it points to, without starting anything.
+    CheckConfig(ConfigArgs),
+    /// Create the custom properties dealsync needs in every configured portal (idempotent).
+    Setup(SetupArgs),
     /// Serve local emulated HubSpot portals (for tests, rehearsals and the demo).
     Sandbox(SandboxArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// The TOML config file (see config/example.toml).
+    #[arg(long, env = "DEALSYNC_CONFIG")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct SetupArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Only print what would be created.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -88,8 +110,82 @@ pub struct CliError {
 /// Runs one parsed command to completion.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
+        Command::Run(args) => run_daemon(args).await,
+        Command::CheckConfig(args) => {
+            let config = load_config(&args)?;
+            println!(
+                "config OK: {} partner portal(s), {} synced field(s), store {}",
+                config.partners.len(),
+                config.fields.len(),
+                config.store_path.display()
+            );
+            Ok(())
+        }
+        Command::Setup(args) => run_setup(args).await,
         Command::Sandbox(args) => run_sandbox(args).await,
     }
+}
+
+fn load_config(args: &ConfigArgs) -> Result<crate::config::Config, CliError> {
+    crate::config::Config::load(&args.config).map_err(|e| CliError {
+        code: exit::CONFIG,
+        message: format!("{e}\n(config file: {})", args.config.display()),
+    })
+}
+
+async fn run_daemon(args: ConfigArgs) -> Result<(), CliError> {
+    let config = load_config(&args)?;
+    let handle = crate::daemon::DaemonHandle::start(config.daemon_parts())
+        .await
+        .map_err(|e| CliError {
+            code: exit::UNAVAILABLE,
+            message: e.to_string(),
+        })?;
+    shutdown_signal().await;
+    tracing::info!("stopping: finishing in-flight work");
+    handle.shutdown().await;
+    Ok(())
+}
+
+async fn run_setup(args: SetupArgs) -> Result<(), CliError> {
+    let config = load_config(&args.config)?;
+    let parts = config.daemon_parts();
+    let mut total = 0;
+    for p in std::iter::once(&parts.hubspot).chain(parts.partners.iter()) {
+        let client = crate::crm::Client::new(
+            &p.name,
+            &p.base_url,
+            &p.token,
+            std::sync::Arc::new(crate::crm::Budget::new(
+                p.rate_limit_per_10s,
+                p.search_per_s,
+            )),
+            parts.retry,
+        )
+        .map_err(|e| CliError {
+            code: exit::UNAVAILABLE,
+            message: e.to_string(),
+        })?;
+        let actions = crate::setup::ensure(&client, args.dry_run)
+            .await
+            .map_err(|e| CliError {
+                code: exit::UNAVAILABLE,
+                message: format!("{e}; nothing further was changed in {}", p.name),
+            })?;
+        for a in &actions {
+            println!(
+                "{}{}: {}",
+                if args.dry_run { "would " } else { "" },
+                a.portal,
+                a.what
+            );
+        }
+        total += actions.len();
+    }
+    if total == 0 {
+        println!("nothing to do: every portal already has what dealsync needs");
+    }
+    Ok(())
 }
 
 fn limit<T: PartialEq + Default>(v: T) -> Option<T> {

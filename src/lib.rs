@@ -2,8 +2,11 @@
 //! portal and HubSpot's own portal. See README.md for users and ARCHITECTURE.md for the map.
 
 pub mod cli;
+pub mod config;
 pub mod crm;
+pub mod daemon;
 pub mod deadletter;
+pub mod engine;
 pub mod ingest;
 pub mod rules;
 pub mod sandbox;

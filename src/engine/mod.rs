@@ -66,18 +66,32 @@ pub struct Engine {
 /// How one job ended.
 enum Outcome {
     Done(JobCommit),
-    Failed { error: String, class: ErrorClass, fine_class: &'static str },
+    Failed {
+        error: String,
+        class: ErrorClass,
+        fine_class: &'static str,
+    },
 }
 
 impl Engine {
     fn hubspot_props(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.settings.fields.iter().map(|f| f.hubspot_property.clone()).collect();
+        let mut v: Vec<String> = self
+            .settings
+            .fields
+            .iter()
+            .map(|f| f.hubspot_property.clone())
+            .collect();
         v.push("hs_lastmodifieddate".into());
         v
     }
 
     fn partner_props(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.settings.fields.iter().map(|f| f.partner_property.clone()).collect();
+        let mut v: Vec<String> = self
+            .settings
+            .fields
+            .iter()
+            .map(|f| f.partner_property.clone())
+            .collect();
         v.push("hs_lastmodifieddate".into());
         v
     }
@@ -128,20 +142,44 @@ impl Engine {
         let mut outcomes: HashMap<i64, Outcome> = HashMap::new();
         let active: Vec<&Link> = links.iter().filter(|l| l.state == "active").collect();
         for l in links.iter().filter(|l| l.state != "active") {
-            outcomes.insert(l.id, Outcome::Done(JobCommit { link_id: l.id, outcome: format!("skipped: link {}", l.state), ..Default::default() }));
+            outcomes.insert(
+                l.id,
+                Outcome::Done(JobCommit {
+                    link_id: l.id,
+                    outcome: format!("skipped: link {}", l.state),
+                    ..Default::default()
+                }),
+            );
         }
         for id in &ids {
             if !links.iter().any(|l| l.id == *id) {
-                outcomes.insert(*id, Outcome::Done(JobCommit { link_id: *id, outcome: "skipped: link gone".into(), ..Default::default() }));
+                outcomes.insert(
+                    *id,
+                    Outcome::Done(JobCommit {
+                        link_id: *id,
+                        outcome: "skipped: link gone".into(),
+                        ..Default::default()
+                    }),
+                );
             }
         }
 
         // Read both sides, batched per portal.
         let hs_ids: Vec<String> = unique(active.iter().map(|l| l.hubspot_deal_id.clone()));
-        let hs_read = self.portals.hubspot.batch_read("deals", &hs_ids, &self.hubspot_props(), true).await;
-        let mut partner_reads: HashMap<String, Result<HashMap<String, Record>, CrmError>> = HashMap::new();
+        let hs_read = self
+            .portals
+            .hubspot
+            .batch_read("deals", &hs_ids, &self.hubspot_props(), true)
+            .await;
+        let mut partner_reads: HashMap<String, Result<HashMap<String, Record>, CrmError>> =
+            HashMap::new();
         for partner in unique(active.iter().map(|l| l.partner.clone())) {
-            let deal_ids: Vec<String> = unique(active.iter().filter(|l| l.partner == partner).map(|l| l.partner_deal_id.clone()));
+            let deal_ids: Vec<String> = unique(
+                active
+                    .iter()
+                    .filter(|l| l.partner == partner)
+                    .map(|l| l.partner_deal_id.clone()),
+            );
             let read = match self.portals.partners.get(&partner) {
                 Some(client) => client
                     .batch_read("deals", &deal_ids, &self.partner_props(), true)
@@ -186,21 +224,47 @@ impl Engine {
             let h = hs.get(&l.hubspot_deal_id);
             let (Some(p), Some(h)) = (p, h) else {
                 // Deletion does not propagate: the link is orphaned and shown in status.
-                let gone = if p.is_none() { format!("partner deal {} in {}", l.partner_deal_id, l.partner) } else { format!("HubSpot deal {}", l.hubspot_deal_id) };
+                let gone = if p.is_none() {
+                    format!("partner deal {} in {}", l.partner_deal_id, l.partner)
+                } else {
+                    format!("HubSpot deal {}", l.hubspot_deal_id)
+                };
                 tracing::warn!(link = l.id, "{gone} is archived or deleted; link orphaned");
-                outcomes.insert(l.id, Outcome::Done(JobCommit {
-                    link_id: l.id,
-                    new_state: Some("orphaned".into()),
-                    outcome: format!("orphaned: {gone} is archived or deleted"),
-                    ..Default::default()
-                }));
+                outcomes.insert(
+                    l.id,
+                    Outcome::Done(JobCommit {
+                        link_id: l.id,
+                        new_state: Some("orphaned".into()),
+                        outcome: format!("orphaned: {gone} is archived or deleted"),
+                        ..Default::default()
+                    }),
+                );
                 continue;
             };
-            let stages = self.settings.stage_maps.get(&l.partner).cloned().unwrap_or_default();
-            match plan::plan_link(l, &self.settings.fields, &stages, shadows.get(&l.id).unwrap_or(&empty), p, h) {
+            let stages = self
+                .settings
+                .stage_maps
+                .get(&l.partner)
+                .cloned()
+                .unwrap_or_default();
+            match plan::plan_link(
+                l,
+                &self.settings.fields,
+                &stages,
+                shadows.get(&l.id).unwrap_or(&empty),
+                p,
+                h,
+            ) {
                 Ok(plan) => plans.push((l, plan)),
                 Err(e) => {
-                    outcomes.insert(l.id, Outcome::Failed { error: e.to_string(), class: ErrorClass::Permanent, fine_class: "unmapped_stage" });
+                    outcomes.insert(
+                        l.id,
+                        Outcome::Failed {
+                            error: e.to_string(),
+                            class: ErrorClass::Permanent,
+                            fine_class: "unmapped_stage",
+                        },
+                    );
                 }
             }
         }
@@ -210,10 +274,18 @@ impl Engine {
         let mut p_updates: HashMap<String, HashMap<String, Map<String, Value>>> = HashMap::new();
         for (l, plan) in &plans {
             if !plan.hubspot_writes.is_empty() {
-                hs_updates.entry(l.hubspot_deal_id.clone()).or_default().extend(plan.hubspot_writes.clone());
+                hs_updates
+                    .entry(l.hubspot_deal_id.clone())
+                    .or_default()
+                    .extend(plan.hubspot_writes.clone());
             }
             if !plan.partner_writes.is_empty() {
-                p_updates.entry(l.partner.clone()).or_default().entry(l.partner_deal_id.clone()).or_default().extend(plan.partner_writes.clone());
+                p_updates
+                    .entry(l.partner.clone())
+                    .or_default()
+                    .entry(l.partner_deal_id.clone())
+                    .or_default()
+                    .extend(plan.partner_writes.clone());
             }
         }
         let hs_result = self.write(&self.portals.hubspot, hs_updates).await;
@@ -226,23 +298,37 @@ impl Engine {
 
         for (l, plan) in plans {
             let hs_w = hs_result.get(&l.hubspot_deal_id);
-            let p_w = p_results.get(&l.partner).and_then(|m| m.get(&l.partner_deal_id));
-            let err = [hs_w, p_w].into_iter().flatten().find_map(|r| r.as_ref().err());
+            let p_w = p_results
+                .get(&l.partner)
+                .and_then(|m| m.get(&l.partner_deal_id));
+            let err = [hs_w, p_w]
+                .into_iter()
+                .flatten()
+                .find_map(|r| r.as_ref().err());
             if let Some(e) = err {
                 outcomes.insert(l.id, failed(e));
                 continue;
             }
-            let ms = |w: Option<&Result<Option<i64>, CrmError>>| w.and_then(|r| r.as_ref().ok().copied().flatten());
+            let ms = |w: Option<&Result<Option<i64>, CrmError>>| {
+                w.and_then(|r| r.as_ref().ok().copied().flatten())
+            };
             let wrote = !plan.hubspot_writes.is_empty() || !plan.partner_writes.is_empty();
-            outcomes.insert(l.id, Outcome::Done(JobCommit {
-                link_id: l.id,
-                shadows: plan.shadows,
-                conflicts: plan.conflicts,
-                partner_written_ms: ms(p_w),
-                hubspot_written_ms: ms(hs_w),
-                new_state: None,
-                outcome: if wrote { "synced".into() } else { "no change".into() },
-            }));
+            outcomes.insert(
+                l.id,
+                Outcome::Done(JobCommit {
+                    link_id: l.id,
+                    shadows: plan.shadows,
+                    conflicts: plan.conflicts,
+                    partner_written_ms: ms(p_w),
+                    hubspot_written_ms: ms(hs_w),
+                    new_state: None,
+                    outcome: if wrote {
+                        "synced".into()
+                    } else {
+                        "no change".into()
+                    },
+                }),
+            );
         }
 
         // Commit successes together; schedule or dead-letter failures.
@@ -252,11 +338,19 @@ impl Engine {
         for (id, o) in outcomes {
             match o {
                 Outcome::Done(c) => commits.push(c),
-                Outcome::Failed { error, class, fine_class } => {
+                Outcome::Failed {
+                    error,
+                    class,
+                    fine_class,
+                } => {
                     let job = by_id[&id];
                     let exhausted = job.attempts + 1 >= self.settings.max_attempts;
                     if class == ErrorClass::Transient && !exhausted {
-                        retries.push((id, store::now_ms() + self.backoff(job.attempts).as_millis() as i64, error));
+                        retries.push((
+                            id,
+                            store::now_ms() + self.backoff(job.attempts).as_millis() as i64,
+                            error,
+                        ));
                     } else {
                         let link = links.iter().find(|l| l.id == id);
                         let now = crate::sandbox::model::iso(store::now_ms());
@@ -264,13 +358,24 @@ impl Engine {
                             id: uuid::Uuid::new_v4().to_string(),
                             link_id: id,
                             partner: link.map(|l| l.partner.clone()).unwrap_or_default(),
-                            partner_deal_id: link.map(|l| l.partner_deal_id.clone()).unwrap_or_default(),
-                            hubspot_deal_id: link.map(|l| l.hubspot_deal_id.clone()).unwrap_or_default(),
+                            partner_deal_id: link
+                                .map(|l| l.partner_deal_id.clone())
+                                .unwrap_or_default(),
+                            hubspot_deal_id: link
+                                .map(|l| l.hubspot_deal_id.clone())
+                                .unwrap_or_default(),
                             reason: job.reason.clone(),
                             error,
-                            class: if class == ErrorClass::Transient { "exhausted".into() } else { fine_class.into() },
+                            class: if class == ErrorClass::Transient {
+                                "exhausted".into()
+                            } else {
+                                fine_class.into()
+                            },
                             attempts: job.attempts + 1,
-                            first_at: job.first_failed_at.map(crate::sandbox::model::iso).unwrap_or_else(|| now.clone()),
+                            first_at: job
+                                .first_failed_at
+                                .map(crate::sandbox::model::iso)
+                                .unwrap_or_else(|| now.clone()),
                             last_at: now,
                         });
                     }
@@ -303,7 +408,11 @@ impl Engine {
     }
 
     /// Batch-updates one portal; per deal id the new `hs_lastmodifieddate` or the error.
-    async fn write(&self, client: &Client, updates: HashMap<String, Map<String, Value>>) -> HashMap<String, Result<Option<i64>, CrmError>> {
+    async fn write(
+        &self,
+        client: &Client,
+        updates: HashMap<String, Map<String, Value>>,
+    ) -> HashMap<String, Result<Option<i64>, CrmError>> {
         let mut out = HashMap::new();
         if updates.is_empty() {
             return out;
@@ -320,7 +429,8 @@ impl Engine {
     }
 
     fn backoff(&self, attempts: i64) -> Duration {
-        let base = self.settings.retry_base.as_millis() as f64 * 2f64.powi(attempts.clamp(0, 20) as i32);
+        let base =
+            self.settings.retry_base.as_millis() as f64 * 2f64.powi(attempts.clamp(0, 20) as i32);
         let capped = base.min(self.settings.retry_max.as_millis() as f64);
         let jitter = rand::rng().random_range(0.5..1.0);
         Duration::from_millis((capped * jitter) as u64)
@@ -328,7 +438,11 @@ impl Engine {
 }
 
 fn failed(e: &CrmError) -> Outcome {
-    Outcome::Failed { error: e.to_string(), class: e.class(), fine_class: "permanent" }
+    Outcome::Failed {
+        error: e.to_string(),
+        class: e.class(),
+        fine_class: "permanent",
+    }
 }
 
 fn unique(it: impl Iterator<Item = String>) -> Vec<String> {

@@ -39,7 +39,12 @@ pub struct StageMap {
 /// Why a link cannot be synced now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PlanError {
-    UnmappedStage { partner: String, stage: String, side: &'static str, deal: String },
+    UnmappedStage {
+        partner: String,
+        stage: String,
+        side: &'static str,
+        deal: String,
+    },
 }
 
 impl std::fmt::Display for PlanError {
@@ -74,7 +79,10 @@ fn observed(r: &Record, prop: &str, kind: FieldKind) -> Observed {
         FieldKind::MultiSelect => rules::normalize_multi(v),
         _ => v.to_owned(),
     });
-    Observed { value, changed_at: r.changed_at.get(prop).copied() }
+    Observed {
+        value,
+        changed_at: r.changed_at.get(prop).copied(),
+    }
 }
 
 /// Decides every field of one link. `shadows` maps field name to the stored value (`None`
@@ -94,12 +102,15 @@ pub fn plan_link(
         if f.kind == FieldKind::Stage {
             // Compare in HubSpot's stage space.
             if let Some(v) = p.value.take() {
-                let mapped = stages.to_hubspot.get(&v).ok_or_else(|| PlanError::UnmappedStage {
-                    partner: link.partner.clone(),
-                    stage: v.clone(),
-                    side: "the partner portal",
-                    deal: link.partner_deal_id.clone(),
-                })?;
+                let mapped = stages
+                    .to_hubspot
+                    .get(&v)
+                    .ok_or_else(|| PlanError::UnmappedStage {
+                        partner: link.partner.clone(),
+                        stage: v.clone(),
+                        side: "the partner portal",
+                        deal: link.partner_deal_id.clone(),
+                    })?;
                 p.value = Some(mapped.clone());
             }
         }
@@ -107,19 +118,25 @@ pub fn plan_link(
         let d = rules::decide(&f.rule, shadow, &p, &h);
         if let Some(v) = d.write_partner {
             let v = if f.kind == FieldKind::Stage && !v.is_empty() {
-                stages.to_partner.get(&v).cloned().ok_or_else(|| PlanError::UnmappedStage {
-                    partner: link.partner.clone(),
-                    stage: v.clone(),
-                    side: "HubSpot's portal",
-                    deal: link.hubspot_deal_id.clone(),
-                })?
+                stages
+                    .to_partner
+                    .get(&v)
+                    .cloned()
+                    .ok_or_else(|| PlanError::UnmappedStage {
+                        partner: link.partner.clone(),
+                        stage: v.clone(),
+                        side: "HubSpot's portal",
+                        deal: link.hubspot_deal_id.clone(),
+                    })?
             } else {
                 v
             };
-            plan.partner_writes.insert(f.partner_property.clone(), Value::String(v));
+            plan.partner_writes
+                .insert(f.partner_property.clone(), Value::String(v));
         }
         if let Some(v) = d.write_hubspot {
-            plan.hubspot_writes.insert(f.hubspot_property.clone(), Value::String(v));
+            plan.hubspot_writes
+                .insert(f.hubspot_property.clone(), Value::String(v));
         }
         if let ShadowUpdate::Set(v) = d.shadow {
             let v = v.filter(|s| !s.is_empty());

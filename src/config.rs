@@ -1,0 +1,712 @@
+//! Configuration: a TOML file layered with `DEALSYNC__SECTION__KEY` environment overrides,
+//! validated into typed settings. Secrets (tokens, webhook secrets) never come from the file:
+//! each is named by an environment variable (`token_env`), a file (`token_file`) or a systemd
+//! credential (`token_credential`, read from `$CREDENTIALS_DIRECTORY`), and is held in a
+//! [`Secret`] that prints as `[redacted]`.
+//!
+//! Every error names the key, why it is wrong and what to do. See `config/example.toml`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::daemon::{DaemonParts, PortalConn};
+use crate::engine::{FieldKind, FieldSpec, Settings, StageMap};
+use crate::rules::{ConflictPolicy, Direction, Rule};
+
+/// A secret value. Debug and Display never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {why}")]
+    Read { path: PathBuf, why: String },
+    #[error("config is not valid: {0}")]
+    Parse(String),
+    #[error("{key}: {why}")]
+    Invalid { key: String, why: String },
+    #[error("{key}: {why}")]
+    Secret { key: String, why: String },
+}
+
+fn invalid(key: impl Into<String>, why: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        why: why.into(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    store: RawStore,
+    hubspot: RawPortal,
+    #[serde(default)]
+    partners: Vec<RawPartner>,
+    #[serde(default)]
+    sync: RawSync,
+    fields: Option<BTreeMap<String, RawField>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    path: PathBuf,
+    dead_letter_path: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPortal {
+    base_url: String,
+    token_env: Option<String>,
+    token_file: Option<PathBuf>,
+    token_credential: Option<String>,
+    webhook_secret_env: Option<String>,
+    webhook_secret_file: Option<PathBuf>,
+    webhook_secret_credential: Option<String>,
+    #[serde(default = "d_rate")]
+    rate_limit_per_10s: u32,
+    #[serde(default = "d_search")]
+    search_per_s: u32,
+    #[serde(default = "d_pipeline")]
+    pipeline: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPartner {
+    name: String,
+    #[serde(flatten)]
+    portal: RawPortalFlat,
+    default_pipeline: Option<String>,
+    #[serde(default = "d_capacity")]
+    capacity: u32,
+    #[serde(default)]
+    stage_map: BTreeMap<String, String>,
+}
+
+/// `RawPortal` for flattening (serde cannot combine flatten with deny_unknown_fields on the
+/// inner struct); the outer struct still refuses unknown keys.
+#[derive(Debug, Deserialize)]
+struct RawPortalFlat {
+    base_url: String,
+    token_env: Option<String>,
+    token_file: Option<PathBuf>,
+    token_credential: Option<String>,
+    webhook_secret_env: Option<String>,
+    webhook_secret_file: Option<PathBuf>,
+    webhook_secret_credential: Option<String>,
+    #[serde(default = "d_rate")]
+    rate_limit_per_10s: u32,
+    #[serde(default = "d_search")]
+    search_per_s: u32,
+    #[serde(default = "d_pipeline")]
+    pipeline: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSync {
+    poll_interval_ms: u64,
+    poll_overlap_ms: u64,
+    sweep_interval_ms: u64,
+    workers: usize,
+    batch_size: usize,
+    max_attempts: i64,
+    retry_base_ms: u64,
+    retry_max_ms: u64,
+    request_timeout_ms: u64,
+    drain_ms: u64,
+}
+
+impl Default for RawSync {
+    fn default() -> Self {
+        RawSync {
+            poll_interval_ms: 30_000,
+            poll_overlap_ms: 60_000,
+            sweep_interval_ms: 900_000,
+            workers: 4,
+            batch_size: 100,
+            max_attempts: 8,
+            retry_base_ms: 500,
+            retry_max_ms: 60_000,
+            request_timeout_ms: 30_000,
+            drain_ms: 20_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawField {
+    partner_property: String,
+    hubspot_property: String,
+    #[serde(default)]
+    kind: RawKind,
+    #[serde(default)]
+    direction: Direction,
+    #[serde(default)]
+    conflict: ConflictPolicy,
+    #[serde(default)]
+    unless_blank: bool,
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum RawKind {
+    #[default]
+    Text,
+    MultiSelect,
+    Stage,
+}
+
+fn d_rate() -> u32 {
+    100
+}
+fn d_search() -> u32 {
+    4
+}
+fn d_pipeline() -> String {
+    "default".into()
+}
+fn d_capacity() -> u32 {
+    100
+}
+
+/// One portal, resolved.
+#[derive(Debug, Clone)]
+pub struct PortalConfig {
+    pub name: String,
+    pub base_url: String,
+    pub token: Secret,
+    pub webhook_secret: Option<Secret>,
+    pub rate_limit_per_10s: u32,
+    pub search_per_s: u32,
+    pub pipeline: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct PartnerConfig {
+    pub portal: PortalConfig,
+    /// Where new shared deals land on the partner side.
+    pub default_pipeline: String,
+    pub capacity: u32,
+    /// Partner stage id -> HubSpot stage id.
+    pub stage_map: BTreeMap<String, String>,
+}
+
+impl PartnerConfig {
+    pub fn name(&self) -> &str {
+        &self.portal.name
+    }
+
+    pub fn map_stage_to_hubspot(&self, stage: &str) -> Option<&str> {
+        self.stage_map.get(stage).map(String::as_str)
+    }
+
+    /// HubSpot stage -> partner stage. When several partner stages map to one HubSpot stage,
+    /// the first in sorted order is used.
+    pub fn map_stage_to_partner(&self, stage: &str) -> Option<&str> {
+        self.stage_map
+            .iter()
+            .find(|(_, h)| *h == stage)
+            .map(|(p, _)| p.as_str())
+    }
+
+    fn stage_maps(&self) -> StageMap {
+        let mut m = StageMap::default();
+        for (p, h) in &self.stage_map {
+            m.to_hubspot.insert(p.clone(), h.clone());
+            m.to_partner.entry(h.clone()).or_insert_with(|| p.clone());
+        }
+        m
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub store_path: PathBuf,
+    pub dead_letter_path: PathBuf,
+    pub hubspot: PortalConfig,
+    pub partners: Vec<PartnerConfig>,
+    pub fields: Vec<FieldSpec>,
+    pub poll_interval: Duration,
+    pub poll_overlap: Duration,
+    pub sweep_interval: Duration,
+    pub workers: usize,
+    pub batch_size: usize,
+    pub max_attempts: i64,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    pub request_timeout: Duration,
+    pub drain: Duration,
+}
+
+/// The fields synced when the config names none.
+pub fn default_fields() -> Vec<FieldSpec> {
+    use ConflictPolicy::*;
+    use Direction::*;
+    let f = |name: &str, prop: &str, kind, direction, conflict| FieldSpec {
+        name: name.into(),
+        partner_property: prop.into(),
+        hubspot_property: prop.into(),
+        kind,
+        rule: Rule {
+            direction,
+            conflict,
+            unless_blank: false,
+        },
+    };
+    vec![
+        f("dealname", "dealname", FieldKind::Text, Both, LatestWins),
+        f("dealstage", "dealstage", FieldKind::Stage, Both, LatestWins),
+        f(
+            "product_interest",
+            "dealsync_product_interest",
+            FieldKind::MultiSelect,
+            Both,
+            LatestWins,
+        ),
+        f(
+            "intro_note",
+            "dealsync_intro_note",
+            FieldKind::Text,
+            ToHubspot,
+            PartnerWins,
+        ),
+        f(
+            "specific_pain",
+            "dealsync_specific_pain",
+            FieldKind::Text,
+            ToHubspot,
+            PartnerWins,
+        ),
+        f(
+            "next_steps",
+            "dealsync_next_steps",
+            FieldKind::Text,
+            ToHubspot,
+            PartnerWins,
+        ),
+        f(
+            "compensation_eligible",
+            "dealsync_compensation_eligible",
+            FieldKind::Text,
+            ToPartner,
+            HubspotWins,
+        ),
+    ]
+}
+
+/// Keys that would put a secret in the file.
+const SECRET_KEYS: &[&str] = &["token", "webhook_secret", "secret", "password", "api_key"];
+
+fn find_secret_key(v: &serde_json::Value, path: &str) -> Option<String> {
+    match v {
+        serde_json::Value::Object(m) => m.iter().find_map(|(k, v)| {
+            let here = if path.is_empty() {
+                k.clone()
+            } else {
+                format!("{path}.{k}")
+            };
+            if SECRET_KEYS.contains(&k.as_str()) {
+                Some(here)
+            } else {
+                find_secret_key(v, &here)
+            }
+        }),
+        serde_json::Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| find_secret_key(v, &format!("{path}[{i}]"))),
+        _ => None,
+    }
+}
+
+impl Config {
+    /// Loads the file with overrides and secrets from the process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let env: HashMap<String, String> = std::env::vars().collect();
+        Self::load_with(path, &env)
+    }
+
+    /// Loads the file with overrides and secrets from `env`.
+    pub fn load_with(path: &Path, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_owned(),
+            why: format!("{e}; pass the file with --config"),
+        })?;
+        Self::from_toml_str(&text, env)
+    }
+
+    /// Parses TOML text with overrides and secrets from `env`.
+    pub fn from_toml_str(text: &str, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        let overrides: config::Map<String, String> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with("DEALSYNC__"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let built = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("DEALSYNC")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true)
+                    .source(Some(overrides)),
+            )
+            .build()
+            .map_err(|e| ConfigError::Parse(format!("{e}")))?;
+        let tree: serde_json::Value = built
+            .clone()
+            .try_deserialize()
+            .map_err(|e| ConfigError::Parse(format!("{e}")))?;
+        if let Some(key) = find_secret_key(&tree, "") {
+            return Err(ConfigError::Secret {
+                key,
+                why: "secrets never go in the config file; name them with *_env, *_file or *_credential (systemd LoadCredential=)".into(),
+            });
+        }
+        let raw: Raw = built.try_deserialize().map_err(|e| {
+            ConfigError::Parse(format!("{e} (see config/example.toml for every key)"))
+        })?;
+        Self::validate(raw, env)
+    }
+
+    fn validate(raw: Raw, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        let hubspot = portal(
+            "hubspot",
+            "hubspot",
+            RawPortalFlat {
+                base_url: raw.hubspot.base_url,
+                token_env: raw.hubspot.token_env,
+                token_file: raw.hubspot.token_file,
+                token_credential: raw.hubspot.token_credential,
+                webhook_secret_env: raw.hubspot.webhook_secret_env,
+                webhook_secret_file: raw.hubspot.webhook_secret_file,
+                webhook_secret_credential: raw.hubspot.webhook_secret_credential,
+                rate_limit_per_10s: raw.hubspot.rate_limit_per_10s,
+                search_per_s: raw.hubspot.search_per_s,
+                pipeline: raw.hubspot.pipeline,
+            },
+            env,
+        )?;
+        if raw.partners.is_empty() {
+            return Err(invalid(
+                "partners",
+                "at least one [[partners]] entry is needed",
+            ));
+        }
+        let mut partners: Vec<PartnerConfig> = Vec::new();
+        for (i, p) in raw.partners.into_iter().enumerate() {
+            let key = format!("partners[{i}]");
+            let valid = !p.name.is_empty()
+                && p.name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+            if !valid {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    format!(
+                        "{:?} must be non-empty and use only a-z, 0-9, '-' and '_'",
+                        p.name
+                    ),
+                ));
+            }
+            if p.name == "hubspot" || partners.iter().any(|q| q.portal.name == p.name) {
+                return Err(invalid(format!("{key}.name"), format!("{} is used twice (\"hubspot\" is reserved); give each partner its own name", p.name)));
+            }
+            if p.stage_map.is_empty() {
+                return Err(invalid(
+                    format!("{key}.stage_map"),
+                    "must map at least one partner stage to a HubSpot stage",
+                ));
+            }
+            let portal = portal(&key, &p.name, p.portal, env)?;
+            partners.push(PartnerConfig {
+                default_pipeline: p
+                    .default_pipeline
+                    .unwrap_or_else(|| portal.pipeline.clone()),
+                portal,
+                capacity: p.capacity,
+                stage_map: p.stage_map,
+            });
+        }
+        let fields = match raw.fields {
+            None => default_fields(),
+            Some(map) => {
+                let mut v = Vec::new();
+                for (name, f) in map {
+                    let key = format!("fields.{name}");
+                    for prop in [&f.partner_property, &f.hubspot_property] {
+                        if prop.is_empty() {
+                            return Err(invalid(
+                                &key,
+                                "partner_property and hubspot_property must name properties",
+                            ));
+                        }
+                        if prop == "pipeline" || prop == "hubspot_owner_id" {
+                            return Err(invalid(&key, format!("{prop} never syncs: each portal keeps its own pipeline and deal owner")));
+                        }
+                    }
+                    let kind = match f.kind {
+                        RawKind::Text => FieldKind::Text,
+                        RawKind::MultiSelect => FieldKind::MultiSelect,
+                        RawKind::Stage => FieldKind::Stage,
+                    };
+                    if kind == FieldKind::Stage
+                        && (f.partner_property != "dealstage" || f.hubspot_property != "dealstage")
+                    {
+                        return Err(invalid(
+                            &key,
+                            "a field of kind stage must map dealstage on both sides",
+                        ));
+                    }
+                    v.push(FieldSpec {
+                        name,
+                        partner_property: f.partner_property,
+                        hubspot_property: f.hubspot_property,
+                        kind,
+                        rule: Rule {
+                            direction: f.direction,
+                            conflict: f.conflict,
+                            unless_blank: f.unless_blank,
+                        },
+                    });
+                }
+                if v.iter().filter(|f| f.kind == FieldKind::Stage).count() > 1 {
+                    return Err(invalid("fields", "at most one field may be of kind stage"));
+                }
+                v
+            }
+        };
+        let s = raw.sync;
+        let positive = |k: &str, v: u64| {
+            if v == 0 {
+                Err(invalid(format!("sync.{k}"), "must be greater than 0"))
+            } else {
+                Ok(Duration::from_millis(v))
+            }
+        };
+        if !(1..=100).contains(&s.batch_size) {
+            return Err(invalid(
+                "sync.batch_size",
+                format!(
+                    "{} is outside 1..=100 (HubSpot's batch limit)",
+                    s.batch_size
+                ),
+            ));
+        }
+        if s.workers == 0 || s.workers > 64 {
+            return Err(invalid("sync.workers", "must be between 1 and 64"));
+        }
+        if s.max_attempts < 1 {
+            return Err(invalid("sync.max_attempts", "must be at least 1"));
+        }
+        Ok(Config {
+            store_path: raw.store.path,
+            dead_letter_path: raw.store.dead_letter_path,
+            hubspot,
+            partners,
+            fields,
+            poll_interval: positive("poll_interval_ms", s.poll_interval_ms)?,
+            poll_overlap: Duration::from_millis(s.poll_overlap_ms),
+            sweep_interval: positive("sweep_interval_ms", s.sweep_interval_ms)?,
+            workers: s.workers,
+            batch_size: s.batch_size,
+            max_attempts: s.max_attempts,
+            retry_base: positive("retry_base_ms", s.retry_base_ms)?,
+            retry_max: positive("retry_max_ms", s.retry_max_ms)?,
+            request_timeout: positive("request_timeout_ms", s.request_timeout_ms)?,
+            drain: positive("drain_ms", s.drain_ms)?,
+        })
+    }
+
+    pub fn partner(&self, name: &str) -> Option<&PartnerConfig> {
+        self.partners.iter().find(|p| p.portal.name == name)
+    }
+
+    /// What the daemon runs with.
+    pub fn daemon_parts(&self) -> DaemonParts {
+        let conn = |p: &PortalConfig| PortalConn {
+            name: p.name.clone(),
+            base_url: p.base_url.clone(),
+            token: p.token.expose().to_owned(),
+            rate_limit_per_10s: p.rate_limit_per_10s,
+            search_per_s: p.search_per_s,
+        };
+        DaemonParts {
+            store_path: self.store_path.clone(),
+            hubspot: conn(&self.hubspot),
+            partners: self.partners.iter().map(|p| conn(&p.portal)).collect(),
+            settings: Settings {
+                fields: self.fields.clone(),
+                stage_maps: self
+                    .partners
+                    .iter()
+                    .map(|p| (p.portal.name.clone(), p.stage_maps()))
+                    .collect(),
+                batch_size: self.batch_size,
+                workers: self.workers,
+                max_attempts: self.max_attempts,
+                retry_base: self.retry_base,
+                retry_max: self.retry_max,
+                dead_letter_path: self.dead_letter_path.clone(),
+            },
+            poll_interval: self.poll_interval,
+            poll_overlap: self.poll_overlap,
+            sweep_interval: self.sweep_interval,
+            retry: crate::crm::RetryPolicy {
+                timeout: self.request_timeout,
+                ..Default::default()
+            },
+            drain: self.drain,
+        }
+    }
+}
+
+fn portal(
+    key: &str,
+    name: &str,
+    p: RawPortalFlat,
+    env: &HashMap<String, String>,
+) -> Result<PortalConfig, ConfigError> {
+    let url = reqwest::Url::parse(&p.base_url).map_err(|e| {
+        invalid(
+            format!("{key}.base_url"),
+            format!("{:?} is not a URL ({e})", p.base_url),
+        )
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid(
+            format!("{key}.base_url"),
+            "must be an http or https URL",
+        ));
+    }
+    let token = secret(key, "token", p.token_env, p.token_file, p.token_credential, env)?
+        .ok_or_else(|| ConfigError::Secret {
+            key: format!("{key}.token_env"),
+            why: "the portal's private-app token is needed: set token_env, token_file or token_credential".into(),
+        })?;
+    let webhook_secret = secret(
+        key,
+        "webhook_secret",
+        p.webhook_secret_env,
+        p.webhook_secret_file,
+        p.webhook_secret_credential,
+        env,
+    )?;
+    if p.rate_limit_per_10s == 0 || p.search_per_s == 0 {
+        return Err(invalid(
+            format!("{key}.rate_limit_per_10s"),
+            "rate budgets must be greater than 0",
+        ));
+    }
+    Ok(PortalConfig {
+        name: name.to_owned(),
+        base_url: p.base_url.trim_end_matches('/').to_owned(),
+        token,
+        webhook_secret,
+        rate_limit_per_10s: p.rate_limit_per_10s,
+        search_per_s: p.search_per_s,
+        pipeline: p.pipeline,
+    })
+}
+
+fn secret(
+    key: &str,
+    what: &str,
+    from_env: Option<String>,
+    from_file: Option<PathBuf>,
+    from_credential: Option<String>,
+    env: &HashMap<String, String>,
+) -> Result<Option<Secret>, ConfigError> {
+    let given = [
+        from_env.is_some(),
+        from_file.is_some(),
+        from_credential.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
+    if given > 1 {
+        return Err(ConfigError::Secret {
+            key: format!("{key}.{what}_*"),
+            why: format!("give exactly one of {what}_env, {what}_file, {what}_credential"),
+        });
+    }
+    let (source_key, value) = if let Some(var) = from_env {
+        let k = format!("{key}.{what}_env");
+        match env.get(&var) {
+            Some(v) => (k, v.clone()),
+            None => {
+                return Err(ConfigError::Secret {
+                    key: k,
+                    why: format!("environment variable {var} is not set"),
+                })
+            }
+        }
+    } else if let Some(path) = from_file {
+        let k = format!("{key}.{what}_file");
+        match std::fs::read_to_string(&path) {
+            Ok(v) => (k, v),
+            Err(e) => {
+                return Err(ConfigError::Secret {
+                    key: k,
+                    why: format!("cannot read {}: {e}", path.display()),
+                })
+            }
+        }
+    } else if let Some(name) = from_credential {
+        let k = format!("{key}.{what}_credential");
+        let Some(dir) = env.get("CREDENTIALS_DIRECTORY") else {
+            return Err(ConfigError::Secret {
+                key: k,
+                why: "CREDENTIALS_DIRECTORY is not set; run under systemd with LoadCredential= or use *_env/*_file".into(),
+            });
+        };
+        let path = Path::new(dir).join(&name);
+        match std::fs::read_to_string(&path) {
+            Ok(v) => (k, v),
+            Err(e) => {
+                return Err(ConfigError::Secret {
+                    key: k,
+                    why: format!("cannot read credential {name} in {dir}: {e}"),
+                })
+            }
+        }
+    } else {
+        return Ok(None);
+    };
+    let v = value.trim();
+    if v.is_empty() {
+        return Err(ConfigError::Secret {
+            key: source_key,
+            why: "the secret is empty".into(),
+        });
+    }
+    Ok(Some(Secret(v.to_owned())))
+}

@@ -1,0 +1,164 @@
+//! `dealsync run`: wires the store, the HubSpot clients, the pollers, the sweep and the
+//! engine's workers together, and stops them cleanly.
+//!
+//! Shutdown (SIGTERM/SIGINT or [`DaemonHandle::shutdown`]): pollers and the sweep stop queuing,
+//! workers finish the batch in hand (its writes and its store commit) and return; whatever is
+//! still queued stays in the store for the next start. A batch that cannot finish within the
+//! drain bound is abandoned safely: its jobs are still marked running in the store and are
+//! recovered as pending on the next start, and a re-run decides from current state.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::crm::{Budget, Client, CrmError, RetryPolicy};
+use crate::engine::{Engine, Portals, Settings};
+use crate::ingest::poll::Poller;
+use crate::ingest::sweep::Sweep;
+use crate::store::{Side, Store, StoreError};
+
+/// How to reach one portal.
+#[derive(Clone)]
+pub struct PortalConn {
+    pub name: String,
+    pub base_url: String,
+    pub token: String,
+    pub rate_limit_per_10s: u32,
+    pub search_per_s: u32,
+}
+
+impl std::fmt::Debug for PortalConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PortalConn")
+            .field("name", &self.name)
+            .field("base_url", &self.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything the daemon runs with.
+#[derive(Debug, Clone)]
+pub struct DaemonParts {
+    pub store_path: PathBuf,
+    pub hubspot: PortalConn,
+    pub partners: Vec<PortalConn>,
+    pub settings: Settings,
+    pub poll_interval: Duration,
+    pub poll_overlap: Duration,
+    pub sweep_interval: Duration,
+    pub retry: RetryPolicy,
+    /// How long shutdown waits for in-flight batches.
+    pub drain: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Crm(#[from] CrmError),
+}
+
+/// A running daemon.
+pub struct DaemonHandle {
+    pub store: Store,
+    pub engine: Arc<Engine>,
+    cancel: CancellationToken,
+    tasks: JoinSet<()>,
+    drain: Duration,
+}
+
+fn client(p: &PortalConn, retry: RetryPolicy) -> Result<Client, CrmError> {
+    Client::new(
+        &p.name,
+        &p.base_url,
+        &p.token,
+        Arc::new(Budget::new(p.rate_limit_per_10s, p.search_per_s)),
+        retry,
+    )
+}
+
+impl DaemonHandle {
+    /// Opens the store and starts pollers, sweep and workers.
+    pub async fn start(parts: DaemonParts) -> Result<DaemonHandle, DaemonError> {
+        let store = Store::open(&parts.store_path).await?;
+        let hubspot = client(&parts.hubspot, parts.retry)?;
+        let mut partners = HashMap::new();
+        for p in &parts.partners {
+            partners.insert(p.name.clone(), client(p, parts.retry)?);
+        }
+        let wake = Arc::new(Notify::new());
+        let engine = Arc::new(Engine {
+            store: store.clone(),
+            portals: Portals {
+                hubspot: hubspot.clone(),
+                partners: partners.clone(),
+            },
+            settings: parts.settings.clone(),
+            wake: wake.clone(),
+        });
+        let cancel = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let poller = |name: &str, side, c: Client| {
+            Poller::new(
+                name,
+                side,
+                c,
+                store.clone(),
+                parts.poll_interval,
+                parts.poll_overlap,
+                wake.clone(),
+            )
+        };
+        tasks.spawn(poller(&parts.hubspot.name, Side::Hubspot, hubspot).run(cancel.clone()));
+        for (name, c) in partners {
+            tasks.spawn(poller(&name, Side::Partner, c).run(cancel.clone()));
+        }
+        tasks.spawn(
+            Sweep {
+                store: store.clone(),
+                interval: parts.sweep_interval,
+                batch: parts.settings.batch_size,
+                wake: wake.clone(),
+            }
+            .run(cancel.clone()),
+        );
+        for _ in 0..parts.settings.workers.max(1) {
+            tasks.spawn(engine.clone().worker(cancel.clone()));
+        }
+        tracing::info!(
+            partners = parts.partners.len(),
+            workers = parts.settings.workers,
+            "dealsync running"
+        );
+        Ok(DaemonHandle {
+            store,
+            engine,
+            cancel,
+            tasks,
+            drain: parts.drain,
+        })
+    }
+
+    /// Asks every task to stop and waits for them (at most the drain bound).
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        let drained = tokio::time::timeout(self.drain, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(drain_ms = self.drain.as_millis() as u64, "shutdown bound reached; abandoning in-flight work (it is re-run on the next start)");
+            self.tasks.abort_all();
+        }
+    }
+
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+}
