@@ -1,0 +1,161 @@
+//! Configuration loading and validation: the shipped files load, every bad input gets an
+//! error naming the key, and secrets never show up in Debug output or errors.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use dealsync::config::{Config, ConfigError};
+
+const MARKER: &str = "sekrit-marker-7f3a";
+
+fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn sandbox_env() -> HashMap<String, String> {
+    let mut e = HashMap::new();
+    for p in ["HUBSPOT", "PARTNER_A", "PARTNER_B"] {
+        e.insert(
+            format!("DEALSYNC_SANDBOX_{p}_TOKEN"),
+            format!("{MARKER}-{p}"),
+        );
+        e.insert(
+            format!("DEALSYNC_SANDBOX_{p}_WEBHOOK_SECRET"),
+            format!("{MARKER}-wh-{p}"),
+        );
+    }
+    e
+}
+
+const MINIMAL: &str = r#"
+[store]
+path = "/tmp/x.db"
+dead_letter_path = "/tmp/x.jsonl"
+[hubspot]
+base_url = "http://127.0.0.1:1"
+token_env = "HS"
+[[partners]]
+name = "p"
+base_url = "http://127.0.0.1:1"
+token_env = "PT"
+[partners.stage_map]
+a = "b"
+"#;
+
+fn minimal_env() -> HashMap<String, String> {
+    env(&[("HS", MARKER), ("PT", MARKER)])
+}
+
+fn err(text: &str, e: &HashMap<String, String>) -> ConfigError {
+    Config::from_toml_str(text, e).expect_err("config must be refused")
+}
+
+fn assert_names(e: &ConfigError, key: &str) {
+    let s = e.to_string();
+    assert!(s.contains(key), "error should name {key}: {s}");
+    assert!(!s.contains(MARKER), "error leaks a secret: {s}");
+}
+
+#[test]
+fn shipped_configs_load() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let c =
+        Config::load_with(&root.join("config/sandbox.toml"), &sandbox_env()).expect("sandbox.toml");
+    assert_eq!(c.partners.len(), 2);
+    assert_eq!(c.fields.len(), 7, "built-in default fields");
+    assert_eq!(c.poll_interval.as_millis(), 2000);
+
+    let creds = tempfile::tempdir().unwrap();
+    for name in [
+        "hubspot-token",
+        "hubspot-webhook-secret",
+        "acme-token",
+        "acme-webhook-secret",
+    ] {
+        std::fs::write(creds.path().join(name), format!("{MARKER}-{name}\n")).unwrap();
+    }
+    let e = env(&[("CREDENTIALS_DIRECTORY", creds.path().to_str().unwrap())]);
+    let c = Config::load_with(&root.join("config/example.toml"), &e).expect("example.toml");
+    assert_eq!(
+        c.hubspot.token.expose(),
+        format!("{MARKER}-hubspot-token"),
+        "credential trimmed"
+    );
+    assert_eq!(c.fields.len(), 7);
+    let p = c.partner("acme-partners").unwrap();
+    assert_eq!(p.map_stage_to_hubspot("contractsent"), Some("contractsent"));
+    assert_eq!(p.map_stage_to_partner("closedwon"), Some("closedwon"));
+    assert!(
+        !format!("{c:?}").contains(MARKER),
+        "Debug must redact secrets"
+    );
+}
+
+#[test]
+fn minimal_config_gets_defaults_and_env_overrides() {
+    let mut e = minimal_env();
+    e.insert("DEALSYNC__SYNC__POLL_INTERVAL_MS".into(), "500".into());
+    let c = Config::from_toml_str(MINIMAL, &e).unwrap();
+    assert_eq!(c.poll_interval.as_millis(), 500);
+    assert_eq!(c.batch_size, 100);
+    assert_eq!(c.partners[0].default_pipeline, "default");
+}
+
+#[test]
+fn secrets_in_the_file_are_refused() {
+    let text = MINIMAL.replace("token_env = \"HS\"", &format!("token = \"{MARKER}\""));
+    let e = err(&text, &minimal_env());
+    assert!(matches!(e, ConfigError::Secret { .. }));
+    assert_names(&e, "hubspot.token");
+    assert!(e.to_string().contains("_env"), "says what to do: {e}");
+}
+
+#[test]
+fn bad_inputs_name_their_key() {
+    let e = minimal_env();
+    let cases: Vec<(String, &str)> = vec![
+        (MINIMAL.replace("[hubspot]", "[hubspot]\ncolour = \"red\""), "colour"),
+        (MINIMAL.replace("http://127.0.0.1:1\"\ntoken_env = \"HS\"", "not a url\"\ntoken_env = \"HS\""), "hubspot.base_url"),
+        (MINIMAL.replace("name = \"p\"", "name = \"Bad Name\""), "partners[0].name"),
+        (MINIMAL.replace("[partners.stage_map]\na = \"b\"", ""), "partners[0].stage_map"),
+        (format!("{MINIMAL}\n[sync]\nbatch_size = 0\n"), "sync.batch_size"),
+        (format!("{MINIMAL}\n[sync]\nbatch_size = 101\n"), "sync.batch_size"),
+        (format!("{MINIMAL}\n[sync]\npoll_interval_ms = 0\n"), "sync.poll_interval_ms"),
+        (format!("{MINIMAL}\n[fields.owner]\npartner_property = \"hubspot_owner_id\"\nhubspot_property = \"hubspot_owner_id\"\n"), "fields.owner"),
+        (format!("{MINIMAL}\n[fields.p]\npartner_property = \"pipeline\"\nhubspot_property = \"pipeline\"\n"), "fields.p"),
+        (format!("{MINIMAL}\n[fields.s]\npartner_property = \"x\"\nhubspot_property = \"x\"\nkind = \"stage\"\n"), "fields.s"),
+        (MINIMAL.replace("token_env = \"PT\"", "token_env = \"MISSING\""), "partners[0].token_env"),
+        (MINIMAL.replace("token_env = \"PT\"", "token_file = \"/nonexistent/token\""), "partners[0].token_file"),
+        (MINIMAL.replace("token_env = \"PT\"", "token_credential = \"t\""), "partners[0].token_credential"),
+        (MINIMAL.replace("token_env = \"PT\"", "token_env = \"PT\"\ntoken_file = \"/x\""), "partners[0].token_"),
+    ];
+    for (text, key) in cases {
+        assert_names(&err(&text, &e), key);
+    }
+    let dup = format!("{MINIMAL}\n[[partners]]\nname = \"p\"\nbase_url = \"http://127.0.0.1:1\"\ntoken_env = \"PT\"\n[partners.stage_map]\na = \"b\"\n");
+    assert_names(&err(&dup, &e), "partners[1].name");
+}
+
+#[test]
+fn empty_secret_files_and_credentials_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("empty"), "  \n").unwrap();
+    let text = MINIMAL.replace(
+        "token_env = \"PT\"",
+        &format!("token_file = \"{}\"", dir.path().join("empty").display()),
+    );
+    assert_names(&err(&text, &minimal_env()), "partners[0].token_file");
+    std::fs::write(dir.path().join("t"), MARKER).unwrap();
+    let text = MINIMAL.replace("token_env = \"PT\"", "token_credential = \"t\"");
+    let mut e = minimal_env();
+    e.insert(
+        "CREDENTIALS_DIRECTORY".into(),
+        dir.path().to_str().unwrap().into(),
+    );
+    let c = Config::from_toml_str(&text, &e).unwrap();
+    assert_eq!(c.partners[0].portal.token.expose(), MARKER);
+    assert_eq!(format!("{}", c.partners[0].portal.token), "[redacted]");
+}
