@@ -1,0 +1,198 @@
+//! `cargo bench --bench backlog`: 10,000 linked deals, one change each on a random side,
+//! synced through polling against the sandbox with HubSpot's default rate limit (100 requests
+//! per 10 s per portal, search 4/s).
+//!
+//! Reports total API calls made by the daemon against the batched minimum, the drain time
+//! against the minimum the rate budget allows for that many calls, and 429s received.
+//! The minimum counts, per portal: one search page per 200 modified deals (each change and
+//! each of our writes is a modification the poller must see once), one batch read per 100
+//! jobs on each side, and one batch update per 100 writes.
+//! Last line: `{"api_calls":…,"min_api_calls":…,"drain_s":…,"min_drain_s":…,"http_429":…}`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dealsync::crm::{Budget, Client, RetryPolicy};
+use dealsync::daemon::{DaemonHandle, DaemonParts, PortalConn};
+use dealsync::engine::{FieldKind, FieldSpec, Settings, StageMap};
+use dealsync::rules::{ConflictPolicy, Direction, Rule};
+use dealsync::sandbox::{self, SandboxConfig};
+use dealsync::store::{self, Store};
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Map, Value};
+
+const N: usize = 10_000;
+
+fn div(a: usize, b: usize) -> usize {
+    a.div_ceil(b)
+}
+
+async fn counters(base: &str, portal: &str) -> Value {
+    reqwest::get(format!("{base}/_sandbox/portals/{portal}/counters"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn create_all(c: &Client, n: usize) -> Vec<String> {
+    let mut ids = Vec::with_capacity(n);
+    for chunk in 0..div(n, 100) {
+        let inputs: Vec<Value> = (0..100.min(n - chunk * 100))
+            .map(|i| json!({"properties": {"dealname": format!("Deal {}", chunk * 100 + i)}}))
+            .collect();
+        let v = c
+            .call(
+                reqwest::Method::POST,
+                "/crm/v3/objects/deals/batch/create",
+                Some(&json!({"inputs": inputs})),
+                dealsync::crm::CallKind::Ordinary,
+            )
+            .await
+            .expect("batch create");
+        ids.extend(
+            v["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["id"].as_str().unwrap().to_owned()),
+        );
+    }
+    ids
+}
+
+fn main() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let line = rt.block_on(async {
+        let sb = sandbox::start(SandboxConfig { seed: Some(1), ..SandboxConfig::default() }).await.unwrap();
+        let base = sb.base_url.clone();
+        let conn = |name: &str| {
+            let p = sb.portal(name);
+            PortalConn { name: name.into(), base_url: base.clone(), token: p.token.clone(), rate_limit_per_10s: 100, search_per_s: 4 }
+        };
+        let client = |c: &PortalConn| Client::new(&c.name, &c.base_url, &c.token, Arc::new(Budget::new(100, 4)), RetryPolicy::default()).unwrap();
+        let (hs_conn, pa_conn) = (conn("hubspot"), conn("partner-a"));
+        let (hs, pa) = (client(&hs_conn), client(&pa_conn));
+        eprintln!("creating {N} deals on each side (rate-limited, takes a while)");
+        let (hs_ids, pa_ids) = tokio::join!(create_all(&hs, N), create_all(&pa, N));
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).await.unwrap();
+        let pairs: Vec<(String, String)> = pa_ids.into_iter().zip(hs_ids).collect();
+        let p2 = pairs.clone();
+        // Links with agreed shadows, as after a first sync.
+        store
+            .call(move |c| {
+                let tx = c.transaction()?;
+                for (i, (p, h)) in p2.iter().enumerate() {
+                    let l = store::insert_link(&tx, "partner-a", p, h, "channel")?;
+                    tx.execute(
+                        "INSERT INTO shadows (link_id, field, value, updated_at) VALUES (?1, 'dealname', ?2, 0)",
+                        rusqlite::params![l.id, format!("Deal {i}")],
+                    )?;
+                }
+                tx.commit()?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        drop(store);
+        // One change per deal, on a random side.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut hs_changes = Vec::new();
+        let mut pa_changes = Vec::new();
+        for (i, (p, h)) in pairs.iter().enumerate() {
+            let mut props = Map::new();
+            props.insert("dealname".into(), json!(format!("Deal {i} changed")));
+            if rng.random_bool(0.5) { pa_changes.push((p.clone(), props)) } else { hs_changes.push((h.clone(), props)) }
+        }
+        let (np, nh) = (pa_changes.len(), hs_changes.len());
+        tokio::join!(pa.batch_update("deals", &pa_changes), hs.batch_update("deals", &hs_changes));
+        let before_hs = counters(&base, "hubspot").await;
+        let before_pa = counters(&base, "partner-a").await;
+        tokio::time::sleep(Duration::from_secs(10)).await; // let the setup's rate windows empty
+        let total = |c: &Value| c["total"].as_u64().unwrap();
+        let (hs0, pa0) = (total(&counters(&base, "hubspot").await), total(&counters(&base, "partner-a").await));
+        let _ = (before_hs, before_pa);
+
+        let mut stage = StageMap::default();
+        stage.to_hubspot.insert("x".into(), "x".into());
+        let settings = Settings {
+            fields: vec![FieldSpec {
+                name: "dealname".into(),
+                partner_property: "dealname".into(),
+                hubspot_property: "dealname".into(),
+                kind: FieldKind::Text,
+                rule: Rule { direction: Direction::Both, conflict: ConflictPolicy::LatestWins, unless_blank: false },
+            }],
+            stage_maps: HashMap::from([("partner-a".into(), stage)]),
+            batch_size: 100,
+            workers: 2,
+            max_attempts: 8,
+            retry_base: Duration::from_millis(500),
+            retry_max: Duration::from_secs(30),
+            dead_letter_path: dir.path().join("dl.jsonl"),
+        };
+        let start = Instant::now();
+        // The cursor starts before the changes: the changes are the backlog.
+        let d = DaemonHandle::start(DaemonParts {
+            store_path: dir.path().join("db"),
+            hubspot: hs_conn,
+            partners: vec![pa_conn],
+            settings,
+            poll_interval: Duration::from_secs(2),
+            poll_overlap: Duration::from_secs(120),
+            sweep_interval: Duration::from_secs(24 * 3600),
+            retry: RetryPolicy::default(),
+            drain: Duration::from_secs(30),
+        })
+        .await
+        .unwrap();
+        // Drained when every deal agrees on both sides and the queue is empty.
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let (depth, _) = d.store.call(|c| store::queue_stats(c)).await.unwrap();
+            let synced: i64 = d
+                .store
+                .call(|c| Ok(c.query_row("SELECT COUNT(*) FROM shadows WHERE value LIKE '% changed'", [], |r| r.get(0))?))
+                .await
+                .unwrap();
+            if depth == 0 && synced as usize == N {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(1800) {
+                panic!("backlog did not drain in 30 minutes: {synced}/{N}");
+            }
+        }
+        let drain_s = start.elapsed().as_secs_f64();
+        let (ch, cp) = (counters(&base, "hubspot").await, counters(&base, "partner-a").await);
+        d.shutdown().await;
+        eprintln!("hubspot endpoints: {}\npartner endpoints: {}", ch["endpoints"], cp["endpoints"]);
+        let calls_hs = total(&ch) - hs0;
+        let calls_pa = total(&cp) - pa0;
+        // Per portal: searches see each change and each of our writes once; reads per 100 jobs.
+        let jobs = div(N, 100);
+        let min_hs = div(nh + np, 200) + jobs + div(np, 100);
+        let min_pa = div(np + nh, 200) + jobs + div(nh, 100);
+        // The budget bounds the drain: per portal, ordinary calls fit 100 per 10 s (the first
+        // 100 at once) and search pages 4 per second; the two portals run in parallel.
+        let bound = |searches: usize, ordinary: usize| {
+            let ordinary_s = (div(ordinary, 100).saturating_sub(1) * 10) as f64;
+            let search_s = searches as f64 / 4.0;
+            ordinary_s.max(search_s)
+        };
+        let min_drain_s = bound(div(nh + np, 200), jobs + div(np, 100)).max(bound(div(np + nh, 200), jobs + div(nh, 100)));
+        json!({
+            "api_calls": calls_hs + calls_pa,
+            "min_api_calls": min_hs + min_pa,
+            "api_calls_hubspot": calls_hs,
+            "api_calls_partner": calls_pa,
+            "drain_s": (drain_s * 100.0).round() / 100.0,
+            "min_drain_s": min_drain_s,
+            "http_429": ch["http_429"].as_u64().unwrap() + cp["http_429"].as_u64().unwrap(),
+            "changes": N,
+        })
+    });
+    println!("{line}");
+}
