@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::crm::{Budget, Client, CrmError, RetryPolicy};
-use crate::engine::{Engine, Portals, Settings};
+use crate::engine::{Engine, InFlight, Portals, Settings};
 use crate::ingest::poll::Poller;
 use crate::ingest::sweep::Sweep;
 use crate::store::{Side, Store, StoreError};
@@ -101,6 +101,7 @@ impl DaemonHandle {
             },
             settings: parts.settings.clone(),
             wake: wake.clone(),
+            in_flight: InFlight::default(),
         });
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
@@ -114,6 +115,7 @@ impl DaemonHandle {
                 parts.poll_overlap,
                 wake.clone(),
             )
+            .with_in_flight(engine.in_flight.clone())
         };
         tasks.spawn(poller(&parts.hubspot.name, Side::Hubspot, hubspot).run(cancel.clone()));
         for (name, c) in partners {

@@ -4,9 +4,10 @@
 //! worker hammer the portal.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 /// Which limit a call counts against.
@@ -16,28 +17,50 @@ pub enum CallKind {
     Search,
 }
 
+/// One rolling window. A call occupies a place from when it is sent; once its answer has
+/// arrived the place is dated by that arrival. HubSpot counts a request when it reaches the
+/// server, which is after we sent it and before we heard back, so a new call sent `span`
+/// after the answer to the call it replaces can never land inside the server's window — no
+/// guessed safety margin is needed, and the budget runs at the full limit.
 struct Window {
     max: usize,
     span: Duration,
-    sent: VecDeque<Instant>,
+    /// Answer times of finished calls still inside the window, oldest first.
+    done: VecDeque<Instant>,
+    in_flight: usize,
 }
 
+/// How long to look again when every place is held by a call still in flight.
+const IN_FLIGHT_RECHECK: Duration = Duration::from_millis(5);
+
+/// Timer granularity: a window edge is not cut exactly.
+const EDGE_MARGIN: Duration = Duration::from_millis(20);
+
 impl Window {
+    fn new(max: u32, span: Duration) -> Window {
+        Window {
+            max: max.max(1) as usize,
+            span: span + EDGE_MARGIN,
+            done: VecDeque::new(),
+            in_flight: 0,
+        }
+    }
+
     /// How long to wait before one more call fits, after dropping calls that left the window.
     fn wait(&mut self, now: Instant) -> Option<Duration> {
         while self
-            .sent
+            .done
             .front()
             .is_some_and(|t| now.duration_since(*t) >= self.span)
         {
-            self.sent.pop_front();
+            self.done.pop_front();
         }
-        if self.sent.len() < self.max {
+        if self.done.len() + self.in_flight < self.max {
             None
         } else {
-            self.sent
-                .front()
-                .map(|t| (*t + self.span).saturating_duration_since(now))
+            Some(self.done.front().map_or(IN_FLIGHT_RECHECK, |t| {
+                (*t + self.span).saturating_duration_since(now)
+            }))
         }
     }
 }
@@ -48,51 +71,74 @@ struct State {
     paused_until: Option<Instant>,
 }
 
-pub struct Budget {
-    state: Mutex<State>,
-    used: std::sync::atomic::AtomicU64,
+impl State {
+    fn window(&mut self, kind: CallKind) -> &mut Window {
+        match kind {
+            CallKind::Ordinary => &mut self.ordinary,
+            CallKind::Search => &mut self.search,
+        }
+    }
 }
 
-/// Extra time added to each window: the server counts a request when it arrives, a little
-/// after we counted it, so a window edge must not be cut exactly.
-const EDGE_MARGIN: Duration = Duration::from_millis(300);
+pub struct Budget {
+    // A std mutex: every critical section is a few instructions and never awaits, and the
+    // slot's `Drop` must be able to take it.
+    state: Mutex<State>,
+    used: AtomicU64,
+}
+
+/// A place in the budget, held while a call is in flight; dropping it (once the answer's
+/// status line has arrived, or the call failed) dates the place.
+#[must_use = "hold the slot until the call has been answered"]
+pub struct Slot {
+    budget: Arc<Budget>,
+    kind: CallKind,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut st = self.budget.lock();
+        let now = Instant::now();
+        let w = st.window(self.kind);
+        w.in_flight = w.in_flight.saturating_sub(1);
+        w.done.push_back(now);
+    }
+}
 
 impl Budget {
     pub fn new(per_10s: u32, search_per_s: u32) -> Budget {
         Budget {
             state: Mutex::new(State {
-                ordinary: Window {
-                    max: per_10s.max(1) as usize,
-                    span: Duration::from_secs(10) + EDGE_MARGIN,
-                    sent: VecDeque::new(),
-                },
-                search: Window {
-                    max: search_per_s.max(1) as usize,
-                    span: Duration::from_secs(1) + EDGE_MARGIN,
-                    sent: VecDeque::new(),
-                },
+                ordinary: Window::new(per_10s, Duration::from_secs(10)),
+                search: Window::new(search_per_s, Duration::from_secs(1)),
                 paused_until: None,
             }),
-            used: std::sync::atomic::AtomicU64::new(0),
+            used: AtomicU64::new(0),
         }
     }
 
-    /// Waits until one call of `kind` fits the budget, then counts it.
-    pub async fn acquire(&self, kind: CallKind) {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the counters inconsistent in a way
+        // worse than a slightly wrong pace, so a poisoned lock is simply used.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until one call of `kind` fits the budget, then holds a place for it.
+    pub async fn acquire(self: &Arc<Self>, kind: CallKind) -> Slot {
         loop {
             let wait = {
-                let mut st = self.state.lock().await;
+                let mut st = self.lock();
                 let now = Instant::now();
                 let paused = st.paused_until.filter(|u| *u > now).map(|u| u - now);
-                let window = match kind {
-                    CallKind::Ordinary => &mut st.ordinary,
-                    CallKind::Search => &mut st.search,
-                };
+                let window = st.window(kind);
                 match paused.or_else(|| window.wait(now)) {
                     None => {
-                        window.sent.push_back(now);
-                        self.used.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        return;
+                        window.in_flight += 1;
+                        self.used.fetch_add(1, Ordering::Relaxed);
+                        return Slot {
+                            budget: self.clone(),
+                            kind,
+                        };
                     }
                     Some(w) => w,
                 }
@@ -102,15 +148,15 @@ impl Budget {
     }
 
     /// Stops all calls for `d` (after a 429).
-    pub async fn pause(&self, d: Duration) {
-        let mut st = self.state.lock().await;
+    pub fn pause(&self, d: Duration) {
+        let mut st = self.lock();
         let until = Instant::now() + d;
         st.paused_until = Some(st.paused_until.map_or(until, |u| u.max(until)));
     }
 
     /// Calls counted so far (for status and metrics).
     pub fn used(&self) -> u64 {
-        self.used.load(std::sync::atomic::Ordering::Relaxed)
+        self.used.load(Ordering::Relaxed)
     }
 }
 
@@ -120,13 +166,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_eleventh_call_waits_for_the_window() {
-        let b = Budget::new(10, 4);
+        let b = Arc::new(Budget::new(10, 4));
         let t0 = Instant::now();
         for _ in 0..10 {
-            b.acquire(CallKind::Ordinary).await;
+            drop(b.acquire(CallKind::Ordinary).await);
         }
         assert_eq!(Instant::now(), t0, "ten calls fit at once");
-        b.acquire(CallKind::Ordinary).await;
+        drop(b.acquire(CallKind::Ordinary).await);
         assert!(
             Instant::now() - t0 >= Duration::from_secs(10),
             "the 11th waits out the window"
@@ -134,19 +180,45 @@ mod tests {
         // Search has its own window.
         let t1 = Instant::now();
         for _ in 0..4 {
-            b.acquire(CallKind::Search).await;
+            drop(b.acquire(CallKind::Search).await);
         }
         assert_eq!(Instant::now(), t1);
-        b.acquire(CallKind::Search).await;
+        drop(b.acquire(CallKind::Search).await);
         assert!(Instant::now() - t1 >= Duration::from_secs(1));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_pause_holds_every_call() {
-        let b = Budget::new(100, 4);
-        b.pause(Duration::from_secs(3)).await;
+        let b = Arc::new(Budget::new(100, 4));
+        b.pause(Duration::from_secs(3));
         let t0 = Instant::now();
-        b.acquire(CallKind::Search).await;
+        drop(b.acquire(CallKind::Search).await);
         assert!(Instant::now() - t0 >= Duration::from_secs(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_place_is_dated_by_the_answer_not_the_request() {
+        let b = Arc::new(Budget::new(2, 4));
+        let t0 = Instant::now();
+        let slow = b.acquire(CallKind::Ordinary).await;
+        drop(b.acquire(CallKind::Ordinary).await);
+        // The slow call is answered 4 s after it was sent.
+        let b2 = b.clone();
+        let third = tokio::spawn(async move {
+            drop(b2.acquire(CallKind::Ordinary).await);
+            Instant::now()
+        });
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        drop(slow);
+        let at = third.await.unwrap();
+        // The fast call's place frees first, 10 s after t0; the slow one's at 14 s.
+        assert!(at - t0 >= Duration::from_secs(10), "{:?}", at - t0);
+        let t1 = Instant::now();
+        drop(b.acquire(CallKind::Ordinary).await);
+        assert!(
+            Instant::now() - t0 >= Duration::from_secs(14),
+            "{:?}",
+            t1 - t0
+        );
     }
 }

@@ -226,7 +226,7 @@ impl Client {
         kind: CallKind,
         call: &str,
     ) -> Result<Value, CrmError> {
-        self.budget.acquire(kind).await;
+        let slot = self.budget.acquire(kind).await;
         let mut rb = self
             .http
             .request(method, format!("{}{}", self.base, path))
@@ -234,7 +234,10 @@ impl Client {
         if let Some(b) = body {
             rb = rb.json(b);
         }
-        let resp = rb.send().await.map_err(|e| self.transport_error(call, e))?;
+        let resp = rb.send().await.map_err(|e| self.transport_error(call, e));
+        // The server has counted the call by now (or never will).
+        drop(slot);
+        let resp = resp?;
         let status = resp.status().as_u16();
         let retry_after = resp
             .headers()
@@ -270,7 +273,7 @@ impl Client {
                 Some("DAILY") => Duration::from_secs(600),
                 _ => Duration::from_secs(10),
             });
-            self.budget.pause(d).await;
+            self.budget.pause(d);
             tracing::warn!(portal = %self.portal, call, wait_ms = d.as_millis() as u64, "HubSpot rate limit hit; pausing this portal");
             Some(d)
         } else {

@@ -61,6 +61,61 @@ pub struct Engine {
     pub portals: Portals,
     pub settings: Settings,
     pub wake: Arc<Notify>,
+    pub in_flight: InFlight,
+}
+
+/// Links whose writes are on their way to a portal and whose outcome (the timestamp each write
+/// produced) is not committed to the store yet. The poller consults it so that it does not
+/// mistake our own write, seen mid-flight, for somebody else's change.
+#[derive(Debug, Default, Clone)]
+pub struct InFlight(Arc<InFlightState>);
+
+#[derive(Debug, Default)]
+struct InFlightState {
+    links: std::sync::Mutex<HashSet<i64>>,
+    /// Counts finished batches, so a reader can tell whether one finished while it looked.
+    finished: std::sync::atomic::AtomicU64,
+}
+
+impl InFlight {
+    pub fn contains(&self, link_id: i64) -> bool {
+        self.0.links.lock().is_ok_and(|s| s.contains(&link_id))
+    }
+
+    /// Changes whenever a batch's writes finish and leave the set.
+    pub fn generation(&self) -> u64 {
+        self.0.finished.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Marks `ids` in flight until the returned guard drops.
+    fn mark(&self, ids: Vec<i64>) -> InFlightGuard {
+        if let Ok(mut s) = self.0.links.lock() {
+            s.extend(ids.iter().copied());
+        }
+        InFlightGuard {
+            set: self.clone(),
+            ids,
+        }
+    }
+}
+
+struct InFlightGuard {
+    set: InFlight,
+    ids: Vec<i64>,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.set.0.links.lock() {
+            for id in &self.ids {
+                s.remove(id);
+            }
+        }
+        self.set
+            .0
+            .finished
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// How one job ended.
@@ -288,6 +343,14 @@ impl Engine {
                     .extend(plan.partner_writes.clone());
             }
         }
+        // Held until the outcomes (and the timestamps our writes produced) are committed.
+        let _in_flight = self.in_flight.mark(
+            plans
+                .iter()
+                .filter(|(_, p)| !p.hubspot_writes.is_empty() || !p.partner_writes.is_empty())
+                .map(|(l, _)| l.id)
+                .collect(),
+        );
         let hs_result = self.write(&self.portals.hubspot, hs_updates).await;
         let mut p_results = HashMap::new();
         for (partner, updates) in p_updates {

@@ -3,29 +3,40 @@
 //!
 //! Correctness at the edges:
 //! - **Overlap.** Search is eventually consistent; a record modified before the cursor may
-//!   appear late. Every poll starts `overlap` before the cursor, and a per-deal memory of the
-//!   last timestamp seen keeps the overlap from queuing the same change twice.
-//! - **Equal timestamps and the 10,000 cap.** HubSpot refuses to page past 10,000 results. When
-//!   a scan gets there it restarts from the last record seen with a strict `(timestamp, id)`
-//!   lower bound — `ts > last OR (ts = last AND id > last_id)` — so a run of changes in the
-//!   same millisecond that straddles the restart is neither skipped nor repeated.
+//!   appear late, by at most the configured `overlap / 2`. Most polls read only from the
+//!   cursor on (cheap: new changes only); at least every `overlap / 2` a poll starts `overlap`
+//!   before the cursor instead. A record modified at `T` is searchable by `T + overlap/2`, and
+//!   the next wide poll starts no later than that and reaches back to before `T`, so nothing
+//!   late is missed, while a backlog inside the overlap is not re-read on every poll. A per-deal
+//!   memory of the last timestamp seen keeps re-read records from queuing the same change twice.
+//! - **Keyset paging.** Search's `after` is an offset into a result set that moves while we
+//!   page: every deal modified meanwhile (our own writes included) jumps to the end, and the
+//!   records behind it shift down past the offset, unseen. So every page is a fresh query from
+//!   the last record seen with a strict `(timestamp, id)` lower bound — `ts > last OR
+//!   (ts = last AND id > last_id)` — which also keeps a run of changes in the same millisecond
+//!   at a page boundary from being skipped or repeated, and never comes near search's
+//!   10,000-result cap.
 //! - **Crash safety.** Queued jobs and the cursor commit in one transaction per page.
 //! - **Echoes.** A deal whose `hs_lastmodifieddate` equals the one our own last write produced
-//!   needs no job (the shadow would say "nothing to do" anyway; this saves two reads).
+//!   needs no job (the shadow would say "nothing to do" anyway; this saves two reads). A deal
+//!   seen while the engine's write to it is still on its way ([`InFlight`]) cannot be judged
+//!   yet — the timestamp the write produced is not in the store — so it is set aside and
+//!   judged at the next poll. (Set-aside deals live in memory: after a crash the first poll is
+//!   a wide one and sees them again.) A change a person makes in the instant between our read
+//!   and our write of the same deal is hidden behind our write's timestamp in search; webhooks
+//!   and the sweep pick it up.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::crm::{Client, CrmError, SEARCH_PAGE};
-use crate::store::{self, Side, Store, StoreError};
-
-/// HubSpot's search paging limit.
-pub const SEARCH_CAP: usize = 10_000;
+use crate::engine::InFlight;
+use crate::store::{self, Link, Side, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PollError {
@@ -41,7 +52,8 @@ pub struct PollStats {
     pub records: usize,
     pub queued: usize,
     pub echoes: usize,
-    pub restarts: usize,
+    /// Search pages read.
+    pub pages: usize,
 }
 
 pub struct Poller {
@@ -54,6 +66,12 @@ pub struct Poller {
     pub overlap: Duration,
     pub wake: Arc<Notify>,
     seen: HashMap<String, i64>,
+    /// When the last poll reaching back `overlap` started.
+    last_wide: Option<Instant>,
+    /// Links the engine is writing right now; shared with the engine.
+    pub in_flight: InFlight,
+    /// Deals seen while our write to them was in flight: (deal id, timestamp seen).
+    deferred: Vec<(String, i64)>,
 }
 
 impl Poller {
@@ -75,7 +93,77 @@ impl Poller {
             overlap,
             wake,
             seen: HashMap::new(),
+            last_wide: None,
+            in_flight: InFlight::default(),
+            deferred: Vec::new(),
         }
+    }
+
+    /// Shares the engine's record of writes in flight (without it every echo seen
+    /// mid-write costs a job).
+    pub fn with_in_flight(mut self, in_flight: InFlight) -> Poller {
+        self.in_flight = in_flight;
+        self
+    }
+
+    /// Splits looked-up links into jobs to queue and deals to judge later; counts echoes.
+    /// `generation` is the in-flight generation taken before the links were looked up: if a
+    /// write finished since, a link's `written` may predate it, so a mismatch is judged later.
+    fn judge(
+        &mut self,
+        links: &[(Link, Option<i64>)],
+        ts_of: &HashMap<String, i64>,
+        generation: u64,
+        stats: &mut PollStats,
+    ) -> Vec<i64> {
+        let raced = self.in_flight.generation() != generation;
+        let mut queue = Vec::new();
+        for (link, written) in links {
+            let deal = match self.side {
+                Side::Partner => &link.partner_deal_id,
+                Side::Hubspot => &link.hubspot_deal_id,
+            };
+            let Some(ts) = ts_of.get(deal).copied() else {
+                continue;
+            };
+            if *written == Some(ts) {
+                stats.echoes += 1;
+            } else if raced || self.in_flight.contains(link.id) {
+                self.deferred.push((deal.clone(), ts));
+            } else {
+                queue.push(link.id);
+            }
+        }
+        queue
+    }
+
+    async fn lookup(&self, ids: Vec<String>) -> Result<Vec<(Link, Option<i64>)>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (side, portal) = (self.side, self.portal.clone());
+        self.store
+            .call(move |c| store::links_for_deals(c, side, &portal, &ids))
+            .await
+    }
+
+    /// Judges the deals set aside by earlier polls whose writes have since finished.
+    async fn judge_deferred(&mut self, stats: &mut PollStats) -> Result<(), StoreError> {
+        if self.deferred.is_empty() {
+            return Ok(());
+        }
+        let ts_of: HashMap<String, i64> = std::mem::take(&mut self.deferred).into_iter().collect();
+        let generation = self.in_flight.generation();
+        let links = self.lookup(ts_of.keys().cloned().collect()).await?;
+        let queue = self.judge(&links, &ts_of, generation, stats);
+        if !queue.is_empty() {
+            stats.queued += queue.len();
+            self.store
+                .call(move |c| store::enqueue_now(c, &queue, "poll"))
+                .await?;
+            self.wake.notify_waiters();
+        }
+        Ok(())
     }
 
     /// Polls every `interval` until cancelled. Failures are recorded in portal health and
@@ -104,7 +192,7 @@ impl Poller {
         }
     }
 
-    fn query(lower_ms: i64, lower_id: Option<&str>, after: Option<&str>) -> Value {
+    fn query(lower_ms: i64, lower_id: Option<&str>) -> Value {
         let ts = |op: &str| json!({ "propertyName": "hs_lastmodifieddate", "operator": op, "value": lower_ms.to_string() });
         let groups = match lower_id {
             None => json!([{ "filters": [ts("GTE")] }]),
@@ -113,16 +201,12 @@ impl Poller {
                 { "filters": [ts("EQ"), { "propertyName": "hs_object_id", "operator": "GT", "value": id }] },
             ]),
         };
-        let mut body = json!({
+        json!({
             "filterGroups": groups,
             "sorts": [{ "propertyName": "hs_lastmodifieddate", "direction": "ASCENDING" }],
             "properties": ["hs_lastmodifieddate"],
             "limit": SEARCH_PAGE,
-        });
-        if let Some(a) = after {
-            body["after"] = json!(a);
-        }
-        body
+        })
     }
 
     /// One scan from the cursor (minus overlap) to the newest change.
@@ -130,20 +214,26 @@ impl Poller {
         let portal = self.portal.clone();
         let cursor = self.store.call(move |c| store::cursor(c, &portal)).await?;
         let overlap = self.overlap.as_millis() as i64;
-        let since = cursor.unwrap_or_else(store::now_ms) - overlap;
-        self.seen.retain(|_, ts| *ts >= since);
+        let wide = self
+            .last_wide
+            .is_none_or(|t| t.elapsed() >= self.overlap / 2);
+        let floor = cursor.unwrap_or_else(store::now_ms) - overlap;
+        let since = match cursor {
+            Some(c) if !wide => c,
+            _ => floor,
+        };
+        let started = Instant::now();
         let mut stats = PollStats::default();
+        self.judge_deferred(&mut stats).await?;
+        self.seen.retain(|_, ts| *ts >= floor);
         let mut lower: (i64, Option<String>) = (since, None);
-        let mut after: Option<String> = None;
         loop {
             let page = self
                 .client
-                .search(
-                    "deals",
-                    &Self::query(lower.0, lower.1.as_deref(), after.as_deref()),
-                )
+                .search("deals", &Self::query(lower.0, lower.1.as_deref()))
                 .await?;
             stats.records += page.records.len();
+            stats.pages += 1;
             let mut fresh: Vec<(String, i64)> = Vec::new();
             let mut max_ts = cursor.unwrap_or(since);
             for r in &page.records {
@@ -155,29 +245,20 @@ impl Poller {
                     fresh.push((r.id.clone(), ts));
                 }
             }
-            let ids: Vec<String> = fresh.iter().map(|(id, _)| id.clone()).collect();
-            let (side, portal) = (self.side, self.portal.clone());
-            let links = if ids.is_empty() {
-                Vec::new()
-            } else {
-                self.store
-                    .call(move |c| store::links_for_deals(c, side, &portal, &ids))
-                    .await?
-            };
-            let ts_of: HashMap<&str, i64> =
-                fresh.iter().map(|(id, ts)| (id.as_str(), *ts)).collect();
-            let mut queue = Vec::new();
-            for (link, written) in &links {
-                let deal = match self.side {
-                    Side::Partner => &link.partner_deal_id,
-                    Side::Hubspot => &link.hubspot_deal_id,
-                };
-                if written.is_some() && ts_of.get(deal.as_str()).copied() == *written {
-                    stats.echoes += 1;
-                } else {
-                    queue.push(link.id);
-                }
-            }
+            let generation = self.in_flight.generation();
+            let links = self
+                .lookup(fresh.iter().map(|(id, _)| id.clone()).collect())
+                .await?;
+            let ts_of: HashMap<String, i64> = fresh.iter().cloned().collect();
+            let queue = self.judge(&links, &ts_of, generation, &mut stats);
+            tracing::trace!(
+                records = page.records.len(),
+                first = page.records.first().and_then(|r| r.last_modified_ms()),
+                last = page.records.last().and_then(|r| r.last_modified_ms()),
+                queued = queue.len(),
+                deferred = self.deferred.len(),
+                "search page"
+            );
             stats.queued += queue.len();
             let portal = self.portal.clone();
             let n = queue.len();
@@ -190,26 +271,24 @@ impl Poller {
             for (id, ts) in fresh {
                 self.seen.insert(id, ts);
             }
-            match page.next_after {
-                None => break,
-                Some(a) => {
-                    let offset: usize = a.parse().unwrap_or(0);
-                    if offset + SEARCH_PAGE > SEARCH_CAP {
-                        // Restart from the last record with a strict (timestamp, id) bound.
-                        let Some(last) = page.records.last() else {
-                            break;
-                        };
-                        let Some(ts) = last.last_modified_ms() else {
-                            break;
-                        };
-                        lower = (ts, Some(last.id.clone()));
-                        after = None;
-                        stats.restarts += 1;
-                    } else {
-                        after = Some(a);
-                    }
-                }
+            if page.next_after.is_none() {
+                break;
             }
+            // The next page starts strictly after the last record of this one.
+            let Some((ts, id)) = page
+                .records
+                .last()
+                .and_then(|r| Some((r.last_modified_ms()?, r.id.clone())))
+            else {
+                break;
+            };
+            lower = (ts, Some(id));
+        }
+        // Most deals set aside during the scan can be judged now.
+        self.judge_deferred(&mut stats).await?;
+        // Only a completed wide scan counts: a failed one is retried wide at the next poll.
+        if wide {
+            self.last_wide = Some(started);
         }
         Ok(stats)
     }
