@@ -122,6 +122,8 @@ struct Pending {
     event_id: u64,
     attempt: u32,
     due: Instant,
+    /// A copy made by the duplicate fault; it is not duplicated again.
+    copy: bool,
 }
 
 struct HookState {
@@ -238,6 +240,7 @@ impl Hooks {
                     event_id,
                     attempt: 0,
                     due: now,
+                    copy: false,
                 });
                 st.stats.events_created += 1;
             }
@@ -371,6 +374,7 @@ pub async fn dispatch(shared: Arc<Shared>, portal: Arc<Portal>, cancel: Cancella
 async fn send(shared: &Shared, portal: &Portal, batch: Vec<Pending>, settings: &WebhookSettings) {
     let faults = portal.faults.lock().clone();
     let mut events = Vec::with_capacity(batch.len());
+    let mut copies = false;
     {
         let mut st = portal.hooks.state.lock();
         st.stats.in_flight += 1;
@@ -390,17 +394,26 @@ async fn send(shared: &Shared, portal: &Portal, batch: Vec<Pending>, settings: &
                 );
                 continue;
             }
-            if faults.webhook_duplicate > 0.0 && chance(shared) < faults.webhook_duplicate {
+            if !p.copy
+                && faults.webhook_duplicate > 0.0
+                && chance(shared) < faults.webhook_duplicate
+            {
                 st.stats.events_duplicated += 1;
                 st.pending.push_back(Pending {
                     event: p.event.clone(),
                     event_id: p.event_id,
                     attempt: p.attempt,
                     due: Instant::now() + Duration::from_millis(20),
+                    copy: true,
                 });
+                copies = true;
             }
             events.push(p);
         }
+    }
+    if copies {
+        // The dispatcher may be asleep until the next change; the copy is due in 20 ms.
+        portal.hooks.wake.notify_one();
     }
     if faults.webhook_reorder > 0.0 && chance(shared) < faults.webhook_reorder {
         let seed: u64 = rand::Rng::random(&mut *shared.rng.lock());
@@ -429,11 +442,26 @@ async fn send(shared: &Shared, portal: &Portal, batch: Vec<Pending>, settings: &
         })
         .collect();
     let body = serde_json::to_vec(&body_json).unwrap_or_default();
+    // Send to the URL as parsed (no fragment) and sign exactly that URL, decoded the way
+    // HubSpot decodes it, so a receiver rebuilding the URL it was called on can verify.
+    let url = match reqwest::Url::parse(&target) {
+        Ok(mut u) => {
+            u.set_fragment(None);
+            u
+        }
+        Err(_) => {
+            let mut st = portal.hooks.state.lock();
+            st.stats.in_flight -= 1;
+            st.stats.events_exhausted += events.len() as u64;
+            return;
+        }
+    };
+    let signed_uri = crate::signature::decode_uri_for_signature(url.as_str());
     let ts = chrono::Utc::now().timestamp_millis();
     let secret = &portal.info.webhook_secret;
     let mut req = shared
         .http
-        .post(&target)
+        .post(url)
         .timeout(Duration::from_millis(settings.timeout_ms.max(1)))
         .header("content-type", "application/json");
     let strip =
@@ -447,7 +475,7 @@ async fn send(shared: &Shared, portal: &Portal, batch: Vec<Pending>, settings: &
             .header("X-HubSpot-Signature-Version", "v1")
             .header(
                 "X-HubSpot-Signature-v3",
-                crate::signature::sign_v3(secret, "POST", &target, &body, ts),
+                crate::signature::sign_v3(secret, "POST", &signed_uri, &body, ts),
             )
             .header("X-HubSpot-Request-Timestamp", ts.to_string());
     }
