@@ -117,6 +117,7 @@ fn main() {
             sweep_interval: Duration::from_secs(24 * 3600),
             retry: RetryPolicy::default(),
             drain: Duration::from_secs(30),
+            webhooks: None,
         })
         .await
         .unwrap();

@@ -67,6 +67,40 @@ struct Raw {
     #[serde(default)]
     sync: RawSync,
     fields: Option<BTreeMap<String, RawField>>,
+    webhooks: Option<RawWebhooks>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhooks {
+    listen: String,
+    public_url: Option<String>,
+    #[serde(default = "d_max_body")]
+    max_body_bytes: usize,
+    #[serde(default = "d_healthy_poll")]
+    healthy_poll_interval_ms: u64,
+    #[serde(default = "d_quiet_after")]
+    quiet_after_ms: u64,
+}
+
+fn d_max_body() -> usize {
+    crate::ingest::webhook::DEFAULT_MAX_BODY
+}
+fn d_healthy_poll() -> u64 {
+    300_000
+}
+fn d_quiet_after() -> u64 {
+    600_000
+}
+
+/// The webhook listener, resolved.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub listen: std::net::SocketAddr,
+    pub public_url: Option<String>,
+    pub max_body: usize,
+    pub healthy_poll_interval: Duration,
+    pub quiet_after: Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -263,6 +297,7 @@ pub struct Config {
     pub retry_max: Duration,
     pub request_timeout: Duration,
     pub drain: Duration,
+    pub webhooks: Option<WebhookConfig>,
 }
 
 /// The fields synced when the config names none.
@@ -526,6 +561,60 @@ impl Config {
         if s.max_attempts < 1 {
             return Err(invalid("sync.max_attempts", "must be at least 1"));
         }
+        let webhooks = match raw.webhooks {
+            None => None,
+            Some(w) => {
+                let listen = w.listen.parse().map_err(|_| {
+                    invalid(
+                        "webhooks.listen",
+                        format!("{:?} is not an address like 127.0.0.1:8787", w.listen),
+                    )
+                })?;
+                if let Some(u) = &w.public_url {
+                    let ok = reqwest::Url::parse(u)
+                        .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.path() == "/");
+                    if !ok {
+                        return Err(invalid(
+                            "webhooks.public_url",
+                            format!("{u:?} must be an http(s) URL without a path, e.g. https://dealsync.example.com"),
+                        ));
+                    }
+                }
+                if w.max_body_bytes < 1024 {
+                    return Err(invalid(
+                        "webhooks.max_body_bytes",
+                        "must be at least 1024 (HubSpot sends up to 100 events per request)",
+                    ));
+                }
+                let with_secret = std::iter::once(&hubspot)
+                    .chain(partners.iter().map(|p| &p.portal))
+                    .filter(|p| p.webhook_secret.is_some())
+                    .count();
+                if with_secret == 0 {
+                    return Err(invalid(
+                        "webhooks",
+                        "the listener is configured but no portal has a webhook secret; set webhook_secret_env, webhook_secret_file or webhook_secret_credential on the portals whose app sends webhooks",
+                    ));
+                }
+                let ms = |k: &str, v: u64| {
+                    if v == 0 {
+                        Err(invalid(format!("webhooks.{k}"), "must be greater than 0"))
+                    } else {
+                        Ok(Duration::from_millis(v))
+                    }
+                };
+                Some(WebhookConfig {
+                    listen,
+                    public_url: w.public_url.map(|u| u.trim_end_matches('/').to_owned()),
+                    max_body: w.max_body_bytes,
+                    healthy_poll_interval: ms(
+                        "healthy_poll_interval_ms",
+                        w.healthy_poll_interval_ms,
+                    )?,
+                    quiet_after: ms("quiet_after_ms", w.quiet_after_ms)?,
+                })
+            }
+        };
         Ok(Config {
             store_path: raw.store.path,
             dead_letter_path: raw.store.dead_letter_path,
@@ -542,6 +631,7 @@ impl Config {
             retry_max: positive("retry_max_ms", s.retry_max_ms)?,
             request_timeout: positive("request_timeout_ms", s.request_timeout_ms)?,
             drain: positive("drain_ms", s.drain_ms)?,
+            webhooks,
         })
     }
 
@@ -584,6 +674,21 @@ impl Config {
                 ..Default::default()
             },
             drain: self.drain,
+            webhooks: self.webhooks.as_ref().map(|w| crate::daemon::WebhookParts {
+                listen: w.listen,
+                public_url: w.public_url.clone(),
+                max_body: w.max_body,
+                secrets: std::iter::once(&self.hubspot)
+                    .chain(self.partners.iter().map(|p| &p.portal))
+                    .filter_map(|p| {
+                        p.webhook_secret
+                            .as_ref()
+                            .map(|s| (p.name.clone(), s.expose().to_owned()))
+                    })
+                    .collect(),
+                healthy_poll_interval: w.healthy_poll_interval,
+                quiet_after: w.quiet_after,
+            }),
         }
     }
 }

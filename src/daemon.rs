@@ -8,6 +8,7 @@
 //! recovered as pending on the next start, and a re-run decides from current state.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,9 +19,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::crm::{Budget, Client, CrmError, RetryPolicy};
 use crate::engine::{Engine, InFlight, Portals, Settings};
-use crate::ingest::poll::Poller;
+use crate::ingest::poll::{Poller, WebhookPace};
 use crate::ingest::sweep::Sweep;
-use crate::store::{Side, Store, StoreError};
+use crate::ingest::webhook::{self, ListenError, Listener, WebhookPortal};
+use crate::store::{self, Side, Store, StoreError};
 
 /// How to reach one portal.
 #[derive(Clone)]
@@ -54,6 +56,35 @@ pub struct DaemonParts {
     pub retry: RetryPolicy,
     /// How long shutdown waits for in-flight batches.
     pub drain: Duration,
+    /// The webhook listener; `None` runs on polling alone.
+    pub webhooks: Option<WebhookParts>,
+}
+
+/// The webhook listener's settings.
+#[derive(Clone)]
+pub struct WebhookParts {
+    pub listen: SocketAddr,
+    /// The URL HubSpot calls, up to the path (`https://dealsync.example.com`); `None` takes it
+    /// from the request's Host header.
+    pub public_url: Option<String>,
+    pub max_body: usize,
+    /// Portal name → webhook secret. Portals without a secret take no webhooks.
+    pub secrets: HashMap<String, String>,
+    /// Poll interval for a portal whose webhooks are healthy (polling is then the safety net).
+    pub healthy_poll_interval: Duration,
+    /// A portal's webhooks count as quiet when polling finds a change more than this long
+    /// after the portal's last webhook; its polling then returns to the normal interval.
+    pub quiet_after: Duration,
+}
+
+impl std::fmt::Debug for WebhookParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookParts")
+            .field("listen", &self.listen)
+            .field("public_url", &self.public_url)
+            .field("portals", &self.secrets.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,12 +93,16 @@ pub enum DaemonError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Crm(#[from] CrmError),
+    #[error(transparent)]
+    Listen(#[from] ListenError),
 }
 
 /// A running daemon.
 pub struct DaemonHandle {
     pub store: Store,
     pub engine: Arc<Engine>,
+    /// Where the webhook listener is bound, when there is one.
+    pub webhook_addr: Option<SocketAddr>,
     cancel: CancellationToken,
     tasks: JoinSet<()>,
     drain: Duration,
@@ -105,8 +140,55 @@ impl DaemonHandle {
         });
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
+        let mut webhook_addr = None;
+        if let Some(w) = &parts.webhooks {
+            let side_of = |name: &str| {
+                if name == parts.hubspot.name {
+                    Side::Hubspot
+                } else {
+                    Side::Partner
+                }
+            };
+            let listener = Listener {
+                store: store.clone(),
+                portals: w
+                    .secrets
+                    .iter()
+                    .map(|(name, secret)| WebhookPortal {
+                        name: name.clone(),
+                        side: side_of(name),
+                        secret: secret.clone(),
+                    })
+                    .collect(),
+                fields: parts.settings.fields.clone(),
+                stage_maps: parts.settings.stage_maps.clone(),
+                public_url: w.public_url.clone(),
+                max_body: w.max_body,
+                wake: wake.clone(),
+                in_flight: engine.in_flight.clone(),
+            };
+            let (addr, task) = webhook::serve(listener, w.listen, cancel.clone()).await?;
+            webhook_addr = Some(addr);
+            tasks.spawn(async move {
+                let _ = task.await;
+            });
+            // Forget old event ids now and then; HubSpot stops retrying long before.
+            let (st, c) = (store.clone(), cancel.clone());
+            tasks.spawn(async move {
+                loop {
+                    let before = store::now_ms() - webhook::INBOX_KEEP.as_millis() as i64;
+                    if let Err(e) = st.call(move |c| store::inbox_prune(c, before)).await {
+                        tracing::warn!(error = %e, "cannot prune the webhook inbox");
+                    }
+                    tokio::select! {
+                        _ = c.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+                    }
+                }
+            });
+        }
         let poller = |name: &str, side, c: Client| {
-            Poller::new(
+            let p = Poller::new(
                 name,
                 side,
                 c,
@@ -115,7 +197,14 @@ impl DaemonHandle {
                 parts.poll_overlap,
                 wake.clone(),
             )
-            .with_in_flight(engine.in_flight.clone())
+            .with_in_flight(engine.in_flight.clone());
+            match &parts.webhooks {
+                Some(w) if w.secrets.contains_key(name) => p.with_webhook_pace(WebhookPace {
+                    healthy_interval: w.healthy_poll_interval,
+                    quiet_after: w.quiet_after,
+                }),
+                _ => p,
+            }
         };
         tasks.spawn(poller(&parts.hubspot.name, Side::Hubspot, hubspot).run(cancel.clone()));
         for (name, c) in partners {
@@ -141,6 +230,7 @@ impl DaemonHandle {
         Ok(DaemonHandle {
             store,
             engine,
+            webhook_addr,
             cancel,
             tasks,
             drain: parts.drain,

@@ -162,6 +162,7 @@ impl World {
             sweep_interval: Duration::from_secs(3600),
             retry: fast_retry(),
             drain: Duration::from_secs(10),
+            webhooks: None,
         }
     }
 

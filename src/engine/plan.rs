@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use crate::crm::Record;
 use crate::rules::{self, Observed, Rule, ShadowUpdate};
-use crate::store::{ConflictRecord, Link};
+use crate::store::{ConflictRecord, Link, Side};
 
 /// How a field's values are compared and carried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,4 +156,32 @@ pub fn plan_link(
         }
     }
     Ok(plan)
+}
+
+/// Whether a value one side now holds for `field` is the value already agreed in the shadow —
+/// our own write coming back, or a change already synced — so that it needs no job. A field
+/// never synced (no shadow) is never an echo. Values compare as [`plan_link`] compares them:
+/// multi-selects normalised, partner stages mapped into HubSpot's stage space.
+pub fn is_echo(
+    field: &FieldSpec,
+    stages: &StageMap,
+    side: Side,
+    value: Option<&str>,
+    shadow: Option<&Option<String>>,
+) -> bool {
+    let Some(shadow) = shadow else {
+        return false;
+    };
+    let value = value.unwrap_or("");
+    let value = match field.kind {
+        FieldKind::MultiSelect => rules::normalize_multi(value),
+        FieldKind::Stage if side == Side::Partner && !value.is_empty() => {
+            match stages.to_hubspot.get(value) {
+                Some(v) => v.clone(),
+                None => return false,
+            }
+        }
+        _ => value.to_owned(),
+    };
+    value == shadow.as_deref().unwrap_or("")
 }

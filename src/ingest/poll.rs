@@ -72,6 +72,29 @@ pub struct Poller {
     pub in_flight: InFlight,
     /// Deals seen while our write to them was in flight: (deal id, timestamp seen).
     deferred: Vec<(String, i64)>,
+    /// Set when the portal also sends webhooks.
+    pace: Option<WebhookPace>,
+    /// Whether the last pace decision found the portal's webhooks healthy (for logging changes).
+    webhooks_healthy: Option<bool>,
+}
+
+/// How polling paces itself for a portal that also sends webhooks: while they are healthy,
+/// polling is only the safety net and runs at `healthy_interval`; when polling finds a change
+/// more than `quiet_after` after the portal's last webhook, the webhooks are quiet and polling
+/// returns to its normal interval.
+#[derive(Debug, Clone, Copy)]
+pub struct WebhookPace {
+    pub healthy_interval: Duration,
+    pub quiet_after: Duration,
+}
+
+/// Whether a portal's webhooks are healthy: one has arrived, and polling has found no change
+/// more than `quiet_after` after the last one.
+pub fn webhooks_healthy(h: &store::WebhookHealth, quiet_after: Duration) -> bool {
+    h.last_webhook.is_some_and(|w| {
+        h.last_poll_change
+            .is_none_or(|c| c <= w + quiet_after.as_millis() as i64)
+    })
 }
 
 impl Poller {
@@ -96,6 +119,44 @@ impl Poller {
             last_wide: None,
             in_flight: InFlight::default(),
             deferred: Vec::new(),
+            pace: None,
+            webhooks_healthy: None,
+        }
+    }
+
+    /// Paces polling by the portal's webhook health.
+    pub fn with_webhook_pace(mut self, pace: WebhookPace) -> Poller {
+        self.pace = Some(pace);
+        self
+    }
+
+    /// The wait before the next poll.
+    async fn next_interval(&mut self) -> Duration {
+        let Some(pace) = self.pace else {
+            return self.interval;
+        };
+        let portal = self.portal.clone();
+        let health = match self
+            .store
+            .call(move |c| store::webhook_health(c, &portal))
+            .await
+        {
+            Ok(h) => h,
+            Err(_) => return self.interval,
+        };
+        let healthy = webhooks_healthy(&health, pace.quiet_after);
+        if self.webhooks_healthy != Some(healthy) {
+            if healthy {
+                tracing::info!(portal = %self.portal, interval_ms = pace.healthy_interval.as_millis() as u64, "webhooks healthy; polling slows to a safety net");
+            } else if self.webhooks_healthy.is_some() {
+                tracing::warn!(portal = %self.portal, quiet_after_ms = pace.quiet_after.as_millis() as u64, "webhooks quiet while polling finds changes; polling at the normal interval");
+            }
+            self.webhooks_healthy = Some(healthy);
+        }
+        if healthy {
+            pace.healthy_interval
+        } else {
+            self.interval
         }
     }
 
@@ -185,9 +246,10 @@ impl Poller {
                         .await;
                 }
             }
+            let wait = self.next_interval().await;
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(self.interval) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
         }
     }

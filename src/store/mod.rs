@@ -62,7 +62,7 @@ pub struct Store {
 }
 
 /// The migrations, in order. `user_version` = number applied.
-const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql"), include_str!("schema_v2.sql")];
 
 impl Store {
     /// Opens (creating if needed) the store, applies migrations and recovers jobs that were

@@ -414,9 +414,11 @@ pub fn poll_commit(
         params![portal, cursor_ms, now],
     )?;
     tx.execute(
-        "INSERT INTO portal_health (portal, last_poll_ok, changes_seen) VALUES (?1, ?2, ?3)
+        "INSERT INTO portal_health (portal, last_poll_ok, changes_seen, last_poll_change)
+         VALUES (?1, ?2, ?3, CASE WHEN ?3 > 0 THEN ?2 END)
          ON CONFLICT (portal) DO UPDATE SET last_poll_ok = excluded.last_poll_ok,
-                                            changes_seen = portal_health.changes_seen + excluded.changes_seen",
+                                            changes_seen = portal_health.changes_seen + excluded.changes_seen,
+                                            last_poll_change = COALESCE(excluded.last_poll_change, portal_health.last_poll_change)",
         params![portal, now, link_ids.len() as i64],
     )?;
     tx.commit()?;
@@ -556,4 +558,165 @@ mod tests {
             1
         );
     }
+}
+
+/// One webhook event as the inbox keeps it, with the decision the listener made about it.
+#[derive(Debug, Clone)]
+pub struct InboxEvent {
+    pub event_id: String,
+    pub subscription_type: String,
+    pub object_id: Option<String>,
+    pub occurred_at: Option<i64>,
+    /// The deal the event is about, when it is about a deal.
+    pub deal_id: Option<String>,
+    /// For a property change: the synced field it touches and the value it carries. `None`
+    /// for events that always need a job (creation, deletion, association changes).
+    pub property: Option<(String, Option<String>)>,
+    /// Whether the event can matter to sync at all (a deal event, or a change to a synced
+    /// property).
+    pub relevant: bool,
+}
+
+/// `(field, value, shadows of one link)` → whether the value is the one already agreed.
+pub type EchoCheck<'a> = dyn Fn(&str, Option<&str>, &HashMap<String, Option<String>>) -> bool + 'a;
+
+/// What the inbox did with one delivery.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct InboxOutcome {
+    pub accepted: usize,
+    pub duplicates: usize,
+    pub queued: usize,
+    pub echoes: usize,
+}
+
+/// Accepts a delivery into the inbox in one transaction: drops events already accepted (same
+/// portal and `eventId`), queues a job for every linked deal an event may have changed, and
+/// records the portal's last webhook. `is_echo(link_id, field, value, shadows)` says whether a
+/// property value is the one already agreed (our own write coming back, or old news).
+pub fn inbox_accept(
+    c: &mut Connection,
+    portal: &str,
+    side: Side,
+    events: &[InboxEvent],
+    is_echo: &EchoCheck<'_>,
+) -> Result<InboxOutcome, StoreError> {
+    let now = now_ms();
+    let tx = c.transaction()?;
+    let mut out = InboxOutcome::default();
+    let mut fresh: Vec<&InboxEvent> = Vec::new();
+    {
+        let mut ins = tx.prepare_cached(
+            "INSERT OR IGNORE INTO webhook_events
+               (portal, event_id, received_at, subscription_type, object_id, occurred_at, outcome)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'ignored')",
+        )?;
+        for e in events {
+            let n = ins.execute(params![
+                portal,
+                e.event_id,
+                now,
+                e.subscription_type,
+                e.object_id,
+                e.occurred_at
+            ])?;
+            if n == 0 {
+                out.duplicates += 1;
+            } else {
+                out.accepted += 1;
+                fresh.push(e);
+            }
+        }
+    }
+    let deal_ids: Vec<String> = {
+        let mut v: Vec<String> = fresh
+            .iter()
+            .filter(|e| e.relevant)
+            .filter_map(|e| e.deal_id.clone())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let links = links_for_deals(&tx, side, portal, &deal_ids)?;
+    let deal_of = |l: &Link| match side {
+        Side::Partner => l.partner_deal_id.clone(),
+        Side::Hubspot => l.hubspot_deal_id.clone(),
+    };
+    let link_ids: Vec<i64> = links.iter().map(|(l, _)| l.id).collect();
+    let shadows = shadows(&tx, &link_ids)?;
+    let empty = HashMap::new();
+    let mut queue: Vec<i64> = Vec::new();
+    {
+        let mut mark = tx.prepare_cached(
+            "UPDATE webhook_events SET outcome = ?3 WHERE portal = ?1 AND event_id = ?2",
+        )?;
+        for e in fresh.iter().filter(|e| e.relevant) {
+            let Some(deal) = &e.deal_id else { continue };
+            // Best partner wins: one HubSpot deal may have several links; each is judged.
+            let mut outcome = "unlinked";
+            for (l, _) in links.iter().filter(|(l, _)| &deal_of(l) == deal) {
+                let echo = e.property.as_ref().is_some_and(|(field, value)| {
+                    is_echo(
+                        field,
+                        value.as_deref(),
+                        shadows.get(&l.id).unwrap_or(&empty),
+                    )
+                });
+                if echo {
+                    if outcome == "unlinked" {
+                        outcome = "echo";
+                    }
+                } else {
+                    outcome = "queued";
+                    queue.push(l.id);
+                }
+            }
+            if outcome == "echo" {
+                out.echoes += 1;
+            }
+            mark.execute(params![portal, e.event_id, outcome])?;
+        }
+    }
+    queue.sort_unstable();
+    queue.dedup();
+    out.queued = enqueue(&tx, &queue, "webhook", now)?;
+    tx.execute(
+        "INSERT INTO portal_health (portal, last_webhook, webhook_events) VALUES (?1, ?2, ?3)
+         ON CONFLICT (portal) DO UPDATE SET last_webhook = excluded.last_webhook,
+                                            webhook_events = portal_health.webhook_events + excluded.webhook_events",
+        params![portal, now, out.accepted as i64],
+    )?;
+    tx.commit()?;
+    Ok(out)
+}
+
+/// Forgets inbox events older than `before_ms` (HubSpot stops retrying an event within a
+/// day; the inbox keeps them longer so a late retry is still recognised).
+pub fn inbox_prune(c: &Connection, before_ms: i64) -> Result<usize, StoreError> {
+    Ok(c.execute(
+        "DELETE FROM webhook_events WHERE received_at < ?1",
+        [before_ms],
+    )?)
+}
+
+/// Webhook health of one portal, for the poller's pace and for status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WebhookHealth {
+    pub last_webhook: Option<i64>,
+    pub last_poll_change: Option<i64>,
+}
+
+pub fn webhook_health(c: &Connection, portal: &str) -> Result<WebhookHealth, StoreError> {
+    Ok(c.query_row(
+        "SELECT last_webhook, last_poll_change FROM portal_health WHERE portal = ?1",
+        [portal],
+        |r| {
+            Ok(WebhookHealth {
+                last_webhook: r.get(0)?,
+                last_poll_change: r.get(1)?,
+            })
+        },
+    )
+    .optional()?
+    .unwrap_or_default())
 }

@@ -1,0 +1,390 @@
+//! The real-time path: HubSpot webhooks v3 for every configured portal, verified and written to
+//! the durable inbox before the answer goes out.
+//!
+//! Each portal posts to `POST /webhooks/{portal}` (the portal's name in the config). A request
+//! is accepted only when its `X-HubSpot-Signature-v3` matches that portal's secret over the
+//! method, the full URL HubSpot called, the body and the timestamp, within HubSpot's
+//! five-minute window (see [`crate::signature`]). Refusals never touch the store:
+//! missing/bad/stale signature → 401, unknown portal → 404, body over the limit → 413,
+//! a body that is not a JSON array of events → 400. Accepted events go through
+//! [`store::inbox_accept`] in one transaction (duplicates by `eventId` dropped, jobs queued for
+//! linked deals, echoes of agreed values skipped), and only then is 204 sent; if the store
+//! cannot take them the answer is 503 so HubSpot retries. A crash after the 2xx loses nothing:
+//! the jobs are already in the queue.
+//!
+//! An event only ever *triggers* a job; the job re-reads both sides and decides from the
+//! shadow, so reordered, duplicated or dropped events are harmless (dropped ones are healed by
+//! polling and the sweep).
+//!
+//! The full URL for the signature is `public_url` + the request's path and query when
+//! `public_url` is configured (behind a reverse proxy it must be the URL configured in the
+//! HubSpot app), otherwise `http://{Host}` + path and query.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{plan, FieldSpec, InFlight, StageMap};
+use crate::signature;
+use crate::store::{self, InboxEvent, Side, Store};
+
+/// HubSpot sends at most 100 events per request; a megabyte is far above any real delivery.
+pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
+
+/// One portal the listener accepts deliveries for.
+#[derive(Clone)]
+pub struct WebhookPortal {
+    pub name: String,
+    pub side: Side,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for WebhookPortal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookPortal")
+            .field("name", &self.name)
+            .field("side", &self.side)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the listener needs.
+#[derive(Clone)]
+pub struct Listener {
+    pub store: Store,
+    pub portals: Vec<WebhookPortal>,
+    pub fields: Vec<FieldSpec>,
+    /// Stage maps per partner, for judging partner-side stage echoes.
+    pub stage_maps: HashMap<String, StageMap>,
+    pub public_url: Option<String>,
+    pub max_body: usize,
+    /// Woken when jobs were queued.
+    pub wake: Arc<Notify>,
+    /// The engine's writes in flight (see [`InFlight`]).
+    pub in_flight: InFlight,
+}
+
+/// How long a delivery waits for the engine to commit a write to a deal it mentions.
+const IN_FLIGHT_WAIT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error(
+        "cannot listen for webhooks on {addr}: {source}; pick a free address in webhooks.listen"
+    )]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Why a delivery's body was refused (400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayloadError {
+    #[error("the body is not JSON: {0}")]
+    NotJson(String),
+    #[error("the body must be a JSON array of webhook events")]
+    NotArray,
+    #[error(
+        "event {index} is not an object with a string or number eventId and a subscriptionType"
+    )]
+    BadEvent { index: usize },
+    #[error("a delivery carries at most 100 events; this one has {0}")]
+    TooMany(usize),
+}
+
+fn text(v: &Value, key: &str) -> Option<String> {
+    match v.get(key)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Parses a delivery into inbox events, deciding for each what it is about. For partner
+/// portals property names are the partner's, for HubSpot's portal HubSpot's.
+pub fn parse_events(
+    body: &[u8],
+    side: Side,
+    fields: &[FieldSpec],
+) -> Result<Vec<InboxEvent>, PayloadError> {
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| PayloadError::NotJson(e.to_string()))?;
+    let Value::Array(items) = v else {
+        return Err(PayloadError::NotArray);
+    };
+    if items.len() > 100 {
+        return Err(PayloadError::TooMany(items.len()));
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(index, e)| {
+            let bad = || PayloadError::BadEvent { index };
+            if !e.is_object() {
+                return Err(bad());
+            }
+            let event_id = text(e, "eventId").ok_or_else(bad)?;
+            let subscription_type = e
+                .get("subscriptionType")
+                .and_then(Value::as_str)
+                .ok_or_else(bad)?
+                .to_owned();
+            let object_id = text(e, "objectId");
+            let occurred_at = e.get("occurredAt").and_then(Value::as_i64);
+            let (deal_id, property, relevant) = classify(e, &subscription_type, side, fields);
+            Ok(InboxEvent {
+                event_id,
+                subscription_type,
+                object_id,
+                occurred_at,
+                deal_id,
+                property,
+                relevant,
+            })
+        })
+        .collect()
+}
+
+type Classified = (Option<String>, Option<(String, Option<String>)>, bool);
+
+/// Which deal an event is about, which synced field it changes (if it is a property change)
+/// and whether it can matter to sync.
+fn classify(e: &Value, kind: &str, side: Side, fields: &[FieldSpec]) -> Classified {
+    let is_deal_object = kind.starts_with("deal.")
+        || (kind.starts_with("object.")
+            && e.get("objectTypeId").and_then(Value::as_str) == Some("0-3"));
+    if !is_deal_object {
+        // Notes, contacts, …: not part of field sync.
+        return (None, None, false);
+    }
+    let verb = kind.rsplit('.').next().unwrap_or("");
+    if verb == "associationChange" {
+        let deal = if e
+            .get("associationType")
+            .and_then(Value::as_str)
+            .is_some_and(|t| t.starts_with("DEAL_TO"))
+        {
+            text(e, "fromObjectId")
+        } else {
+            text(e, "toObjectId")
+        };
+        return (deal, None, true);
+    }
+    let deal = text(e, "objectId");
+    if verb != "propertyChange" {
+        return (deal, None, true);
+    }
+    let Some(prop) = e.get("propertyName").and_then(Value::as_str) else {
+        return (deal, None, true);
+    };
+    let field = fields.iter().find(|f| match side {
+        Side::Partner => f.partner_property == prop,
+        Side::Hubspot => f.hubspot_property == prop,
+    });
+    match field {
+        // A property dealsync does not sync changes nothing it must carry over.
+        None => (deal, None, false),
+        Some(f) => {
+            let value = e
+                .get("propertyValue")
+                .and_then(|v| match v {
+                    Value::Null => None,
+                    Value::String(s) => Some(s.clone()),
+                    other => Some(other.to_string()),
+                })
+                .filter(|s| !s.is_empty());
+            (deal, Some((f.name.clone(), value)), true)
+        }
+    }
+}
+
+struct Shared {
+    listener: Listener,
+    portals: HashMap<String, WebhookPortal>,
+}
+
+/// Binds the listener and serves until `cancel`. Returns the bound address (useful with port 0)
+/// and the serving task.
+pub async fn serve(
+    listener: Listener,
+    addr: SocketAddr,
+    cancel: CancellationToken,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), ListenError> {
+    let tcp = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ListenError::Bind { addr, source })?;
+    let bound = tcp
+        .local_addr()
+        .map_err(|source| ListenError::Bind { addr, source })?;
+    let max_body = listener.max_body;
+    let shared = Arc::new(Shared {
+        portals: listener
+            .portals
+            .iter()
+            .map(|p| (p.name.clone(), p.clone()))
+            .collect(),
+        listener,
+    });
+    let app = Router::new()
+        .route("/webhooks/{portal}", post(receive))
+        .route("/healthz", get(healthz))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(shared);
+    let task = tokio::spawn(async move {
+        let served = axum::serve(tcp, app)
+            .with_graceful_shutdown(async move { cancel.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "webhook listener stopped");
+        }
+    });
+    tracing::info!(%bound, "listening for webhooks");
+    Ok((bound, task))
+}
+
+async fn healthz(State(s): State<Arc<Shared>>) -> Response {
+    match s.listener.store.call(|c| store::queue_stats(c)).await {
+        Ok((depth, oldest)) => {
+            Json(json!({"status": "ok", "queue_depth": depth, "oldest_job_ms": oldest}))
+                .into_response()
+        }
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "store unavailable", "error": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+fn refuse(status: StatusCode, message: String) -> Response {
+    (status, Json(json!({"status": "error", "message": message}))).into_response()
+}
+
+async fn receive(
+    State(s): State<Arc<Shared>>,
+    Path(portal): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(p) = s.portals.get(&portal) else {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            format!("no portal named {portal:?} takes webhooks here"),
+        );
+    };
+    let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let full = match &s.listener.public_url {
+        Some(base) => format!("{}{path}", base.trim_end_matches('/')),
+        None => {
+            let host = headers
+                .get(axum::http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("");
+            format!("http://{host}{path}")
+        }
+    };
+    let header = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
+    if let Err(e) = signature::verify_v3(
+        &p.secret,
+        "POST",
+        &signature::decode_uri_for_signature(&full),
+        &body,
+        header("x-hubspot-request-timestamp"),
+        header("x-hubspot-signature-v3"),
+        store::now_ms(),
+    ) {
+        tracing::warn!(portal = %p.name, error = %e, "webhook refused");
+        return refuse(StatusCode::UNAUTHORIZED, e.to_string());
+    }
+    let events = match parse_events(&body, p.side, &s.listener.fields) {
+        Ok(ev) => ev,
+        Err(e) => {
+            tracing::warn!(portal = %p.name, error = %e, "webhook body refused");
+            return refuse(StatusCode::BAD_REQUEST, e.to_string());
+        }
+    };
+    let (name, side) = (p.name.clone(), p.side);
+    settle(&s.listener, &name, side, &events).await;
+    let fields = s.listener.fields.clone();
+    let stages = s
+        .listener
+        .stage_maps
+        .get(&name)
+        .cloned()
+        .unwrap_or_default();
+    let accepted = s
+        .listener
+        .store
+        .call(move |c| {
+            let is_echo =
+                |field: &str, value: Option<&str>, shadows: &HashMap<String, Option<String>>| {
+                    fields
+                        .iter()
+                        .find(|f| f.name == field)
+                        .is_some_and(|f| plan::is_echo(f, &stages, side, value, shadows.get(field)))
+                };
+            store::inbox_accept(c, &name, side, &events, &is_echo)
+        })
+        .await;
+    match accepted {
+        Ok(o) => {
+            if o.queued > 0 {
+                s.listener.wake.notify_waiters();
+            }
+            tracing::debug!(portal = %p.name, accepted = o.accepted, duplicates = o.duplicates, queued = o.queued, echoes = o.echoes, "webhook accepted");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => {
+            tracing::error!(portal = %p.name, error = %e, "cannot store webhook events; HubSpot will retry");
+            refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the event store is unavailable; retry later".into(),
+            )
+        }
+    }
+}
+
+/// The webhook for our own write often arrives before the engine has committed the shadow
+/// that would mark it as an echo; judged then, it would queue a needless job. So a delivery
+/// mentioning a deal whose write is in flight waits (briefly, bounded) for the commit. A
+/// failure to look links up is not fatal here: the inbox transaction judges again anyway.
+async fn settle(l: &Listener, portal: &str, side: Side, events: &[InboxEvent]) {
+    let deals: Vec<String> = events
+        .iter()
+        .filter(|e| e.relevant)
+        .filter_map(|e| e.deal_id.clone())
+        .collect();
+    if deals.is_empty() {
+        return;
+    }
+    let portal = portal.to_owned();
+    let Ok(links) = l
+        .store
+        .call(move |c| store::links_for_deals(c, side, &portal, &deals))
+        .await
+    else {
+        return;
+    };
+    let deadline = tokio::time::Instant::now() + IN_FLIGHT_WAIT;
+    while links.iter().any(|(link, _)| l.in_flight.contains(link.id))
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// How long the inbox remembers event ids (HubSpot retries for about a day).
+pub const INBOX_KEEP: Duration = Duration::from_secs(3 * 24 * 3600);

@@ -1,0 +1,564 @@
+//! The webhook path end to end against the sandbox over loopback: signed deliveries carry a
+//! change to the other side without polling; tampered, expired, unsigned, malformed, oversized
+//! and misaddressed deliveries are refused without touching the inbox or the queue; duplicate
+//! event ids are dropped; echoes of our own writes queue nothing; dropped and reordered
+//! webhooks (sandbox faults) are healed; and an event accepted just before a crash is still
+//! processed after the restart.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dealsync::crm::RetryPolicy;
+use dealsync::daemon::{DaemonHandle, DaemonParts, PortalConn, WebhookParts};
+use dealsync::engine::{FieldKind, FieldSpec, Settings, StageMap};
+use dealsync::ingest::webhook::{self, Listener, WebhookPortal};
+use dealsync::rules::{ConflictPolicy, Direction, Rule};
+use dealsync::sandbox::SandboxHandle;
+use dealsync::signature;
+use dealsync::store::{self, Side, Store};
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+struct World {
+    sb: SandboxHandle,
+    hs: common::Portal,
+    pa: common::Portal,
+    dir: tempfile::TempDir,
+}
+
+fn fields() -> Vec<FieldSpec> {
+    vec![FieldSpec {
+        name: "dealname".into(),
+        partner_property: "dealname".into(),
+        hubspot_property: "dealname".into(),
+        kind: FieldKind::Text,
+        rule: Rule {
+            direction: Direction::Both,
+            conflict: ConflictPolicy::LatestWins,
+            unless_blank: false,
+        },
+    }]
+}
+
+impl World {
+    async fn new() -> World {
+        let sb = common::unlimited_sandbox().await;
+        let hs = common::portal(&sb, "hubspot");
+        let pa = common::portal(&sb, "partner-a");
+        World {
+            hs,
+            pa,
+            sb,
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn db(&self) -> std::path::PathBuf {
+        self.dir.path().join("dealsync.db")
+    }
+
+    fn conn(&self, p: &common::Portal) -> PortalConn {
+        PortalConn {
+            name: p.info.name.clone(),
+            base_url: self.sb.base_url.clone(),
+            token: p.info.token.clone(),
+            rate_limit_per_10s: 100,
+            search_per_s: 4,
+        }
+    }
+
+    fn secrets(&self) -> HashMap<String, String> {
+        [&self.hs, &self.pa]
+            .iter()
+            .map(|p| (p.info.name.clone(), p.info.webhook_secret.clone()))
+            .collect()
+    }
+
+    fn parts(&self, poll_interval: Duration) -> DaemonParts {
+        DaemonParts {
+            store_path: self.db(),
+            hubspot: self.conn(&self.hs),
+            partners: vec![self.conn(&self.pa)],
+            settings: Settings {
+                fields: fields(),
+                stage_maps: HashMap::from([("partner-a".to_owned(), StageMap::default())]),
+                batch_size: 100,
+                workers: 2,
+                max_attempts: 6,
+                retry_base: Duration::from_millis(50),
+                retry_max: Duration::from_millis(500),
+                dead_letter_path: self.dir.path().join("dead-letters.jsonl"),
+            },
+            poll_interval,
+            poll_overlap: Duration::from_secs(5),
+            sweep_interval: Duration::from_secs(3600),
+            retry: RetryPolicy {
+                max_retries: 3,
+                min_delay: Duration::from_millis(20),
+                max_delay: Duration::from_millis(200),
+                timeout: Duration::from_secs(5),
+            },
+            drain: Duration::from_secs(10),
+            webhooks: Some(WebhookParts {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                public_url: None,
+                max_body: webhook::DEFAULT_MAX_BODY,
+                secrets: self.secrets(),
+                healthy_poll_interval: poll_interval,
+                quiet_after: Duration::from_secs(600),
+            }),
+        }
+    }
+
+    /// Points both portals' webhooks at the listener, with fast sandbox retries.
+    async fn target(&self, addr: SocketAddr) {
+        for p in [&self.hs, &self.pa] {
+            let a = p
+                .control(
+                    reqwest::Method::PUT,
+                    "/webhooks",
+                    Some(json!({
+                        "target_url": format!("http://{addr}/webhooks/{}", p.info.name),
+                        "retry_base_ms": 20,
+                    })),
+                )
+                .await;
+            assert_eq!(a.status, 200, "webhook settings: {}", a.text);
+        }
+    }
+
+    /// Search stops seeing changes for ten minutes: polling is out of the picture.
+    async fn hide_from_search(&self) {
+        for p in [&self.hs, &self.pa] {
+            p.set_faults(json!({"search_lag_ms": 600_000})).await;
+        }
+    }
+
+    async fn linked_pair(&self, store: &Store, name: &str) -> (String, String, i64) {
+        let p = self.pa.create_deal(json!({ "dealname": name })).await;
+        let h = self.hs.create_deal(json!({ "dealname": name })).await;
+        let (p2, h2, n) = (p.clone(), h.clone(), name.to_owned());
+        let link = store
+            .call(move |c| {
+                let l = store::insert_link(c, "partner-a", &p2, &h2, "channel")?;
+                c.execute(
+                    "INSERT INTO shadows (link_id, field, value, updated_at) VALUES (?1, 'dealname', ?2, 0)",
+                    rusqlite::params![l.id, n],
+                )?;
+                Ok(l)
+            })
+            .await
+            .expect("link");
+        (p, h, link.id)
+    }
+}
+
+async fn dealname(p: &common::Portal, id: &str) -> Option<String> {
+    let a = p
+        .get(&format!("/crm/v3/objects/deals/{id}?properties=dealname"))
+        .await;
+    (a.status == 200)
+        .then(|| a.body["properties"]["dealname"].as_str().map(str::to_owned))
+        .flatten()
+}
+
+async fn wait_name(p: &common::Portal, id: &str, want: &str) {
+    common::eventually(
+        &format!("dealname of {id} in {} becomes {want}", p.info.name),
+        WAIT,
+        || async { (dealname(p, id).await.as_deref() == Some(want)).then_some(()) },
+    )
+    .await
+}
+
+async fn count(store: &Store, sql: &'static str) -> i64 {
+    store
+        .call(move |c| Ok(c.query_row(sql, [], |r| r.get(0))?))
+        .await
+        .expect("count")
+}
+
+/// A hand-made delivery to the listener, signed (or not) as the test says.
+struct Delivery {
+    url: String,
+    body: Vec<u8>,
+    timestamp: i64,
+    signature: Option<String>,
+}
+
+impl Delivery {
+    fn signed(addr: SocketAddr, portal: &str, secret: &str, body: Vec<u8>) -> Delivery {
+        let url = format!("http://{addr}/webhooks/{portal}");
+        let timestamp = store::now_ms();
+        let signature = Some(signature::sign_v3(secret, "POST", &url, &body, timestamp));
+        Delivery {
+            url,
+            body,
+            timestamp,
+            signature,
+        }
+    }
+
+    async fn send(&self) -> (u16, String) {
+        let mut rb = reqwest::Client::new()
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .header("X-HubSpot-Request-Timestamp", self.timestamp.to_string())
+            .body(self.body.clone());
+        if let Some(s) = &self.signature {
+            rb = rb.header("X-HubSpot-Signature-v3", s);
+        }
+        let r = rb.send().await.expect("deliver");
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
+    }
+}
+
+fn events(deal: &str, ids: &[u64], value: &str) -> Vec<u8> {
+    let v: Vec<Value> = ids
+        .iter()
+        .map(|id| {
+            json!({
+                "eventId": id, "subscriptionId": 1, "portalId": 1, "appId": 1,
+                "occurredAt": store::now_ms(), "subscriptionType": "deal.propertyChange",
+                "attemptNumber": 0, "objectId": deal.parse::<u64>().unwrap(),
+                "propertyName": "dealname", "propertyValue": value, "changeSource": "CRM_UI"
+            })
+        })
+        .collect();
+    serde_json::to_vec(&v).unwrap()
+}
+
+#[tokio::test]
+async fn a_signed_webhook_carries_a_change_without_polling_and_its_echo_queues_nothing() {
+    let w = World::new().await;
+    w.hide_from_search().await;
+    let d = DaemonHandle::start(w.parts(Duration::from_secs(3600)))
+        .await
+        .expect("daemon");
+    let addr = d.webhook_addr.expect("listener bound");
+    let (p, h, _) = w.linked_pair(&d.store, "Webhook deal").await;
+    w.target(addr).await;
+    let writes_before = w.hs.counters().await["writes"].as_u64().unwrap();
+    w.pa.patch(
+        &format!("/crm/v3/objects/deals/{p}"),
+        json!({"properties": {"dealname": "Renamed by partner"}}),
+    )
+    .await;
+    wait_name(&w.hs, &h, "Renamed by partner").await;
+    // Our write to HubSpot comes back as a webhook too: recognised as an echo, no job.
+    common::eventually("the echo of our write is in the inbox", WAIT, || async {
+        (count(
+            &d.store,
+            "SELECT COUNT(*) FROM webhook_events WHERE portal = 'hubspot' AND outcome = 'echo'",
+        )
+        .await
+            >= 1)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        count(&d.store, "SELECT COUNT(*) FROM jobs").await,
+        0,
+        "no job left over"
+    );
+    let hist = count(&d.store, "SELECT COUNT(*) FROM job_history").await;
+    assert_eq!(hist, 1, "exactly one job ran: the partner's change");
+    assert_eq!(
+        w.hs.counters().await["writes"].as_u64().unwrap() - writes_before,
+        1,
+        "one write to HubSpot"
+    );
+    d.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_deliveries_are_refused_and_touch_nothing() {
+    let w = World::new().await;
+    let d = DaemonHandle::start(w.parts(Duration::from_secs(3600)))
+        .await
+        .expect("daemon");
+    let addr = d.webhook_addr.expect("listener bound");
+    let (p, _, _) = w.linked_pair(&d.store, "Guarded").await;
+    let secret = w.pa.info.webhook_secret.clone();
+    let body = events(&p, &[1], "Forged");
+
+    // Tampered: signed over one body, another sent.
+    let mut tampered = Delivery::signed(addr, "partner-a", &secret, body.clone());
+    tampered.body = events(&p, &[1], "Forged differently");
+    let (s, t) = tampered.send().await;
+    assert_eq!(s, 401, "{t}");
+    assert!(t.contains("signature does not match"), "{t}");
+
+    // Signed with the other portal's secret.
+    let wrong = Delivery::signed(addr, "partner-a", &w.hs.info.webhook_secret, body.clone());
+    assert_eq!(wrong.send().await.0, 401);
+
+    // Expired: correctly signed six minutes ago.
+    let mut old = Delivery::signed(addr, "partner-a", &secret, body.clone());
+    old.timestamp -= 6 * 60 * 1000;
+    old.signature = Some(signature::sign_v3(
+        &secret,
+        "POST",
+        &old.url,
+        &old.body,
+        old.timestamp,
+    ));
+    let (s, t) = old.send().await;
+    assert_eq!(s, 401, "{t}");
+    assert!(t.contains("5-minute window"), "{t}");
+
+    // Unsigned.
+    let mut unsigned = Delivery::signed(addr, "partner-a", &secret, body.clone());
+    unsigned.signature = None;
+    let (s, t) = unsigned.send().await;
+    assert_eq!(s, 401, "{t}");
+    assert!(t.contains("missing"), "{t}");
+
+    // Malformed JSON and the wrong shape, correctly signed.
+    for bad in [
+        b"[{\"eventId\": 1,".to_vec(),
+        b"{\"eventId\": 1}".to_vec(),
+        b"[{\"subscriptionType\": \"deal.creation\"}]".to_vec(),
+    ] {
+        let (s, t) = Delivery::signed(addr, "partner-a", &secret, bad)
+            .send()
+            .await;
+        assert_eq!(s, 400, "{t}");
+    }
+
+    // Oversized.
+    let huge = vec![b' '; webhook::DEFAULT_MAX_BODY + 1];
+    let (s, _) = Delivery::signed(addr, "partner-a", &secret, huge)
+        .send()
+        .await;
+    assert_eq!(s, 413);
+
+    // A portal the listener does not serve.
+    let (s, t) = Delivery::signed(addr, "partner-z", &secret, body.clone())
+        .send()
+        .await;
+    assert_eq!(s, 404, "{t}");
+
+    assert_eq!(
+        count(&d.store, "SELECT COUNT(*) FROM webhook_events").await,
+        0
+    );
+    assert_eq!(count(&d.store, "SELECT COUNT(*) FROM jobs").await, 0);
+
+    // The same delivery, properly signed, is accepted.
+    let (s, t) = Delivery::signed(addr, "partner-a", &secret, body)
+        .send()
+        .await;
+    assert_eq!(s, 204, "{t}");
+    assert_eq!(
+        count(&d.store, "SELECT COUNT(*) FROM webhook_events").await,
+        1
+    );
+    // /healthz answers on the same address.
+    let h: Value = reqwest::get(format!("http://{addr}/healthz"))
+        .await
+        .expect("healthz")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(h["status"], "ok");
+    d.shutdown().await;
+}
+
+#[tokio::test]
+async fn duplicate_event_ids_are_dropped() {
+    let w = World::new().await;
+    let store = Store::open(&w.db()).await.expect("store");
+    let cancel = CancellationToken::new();
+    let (addr, task) = webhook::serve(
+        Listener {
+            store: store.clone(),
+            portals: vec![WebhookPortal {
+                name: "partner-a".into(),
+                side: Side::Partner,
+                secret: w.pa.info.webhook_secret.clone(),
+            }],
+            fields: fields(),
+            stage_maps: HashMap::new(),
+            public_url: None,
+            max_body: webhook::DEFAULT_MAX_BODY,
+            wake: Arc::new(Notify::new()),
+            in_flight: Default::default(),
+        },
+        "127.0.0.1:0".parse().unwrap(),
+        cancel.clone(),
+    )
+    .await
+    .expect("listener");
+    let (p, _, _) = w.linked_pair(&store, "Dup").await;
+    let secret = w.pa.info.webhook_secret.clone();
+    let first = Delivery::signed(addr, "partner-a", &secret, events(&p, &[7, 8], "A"));
+    assert_eq!(first.send().await.0, 204);
+    // HubSpot's retry of the same events, and a batch overlapping it.
+    assert_eq!(first.send().await.0, 204);
+    let overlap = Delivery::signed(addr, "partner-a", &secret, events(&p, &[8, 9], "A"));
+    assert_eq!(overlap.send().await.0, 204);
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM webhook_events").await,
+        3,
+        "events 7, 8 and 9 once each"
+    );
+    assert_eq!(
+        count(
+            &store,
+            "SELECT webhook_events FROM portal_health WHERE portal = 'partner-a'"
+        )
+        .await,
+        3
+    );
+    // All of them are about one deal: one job.
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM jobs").await, 1);
+    cancel.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn an_event_accepted_before_a_crash_is_processed_after_restart() {
+    let w = World::new().await;
+    w.hide_from_search().await;
+    // First life: only the listener runs (the crash comes after the 2xx, before any worker
+    // picks the job up).
+    let store = Store::open(&w.db()).await.expect("store");
+    let (p, h, _) = w.linked_pair(&store, "Before the crash").await;
+    let cancel = CancellationToken::new();
+    let (addr, task) = webhook::serve(
+        Listener {
+            store: store.clone(),
+            portals: vec![WebhookPortal {
+                name: "partner-a".into(),
+                side: Side::Partner,
+                secret: w.pa.info.webhook_secret.clone(),
+            }],
+            fields: fields(),
+            stage_maps: HashMap::new(),
+            public_url: None,
+            max_body: webhook::DEFAULT_MAX_BODY,
+            wake: Arc::new(Notify::new()),
+            in_flight: Default::default(),
+        },
+        "127.0.0.1:0".parse().unwrap(),
+        cancel.clone(),
+    )
+    .await
+    .expect("listener");
+    w.target(addr).await;
+    w.pa.patch(
+        &format!("/crm/v3/objects/deals/{p}"),
+        json!({"properties": {"dealname": "Survives the crash"}}),
+    )
+    .await;
+    common::eventually("the sandbox delivered the event", WAIT, || async {
+        let stats =
+            w.pa.control(reqwest::Method::GET, "/webhooks/deliveries", None)
+                .await;
+        (stats.body["stats"]["events_delivered"].as_u64() >= Some(1)).then_some(())
+    })
+    .await;
+    let jobs = count(&store, "SELECT COUNT(*) FROM jobs").await;
+    if jobs != 1 {
+        let rows: Vec<String> = store
+            .call(|c| {
+                let mut st = c.prepare(
+                    "SELECT event_id, subscription_type, object_id, outcome FROM webhook_events",
+                )?;
+                let r = st
+                    .query_map([], |r| {
+                        Ok(format!(
+                            "{:?} {:?} {:?} {:?}",
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, Option<String>>(2)?,
+                            r.get::<_, String>(3)?
+                        ))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(r)
+            })
+            .await
+            .unwrap();
+        let d =
+            w.pa.control(reqwest::Method::GET, "/webhooks/deliveries", None)
+                .await;
+        panic!("jobs {jobs}: {rows:?} {}", d.text);
+    }
+    cancel.cancel();
+    task.await.unwrap();
+    drop(store);
+    assert_eq!(
+        dealname(&w.hs, &h).await.as_deref(),
+        Some("Before the crash")
+    );
+
+    // Second life: the daemon, search still blind; only the queued job can carry the change.
+    let d = DaemonHandle::start(w.parts(Duration::from_secs(3600)))
+        .await
+        .expect("daemon");
+    wait_name(&w.hs, &h, "Survives the crash").await;
+    d.shutdown().await;
+}
+
+#[tokio::test]
+async fn dropped_webhooks_are_healed_by_polling_and_reordered_ones_are_harmless() {
+    let w = World::new().await;
+    // Every partner webhook is dropped; HubSpot's are shuffled within each batch.
+    w.pa.set_faults(json!({"webhook_drop": 1.0})).await;
+    w.hs.set_faults(json!({"webhook_reorder": 1.0})).await;
+    let d = DaemonHandle::start(w.parts(Duration::from_millis(300)))
+        .await
+        .expect("daemon");
+    let addr = d.webhook_addr.expect("listener bound");
+    w.target(addr).await;
+    let mut pairs = Vec::new();
+    for i in 0..5 {
+        pairs.push(w.linked_pair(&d.store, &format!("Deal {i}")).await);
+    }
+    for (i, (p, h, _)) in pairs.iter().enumerate() {
+        w.pa.patch(
+            &format!("/crm/v3/objects/deals/{p}"),
+            json!({"properties": {"dealname": format!("Partner {i}")}}),
+        )
+        .await;
+        // Several HubSpot edits in a row: whatever order their events arrive in, the last
+        // value wins because jobs read current state.
+        for v in 1..=3 {
+            w.hs.patch(
+                &format!("/crm/v3/objects/deals/{h}"),
+                json!({"properties": {"amount": format!("{v}")}}),
+            )
+            .await;
+        }
+    }
+    for (i, (_, h, _)) in pairs.iter().enumerate() {
+        wait_name(&w.hs, h, &format!("Partner {i}")).await;
+    }
+    let dropped =
+        w.pa.control(reqwest::Method::GET, "/webhooks/deliveries", None)
+            .await;
+    assert!(
+        dropped.body["stats"]["events_dropped"].as_u64() >= Some(5),
+        "{}",
+        dropped.text
+    );
+    assert_eq!(
+        count(
+            &d.store,
+            "SELECT COUNT(*) FROM webhook_events WHERE portal = 'partner-a'"
+        )
+        .await,
+        0,
+        "no partner webhook arrived: polling carried every partner change"
+    );
+    d.shutdown().await;
+}
