@@ -185,6 +185,9 @@ async fn run_setup(args: SetupArgs) -> Result<(), CliError> {
     if total == 0 {
         println!("nothing to do: every portal already has what dealsync needs");
     }
+    for line in crate::setup::webhook_instructions(&config) {
+        println!("{line}");
+    }
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 use serde_json::{json, Value};
 
 use crate::crm::{Client, CrmError};
+use crate::store::Side;
 
 /// The property group dealsync's properties live in.
 pub const GROUP: &str = "dealsync";
@@ -103,4 +104,77 @@ pub async fn ensure(client: &Client, dry_run: bool) -> Result<Vec<Action>, CrmEr
         });
     }
     Ok(actions)
+}
+
+/// The webhook subscriptions each portal's HubSpot app needs: deal lifecycle and association
+/// changes, a property change subscription per synced property, and notes (`0-46`), which
+/// carry shared messages.
+pub fn webhook_subscriptions(synced_properties: &[String]) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "deal.creation",
+        "deal.deletion",
+        "deal.restore",
+        "deal.associationChange",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let mut props: Vec<&String> = synced_properties.iter().collect();
+    props.sort();
+    props.dedup();
+    v.extend(props.iter().map(|p| format!("deal.propertyChange ({p})")));
+    v.extend(
+        [
+            "object.creation (notes, 0-46)",
+            "object.propertyChange (notes, 0-46)",
+            "object.deletion (notes, 0-46)",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned()),
+    );
+    v
+}
+
+/// What to configure in each portal's app for webhooks, as lines for the operator.
+pub fn webhook_instructions(config: &crate::config::Config) -> Vec<String> {
+    let Some(w) = &config.webhooks else {
+        return vec![
+            "webhooks: not configured ([webhooks] listen = …); dealsync runs on polling alone"
+                .into(),
+        ];
+    };
+    let base = w
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", w.listen));
+    let mut out = Vec::new();
+    let portals = std::iter::once((&config.hubspot, Side::Hubspot))
+        .chain(config.partners.iter().map(|p| (&p.portal, Side::Partner)));
+    for (p, side) in portals {
+        if p.webhook_secret.is_none() {
+            out.push(format!(
+                "{}: no webhook secret configured; this portal is polled only",
+                p.name
+            ));
+            continue;
+        }
+        let props: Vec<String> = config
+            .fields
+            .iter()
+            .map(|f| match side {
+                Side::Hubspot => f.hubspot_property.clone(),
+                Side::Partner => f.partner_property.clone(),
+            })
+            .collect();
+        out.push(format!(
+            "{}: webhook target URL {base}/webhooks/{}",
+            p.name, p.name
+        ));
+        out.push(format!(
+            "{}: subscriptions: {}",
+            p.name,
+            webhook_subscriptions(&props).join(", ")
+        ));
+    }
+    out
 }

@@ -67,6 +67,9 @@ fn shipped_configs_load() {
     assert_eq!(c.partners.len(), 2);
     assert_eq!(c.fields.len(), 7, "built-in default fields");
     assert_eq!(c.poll_interval.as_millis(), 2000);
+    let w = c.webhooks.as_ref().expect("sandbox.toml runs the listener");
+    assert_eq!(w.listen.to_string(), "127.0.0.1:8991");
+    assert_eq!(c.daemon_parts().webhooks.unwrap().secrets.len(), 3);
 
     let creds = tempfile::tempdir().unwrap();
     for name in [
@@ -91,6 +94,27 @@ fn shipped_configs_load() {
     assert!(
         !format!("{c:?}").contains(MARKER),
         "Debug must redact secrets"
+    );
+    // setup tells the operator exactly what to configure in each app.
+    let lines = dealsync::setup::webhook_instructions(&c).join("\n");
+    assert!(
+        lines.contains("hubspot: webhook target URL https://dealsync.example.com/webhooks/hubspot"),
+        "{lines}"
+    );
+    assert!(
+        lines.contains(
+            "acme-partners: webhook target URL https://dealsync.example.com/webhooks/acme-partners"
+        ),
+        "{lines}"
+    );
+    assert!(
+        lines.contains("deal.propertyChange (dealsync_product_interest)"),
+        "{lines}"
+    );
+    assert!(!lines.contains(MARKER), "no secret in setup output");
+    assert!(
+        !format!("{:?}", c.daemon_parts().webhooks).contains(MARKER),
+        "Debug of the listener settings must redact secrets"
     );
 }
 
@@ -128,6 +152,9 @@ fn bad_inputs_name_their_key() {
         (format!("{MINIMAL}\n[fields.p]\npartner_property = \"pipeline\"\nhubspot_property = \"pipeline\"\n"), "fields.p"),
         (format!("{MINIMAL}\n[fields.s]\npartner_property = \"x\"\nhubspot_property = \"x\"\nkind = \"stage\"\n"), "fields.s"),
         (MINIMAL.replace("token_env = \"PT\"", "token_env = \"MISSING\""), "partners[0].token_env"),
+        (format!("{MINIMAL}\n[webhooks]\nlisten = \"localhost\"\n"), "webhooks.listen"),
+        (format!("{MINIMAL}\n[webhooks]\nlisten = \"127.0.0.1:0\"\n"), "webhook secret"),
+        (format!("{MINIMAL}\n[webhooks]\nlisten = \"127.0.0.1:0\"\npublic_url = \"https://x.example/hooks\"\n"), "webhooks.public_url"),
         (MINIMAL.replace("token_env = \"PT\"", "token_file = \"/nonexistent/token\""), "partners[0].token_file"),
         (MINIMAL.replace("token_env = \"PT\"", "token_credential = \"t\""), "partners[0].token_credential"),
         (MINIMAL.replace("token_env = \"PT\"", "token_env = \"PT\"\ntoken_file = \"/x\""), "partners[0].token_"),

@@ -388,3 +388,183 @@ async fn settle(l: &Listener, portal: &str, side: Side, events: &[InboxEvent]) {
 
 /// How long the inbox remembers event ids (HubSpot retries for about a day).
 pub const INBOX_KEEP: Duration = Duration::from_secs(3 * 24 * 3600);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::FieldKind;
+    use crate::rules::{ConflictPolicy, Direction, Rule};
+
+    fn fields() -> Vec<FieldSpec> {
+        let f = |name: &str, p: &str, h: &str, kind| FieldSpec {
+            name: name.into(),
+            partner_property: p.into(),
+            hubspot_property: h.into(),
+            kind,
+            rule: Rule {
+                direction: Direction::Both,
+                conflict: ConflictPolicy::LatestWins,
+                unless_blank: false,
+            },
+        };
+        vec![
+            f("dealname", "dealname", "dealname", FieldKind::Text),
+            f(
+                "products",
+                "p_products",
+                "h_products",
+                FieldKind::MultiSelect,
+            ),
+            f("dealstage", "dealstage", "dealstage", FieldKind::Stage),
+        ]
+    }
+
+    fn parse(v: Value, side: Side) -> Result<Vec<InboxEvent>, PayloadError> {
+        parse_events(&serde_json::to_vec(&v).unwrap(), side, &fields())
+    }
+
+    #[test]
+    fn events_are_classified_by_what_they_touch() {
+        let ev = parse(
+            json!([
+                {"eventId": 1, "subscriptionType": "deal.propertyChange", "objectId": 11, "propertyName": "p_products", "propertyValue": "b;a"},
+                {"eventId": "2", "subscriptionType": "deal.propertyChange", "objectId": 12, "propertyName": "h_products", "propertyValue": "x"},
+                {"eventId": 3, "subscriptionType": "deal.creation", "objectId": 13},
+                {"eventId": 4, "subscriptionType": "deal.associationChange", "fromObjectId": 14, "toObjectId": 99, "associationType": "DEAL_TO_CONTACT"},
+                {"eventId": 5, "subscriptionType": "deal.associationChange", "fromObjectId": 98, "toObjectId": 15, "associationType": "CONTACT_TO_DEAL"},
+                {"eventId": 6, "subscriptionType": "object.propertyChange", "objectTypeId": "0-46", "objectId": 16, "propertyName": "hs_note_body", "propertyValue": "private"},
+                {"eventId": 7, "subscriptionType": "object.propertyChange", "objectTypeId": "0-3", "objectId": 17, "propertyName": "dealname", "propertyValue": ""},
+            ]),
+            Side::Partner,
+        )
+        .unwrap();
+        let got: Vec<(Option<&str>, Option<(&str, Option<&str>)>, bool)> = ev
+            .iter()
+            .map(|e| {
+                (
+                    e.deal_id.as_deref(),
+                    e.property.as_ref().map(|(f, v)| (f.as_str(), v.as_deref())),
+                    e.relevant,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Some("11"), Some(("products", Some("b;a"))), true),
+                // HubSpot's property name means nothing on the partner side.
+                (Some("12"), None, false),
+                (Some("13"), None, true),
+                (Some("14"), None, true),
+                (Some("15"), None, true),
+                // Notes are not field sync; their values are not kept.
+                (None, None, false),
+                // A blank value is "no value".
+                (Some("17"), Some(("dealname", None)), true),
+            ]
+        );
+        assert_eq!(ev[1].event_id, "2");
+    }
+
+    #[test]
+    fn malformed_bodies_are_refused_with_a_reason() {
+        assert!(matches!(
+            parse_events(b"{", Side::Hubspot, &fields()),
+            Err(PayloadError::NotJson(_))
+        ));
+        assert_eq!(
+            parse(json!({"a": 1}), Side::Hubspot).unwrap_err(),
+            PayloadError::NotArray
+        );
+        assert_eq!(
+            parse(
+                json!([{"eventId": 1, "subscriptionType": "deal.creation"}, 5]),
+                Side::Hubspot
+            )
+            .unwrap_err(),
+            PayloadError::BadEvent { index: 1 }
+        );
+        assert_eq!(
+            parse(
+                json!([{"eventId": [1], "subscriptionType": "deal.creation"}]),
+                Side::Hubspot
+            )
+            .unwrap_err(),
+            PayloadError::BadEvent { index: 0 }
+        );
+        let many: Vec<Value> = (0..101)
+            .map(|i| json!({"eventId": i, "subscriptionType": "deal.creation"}))
+            .collect();
+        assert_eq!(
+            parse(Value::Array(many), Side::Hubspot).unwrap_err(),
+            PayloadError::TooMany(101)
+        );
+    }
+
+    #[test]
+    fn echoes_compare_like_the_planner() {
+        let f = fields();
+        let mut stages = StageMap::default();
+        stages.to_hubspot.insert("p_won".into(), "closedwon".into());
+        let agreed = |v: &str| Some(v.to_owned());
+        // Text: exact; blank equals a blank shadow; no shadow is never an echo.
+        assert!(plan::is_echo(
+            &f[0],
+            &stages,
+            Side::Hubspot,
+            Some("A"),
+            Some(&agreed("A"))
+        ));
+        assert!(!plan::is_echo(
+            &f[0],
+            &stages,
+            Side::Hubspot,
+            Some("a"),
+            Some(&agreed("A"))
+        ));
+        assert!(plan::is_echo(
+            &f[0],
+            &stages,
+            Side::Hubspot,
+            None,
+            Some(&None)
+        ));
+        assert!(!plan::is_echo(
+            &f[0],
+            &stages,
+            Side::Hubspot,
+            Some("A"),
+            None
+        ));
+        // Multi-select: order-insensitive.
+        assert!(plan::is_echo(
+            &f[1],
+            &stages,
+            Side::Partner,
+            Some("b;a"),
+            Some(&agreed("a;b"))
+        ));
+        // Stage: partner stages are compared in HubSpot's space; unmapped is never an echo.
+        assert!(plan::is_echo(
+            &f[2],
+            &stages,
+            Side::Partner,
+            Some("p_won"),
+            Some(&agreed("closedwon"))
+        ));
+        assert!(plan::is_echo(
+            &f[2],
+            &stages,
+            Side::Hubspot,
+            Some("closedwon"),
+            Some(&agreed("closedwon"))
+        ));
+        assert!(!plan::is_echo(
+            &f[2],
+            &stages,
+            Side::Partner,
+            Some("p_lost"),
+            Some(&agreed("closedwon"))
+        ));
+    }
+}
