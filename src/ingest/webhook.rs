@@ -438,7 +438,8 @@ mod tests {
             Side::Partner,
         )
         .unwrap();
-        let got: Vec<(Option<&str>, Option<(&str, Option<&str>)>, bool)> = ev
+        type Seen<'a> = (Option<&'a str>, Option<(&'a str, Option<&'a str>)>, bool);
+        let got: Vec<Seen> = ev
             .iter()
             .map(|e| {
                 (
