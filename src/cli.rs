@@ -36,8 +36,46 @@ pub enum Command {
     CheckConfig(ConfigArgs),
     /// Create the custom properties dealsync needs in every configured portal (idempotent).
     Setup(SetupArgs),
+    /// Show links, queue, portals, dead letters and conflicts (works while the daemon runs).
+    Status(StatusArgs),
+    /// Re-run dead-lettered jobs (after fixing their cause) and mark each entry's outcome.
+    Replay(ReplayArgs),
     /// Serve local emulated HubSpot portals (for tests, rehearsals and the demo).
     Sandbox(SandboxArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Print JSON (a stable, documented shape) instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Show one deal's whole picture: a partner or HubSpot deal id.
+    #[arg(long)]
+    pub deal: Option<String>,
+    /// With --deal: do not read the deal's current values from the portals.
+    #[arg(long)]
+    pub offline: bool,
+}
+
+#[derive(Debug, Args)]
+#[group(id = "which", required = true, multiple = false, args = ["all", "id", "class"])]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Every open entry (not yet replayed successfully).
+    #[arg(long)]
+    pub all: bool,
+    /// These entries (repeatable).
+    #[arg(long)]
+    pub id: Vec<String>,
+    /// Open entries of one class (e.g. unmapped_stage, exhausted, permanent).
+    #[arg(long)]
+    pub class: Option<String>,
+    /// Only list what would be replayed.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -122,8 +160,260 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Setup(args) => run_setup(args).await,
+        Command::Status(args) => run_status(args).await,
+        Command::Replay(args) => run_replay(args).await,
         Command::Sandbox(args) => run_sandbox(args).await,
     }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> CliError {
+    CliError {
+        code: exit::UNAVAILABLE,
+        message: e.to_string(),
+    }
+}
+
+fn software(e: impl std::fmt::Display) -> CliError {
+    CliError {
+        code: exit::SOFTWARE,
+        message: e.to_string(),
+    }
+}
+
+fn client_for(
+    p: &crate::daemon::PortalConn,
+    retry: crate::crm::RetryPolicy,
+) -> Result<crate::crm::Client, CliError> {
+    crate::crm::Client::new(
+        &p.name,
+        &p.base_url,
+        &p.token,
+        std::sync::Arc::new(crate::crm::Budget::new(
+            p.rate_limit_per_10s,
+            p.search_per_s,
+        )),
+        retry,
+    )
+    .map_err(unavailable)
+}
+
+async fn run_status(args: StatusArgs) -> Result<(), CliError> {
+    let config = load_config(&args.config)?;
+    let (db, dl) = (config.store_path.clone(), config.dead_letter_path.clone());
+    let quiet = config
+        .webhooks
+        .as_ref()
+        .map_or(std::time::Duration::from_secs(600), |w| w.quiet_after);
+    let deal = args.deal.clone();
+    let fields: Vec<String> = config.fields.iter().map(|f| f.name.clone()).collect();
+    let read = tokio::task::spawn_blocking(move || {
+        let c = crate::status::open(&db)?;
+        match deal {
+            None => crate::status::overview(&c, &dl, quiet, crate::store::now_ms()).map(Ok),
+            Some(d) => crate::status::deal(&c, &dl, &d, &fields).map(Err),
+        }
+    })
+    .await
+    .map_err(software)?
+    .map_err(unavailable)?;
+    match read {
+        Ok(s) => {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&s).map_err(software)?);
+            } else {
+                print!("{}", crate::status::render(&s));
+            }
+        }
+        Err(mut d) => {
+            if !args.offline {
+                fill_current_values(&config, &mut d).await;
+            }
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&d).map_err(software)?);
+            } else {
+                print!("{}", crate::status::render_deal(&d));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads the deal's current field values from both portals; failures are reported on stderr
+/// and leave the values empty (status is for looking, it never fails on a portal).
+async fn fill_current_values(config: &crate::config::Config, d: &mut crate::status::DealStatus) {
+    let parts = config.daemon_parts();
+    let retry = crate::crm::RetryPolicy {
+        max_retries: 1,
+        timeout: std::time::Duration::from_secs(10),
+        ..parts.retry
+    };
+    for l in &mut d.links {
+        let specs: Vec<&crate::engine::FieldSpec> = config.fields.iter().collect();
+        let sides = [
+            (Some(&parts.hubspot), l.hubspot_deal_id.clone(), true),
+            (
+                parts.partners.iter().find(|p| p.name == l.partner),
+                l.partner_deal_id.clone(),
+                false,
+            ),
+        ];
+        for (conn, id, hubspot) in sides {
+            let Some(conn) = conn else { continue };
+            let props: Vec<String> = specs
+                .iter()
+                .map(|f| {
+                    if hubspot {
+                        f.hubspot_property.clone()
+                    } else {
+                        f.partner_property.clone()
+                    }
+                })
+                .collect();
+            let rec = match client_for(conn, retry) {
+                Ok(c) => c.get("deals", &id, &props).await,
+                Err(e) => {
+                    eprintln!(
+                        "cannot read current values from {}: {}",
+                        conn.name, e.message
+                    );
+                    continue;
+                }
+            };
+            match rec {
+                Ok(Some(r)) => {
+                    for f in &mut l.fields {
+                        let Some(spec) = specs.iter().find(|s| s.name == f.field) else {
+                            continue;
+                        };
+                        let prop = if hubspot {
+                            &spec.hubspot_property
+                        } else {
+                            &spec.partner_property
+                        };
+                        let v = r.get(prop).map(str::to_owned);
+                        if hubspot {
+                            f.hubspot_value = v;
+                        } else {
+                            f.partner_value = v;
+                        }
+                    }
+                }
+                Ok(None) => eprintln!("deal {id} is archived or deleted in {}", conn.name),
+                Err(e) => eprintln!("cannot read current values from {}: {e}", conn.name),
+            }
+        }
+    }
+}
+
+async fn run_replay(args: ReplayArgs) -> Result<(), CliError> {
+    use std::io::IsTerminal;
+    let config = load_config(&args.config)?;
+    let path = config.dead_letter_path.clone();
+    let p2 = path.clone();
+    let file = tokio::task::spawn_blocking(move || crate::deadletter::read_all(&p2))
+        .await
+        .map_err(software)?
+        .map_err(unavailable)?;
+    for w in &file.warnings {
+        eprintln!("warning: {w}");
+    }
+    let sel = if args.all {
+        crate::replay::Selection::All
+    } else if let Some(c) = args.class.clone() {
+        crate::replay::Selection::Class(c)
+    } else {
+        crate::replay::Selection::Ids(args.id.clone())
+    };
+    let entries = crate::replay::select(&file, &sel).map_err(|e| CliError {
+        code: exit::USAGE,
+        message: e.to_string(),
+    })?;
+    if entries.is_empty() {
+        println!("nothing to replay: no open dead letters match");
+        return Ok(());
+    }
+    if args.dry_run {
+        for e in &entries {
+            println!(
+                "would replay {} ({}, link {}: {} deal {} <-> HubSpot deal {}): {}",
+                e.id, e.class, e.link_id, e.partner, e.partner_deal_id, e.hubspot_deal_id, e.error
+            );
+        }
+        return Ok(());
+    }
+    let parts = config.daemon_parts();
+    let store = crate::store::Store::open_alongside(&parts.store_path)
+        .await
+        .map_err(unavailable)?;
+    let mut partners = std::collections::HashMap::new();
+    for p in &parts.partners {
+        partners.insert(p.name.clone(), client_for(p, parts.retry)?);
+    }
+    let engine = crate::engine::Engine {
+        store,
+        portals: crate::engine::Portals {
+            hubspot: client_for(&parts.hubspot, parts.retry)?,
+            partners,
+        },
+        settings: parts.settings.clone(),
+        wake: std::sync::Arc::new(tokio::sync::Notify::new()),
+        in_flight: Default::default(),
+        heartbeat: Default::default(),
+    };
+    let tty = std::io::stderr().is_terminal();
+    let outcomes = crate::replay::replay(&engine, &path, &entries, |done, total| {
+        if tty {
+            let width = 30;
+            let filled = width * done / total.max(1);
+            eprint!(
+                "\r[{}{}] {done}/{total} links",
+                "#".repeat(filled),
+                " ".repeat(width - filled)
+            );
+            if done == total {
+                eprintln!();
+            }
+        }
+    })
+    .await
+    .map_err(unavailable)?;
+    // Keep the file bounded: entries replayed successfully are no longer needed.
+    let p3 = path.clone();
+    match tokio::task::spawn_blocking(move || {
+        crate::deadletter::compact(&p3, crate::deadletter::COMPACT_ABOVE_BYTES)
+    })
+    .await
+    {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => eprintln!("warning: {e}"),
+        Err(e) => eprintln!("warning: compaction did not run: {e}"),
+    }
+    let failed = outcomes.iter().filter(|o| !o.ok).count();
+    for o in &outcomes {
+        println!(
+            "{} {} (link {}): {}",
+            if o.ok { "replayed" } else { "FAILED" },
+            o.entry_id,
+            o.link_id,
+            o.outcome
+        );
+    }
+    println!(
+        "{} replayed, {} failed; every entry is marked in {}",
+        outcomes.len() - failed,
+        failed,
+        path.display()
+    );
+    if failed > 0 {
+        return Err(CliError {
+            code: exit::UNAVAILABLE,
+            message: format!(
+                "{failed} entr{} did not replay; see above, fix the cause and replay again",
+                if failed == 1 { "y" } else { "ies" }
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn load_config(args: &ConfigArgs) -> Result<crate::config::Config, CliError> {
@@ -138,10 +428,52 @@ async fn run_daemon(args: ConfigArgs) -> Result<(), CliError> {
     let handle = crate::daemon::DaemonHandle::start(config.daemon_parts())
         .await
         .map_err(|e| CliError {
-            code: exit::UNAVAILABLE,
+            // A store newer than this binary will not fix itself: no restart loop.
+            code: match e {
+                crate::daemon::DaemonError::Store(crate::store::StoreError::TooNew { .. }) => {
+                    exit::CONFIG
+                }
+                _ => exit::UNAVAILABLE,
+            },
             message: e.to_string(),
         })?;
+    // Under systemd (Type=notify): ready once the store is open, the listener bound and the
+    // pollers started — which `start` has done.
+    let ready = format!(
+        "syncing {} partner portal(s){}",
+        config.partners.len(),
+        handle
+            .webhook_addr
+            .map_or(String::new(), |a| format!(", webhooks on {a}"))
+    );
+    if let Err(e) = crate::systemd::ready(&ready) {
+        tracing::warn!(error = %e, "cannot tell systemd we are ready");
+    }
+    let watchdog = crate::systemd::watchdog_interval().map(|every| {
+        let beats = handle.engine.heartbeat.clone();
+        tokio::spawn(async move {
+            // Pet only while workers make progress; a stuck worker loop gets us restarted.
+            let mut last = beats.count();
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let now = beats.count();
+                if now != last {
+                    if let Err(e) = crate::systemd::watchdog() {
+                        tracing::warn!(error = %e, "cannot send the watchdog keep-alive");
+                    }
+                } else {
+                    tracing::warn!("no worker progress since the last watchdog tick");
+                }
+                last = now;
+            }
+        })
+    });
     shutdown_signal().await;
+    let _ = crate::systemd::stopping();
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     tracing::info!("stopping: finishing in-flight work");
     handle.shutdown().await;
     Ok(())

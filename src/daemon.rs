@@ -137,6 +137,7 @@ impl DaemonHandle {
             settings: parts.settings.clone(),
             wake: wake.clone(),
             in_flight: InFlight::default(),
+            heartbeat: Default::default(),
         });
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();

@@ -3,6 +3,11 @@
 //! is skipped with a warning when reading, never fatal.
 //!
 //! Entries carry ids, the error text and its class — never tokens or note bodies.
+//!
+//! `dealsync replay` never rewrites an entry: it appends a [`Replay`] mark naming the entry
+//! and the outcome. An entry is *open* until a mark says it replayed successfully; a failed
+//! replay leaves it open (and the failed job usually adds a fresh entry of its own).
+//! [`compact`] keeps the file bounded by dropping closed entries and their marks only.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -45,26 +50,23 @@ pub enum DeadLetterError {
 
 /// Appends entries to the file (created owner-only if missing) and fsyncs it.
 pub fn append(path: &Path, entries: &[Entry]) -> Result<(), DeadLetterError> {
+    append_lines(path, entries)
+}
+
+fn append_lines<T: Serialize>(path: &Path, lines: &[T]) -> Result<(), DeadLetterError> {
     let err = |source| DeadLetterError::Write {
         path: path.to_owned(),
         source,
     };
-    let mut opts = std::fs::OpenOptions::new();
-    opts.create(true).append(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(path).map_err(err)?;
+    let mut f = open_locked(path).map_err(err)?;
     // A torn line left by a crash must not swallow the next entry: start on a fresh line.
     let len = f.metadata().map_err(err)?.len();
     let mut buf = Vec::new();
     if len > 0 && !ends_with_newline(path) {
         buf.push(b'\n');
     }
-    for e in entries {
-        serde_json::to_writer(&mut buf, e).map_err(|e| err(std::io::Error::other(e)))?;
+    for l in lines {
+        serde_json::to_writer(&mut buf, l).map_err(|e| err(std::io::Error::other(e)))?;
         buf.push(b'\n');
     }
     f.write_all(&buf).map_err(err)?;
@@ -83,12 +85,47 @@ fn ends_with_newline(path: &Path) -> bool {
     f.read_exact(&mut b).map(|_| b[0] == b'\n').unwrap_or(true)
 }
 
-/// Reads every entry. Lines that are not valid entries are returned as warnings (line number
-/// and reason) and skipped.
-pub fn read(path: &Path) -> Result<(Vec<Entry>, Vec<String>), DeadLetterError> {
+/// `dealsync replay` compacts the file once it is larger than this.
+pub const COMPACT_ABOVE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// A replay mark: entry `replayed` was re-run at `at` with `outcome`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Replay {
+    pub replayed: String,
+    pub at: String,
+    pub ok: bool,
+    pub outcome: String,
+}
+
+/// The whole file: entries in order, the newest replay mark per entry id, and unreadable lines.
+#[derive(Debug, Clone, Default)]
+pub struct DeadLetterFile {
+    pub entries: Vec<Entry>,
+    pub replays: std::collections::HashMap<String, Replay>,
+    pub warnings: Vec<String>,
+}
+
+impl DeadLetterFile {
+    /// Entries not yet replayed successfully.
+    pub fn open(&self) -> impl Iterator<Item = &Entry> {
+        self.entries
+            .iter()
+            .filter(|e| !self.replays.get(&e.id).is_some_and(|r| r.ok))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Line {
+    Replay(Replay),
+    Entry(Entry),
+}
+
+/// Reads entries and replay marks. Unreadable lines become warnings and are skipped.
+pub fn read_all(path: &Path) -> Result<DeadLetterFile, DeadLetterError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(DeadLetterFile::default()),
         Err(source) => {
             return Err(DeadLetterError::Read {
                 path: path.to_owned(),
@@ -96,22 +133,133 @@ pub fn read(path: &Path) -> Result<(Vec<Entry>, Vec<String>), DeadLetterError> {
             })
         }
     };
-    let mut entries = Vec::new();
-    let mut warnings = Vec::new();
+    let mut out = DeadLetterFile::default();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        match serde_json::from_str::<Entry>(line) {
-            Ok(e) => entries.push(e),
-            Err(e) => warnings.push(format!(
-                "{}:{}: skipped an unreadable entry ({e}); a crash while writing leaves such a line",
+        match serde_json::from_str::<Line>(line) {
+            Ok(Line::Entry(e)) => out.entries.push(e),
+            Ok(Line::Replay(r)) => {
+                out.replays.insert(r.replayed.clone(), r);
+            }
+            Err(_) => out.warnings.push(format!(
+                "{}:{}: skipped an unreadable line; a crash while writing leaves such a line",
                 path.display(),
                 i + 1
             )),
         }
     }
-    Ok((entries, warnings))
+    Ok(out)
+}
+
+/// Appends replay marks (fsynced, like entries).
+pub fn mark(path: &Path, marks: &[Replay]) -> Result<(), DeadLetterError> {
+    append_lines(path, marks)
+}
+
+/// Rewrites the file without entries that replayed successfully (and their marks) once it is
+/// larger than `max_bytes`. Open entries are never dropped. The new file replaces the old one
+/// atomically (written beside it, fsynced, renamed); appends hold the same lock, so none is
+/// lost in between. Returns whether the file was rewritten.
+pub fn compact(path: &Path, max_bytes: u64) -> Result<bool, DeadLetterError> {
+    let err = |source| DeadLetterError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let len = match std::fs::metadata(path) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(err(e)),
+    };
+    if len <= max_bytes {
+        return Ok(false);
+    }
+    let locked = open_locked(path).map_err(err)?;
+    let file = read_all(path)?;
+    let keep: Vec<&Entry> = file.open().collect();
+    let tmp = path.with_extension("compacting");
+    {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.create(true).write(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp).map_err(err)?;
+        // Root running `dealsync replay` must not leave a file the daemon's user cannot
+        // append to: the new file keeps the old one's owner, or compaction is skipped.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let old = locked.metadata().map_err(err)?;
+            let new = f.metadata().map_err(err)?;
+            if (old.uid(), old.gid()) != (new.uid(), new.gid())
+                && std::os::unix::fs::fchown(&f, Some(old.uid()), Some(old.gid())).is_err()
+            {
+                drop(f);
+                let _ = std::fs::remove_file(&tmp);
+                return Ok(false);
+            }
+        }
+        let mut buf = Vec::new();
+        for e in keep {
+            serde_json::to_writer(&mut buf, e).map_err(|e| err(std::io::Error::other(e)))?;
+            buf.push(b'\n');
+            // Failed replays stay visible next to their entry.
+            if let Some(r) = file.replays.get(&e.id) {
+                serde_json::to_writer(&mut buf, r).map_err(|e| err(std::io::Error::other(e)))?;
+                buf.push(b'\n');
+            }
+        }
+        f.write_all(&buf).map_err(err)?;
+        f.sync_all().map_err(err)?;
+    }
+    std::fs::rename(&tmp, path).map_err(err)?;
+    if let Some(dir) = path.parent().and_then(|d| std::fs::File::open(d).ok()) {
+        let _ = dir.sync_all();
+    }
+    drop(locked);
+    Ok(true)
+}
+
+/// Opens the file for appending (created owner-only) under an exclusive lock. The daemon
+/// appends while `dealsync replay` marks and compacts, in another process; compaction
+/// replaces the file, so after taking the lock we check that the locked file is still the
+/// one at `path`, and start over if it was replaced meanwhile.
+fn open_locked(path: &Path) -> std::io::Result<std::fs::File> {
+    loop {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.create(true).append(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let f = opts.open(path)?;
+        f.lock()?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let held = f.metadata()?;
+            match std::fs::metadata(path) {
+                Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => return Ok(f),
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        #[cfg(not(unix))]
+        return Ok(f);
+    }
+}
+
+/// Reads every entry. Lines that are not valid entries are returned as warnings (line number
+/// and reason) and skipped; replay marks are not entries and are left out.
+pub fn read(path: &Path) -> Result<(Vec<Entry>, Vec<String>), DeadLetterError> {
+    let f = read_all(path)?;
+    Ok((f.entries, f.warnings))
 }
 
 #[cfg(test)]
@@ -166,5 +314,80 @@ mod tests {
             std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
             0o600
         );
+    }
+
+    fn mark_of(id: &str, ok: bool) -> Replay {
+        Replay {
+            replayed: id.into(),
+            at: "2026-01-02T00:00:00.000Z".into(),
+            ok,
+            outcome: if ok {
+                "synced".into()
+            } else {
+                "dead_letter: still broken".into()
+            },
+        }
+    }
+
+    #[test]
+    fn compaction_drops_only_successfully_replayed_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("dl.jsonl");
+        append(
+            &p,
+            &[entry("fixed"), entry("still-open"), entry("failed-replay")],
+        )
+        .unwrap();
+        mark(
+            &p,
+            &[mark_of("fixed", true), mark_of("failed-replay", false)],
+        )
+        .unwrap();
+        assert!(
+            !compact(&p, u64::MAX).unwrap(),
+            "under the bound nothing happens"
+        );
+        assert!(compact(&p, 10).unwrap());
+        let f = read_all(&p).unwrap();
+        let ids: Vec<&str> = f.entries.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["still-open", "failed-replay"]);
+        assert!(
+            !f.replays["failed-replay"].ok,
+            "a failed replay stays visible"
+        );
+        assert!(!f.replays.contains_key("fixed"));
+        assert_eq!(f.open().count(), 2);
+        // Appends after compaction land in the new file.
+        append(&p, &[entry("later")]).unwrap();
+        assert_eq!(read_all(&p).unwrap().entries.len(), 3);
+        assert!(!p.with_extension("compacting").exists());
+    }
+
+    #[test]
+    fn appends_from_many_threads_during_compaction_are_all_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("dl.jsonl");
+        append(&p, &[entry("old")]).unwrap();
+        mark(&p, &[mark_of("old", true)]).unwrap();
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let p = p.clone();
+                s.spawn(move || {
+                    for i in 0..50 {
+                        append(&p, &[entry(&format!("t{t}-{i}"))]).unwrap();
+                    }
+                });
+            }
+            let p = p.clone();
+            s.spawn(move || {
+                for _ in 0..20 {
+                    compact(&p, 0).unwrap();
+                }
+            });
+        });
+        let f = read_all(&p).unwrap();
+        assert!(f.warnings.is_empty(), "{:?}", f.warnings);
+        assert_eq!(f.entries.len(), 200, "every append survives compaction");
+        assert!(!f.entries.iter().any(|e| e.id == "old"));
     }
 }

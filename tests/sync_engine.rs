@@ -179,6 +179,7 @@ impl World {
             settings: self.settings(),
             wake: Arc::new(Notify::new()),
             in_flight: Default::default(),
+            heartbeat: Default::default(),
         }
     }
 

@@ -62,6 +62,23 @@ pub struct Engine {
     pub settings: Settings,
     pub wake: Arc<Notify>,
     pub in_flight: InFlight,
+    /// Bumped by every worker round and batch phase; the systemd watchdog only pets while it
+    /// moves, so a stuck worker loop gets the daemon restarted.
+    pub heartbeat: Heartbeat,
+}
+
+/// A counter of worker progress (see [`Engine::heartbeat`]).
+#[derive(Debug, Default, Clone)]
+pub struct Heartbeat(Arc<std::sync::atomic::AtomicU64>);
+
+impl Heartbeat {
+    pub fn beat(&self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// Links whose writes are on their way to a portal and whose outcome (the timestamp each write
@@ -157,6 +174,7 @@ impl Engine {
             if cancel.is_cancelled() {
                 return;
             }
+            self.heartbeat.beat();
             let limit = self.settings.batch_size;
             let claimed = self
                 .store
@@ -261,6 +279,7 @@ impl Engine {
             }
         };
 
+        self.heartbeat.beat();
         // Decide.
         let empty = HashMap::new();
         let mut plans: Vec<(&Link, LinkPlan)> = Vec::new();
@@ -359,6 +378,7 @@ impl Engine {
             }
         }
 
+        self.heartbeat.beat();
         for (l, plan) in plans {
             let hs_w = hs_result.get(&l.hubspot_deal_id);
             let p_w = p_results

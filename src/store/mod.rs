@@ -61,13 +61,26 @@ pub struct Store {
     path: PathBuf,
 }
 
+/// The schema version this build writes and reads.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
 /// The migrations, in order. `user_version` = number applied.
 const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql"), include_str!("schema_v2.sql")];
 
 impl Store {
     /// Opens (creating if needed) the store, applies migrations and recovers jobs that were
-    /// running when the process stopped.
+    /// running when the process stopped. Only the daemon may do this.
     pub async fn open(path: &Path) -> Result<Store, StoreError> {
+        Store::open_with(path, true).await
+    }
+
+    /// Opens the store for a second process beside a daemon that may be running (`dealsync
+    /// replay`): jobs marked running belong to that daemon and are left alone.
+    pub async fn open_alongside(path: &Path) -> Result<Store, StoreError> {
+        Store::open_with(path, false).await
+    }
+
+    async fn open_with(path: &Path, recover: bool) -> Result<Store, StoreError> {
         let path = path.to_owned();
         let (ready_tx, ready_rx) = oneshot::channel();
         let (tx, rx) = mpsc::channel::<Task>();
@@ -75,7 +88,7 @@ impl Store {
         std::thread::Builder::new()
             .name("dealsync-store".into())
             .spawn(move || {
-                let mut conn = match open_rw(&thread_path) {
+                let mut conn = match open_rw(&thread_path, recover) {
                     Ok(c) => {
                         let _ = ready_tx.send(Ok(()));
                         c
@@ -114,7 +127,7 @@ impl Store {
     }
 }
 
-fn open_rw(path: &Path) -> Result<Connection, StoreError> {
+fn open_rw(path: &Path, recover: bool) -> Result<Connection, StoreError> {
     let open_err = |source| StoreError::Open {
         path: path.to_owned(),
         source,
@@ -130,7 +143,9 @@ fn open_rw(path: &Path) -> Result<Connection, StoreError> {
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(open_err)?;
     migrate(&conn, path)?;
-    queries::recover_running_jobs(&conn)?;
+    if recover {
+        queries::recover_running_jobs(&conn)?;
+    }
     Ok(conn)
 }
 

@@ -720,3 +720,57 @@ pub fn webhook_health(c: &Connection, portal: &str) -> Result<WebhookHealth, Sto
     .optional()?
     .unwrap_or_default())
 }
+
+/// Claims jobs for specific links for a caller outside the daemon's workers (`dealsync
+/// replay`): a link without a job gets a running one, a pending job is taken over, and a job
+/// already running (a daemon's worker has it) is left alone — so one job never runs twice.
+/// Returns the claimed jobs.
+pub fn claim_links(
+    c: &mut Connection,
+    link_ids: &[i64],
+    reason: &str,
+) -> Result<Vec<ClaimedJob>, StoreError> {
+    let now = now_ms();
+    let tx = c.transaction()?;
+    let mut out = Vec::new();
+    {
+        let mut st = tx.prepare_cached(
+            "INSERT INTO jobs (link_id, state, rerun, reason, enqueued_at, due_at)
+             VALUES (?1, 'running', 0, ?2, ?3, ?3)
+             ON CONFLICT (link_id) DO UPDATE SET state = 'running', reason = excluded.reason
+                 WHERE jobs.state = 'pending'
+             RETURNING link_id, attempts, reason, enqueued_at, first_failed_at",
+        )?;
+        for id in link_ids {
+            let row = st
+                .query_row(params![id, reason, now], |r| {
+                    Ok(ClaimedJob {
+                        link_id: r.get(0)?,
+                        attempts: r.get(1)?,
+                        reason: r.get(2)?,
+                        enqueued_at: r.get(3)?,
+                        first_failed_at: r.get(4)?,
+                    })
+                })
+                .optional()?;
+            out.extend(row);
+        }
+    }
+    tx.commit()?;
+    Ok(out)
+}
+
+/// The newest job outcome recorded for a link at or after `since_ms`.
+pub fn last_outcome(
+    c: &Connection,
+    link_id: i64,
+    since_ms: i64,
+) -> Result<Option<(String, Option<String>)>, StoreError> {
+    Ok(c.query_row(
+        "SELECT outcome, detail FROM job_history WHERE link_id = ?1 AND at >= ?2
+             ORDER BY id DESC LIMIT 1",
+        params![link_id, since_ms],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()?)
+}
