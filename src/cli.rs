@@ -42,6 +42,9 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Serve local emulated HubSpot portals (for tests, rehearsals and the demo).
     Sandbox(SandboxArgs),
+    /// Run the sandbox and the daemon together and walk through a shared deal, verifying
+    /// every step (needs nothing but this binary; nothing leaves 127.0.0.1).
+    Demo,
 }
 
 #[derive(Debug, Args)]
@@ -163,6 +166,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Status(args) => run_status(args).await,
         Command::Replay(args) => run_replay(args).await,
         Command::Sandbox(args) => run_sandbox(args).await,
+        Command::Demo => crate::demo::run().await.map_err(|e| CliError {
+            code: exit::SOFTWARE,
+            message: e.to_string(),
+        }),
     }
 }
 

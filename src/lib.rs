@@ -6,6 +6,7 @@ pub mod config;
 pub mod crm;
 pub mod daemon;
 pub mod deadletter;
+pub mod demo;
 pub mod engine;
 pub mod ingest;
 pub mod replay;

@@ -15,6 +15,10 @@ use crate::deadletter::{self, DeadLetterFile, Entry, Replay};
 use crate::engine::{Engine, EngineError};
 use crate::store::{self, StoreError};
 
+/// How often, and how far apart, replay tries again to claim a link a daemon worker holds.
+const HELD_RETRIES: usize = 10;
+const HELD_PAUSE: std::time::Duration = std::time::Duration::from_millis(300);
+
 /// Which entries to replay.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selection {
@@ -88,12 +92,29 @@ pub async fn replay(
     let mut results: BTreeMap<i64, (bool, String)> = BTreeMap::new();
     let mut done = 0;
     for chunk in links.chunks(engine.settings.batch_size.max(1)) {
-        let ids = chunk.to_vec();
         let started = store::now_ms();
-        let claimed = engine
-            .store
-            .call(move |c| store::claim_links(c, &ids, "replay"))
-            .await?;
+        // A daemon worker holding a link finishes within seconds; wait for it a little
+        // rather than give up at once.
+        let mut claimed = Vec::new();
+        for attempt in 0..=HELD_RETRIES {
+            let ids: Vec<i64> = chunk
+                .iter()
+                .copied()
+                .filter(|id| !claimed.iter().any(|j: &store::ClaimedJob| j.link_id == *id))
+                .collect();
+            if ids.is_empty() {
+                break;
+            }
+            if attempt > 0 {
+                tokio::time::sleep(HELD_PAUSE).await;
+            }
+            claimed.extend(
+                engine
+                    .store
+                    .call(move |c| store::claim_links(c, &ids, "replay"))
+                    .await?,
+            );
+        }
         for id in chunk {
             if !claimed.iter().any(|j| j.link_id == *id) {
                 results.insert(

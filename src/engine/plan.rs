@@ -151,7 +151,11 @@ pub fn plan_link(
                 partner_value: c.partner_value,
                 hubspot_value: c.hubspot_value,
                 winner: format!("{:?}", c.winner).to_lowercase(),
-                policy: format!("{:?}", c.policy),
+                // The config's own spelling (latest_wins, …), which status shows.
+                policy: serde_json::to_value(c.policy)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
             });
         }
     }
