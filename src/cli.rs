@@ -366,6 +366,7 @@ async fn run_replay(args: ReplayArgs) -> Result<(), CliError> {
         wake: std::sync::Arc::new(tokio::sync::Notify::new()),
         in_flight: Default::default(),
         heartbeat: Default::default(),
+        metrics: Default::default(),
     };
     let tty = std::io::stderr().is_terminal();
     let outcomes = crate::replay::replay(&engine, &path, &entries, |done, total| {

@@ -138,6 +138,7 @@ impl DaemonHandle {
             wake: wake.clone(),
             in_flight: InFlight::default(),
             heartbeat: Default::default(),
+            metrics: Default::default(),
         });
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
@@ -167,6 +168,7 @@ impl DaemonHandle {
                 max_body: w.max_body,
                 wake: wake.clone(),
                 in_flight: engine.in_flight.clone(),
+                engine: Some(engine.clone()),
             };
             let (addr, task) = webhook::serve(listener, w.listen, cancel.clone()).await?;
             webhook_addr = Some(addr);

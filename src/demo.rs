@@ -298,7 +298,9 @@ pub async fn run() -> Result<(), DemoError> {
         entry.id, entry.class, entry.error
     );
 
-    demo.say("The operator adds the stage to the map, restarts the daemon and replays the dead letters");
+    demo.say(
+        "The operator adds the stage to the map, restarts the daemon and replays the dead letters",
+    );
     let fixed = Config::from_toml_str(&text(true), &env).map_err(|e| demo.fail(e.to_string()))?;
     d.shutdown().await;
     let d = DaemonHandle::start(fixed.daemon_parts())
@@ -308,21 +310,22 @@ pub async fn run() -> Result<(), DemoError> {
         .webhook_addr
         .ok_or_else(|| demo.fail("the webhook listener did not restart"))?;
     for p in &sb.portals {
-        http.put(format!("{}/_sandbox/portals/{}/webhooks", sb.base_url, p.name))
-            .json(&json!({ "target_url": format!("http://{hook}/webhooks/{}", p.name) }))
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|e| demo.fail(e.to_string()))?;
+        http.put(format!(
+            "{}/_sandbox/portals/{}/webhooks",
+            sb.base_url, p.name
+        ))
+        .json(&json!({ "target_url": format!("http://{hook}/webhooks/{}", p.name) }))
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| demo.fail(e.to_string()))?;
     }
     // Every open entry of that class (the old daemon may have dead-lettered the link more
     // than once before it stopped), replayed through the restarted daemon's engine.
     let file = crate::deadletter::read_all(&dl).map_err(|e| demo.fail(e.to_string()))?;
-    let entries = crate::replay::select(
-        &file,
-        &crate::replay::Selection::Class(entry.class.clone()),
-    )
-    .map_err(|e| demo.fail(e.to_string()))?;
+    let entries =
+        crate::replay::select(&file, &crate::replay::Selection::Class(entry.class.clone()))
+            .map_err(|e| demo.fail(e.to_string()))?;
     let outcomes = crate::replay::replay(&d.engine, &dl, &entries, |_, _| {})
         .await
         .map_err(|e| demo.fail(e.to_string()))?;
@@ -332,7 +335,8 @@ pub async fn run() -> Result<(), DemoError> {
     for o in &outcomes {
         println!("   ✔ replayed {}: {}", o.entry_id, o.outcome);
     }
-    demo.until(true, &h, "dealstage", "decisionmakerboughtin").await?;
+    demo.until(true, &h, "dealstage", "decisionmakerboughtin")
+        .await?;
 
     println!("\nNot in this demo yet (being built): registration from a contact or company, HubSpot adding a partner, shared messages with comments and attachments both ways, and a private note that stays put.");
 

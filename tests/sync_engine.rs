@@ -180,6 +180,7 @@ impl World {
             wake: Arc::new(Notify::new()),
             in_flight: Default::default(),
             heartbeat: Default::default(),
+            metrics: Default::default(),
         }
     }
 

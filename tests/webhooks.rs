@@ -275,7 +275,112 @@ async fn a_signed_webhook_carries_a_change_without_polling_and_its_echo_queues_n
         1,
         "one write to HubSpot"
     );
+
+    // /metrics on the same listener parses as Prometheus text and counts what happened.
+    let resp = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let samples = parse_prometheus(&resp.text().await.unwrap());
+    assert_eq!(samples["dealsync_jobs_total{outcome=\"synced\"}"], 1.0);
+    assert_eq!(samples["dealsync_propagation_seconds_count"], 1.0);
+    assert_eq!(
+        samples["dealsync_propagation_seconds_bucket{le=\"+Inf\"}"],
+        1.0
+    );
+    assert!(samples["dealsync_api_calls_total{portal=\"hubspot\"}"] >= 2.0);
+    assert_eq!(
+        samples["dealsync_rate_limited_total{portal=\"partner-a\"}"],
+        0.0
+    );
+    assert_eq!(samples["dealsync_queue_depth"], 0.0);
+    assert_eq!(samples["dealsync_dead_letters_total"], 0.0);
+    // /readyz: the store answers and both portals' polls succeed (search is only lagging).
+    common::eventually("readyz", WAIT, || async {
+        let r = reqwest::get(format!("http://{addr}/readyz")).await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
     d.shutdown().await;
+}
+
+/// Parses Prometheus' text format strictly enough to catch malformed output: every sample
+/// belongs to a family declared by `# HELP` and `# TYPE` lines before it, names and labels
+/// are well formed, values are numbers, and histogram buckets never decrease.
+fn parse_prometheus(text: &str) -> HashMap<String, f64> {
+    let mut declared: HashMap<String, String> = HashMap::new();
+    let mut helped = std::collections::HashSet::new();
+    let mut samples = HashMap::new();
+    let mut last_bucket: Option<(String, f64)> = None;
+    let name_ok = |n: &str| {
+        !n.is_empty()
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+            && !n.starts_with(|c: char| c.is_ascii_digit())
+    };
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            helped.insert(rest.split(' ').next().unwrap().to_owned());
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut it = rest.split(' ');
+            let (n, t) = (it.next().unwrap(), it.next().unwrap());
+            assert!(
+                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&t),
+                "{line}"
+            );
+            assert!(helped.contains(n), "TYPE before HELP: {line}");
+            declared.insert(n.to_owned(), t.to_owned());
+            continue;
+        }
+        assert!(
+            !line.starts_with('#') && !line.is_empty(),
+            "stray line {line:?}"
+        );
+        let (series, value) = line.rsplit_once(' ').expect("name and value");
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("value in {line}"));
+        let name = series.split('{').next().unwrap();
+        assert!(name_ok(name), "metric name {name}");
+        if let Some(labels) = series.strip_prefix(name) {
+            if !labels.is_empty() {
+                assert!(labels.starts_with('{') && labels.ends_with('}'), "{line}");
+                for pair in labels[1..labels.len() - 1].split("\",") {
+                    let (k, v) = pair.split_once('=').expect("label=value");
+                    assert!(name_ok(k), "label {k}");
+                    assert!(v.starts_with('"'), "{line}");
+                }
+            }
+        }
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suf| {
+                name.strip_suffix(suf)
+                    .filter(|f| declared.get(*f).is_some_and(|t| t == "histogram"))
+            })
+            .unwrap_or(name);
+        assert!(
+            declared.contains_key(family),
+            "undeclared family for {line}"
+        );
+        if name.ends_with("_bucket") {
+            if let Some((f, prev)) = &last_bucket {
+                if f == family {
+                    assert!(value >= *prev, "buckets decrease at {line}");
+                }
+            }
+            last_bucket = Some((family.to_owned(), value));
+        }
+        assert!(
+            samples.insert(series.to_owned(), value).is_none(),
+            "duplicate {series}"
+        );
+    }
+    samples
 }
 
 #[tokio::test]
@@ -391,6 +496,7 @@ async fn duplicate_event_ids_are_dropped() {
             max_body: webhook::DEFAULT_MAX_BODY,
             wake: Arc::new(Notify::new()),
             in_flight: Default::default(),
+            engine: None,
         },
         "127.0.0.1:0".parse().unwrap(),
         cancel.clone(),
@@ -447,6 +553,7 @@ async fn an_event_accepted_before_a_crash_is_processed_after_restart() {
             max_body: webhook::DEFAULT_MAX_BODY,
             wake: Arc::new(Notify::new()),
             in_flight: Default::default(),
+            engine: None,
         },
         "127.0.0.1:0".parse().unwrap(),
         cancel.clone(),

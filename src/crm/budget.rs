@@ -85,6 +85,7 @@ pub struct Budget {
     // slot's `Drop` must be able to take it.
     state: Mutex<State>,
     used: AtomicU64,
+    rate_limited: AtomicU64,
 }
 
 /// A place in the budget, held while a call is in flight; dropping it (once the answer's
@@ -114,6 +115,7 @@ impl Budget {
                 paused_until: None,
             }),
             used: AtomicU64::new(0),
+            rate_limited: AtomicU64::new(0),
         }
     }
 
@@ -149,9 +151,15 @@ impl Budget {
 
     /// Stops all calls for `d` (after a 429).
     pub fn pause(&self, d: Duration) {
+        self.rate_limited.fetch_add(1, Ordering::Relaxed);
         let mut st = self.lock();
         let until = Instant::now() + d;
         st.paused_until = Some(st.paused_until.map_or(until, |u| u.max(until)));
+    }
+
+    /// 429 answers received (for metrics).
+    pub fn rate_limited(&self) -> u64 {
+        self.rate_limited.load(Ordering::Relaxed)
     }
 
     /// Calls counted so far (for status and metrics).

@@ -65,6 +65,8 @@ pub struct Engine {
     /// Bumped by every worker round and batch phase; the systemd watchdog only pets while it
     /// moves, so a stuck worker loop gets the daemon restarted.
     pub heartbeat: Heartbeat,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// A counter of worker progress (see [`Engine::heartbeat`]).
@@ -475,6 +477,17 @@ impl Engine {
                 tracing::error!(link = d.link_id, partner = %d.partner, class = %d.class, error = %d.error, "job dead-lettered");
             }
         }
+        // What the metrics will say once the commit succeeds.
+        let now = store::now_ms();
+        let synced_ages: Vec<f64> = commits
+            .iter()
+            .filter(|c| c.outcome == "synced")
+            .filter_map(|c| by_id.get(&c.link_id))
+            .map(|j| (now - j.enqueued_at).max(0) as f64 / 1000.0)
+            .collect();
+        let outcomes: Vec<String> = commits.iter().map(|c| c.outcome.clone()).collect();
+        let conflicts: usize = commits.iter().map(|c| c.conflicts.len()).sum();
+        let (n_retries, n_dead) = (retries.len(), dead.len());
         self.store
             .call(move |c| {
                 store::commit_jobs(c, &commits)?;
@@ -487,6 +500,20 @@ impl Engine {
                 Ok(())
             })
             .await?;
+        for o in &outcomes {
+            self.metrics.job(o);
+        }
+        for _ in 0..n_retries {
+            self.metrics.job("retry");
+        }
+        for _ in 0..n_dead {
+            self.metrics.job("dead_letter");
+        }
+        self.metrics.dead_lettered(n_dead as u64);
+        self.metrics.conflicted(conflicts as u64);
+        for age in synced_ages {
+            self.metrics.propagated(age);
+        }
         Ok(())
     }
 

@@ -35,7 +35,7 @@ use serde_json::{json, Value};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::{plan, FieldSpec, InFlight, StageMap};
+use crate::engine::{plan, Engine, FieldSpec, InFlight, StageMap};
 use crate::signature;
 use crate::store::{self, InboxEvent, Side, Store};
 
@@ -73,6 +73,8 @@ pub struct Listener {
     pub wake: Arc<Notify>,
     /// The engine's writes in flight (see [`InFlight`]).
     pub in_flight: InFlight,
+    /// The running engine, for `/metrics` and `/readyz` (absent when the listener runs alone).
+    pub engine: Option<Arc<Engine>>,
 }
 
 /// How long a delivery waits for the engine to commit a write to a deal it mentions.
@@ -240,6 +242,8 @@ pub async fn serve(
     let app = Router::new()
         .route("/webhooks/{portal}", post(receive))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(shared);
     let task = tokio::spawn(async move {
@@ -266,6 +270,102 @@ async fn healthz(State(s): State<Arc<Shared>>) -> Response {
         )
             .into_response(),
     }
+}
+
+/// Ready when the store answers and every portal's last poll succeeded (after its last
+/// failure, if any): the daemon can both read and reach what it syncs.
+async fn readyz(State(s): State<Arc<Shared>>) -> Response {
+    let Some(engine) = &s.listener.engine else {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            "no engine runs behind this listener".into(),
+        );
+    };
+    let mut names = vec![engine.portals.hubspot.portal().to_owned()];
+    names.extend(engine.portals.partners.keys().cloned());
+    names.sort();
+    let health = s
+        .listener
+        .store
+        .call(move |c| {
+            let mut out = Vec::new();
+            for n in names {
+                let row: Option<(Option<i64>, Option<i64>, Option<String>)> = c
+                    .query_row(
+                        "SELECT last_poll_ok, last_poll_error_at, last_poll_error FROM portal_health WHERE portal = ?1",
+                        [&n],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
+                    .ok();
+                out.push((n, row));
+            }
+            Ok(out)
+        })
+        .await;
+    let Ok(health) = health else {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the store is unavailable".into(),
+        );
+    };
+    let mut ready = true;
+    let portals: Vec<Value> = health
+        .into_iter()
+        .map(|(name, row)| {
+            let (ok, err_at, err) = row.unwrap_or((None, None, None));
+            let reachable = ok.is_some_and(|ok| err_at.is_none_or(|e| e <= ok));
+            ready &= reachable;
+            json!({"portal": name, "reachable": reachable, "last_error": if reachable { None } else { err }})
+        })
+        .collect();
+    let body = Json(json!({"ready": ready, "portals": portals}));
+    if ready {
+        body.into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+    }
+}
+
+async fn metrics(State(s): State<Arc<Shared>>) -> Response {
+    let Some(engine) = &s.listener.engine else {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            "no engine runs behind this listener".into(),
+        );
+    };
+    let (depth, oldest) = match s.listener.store.call(|c| store::queue_stats(c)).await {
+        Ok(q) => q,
+        Err(e) => {
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the store is unavailable: {e}"),
+            )
+        }
+    };
+    let mut portals: Vec<(String, u64, u64)> = std::iter::once(&engine.portals.hubspot)
+        .chain(engine.portals.partners.values())
+        .map(|c| {
+            (
+                c.portal().to_owned(),
+                c.budget().used(),
+                c.budget().rate_limited(),
+            )
+        })
+        .collect();
+    portals.sort();
+    let scrape = crate::metrics::Scrape {
+        queue_depth: depth,
+        oldest_job_age_s: oldest.map_or(0.0, |t| (store::now_ms() - t).max(0) as f64 / 1000.0),
+        portals,
+    };
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        crate::metrics::render(&engine.metrics, &scrape),
+    )
+        .into_response()
 }
 
 fn refuse(status: StatusCode, message: String) -> Response {

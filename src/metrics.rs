@@ -1,0 +1,217 @@
+//! In-process counters for `/metrics`, rendered in Prometheus' text exposition format
+//! (version 0.0.4). Counters live in atomics updated by the engine; gauges (queue depth) and
+//! per-portal call counts are read when scraped. Labels carry portal names and outcome
+//! classes only — never deal values, note bodies or secrets.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// Upper bounds (seconds) of the propagation-latency histogram buckets.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+];
+
+/// The engine's counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Finished jobs by outcome class (`synced`, `no_change`, `retry`, `dead_letter`, …).
+    jobs: Mutex<BTreeMap<String, u64>>,
+    /// From a job's enqueueing (the change noticed) to its commit (written on the other side).
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    latency_count: AtomicU64,
+    /// Sum in microseconds, to keep it an integer atomic.
+    latency_sum_us: AtomicU64,
+    dead_letters: AtomicU64,
+    conflicts: AtomicU64,
+}
+
+/// The outcome class of a job-history outcome text (`skipped: link orphaned` → `skipped`).
+pub fn outcome_class(outcome: &str) -> String {
+    outcome
+        .split(':')
+        .next()
+        .unwrap_or(outcome)
+        .trim()
+        .replace(' ', "_")
+}
+
+impl Metrics {
+    pub fn job(&self, outcome: &str) {
+        let mut m = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        *m.entry(outcome_class(outcome)).or_default() += 1;
+    }
+
+    pub fn propagated(&self, seconds: f64) {
+        let s = seconds.max(0.0);
+        for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
+            if s <= *le {
+                self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us
+            .fetch_add((s * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    pub fn dead_lettered(&self, n: u64) {
+        self.dead_letters.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn conflicted(&self, n: u64) {
+        self.conflicts.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Values read at scrape time.
+#[derive(Debug, Default, Clone)]
+pub struct Scrape {
+    pub queue_depth: i64,
+    pub oldest_job_age_s: f64,
+    /// Per portal: (API calls made, 429s received).
+    pub portals: Vec<(String, u64, u64)>,
+}
+
+fn escape(label: &str) -> String {
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn family(o: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(o, "# HELP {name} {help}");
+    let _ = writeln!(o, "# TYPE {name} {kind}");
+}
+
+/// Renders everything in the Prometheus text format.
+pub fn render(m: &Metrics, s: &Scrape) -> String {
+    let mut o = String::new();
+    family(
+        &mut o,
+        "dealsync_jobs_total",
+        "counter",
+        "Finished sync jobs by outcome.",
+    );
+    let jobs = m.jobs.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for (k, v) in &jobs {
+        let _ = writeln!(o, "dealsync_jobs_total{{outcome=\"{}\"}} {v}", escape(k));
+    }
+    family(
+        &mut o,
+        "dealsync_propagation_seconds",
+        "histogram",
+        "From a change being noticed to its write on the other side committed.",
+    );
+    for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
+        let _ = writeln!(
+            o,
+            "dealsync_propagation_seconds_bucket{{le=\"{le}\"}} {}",
+            m.latency_buckets[i].load(Ordering::Relaxed)
+        );
+    }
+    let count = m.latency_count.load(Ordering::Relaxed);
+    let _ = writeln!(
+        o,
+        "dealsync_propagation_seconds_bucket{{le=\"+Inf\"}} {count}"
+    );
+    let _ = writeln!(
+        o,
+        "dealsync_propagation_seconds_sum {}",
+        m.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6
+    );
+    let _ = writeln!(o, "dealsync_propagation_seconds_count {count}");
+    family(
+        &mut o,
+        "dealsync_dead_letters_total",
+        "counter",
+        "Jobs written to the dead-letter file.",
+    );
+    let _ = writeln!(
+        o,
+        "dealsync_dead_letters_total {}",
+        m.dead_letters.load(Ordering::Relaxed)
+    );
+    family(
+        &mut o,
+        "dealsync_conflicts_total",
+        "counter",
+        "Fields both sides changed differently (resolved by policy, recorded).",
+    );
+    let _ = writeln!(
+        o,
+        "dealsync_conflicts_total {}",
+        m.conflicts.load(Ordering::Relaxed)
+    );
+    family(
+        &mut o,
+        "dealsync_queue_depth",
+        "gauge",
+        "Jobs waiting or running.",
+    );
+    let _ = writeln!(o, "dealsync_queue_depth {}", s.queue_depth);
+    family(
+        &mut o,
+        "dealsync_oldest_job_age_seconds",
+        "gauge",
+        "Age of the oldest queued job.",
+    );
+    let _ = writeln!(o, "dealsync_oldest_job_age_seconds {}", s.oldest_job_age_s);
+    family(
+        &mut o,
+        "dealsync_api_calls_total",
+        "counter",
+        "HubSpot API calls made, per portal.",
+    );
+    for (p, calls, _) in &s.portals {
+        let _ = writeln!(
+            o,
+            "dealsync_api_calls_total{{portal=\"{}\"}} {calls}",
+            escape(p)
+        );
+    }
+    family(
+        &mut o,
+        "dealsync_rate_limited_total",
+        "counter",
+        "HTTP 429 answers received, per portal.",
+    );
+    for (p, _, limited) in &s.portals {
+        let _ = writeln!(
+            o,
+            "dealsync_rate_limited_total{{portal=\"{}\"}} {limited}",
+            escape(p)
+        );
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_classes_are_label_safe() {
+        assert_eq!(outcome_class("synced"), "synced");
+        assert_eq!(outcome_class("no change"), "no_change");
+        assert_eq!(outcome_class("skipped: link orphaned"), "skipped");
+        assert_eq!(
+            outcome_class("orphaned: HubSpot deal 1 is archived"),
+            "orphaned"
+        );
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let m = Metrics::default();
+        m.propagated(0.07);
+        m.propagated(3.0);
+        let text = render(&m, &Scrape::default());
+        assert!(text.contains("dealsync_propagation_seconds_bucket{le=\"0.05\"} 0"));
+        assert!(text.contains("dealsync_propagation_seconds_bucket{le=\"0.1\"} 1"));
+        assert!(text.contains("dealsync_propagation_seconds_bucket{le=\"5\"} 2"));
+        assert!(text.contains("dealsync_propagation_seconds_bucket{le=\"+Inf\"} 2"));
+        assert!(text.contains("dealsync_propagation_seconds_count 2"));
+    }
+}
