@@ -45,6 +45,11 @@ pub enum Command {
     /// Run the sandbox and the daemon together and walk through a shared deal, verifying
     /// every step (needs nothing but this binary; nothing leaves 127.0.0.1).
     Demo,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -166,6 +171,16 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Status(args) => run_status(args).await,
         Command::Replay(args) => run_replay(args).await,
         Command::Sandbox(args) => run_sandbox(args).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "dealsync",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
         Command::Demo => crate::demo::run().await.map_err(|e| CliError {
             code: exit::SOFTWARE,
             message: e.to_string(),

@@ -6,14 +6,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = dealsync::cli::Cli::parse();
-    // Logs go to stderr; stdout is reserved for command output (the sandbox's JSON line).
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("DEALSYNC_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    init_logging();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -27,5 +20,30 @@ fn main() -> ExitCode {
             eprintln!("dealsync: {e}");
             ExitCode::from(e.code)
         }
+    }
+}
+
+/// Logs go to stderr; stdout is reserved for command output (the sandbox's JSON line, status).
+/// `DEALSYNC_LOG` filters (default `info`); `DEALSYNC_LOG_FORMAT` picks `json` (one object per
+/// line), `compact`, or `full`. Under systemd (`JOURNAL_STREAM` set) the default is compact
+/// without timestamps or colours: journald stamps each line itself.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DEALSYNC_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let format = std::env::var("DEALSYNC_LOG_FORMAT").unwrap_or_else(|_| {
+        if std::env::var_os("JOURNAL_STREAM").is_some() {
+            "journald".into()
+        } else {
+            "full".into()
+        }
+    });
+    let b = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    match format.as_str() {
+        "json" => b.json().init(),
+        "journald" => b.compact().without_time().with_ansi(false).init(),
+        "compact" => b.compact().init(),
+        _ => b.init(),
     }
 }
