@@ -106,6 +106,7 @@ fn main() {
             retry_base: Duration::from_millis(500),
             retry_max: Duration::from_secs(30),
             dead_letter_path: dir.path().join("dl.jsonl"),
+            mass_deletion: Default::default(),
         };
         let d = DaemonHandle::start(DaemonParts {
             store_path: dir.path().join("db"),

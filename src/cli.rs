@@ -40,6 +40,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Re-run dead-lettered jobs (after fixing their cause) and mark each entry's outcome.
     Replay(ReplayArgs),
+    /// Release a portal held by the mass-deletion guard, after checking the portal and token.
+    Resume(ResumeArgs),
     /// Serve local emulated HubSpot portals (for tests, rehearsals and the demo).
     Sandbox(SandboxArgs),
     /// Run the sandbox and the daemon together and walk through a shared deal, verifying
@@ -50,6 +52,15 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// The portal to release ("hubspot" or a partner's name).
+    #[arg(long)]
+    pub portal: String,
 }
 
 #[derive(Debug, Args)]
@@ -170,6 +181,29 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Setup(args) => run_setup(args).await,
         Command::Status(args) => run_status(args).await,
         Command::Replay(args) => run_replay(args).await,
+        Command::Resume(args) => {
+            let config = load_config(&args.config)?;
+            let store = crate::store::Store::open_alongside(&config.store_path)
+                .await
+                .map_err(unavailable)?;
+            let portal = args.portal.clone();
+            let was = store
+                .call(move |c| crate::store::resume_portal(c, &portal))
+                .await
+                .map_err(unavailable)?;
+            if was {
+                println!(
+                    "{}: mass-deletion guard released; deletions are acted on again",
+                    args.portal
+                );
+            } else {
+                println!(
+                    "{}: the mass-deletion guard was not holding this portal",
+                    args.portal
+                );
+            }
+            Ok(())
+        }
         Command::Sandbox(args) => run_sandbox(args).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;

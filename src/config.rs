@@ -173,6 +173,9 @@ struct RawSync {
     retry_max_ms: u64,
     request_timeout_ms: u64,
     drain_ms: u64,
+    mass_deletion_share: f64,
+    mass_deletion_min: i64,
+    mass_deletion_window_ms: u64,
 }
 
 impl Default for RawSync {
@@ -188,6 +191,9 @@ impl Default for RawSync {
             retry_max_ms: 60_000,
             request_timeout_ms: 30_000,
             drain_ms: 20_000,
+            mass_deletion_share: 0.2,
+            mass_deletion_min: 10,
+            mass_deletion_window_ms: 900_000,
         }
     }
 }
@@ -298,6 +304,7 @@ pub struct Config {
     pub request_timeout: Duration,
     pub drain: Duration,
     pub webhooks: Option<WebhookConfig>,
+    pub mass_deletion: crate::store::DeletionLimits,
 }
 
 /// The fields synced when the config names none.
@@ -561,6 +568,21 @@ impl Config {
         if s.max_attempts < 1 {
             return Err(invalid("sync.max_attempts", "must be at least 1"));
         }
+        if !(s.mass_deletion_share > 0.0 && s.mass_deletion_share <= 1.0) {
+            return Err(invalid(
+                "sync.mass_deletion_share",
+                "must be a share of links above 0 and at most 1 (0.2 = 20%)",
+            ));
+        }
+        if s.mass_deletion_min < 0 {
+            return Err(invalid("sync.mass_deletion_min", "must not be negative"));
+        }
+        let mass_deletion = crate::store::DeletionLimits {
+            share: s.mass_deletion_share,
+            min: s.mass_deletion_min,
+            window_ms: positive("mass_deletion_window_ms", s.mass_deletion_window_ms)?.as_millis()
+                as i64,
+        };
         let webhooks = match raw.webhooks {
             None => None,
             Some(w) => {
@@ -632,6 +654,7 @@ impl Config {
             request_timeout: positive("request_timeout_ms", s.request_timeout_ms)?,
             drain: positive("drain_ms", s.drain_ms)?,
             webhooks,
+            mass_deletion,
         })
     }
 
@@ -665,6 +688,7 @@ impl Config {
                 retry_base: self.retry_base,
                 retry_max: self.retry_max,
                 dead_letter_path: self.dead_letter_path.clone(),
+                mass_deletion: self.mass_deletion,
             },
             poll_interval: self.poll_interval,
             poll_overlap: self.poll_overlap,

@@ -71,6 +71,8 @@ pub struct Scrape {
     pub oldest_job_age_s: f64,
     /// Per portal: (API calls made, 429s received).
     pub portals: Vec<(String, u64, u64)>,
+    /// Portals the mass-deletion guard holds.
+    pub guarded: Vec<String>,
 }
 
 fn escape(label: &str) -> String {
@@ -182,6 +184,20 @@ pub fn render(m: &Metrics, s: &Scrape) -> String {
             o,
             "dealsync_rate_limited_total{{portal=\"{}\"}} {limited}",
             escape(p)
+        );
+    }
+    family(
+        &mut o,
+        "dealsync_mass_deletion_guard",
+        "gauge",
+        "1 while the mass-deletion guard holds a portal (see `dealsync status`).",
+    );
+    for (p, _, _) in &s.portals {
+        let _ = writeln!(
+            o,
+            "dealsync_mass_deletion_guard{{portal=\"{}\"}} {}",
+            escape(p),
+            u8::from(s.guarded.contains(p))
         );
     }
     o

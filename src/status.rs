@@ -78,6 +78,8 @@ pub struct PortalStatus {
     pub webhooks: String,
     pub changes_seen: i64,
     pub webhook_events: i64,
+    /// Set when the mass-deletion guard holds this portal (why, and what to do).
+    pub deletion_guard: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -268,10 +270,29 @@ pub fn overview(
                 },
                 changes_seen: r.get(7)?,
                 webhook_events: r.get(8)?,
+                deletion_guard: None,
             })
         })?;
         for r in rows {
             portals.push(r?);
+        }
+    }
+    for (portal, at, detail) in store::deletion_guards(c)? {
+        let text = format!("tripped {}: {detail}", iso(at));
+        match portals.iter_mut().find(|p| p.name == portal) {
+            Some(p) => p.deletion_guard = Some(text),
+            None => portals.push(PortalStatus {
+                name: portal,
+                cursor: None,
+                last_poll_ok: None,
+                last_poll_error: None,
+                last_poll_error_at: None,
+                last_webhook: None,
+                webhooks: "none".into(),
+                changes_seen: 0,
+                webhook_events: 0,
+                deletion_guard: Some(text),
+            }),
         }
     }
     let conflicts = Conflicts {
@@ -538,6 +559,18 @@ pub fn render(s: &Status) -> String {
             p.webhooks,
             cut(&or_dash(&p.last_poll_error), 20)
         );
+    }
+    for p in &s.portals {
+        if let Some(g) = &p.deletion_guard {
+            let _ = writeln!(
+                o,
+                "  ! {}: mass-deletion guard holds deletions",
+                cut(&p.name, 20)
+            );
+            for chunk in g.chars().collect::<Vec<_>>().chunks(74) {
+                let _ = writeln!(o, "    {}", chunk.iter().collect::<String>());
+            }
+        }
     }
     let _ = writeln!(
         o,

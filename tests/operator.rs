@@ -387,3 +387,106 @@ async fn status_without_a_store_says_what_to_do() {
     assert!(err.contains("no store at"), "{err}");
     assert!(err.contains("has the daemon run yet"), "{err}");
 }
+
+#[tokio::test]
+async fn mass_deletion_guard_holds_bulk_deletions_until_resume() {
+    let w = World::new().await;
+    w.write_config(true);
+    let d = DaemonHandle::start(w.config().daemon_parts())
+        .await
+        .expect("daemon");
+    let mut pairs = Vec::new();
+    for i in 0..12 {
+        pairs.push(w.linked_pair(&d.store, &format!("Deal {i}")).await);
+    }
+    // One deal deleted: within the limit (max(10, 20% of 12)), the link is orphaned.
+    let a =
+        w.pa.delete(&format!("/crm/v3/objects/deals/{}", pairs[0].0))
+            .await;
+    assert_eq!(a.status, 204);
+    let first = pairs[0].2;
+    d.store
+        .call(move |c| store::enqueue_now(c, &[first], "sweep"))
+        .await
+        .unwrap();
+    let state = |id: i64| {
+        let st = d.store.clone();
+        async move {
+            st.call(move |c| {
+                Ok(
+                    c.query_row("SELECT state FROM links WHERE id = ?1", [id], |r| {
+                        r.get::<_, String>(0)
+                    })?,
+                )
+            })
+            .await
+            .unwrap()
+        }
+    };
+    common::eventually("a single deletion orphans its link", WAIT, || async {
+        (state(first).await == "orphaned").then_some(())
+    })
+    .await;
+    // Then 10 more at once (a wiped portal looks like this): past the limit, so the guard
+    // trips and every one of them is held, links still active.
+    let bulk: Vec<i64> = pairs[1..11].iter().map(|p| p.2).collect();
+    for (p, _, _) in &pairs[1..11] {
+        w.pa.delete(&format!("/crm/v3/objects/deals/{p}")).await;
+    }
+    let b2 = bulk.clone();
+    d.store
+        .call(move |c| store::enqueue_now(c, &b2, "sweep"))
+        .await
+        .unwrap();
+    common::eventually("the bulk jobs finish", WAIT, || async {
+        let depth = d.store.call(|c| store::queue_stats(c)).await.unwrap().0;
+        (depth == 0).then_some(())
+    })
+    .await;
+    for id in &bulk {
+        assert_eq!(state(*id).await, "active", "link {id} held");
+    }
+    let s = json_of(&w.cli(&["status", "--json"]).await);
+    let guard = s["portals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "partner-a")
+        .and_then(|p| p["deletion_guard"].as_str())
+        .expect("status shows the guard")
+        .to_owned();
+    assert!(
+        guard.contains("dealsync resume --portal partner-a"),
+        "{guard}"
+    );
+    let table = stdout(&w.cli(&["status"]).await);
+    assert!(
+        table.contains("mass-deletion guard holds deletions"),
+        "{table}"
+    );
+    // The operator checks the portal and releases it: the held deletions go through.
+    let r = w.cli(&["resume", "--portal", "partner-a"]).await;
+    assert!(r.status.success());
+    assert!(stdout(&r).contains("released"), "{}", stdout(&r));
+    let b3 = bulk.clone();
+    d.store
+        .call(move |c| store::enqueue_now(c, &b3, "sweep"))
+        .await
+        .unwrap();
+    for id in &bulk {
+        let id = *id;
+        common::eventually("released deletions orphan their links", WAIT, || async {
+            (state(id).await == "orphaned").then_some(())
+        })
+        .await;
+    }
+    let s = json_of(&w.cli(&["status", "--json"]).await);
+    assert!(s["portals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["deletion_guard"].is_null()));
+    // The untouched link is still active.
+    assert_eq!(state(pairs[11].2).await, "active");
+    d.shutdown().await;
+}

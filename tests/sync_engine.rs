@@ -148,6 +148,7 @@ impl World {
             retry_base: Duration::from_millis(50),
             retry_max: Duration::from_millis(500),
             dead_letter_path: self.dir.path().join("dead-letters.jsonl"),
+            mass_deletion: Default::default(),
         }
     }
 

@@ -38,6 +38,8 @@ pub struct Settings {
     pub retry_base: Duration,
     pub retry_max: Duration,
     pub dead_letter_path: PathBuf,
+    /// Limits of the mass-deletion guard.
+    pub mass_deletion: store::DeletionLimits,
 }
 
 /// The portals' clients.
@@ -177,6 +179,11 @@ impl Engine {
                 return;
             }
             self.heartbeat.beat();
+            // Registered before looking at the queue, so a wake-up that comes while we look
+            // is not lost (`notify_waiters` only reaches registered waiters).
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
             let limit = self.settings.batch_size;
             let claimed = self
                 .store
@@ -199,7 +206,7 @@ impl Engine {
                 .unwrap_or(Duration::from_secs(1));
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = self.wake.notified() => {}
+                _ = notified => {}
                 _ = tokio::time::sleep(wait) => {}
             }
         }
@@ -241,36 +248,43 @@ impl Engine {
 
         // Read both sides, batched per portal.
         let hs_ids: Vec<String> = unique(active.iter().map(|l| l.hubspot_deal_id.clone()));
-        let hs_read = self
+        // Both portals (and every partner) are read at once: a batch costs one round trip.
+        let (hs_props, p_props) = (self.hubspot_props(), self.partner_props());
+        let hs_fut = self
             .portals
             .hubspot
-            .batch_read("deals", &hs_ids, &self.hubspot_props(), true)
-            .await;
-        let mut partner_reads: HashMap<String, Result<HashMap<String, Record>, CrmError>> =
-            HashMap::new();
-        for partner in unique(active.iter().map(|l| l.partner.clone())) {
+            .batch_read("deals", &hs_ids, &hs_props, true);
+        let partner_futs = unique(active.iter().map(|l| l.partner.clone())).into_iter().map(|partner| {
             let deal_ids: Vec<String> = unique(
                 active
                     .iter()
                     .filter(|l| l.partner == partner)
                     .map(|l| l.partner_deal_id.clone()),
             );
-            let read = match self.portals.partners.get(&partner) {
-                Some(client) => client
-                    .batch_read("deals", &deal_ids, &self.partner_props(), true)
-                    .await
-                    .map(|rs| rs.into_iter().map(|r| (r.id.clone(), r)).collect()),
-                None => Err(CrmError::Http {
-                    portal: partner.clone(),
-                    call: "configuration".into(),
-                    status: 400,
-                    category: "NOT_CONFIGURED".into(),
-                    message: format!("partner {partner} has links but is not in the configuration; add it back or remove its links"),
-                    retry_after: None,
-                }),
-            };
-            partner_reads.insert(partner, read);
-        }
+            let client = self.portals.partners.get(&partner);
+            let props = &p_props;
+            async move {
+                let read = match client {
+                    Some(client) => client
+                        .batch_read("deals", &deal_ids, props, true)
+                        .await
+                        .map(|rs| rs.into_iter().map(|r| (r.id.clone(), r)).collect()),
+                    None => Err(CrmError::Http {
+                        portal: partner.clone(),
+                        call: "configuration".into(),
+                        status: 400,
+                        category: "NOT_CONFIGURED".into(),
+                        message: format!("partner {partner} has links but is not in the configuration; add it back or remove its links"),
+                        retry_after: None,
+                    }),
+                };
+                (partner, read)
+            }
+        });
+        let (hs_read, partner_list) =
+            tokio::join!(hs_fut, futures_util::future::join_all(partner_futs));
+        let partner_reads: HashMap<String, Result<HashMap<String, Record>, CrmError>> =
+            partner_list.into_iter().collect();
         let hs: HashMap<String, Record> = match hs_read {
             Ok(rs) => rs.into_iter().map(|r| (r.id.clone(), r)).collect(),
             Err(e) => {
@@ -284,6 +298,7 @@ impl Engine {
         self.heartbeat.beat();
         // Decide.
         let empty = HashMap::new();
+        let mut gone: HashMap<String, Vec<&Link>> = HashMap::new();
         let mut plans: Vec<(&Link, LinkPlan)> = Vec::new();
         for l in &active {
             if outcomes.contains_key(&l.id) {
@@ -299,22 +314,14 @@ impl Engine {
             };
             let h = hs.get(&l.hubspot_deal_id);
             let (Some(p), Some(h)) = (p, h) else {
-                // Deletion does not propagate: the link is orphaned and shown in status.
-                let gone = if p.is_none() {
-                    format!("partner deal {} in {}", l.partner_deal_id, l.partner)
+                // Deletion does not propagate: the link is orphaned and shown in status —
+                // unless the mass-deletion guard holds the portal (below).
+                let portal = if p.is_none() {
+                    l.partner.clone()
                 } else {
-                    format!("HubSpot deal {}", l.hubspot_deal_id)
+                    self.portals.hubspot.portal().to_owned()
                 };
-                tracing::warn!(link = l.id, "{gone} is archived or deleted; link orphaned");
-                outcomes.insert(
-                    l.id,
-                    Outcome::Done(JobCommit {
-                        link_id: l.id,
-                        new_state: Some("orphaned".into()),
-                        outcome: format!("orphaned: {gone} is archived or deleted"),
-                        ..Default::default()
-                    }),
-                );
+                gone.entry(portal).or_default().push(l);
                 continue;
             };
             let stages = self
@@ -345,6 +352,8 @@ impl Engine {
             }
         }
 
+        self.judge_deletions(gone, &mut outcomes).await?;
+
         // Write, batched per portal. Two links of one HubSpot deal (best partner wins) merge.
         let mut hs_updates: HashMap<String, Map<String, Value>> = HashMap::new();
         let mut p_updates: HashMap<String, HashMap<String, Map<String, Value>>> = HashMap::new();
@@ -372,13 +381,18 @@ impl Engine {
                 .map(|(l, _)| l.id)
                 .collect(),
         );
-        let hs_result = self.write(&self.portals.hubspot, hs_updates).await;
-        let mut p_results = HashMap::new();
-        for (partner, updates) in p_updates {
-            if let Some(client) = self.portals.partners.get(&partner) {
-                p_results.insert(partner, self.write(client, updates).await);
-            }
-        }
+        // Writes to every portal go out at once, too.
+        let partner_writes = p_updates.into_iter().filter_map(|(partner, updates)| {
+            self.portals
+                .partners
+                .get(&partner)
+                .map(|client| async move { (partner, self.write(client, updates).await) })
+        });
+        let (hs_result, p_list) = tokio::join!(
+            self.write(&self.portals.hubspot, hs_updates),
+            futures_util::future::join_all(partner_writes)
+        );
+        let p_results: HashMap<String, _> = p_list.into_iter().collect();
 
         self.heartbeat.beat();
         for (l, plan) in plans {
@@ -513,6 +527,53 @@ impl Engine {
         self.metrics.conflicted(conflicts as u64);
         for age in synced_ages {
             self.metrics.propagated(age);
+        }
+        Ok(())
+    }
+
+    /// Orphans links whose deal looks deleted, unless that would take a portal past the
+    /// mass-deletion limit: then the guard trips and the portal's links are held (left active,
+    /// job finished) until an operator runs `dealsync resume --portal P`.
+    async fn judge_deletions(
+        &self,
+        gone: HashMap<String, Vec<&Link>>,
+        outcomes: &mut HashMap<i64, Outcome>,
+    ) -> Result<(), EngineError> {
+        let hubspot = self.portals.hubspot.portal().to_owned();
+        for (portal, links) in gone {
+            let ids: Vec<i64> = links.iter().map(|l| l.id).collect();
+            let partner = (portal != hubspot).then(|| portal.clone());
+            let (p2, limits) = (portal.clone(), self.settings.mass_deletion);
+            let allowed = self
+                .store
+                .call(move |c| store::guard_deletions(c, &p2, partner.as_deref(), &ids, limits))
+                .await?;
+            if !allowed {
+                tracing::error!(portal = %portal, links = links.len(), "mass-deletion guard: deals look deleted in bulk; holding destructive changes for this portal until `dealsync resume --portal {portal}`");
+            }
+            for l in links {
+                let what = if portal == hubspot {
+                    format!("HubSpot deal {}", l.hubspot_deal_id)
+                } else {
+                    format!("partner deal {} in {}", l.partner_deal_id, l.partner)
+                };
+                let commit = if allowed {
+                    tracing::warn!(link = l.id, "{what} is archived or deleted; link orphaned");
+                    JobCommit {
+                        link_id: l.id,
+                        new_state: Some("orphaned".into()),
+                        outcome: format!("orphaned: {what} is archived or deleted"),
+                        ..Default::default()
+                    }
+                } else {
+                    JobCommit {
+                        link_id: l.id,
+                        outcome: format!("held: {what} looks deleted, but the mass-deletion guard for {portal} is tripped"),
+                        ..Default::default()
+                    }
+                };
+                outcomes.insert(l.id, Outcome::Done(commit));
+            }
         }
         Ok(())
     }

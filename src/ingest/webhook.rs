@@ -333,7 +333,18 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
             "no engine runs behind this listener".into(),
         );
     };
-    let (depth, oldest) = match s.listener.store.call(|c| store::queue_stats(c)).await {
+    let read = s
+        .listener
+        .store
+        .call(|c| {
+            let guarded: Vec<String> = store::deletion_guards(c)?
+                .into_iter()
+                .map(|(p, _, _)| p)
+                .collect();
+            Ok((store::queue_stats(c)?, guarded))
+        })
+        .await;
+    let ((depth, oldest), guarded) = match read {
         Ok(q) => q,
         Err(e) => {
             return refuse(
@@ -357,6 +368,7 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
         queue_depth: depth,
         oldest_job_age_s: oldest.map_or(0.0, |t| (store::now_ms() - t).max(0) as f64 / 1000.0),
         portals,
+        guarded,
     };
     (
         [(

@@ -110,13 +110,15 @@ pub fn links_for_deals(
     deal_ids: &[String],
 ) -> Result<Vec<(Link, Option<i64>)>, StoreError> {
     let mut out = Vec::new();
+    // `+state` keeps SQLite off the low-selectivity `links_state` index: the deal-id indexes
+    // find the handful of rows directly (a scan of every active link otherwise).
     for chunk in deal_ids.chunks(500) {
         let marks = vec!["?"; chunk.len()].join(",");
         let (sql, args): (String, Vec<&str>) = match side {
             Side::Partner => (
                 format!(
                     "SELECT {LINK_COLS}, partner_written_ms FROM links
-                     WHERE state = 'active' AND partner = ? AND partner_deal_id IN ({marks})"
+                     WHERE +state = 'active' AND partner = ? AND partner_deal_id IN ({marks})"
                 ),
                 std::iter::once(portal)
                     .chain(chunk.iter().map(String::as_str))
@@ -125,7 +127,7 @@ pub fn links_for_deals(
             Side::Hubspot => (
                 format!(
                     "SELECT {LINK_COLS}, hubspot_written_ms FROM links
-                     WHERE state = 'active' AND hubspot_deal_id IN ({marks})"
+                     WHERE +state = 'active' AND hubspot_deal_id IN ({marks})"
                 ),
                 chunk.iter().map(String::as_str).collect(),
             ),
@@ -466,7 +468,9 @@ mod tests {
 
     fn mem() -> Connection {
         let c = Connection::open_in_memory().unwrap();
-        c.execute_batch(include_str!("schema_v1.sql")).unwrap();
+        for m in super::super::MIGRATIONS {
+            c.execute_batch(m).unwrap();
+        }
         c
     }
 
@@ -773,4 +777,139 @@ pub fn last_outcome(
         |r| Ok((r.get(0)?, r.get(1)?)),
     )
     .optional()?)
+}
+
+/// The mass-deletion guard's settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeletionLimits {
+    /// Share of a portal's active links that may look deleted within `window_ms`.
+    pub share: f64,
+    /// Deletions always allowed within the window, however few links a portal has.
+    pub min: i64,
+    pub window_ms: i64,
+}
+
+impl Default for DeletionLimits {
+    fn default() -> Self {
+        DeletionLimits {
+            share: 0.2,
+            min: 10,
+            window_ms: 15 * 60 * 1000,
+        }
+    }
+}
+
+/// Asks the guard whether `link_ids` (whose deals look deleted in `portal`) may be acted on.
+/// Allowed ones are recorded; when they would push the portal past its limit the guard trips
+/// instead (nothing of this batch is allowed) and stays tripped until [`resume_portal`].
+/// `partner` is `None` for HubSpot's portal (all links count), else the partner's name.
+pub fn guard_deletions(
+    c: &mut Connection,
+    portal: &str,
+    partner: Option<&str>,
+    link_ids: &[i64],
+    limits: DeletionLimits,
+) -> Result<bool, StoreError> {
+    let now = now_ms();
+    let tx = c.transaction()?;
+    let guard: Option<Option<i64>> = tx
+        .query_row(
+            "SELECT released_at FROM deletion_guards WHERE portal = ?1",
+            [portal],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match guard {
+        // Tripped and not released: hold.
+        Some(None) => return Ok(false),
+        // Released by an operator within the window: let deletions through.
+        Some(Some(at)) if now - at < limits.window_ms => {
+            record_deletions(&tx, portal, link_ids, now)?;
+            tx.commit()?;
+            return Ok(true);
+        }
+        // Released long enough ago: the guard is armed again.
+        Some(Some(_)) => {
+            tx.execute("DELETE FROM deletion_guards WHERE portal = ?1", [portal])?;
+        }
+        None => {}
+    }
+    let active: i64 = match partner {
+        Some(p) => tx.query_row(
+            "SELECT COUNT(*) FROM links WHERE state = 'active' AND partner = ?1",
+            [p],
+            |r| r.get(0),
+        )?,
+        None => tx.query_row(
+            "SELECT COUNT(*) FROM links WHERE state = 'active'",
+            [],
+            |r| r.get(0),
+        )?,
+    };
+    let recent: i64 = tx.query_row(
+        "SELECT COUNT(*) FROM deletion_events WHERE portal = ?1 AND at > ?2",
+        params![portal, now - limits.window_ms],
+        |r| r.get(0),
+    )?;
+    let limit = limits.min.max((limits.share * active as f64).ceil() as i64);
+    let n = link_ids.len() as i64;
+    if recent + n > limit {
+        tx.execute(
+            "INSERT INTO deletion_guards (portal, tripped_at, detail) VALUES (?1, ?2, ?3)",
+            params![
+                portal,
+                now,
+                format!(
+                    "{} of {active} active links looked deleted within {} min (limit {limit}); check the portal and its token, then run `dealsync resume --portal {portal}`",
+                    recent + n,
+                    limits.window_ms / 60_000
+                )
+            ],
+        )?;
+        tx.commit()?;
+        return Ok(false);
+    }
+    record_deletions(&tx, portal, link_ids, now)?;
+    tx.execute(
+        "DELETE FROM deletion_events WHERE at < ?1",
+        [now - limits.window_ms],
+    )?;
+    tx.commit()?;
+    Ok(true)
+}
+
+fn record_deletions(
+    tx: &Connection,
+    portal: &str,
+    link_ids: &[i64],
+    now: i64,
+) -> Result<(), StoreError> {
+    let mut st =
+        tx.prepare_cached("INSERT INTO deletion_events (portal, link_id, at) VALUES (?1, ?2, ?3)")?;
+    for id in link_ids {
+        st.execute(params![portal, id, now])?;
+    }
+    Ok(())
+}
+
+/// Releases a tripped guard: deletions in that portal go through for one window, then the
+/// guard is armed again. Returns whether the guard was holding the portal.
+pub fn resume_portal(c: &mut Connection, portal: &str) -> Result<bool, StoreError> {
+    let tx = c.transaction()?;
+    let n = tx.execute(
+        "UPDATE deletion_guards SET released_at = ?2 WHERE portal = ?1 AND released_at IS NULL",
+        params![portal, now_ms()],
+    )?;
+    tx.execute("DELETE FROM deletion_events WHERE portal = ?1", [portal])?;
+    tx.commit()?;
+    Ok(n > 0)
+}
+
+/// Guards holding a portal now: (portal, tripped_at, detail).
+pub fn deletion_guards(c: &Connection) -> Result<Vec<(String, i64, String)>, StoreError> {
+    let mut st = c.prepare(
+        "SELECT portal, tripped_at, detail FROM deletion_guards WHERE released_at IS NULL ORDER BY portal",
+    )?;
+    let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
