@@ -103,6 +103,11 @@ impl InFlight {
         self.0.links.lock().is_ok_and(|s| s.contains(&link_id))
     }
 
+    /// Whether no write is in flight at all (lets callers skip looking links up).
+    pub fn is_empty(&self) -> bool {
+        self.0.links.lock().is_ok_and(|s| s.is_empty())
+    }
+
     /// Changes whenever a batch's writes finish and leave the set.
     pub fn generation(&self) -> u64 {
         self.0.finished.load(std::sync::atomic::Ordering::SeqCst)

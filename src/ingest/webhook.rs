@@ -479,7 +479,7 @@ async fn settle(l: &Listener, portal: &str, side: Side, events: &[InboxEvent]) {
         .filter(|e| e.relevant)
         .filter_map(|e| e.deal_id.clone())
         .collect();
-    if deals.is_empty() {
+    if deals.is_empty() || l.in_flight.is_empty() {
         return;
     }
     let portal = portal.to_owned();
