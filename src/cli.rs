@@ -240,17 +240,7 @@ fn client_for(
     p: &crate::daemon::PortalConn,
     retry: crate::crm::RetryPolicy,
 ) -> Result<crate::crm::Client, CliError> {
-    crate::crm::Client::new(
-        &p.name,
-        &p.base_url,
-        &p.token,
-        std::sync::Arc::new(crate::crm::Budget::new(
-            p.rate_limit_per_10s,
-            p.search_per_s,
-        )),
-        retry,
-    )
-    .map_err(unavailable)
+    p.client(retry).map_err(unavailable)
 }
 
 async fn run_status(args: StatusArgs) -> Result<(), CliError> {
@@ -541,20 +531,7 @@ async fn run_setup(args: SetupArgs) -> Result<(), CliError> {
     let parts = config.daemon_parts();
     let mut total = 0;
     for p in std::iter::once(&parts.hubspot).chain(parts.partners.iter()) {
-        let client = crate::crm::Client::new(
-            &p.name,
-            &p.base_url,
-            &p.token,
-            std::sync::Arc::new(crate::crm::Budget::new(
-                p.rate_limit_per_10s,
-                p.search_per_s,
-            )),
-            parts.retry,
-        )
-        .map_err(|e| CliError {
-            code: exit::UNAVAILABLE,
-            message: e.to_string(),
-        })?;
+        let client = client_for(p, parts.retry)?;
         let actions = crate::setup::ensure(&client, args.dry_run)
             .await
             .map_err(|e| CliError {

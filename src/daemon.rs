@@ -108,24 +108,27 @@ pub struct DaemonHandle {
     drain: Duration,
 }
 
-fn client(p: &PortalConn, retry: RetryPolicy) -> Result<Client, CrmError> {
-    Client::new(
-        &p.name,
-        &p.base_url,
-        &p.token,
-        Arc::new(Budget::new(p.rate_limit_per_10s, p.search_per_s)),
-        retry,
-    )
+impl PortalConn {
+    /// A client for this portal with its own rate budget.
+    pub fn client(&self, retry: RetryPolicy) -> Result<Client, CrmError> {
+        Client::new(
+            &self.name,
+            &self.base_url,
+            &self.token,
+            Arc::new(Budget::new(self.rate_limit_per_10s, self.search_per_s)),
+            retry,
+        )
+    }
 }
 
 impl DaemonHandle {
     /// Opens the store and starts pollers, sweep and workers.
     pub async fn start(parts: DaemonParts) -> Result<DaemonHandle, DaemonError> {
         let store = Store::open(&parts.store_path).await?;
-        let hubspot = client(&parts.hubspot, parts.retry)?;
+        let hubspot = parts.hubspot.client(parts.retry)?;
         let mut partners = HashMap::new();
         for p in &parts.partners {
-            partners.insert(p.name.clone(), client(p, parts.retry)?);
+            partners.insert(p.name.clone(), p.client(parts.retry)?);
         }
         let wake = Arc::new(Notify::new());
         let engine = Arc::new(Engine {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Map, Value};
 
 use crate::config::Config;
-use crate::crm::{Budget, Client, RetryPolicy};
+use crate::crm::{Client, RetryPolicy};
 use crate::daemon::DaemonHandle;
 use crate::sandbox::{self, SandboxConfig};
 use crate::store;
@@ -153,16 +153,7 @@ pub async fn run() -> Result<(), DemoError> {
     };
     let config = Config::from_toml_str(&text(false), &env).map_err(setup)?;
     let parts = config.daemon_parts();
-    let client = |c: &crate::daemon::PortalConn| {
-        Client::new(
-            &c.name,
-            &c.base_url,
-            &c.token,
-            std::sync::Arc::new(Budget::new(c.rate_limit_per_10s, c.search_per_s)),
-            RetryPolicy::default(),
-        )
-        .map_err(setup)
-    };
+    let client = |c: &crate::daemon::PortalConn| c.client(RetryPolicy::default()).map_err(setup);
     let hubspot = client(&parts.hubspot)?;
     let partner = client(&parts.partners[0])?;
     println!(
@@ -179,17 +170,7 @@ pub async fn run() -> Result<(), DemoError> {
         .webhook_addr
         .ok_or_else(|| setup("the webhook listener did not start"))?;
     let http = reqwest::Client::new();
-    for p in &sb.portals {
-        http.put(format!(
-            "{}/_sandbox/portals/{}/webhooks",
-            sb.base_url, p.name
-        ))
-        .json(&json!({ "target_url": format!("http://{hook}/webhooks/{}", p.name) }))
-        .send()
-        .await
-        .and_then(|r| r.error_for_status())
-        .map_err(setup)?;
-    }
+    point_webhooks(&http, &sb, hook).await.map_err(setup)?;
     println!("daemon running: partner-a and partner-b ↔ hubspot, webhooks on {hook}");
     let mut demo = Demo {
         hubspot,
@@ -309,17 +290,9 @@ pub async fn run() -> Result<(), DemoError> {
     let hook = d
         .webhook_addr
         .ok_or_else(|| demo.fail("the webhook listener did not restart"))?;
-    for p in &sb.portals {
-        http.put(format!(
-            "{}/_sandbox/portals/{}/webhooks",
-            sb.base_url, p.name
-        ))
-        .json(&json!({ "target_url": format!("http://{hook}/webhooks/{}", p.name) }))
-        .send()
+    point_webhooks(&http, &sb, hook)
         .await
-        .and_then(|r| r.error_for_status())
         .map_err(|e| demo.fail(e.to_string()))?;
-    }
     // Every open entry of that class (the old daemon may have dead-lettered the link more
     // than once before it stopped), replayed through the restarted daemon's engine.
     let file = crate::deadletter::read_all(&dl).map_err(|e| demo.fail(e.to_string()))?;
@@ -359,6 +332,25 @@ pub async fn run() -> Result<(), DemoError> {
         demo.step,
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// Tells every sandbox portal to deliver its webhooks to the daemon's listener.
+async fn point_webhooks(
+    http: &reqwest::Client,
+    sb: &sandbox::SandboxHandle,
+    hook: std::net::SocketAddr,
+) -> Result<(), reqwest::Error> {
+    for p in &sb.portals {
+        http.put(format!(
+            "{}/_sandbox/portals/{}/webhooks",
+            sb.base_url, p.name
+        ))
+        .json(&json!({ "target_url": format!("http://{hook}/webhooks/{}", p.name) }))
+        .send()
+        .await?
+        .error_for_status()?;
+    }
     Ok(())
 }
 

@@ -373,21 +373,12 @@ pub fn deal(
     deal_id: &str,
     fields: &[String],
 ) -> Result<DealStatus, StatusError> {
-    let mut st = c.prepare(
-        "SELECT id, partner, partner_deal_id, hubspot_deal_id, deal_type, state FROM links
-         WHERE partner_deal_id = ?1 OR hubspot_deal_id = ?1 ORDER BY id",
-    )?;
+    let mut st = c.prepare(&format!(
+        "SELECT {} FROM links WHERE partner_deal_id = ?1 OR hubspot_deal_id = ?1 ORDER BY id",
+        store::LINK_COLS
+    ))?;
     let links: Vec<store::Link> = st
-        .query_map([deal_id], |r| {
-            Ok(store::Link {
-                id: r.get(0)?,
-                partner: r.get(1)?,
-                partner_deal_id: r.get(2)?,
-                hubspot_deal_id: r.get(3)?,
-                deal_type: r.get(4)?,
-                state: r.get(5)?,
-            })
-        })?
+        .query_map([deal_id], store::link_row)?
         .collect::<Result<_, _>>()?;
     let dl = deadletter::read_all(dead_letter_path)?;
     let mut out = Vec::new();

@@ -39,9 +39,9 @@ pub struct Link {
     pub state: String,
 }
 
-const LINK_COLS: &str = "id, partner, partner_deal_id, hubspot_deal_id, deal_type, state";
+pub const LINK_COLS: &str = "id, partner, partner_deal_id, hubspot_deal_id, deal_type, state";
 
-fn link_row(r: &rusqlite::Row) -> rusqlite::Result<Link> {
+pub fn link_row(r: &rusqlite::Row) -> rusqlite::Result<Link> {
     Ok(Link {
         id: r.get(0)?,
         partner: r.get(1)?,
@@ -315,6 +315,17 @@ pub fn enqueue_now(
     Ok(n)
 }
 
+/// A `RETURNING link_id, attempts, reason, enqueued_at, first_failed_at` row.
+fn claimed_row(r: &rusqlite::Row) -> rusqlite::Result<ClaimedJob> {
+    Ok(ClaimedJob {
+        link_id: r.get(0)?,
+        attempts: r.get(1)?,
+        reason: r.get(2)?,
+        enqueued_at: r.get(3)?,
+        first_failed_at: r.get(4)?,
+    })
+}
+
 /// Takes up to `limit` due jobs and marks them running.
 pub fn claim_jobs(
     c: &mut Connection,
@@ -327,15 +338,7 @@ pub fn claim_jobs(
                            ORDER BY due_at, link_id LIMIT ?2)
          RETURNING link_id, attempts, reason, enqueued_at, first_failed_at",
     )?;
-    let rows = st.query_map(params![now, limit as i64], |r| {
-        Ok(ClaimedJob {
-            link_id: r.get(0)?,
-            attempts: r.get(1)?,
-            reason: r.get(2)?,
-            enqueued_at: r.get(3)?,
-            first_failed_at: r.get(4)?,
-        })
-    })?;
+    let rows = st.query_map(params![now, limit as i64], claimed_row)?;
     rows.collect::<Result<_, _>>().map_err(Into::into)
 }
 
@@ -747,15 +750,7 @@ pub fn claim_links(
         )?;
         for id in link_ids {
             let row = st
-                .query_row(params![id, reason, now], |r| {
-                    Ok(ClaimedJob {
-                        link_id: r.get(0)?,
-                        attempts: r.get(1)?,
-                        reason: r.get(2)?,
-                        enqueued_at: r.get(3)?,
-                        first_failed_at: r.get(4)?,
-                    })
-                })
+                .query_row(params![id, reason, now], claimed_row)
                 .optional()?;
             out.extend(row);
         }
