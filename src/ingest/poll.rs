@@ -355,3 +355,27 @@ impl Poller {
         Ok(stats)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webhook_health_follows_polling_findings() {
+        let quiet = Duration::from_secs(600);
+        let h = |w: Option<i64>, c: Option<i64>| store::WebhookHealth {
+            last_webhook: w,
+            last_poll_change: c,
+        };
+        // No webhook ever: not healthy (polling keeps its normal pace).
+        assert!(!webhooks_healthy(&h(None, None), quiet));
+        assert!(!webhooks_healthy(&h(None, Some(5)), quiet));
+        // Webhooks arriving, polling finds nothing new or only what came with them.
+        assert!(webhooks_healthy(&h(Some(1_000), None), quiet));
+        assert!(webhooks_healthy(&h(Some(1_000), Some(1_000 + 600_000)), quiet));
+        // Polling found a change well after the last webhook: quiet.
+        assert!(!webhooks_healthy(&h(Some(1_000), Some(1_000 + 600_001)), quiet));
+        // A webhook after that makes them healthy again.
+        assert!(webhooks_healthy(&h(Some(700_000), Some(601_001)), quiet));
+    }
+}
