@@ -37,7 +37,7 @@ fn env_num(key: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn config(dir: &Path, base: &str) -> std::path::PathBuf {
+fn config(dir: &Path, base: &str, webhooks: Option<u16>) -> std::path::PathBuf {
     let path = dir.join("dealsync.toml");
     let map: String = STAGES.iter().map(|s| format!("{s} = \"{s}\"\n")).collect();
     std::fs::write(
@@ -49,11 +49,13 @@ dead_letter_path = "{dl}"
 [hubspot]
 base_url = "{base}"
 token_env = "HS_TOKEN"
+webhook_secret_env = "HS_SECRET"
 rate_limit_per_10s = 1000
 [[partners]]
 name = "partner-a"
 base_url = "{base}"
 token_env = "PA_TOKEN"
+webhook_secret_env = "PA_SECRET"
 rate_limit_per_10s = 1000
 [partners.stage_map]
 {map}
@@ -69,9 +71,15 @@ hubspot_property = "dealname"
 partner_property = "dealstage"
 hubspot_property = "dealstage"
 kind = "stage"
-"#,
+{hooks}"#,
             db = dir.join("dealsync.db").display(),
             dl = dir.join("dead-letters.jsonl").display(),
+            hooks = match webhooks {
+                Some(port) => format!(
+                    "[webhooks]\nlisten = \"127.0.0.1:{port}\"\nhealthy_poll_interval_ms = 1000\n"
+                ),
+                None => String::new(),
+            },
         ),
     )
     .unwrap();
@@ -84,12 +92,15 @@ fn start(cfg: &Path, hs: &common::Portal, pa: &common::Portal) -> Child {
         .arg(cfg)
         .env("HS_TOKEN", &hs.info.token)
         .env("PA_TOKEN", &pa.info.token)
+        .env("HS_SECRET", &hs.info.webhook_secret)
+        .env("PA_SECRET", &pa.info.webhook_secret)
         .env("DEALSYNC_LOG", "error")
         .kill_on_drop(true)
         .spawn()
         .expect("start dealsync run")
 }
 
+/// A property's value, or `None` when the read failed (an injected fault) or it is unset.
 async fn prop(p: &common::Portal, id: &str, name: &str) -> Option<String> {
     let a = p
         .get(&format!("/crm/v3/objects/deals/{id}?properties={name}"))
@@ -97,11 +108,50 @@ async fn prop(p: &common::Portal, id: &str, name: &str) -> Option<String> {
     a.body["properties"][name].as_str().map(str::to_owned)
 }
 
+/// Points each portal's webhooks at the daemon's listener (one port for every life).
+async fn point_webhooks(sb: &str, daemon_addr: &str) {
+    let http = reqwest::Client::new();
+    for name in ["hubspot", "partner-a"] {
+        let _ = http
+            .put(format!("{sb}/_sandbox/portals/{name}/webhooks"))
+            .json(&json!({"target_url": format!("http://{daemon_addr}/webhooks/{name}"), "retry_base_ms": 20}))
+            .send()
+            .await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_loses_nothing() {
+    soak(false).await;
+}
+
+/// The same stream with the sandbox misbehaving all along: 5xx answers, added latency, search
+/// lag, and webhooks dropped, duplicated and reordered (the daemon listens for them too).
+/// Transient faults only, so there must be no dead letter either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_amid_injected_faults_loses_nothing() {
+    soak(true).await;
+}
+
+/// Retries a test-side write through injected faults (the test is a user, not the daemon).
+async fn patch(p: &common::Portal, id: &str, body: serde_json::Value, seed: u64) {
+    for _ in 0..50 {
+        let a = p
+            .patch(&format!("/crm/v3/objects/deals/{id}"), body.clone())
+            .await;
+        if a.status == 200 {
+            return;
+        }
+        assert!(a.status >= 500, "seed {seed}: {}", a.text);
+    }
+    panic!("seed {seed}: the sandbox refused a change 50 times");
+}
+
+async fn soak(faults: bool) {
     let seed = env_num("DEALSYNC_SOAK_SEED", rand::rng().random());
     let kills = env_num("DEALSYNC_SOAK_KILLS", 30);
-    eprintln!("crash test: seed {seed}, {kills} kills (DEALSYNC_SOAK_SEED={seed} reproduces)");
+    let name = if faults { "fault soak" } else { "crash test" };
+    eprintln!("{name}: seed {seed}, {kills} kills (DEALSYNC_SOAK_SEED={seed} reproduces)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let sb = common::unlimited_sandbox().await;
     let (hs, pa) = (
@@ -109,7 +159,18 @@ async fn sigkill_at_random_moments_loses_nothing() {
         common::portal(&sb, "partner-a"),
     );
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), &sb.base_url);
+    // A free port, kept for every life of the daemon so the sandbox's target stays valid.
+    let port = faults.then(|| {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    });
+    let cfg = config(dir.path(), &sb.base_url, port);
+    if let Some(port) = port {
+        point_webhooks(&sb.base_url, &format!("127.0.0.1:{port}")).await;
+    }
     let db = dir.path().join("dealsync.db");
     let store = Store::open(&db).await.unwrap();
     let mut pairs = Vec::new();
@@ -134,6 +195,15 @@ async fn sigkill_at_random_moments_loses_nothing() {
         pairs.push((p, h));
     }
     drop(store);
+    if faults {
+        for p in [&hs, &pa] {
+            p.set_faults(json!({
+                "rate_500": 0.05, "rate_503": 0.05, "latency_ms": 3, "search_lag_ms": 300,
+                "webhook_drop": 0.2, "webhook_duplicate": 0.2, "webhook_reorder": 0.5,
+            }))
+            .await;
+        }
+    }
 
     // The change stream, and the last value written per (deal, field).
     let mut last: HashMap<(usize, &str), String> = HashMap::new();
@@ -167,13 +237,7 @@ async fn sigkill_at_random_moments_loses_nothing() {
             } else {
                 (&hs, &pairs[i].1)
             };
-            let a = who
-                .patch(
-                    &format!("/crm/v3/objects/deals/{id}"),
-                    json!({"properties": { field: value }}),
-                )
-                .await;
-            assert_eq!(a.status, 200, "seed {seed}: {}", a.text);
+            patch(who, id, json!({"properties": { field: value }}), seed).await;
             last.insert((i, field), value);
             last_change.insert(i, Instant::now());
             changes += 1;
@@ -218,5 +282,5 @@ async fn sigkill_at_random_moments_loses_nothing() {
         "seed {seed}: dead letters after crashes: {:?}",
         dead.entries
     );
-    eprintln!("crash test: seed {seed}: {kills} kills survived, {changes} changes, none lost");
+    eprintln!("{name}: seed {seed}: {kills} kills survived, {changes} changes, none lost");
 }
