@@ -372,9 +372,15 @@ mod tests {
         assert!(!webhooks_healthy(&h(None, Some(5)), quiet));
         // Webhooks arriving, polling finds nothing new or only what came with them.
         assert!(webhooks_healthy(&h(Some(1_000), None), quiet));
-        assert!(webhooks_healthy(&h(Some(1_000), Some(1_000 + 600_000)), quiet));
+        assert!(webhooks_healthy(
+            &h(Some(1_000), Some(1_000 + 600_000)),
+            quiet
+        ));
         // Polling found a change well after the last webhook: quiet.
-        assert!(!webhooks_healthy(&h(Some(1_000), Some(1_000 + 600_001)), quiet));
+        assert!(!webhooks_healthy(
+            &h(Some(1_000), Some(1_000 + 600_001)),
+            quiet
+        ));
         // A webhook after that makes them healthy again.
         assert!(webhooks_healthy(&h(Some(700_000), Some(601_001)), quiet));
     }
