@@ -1,0 +1,269 @@
+//! Convergence model (proptest): random interleavings of edits on both sides of a few linked
+//! deals and random job runs (events delivered late, early, twice or never) drive the real
+//! engine against the sandbox. A model of the rules predicts every sync; at the end one more
+//! round must bring every deal to the model's value on both sides, with the shadow equal to
+//! it, and a further round must write nothing.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dealsync::crm::{Budget, Client, RetryPolicy};
+use dealsync::engine::{Engine, FieldKind, FieldSpec, Portals, Settings, StageMap};
+use dealsync::rules::{ConflictPolicy, Direction, Rule};
+use dealsync::store::{self, Store};
+use proptest::prelude::*;
+use serde_json::json;
+
+const DEALS: usize = 3;
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// Someone edits a deal on one side.
+    Edit {
+        deal: usize,
+        partner: bool,
+        value: u8,
+    },
+    /// A job for one deal runs (a poll or webhook delivered, perhaps late or twice).
+    Run { deal: usize },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (0..DEALS, any::<bool>(), 0u8..4).prop_map(|(deal, partner, value)| Op::Edit { deal, partner, value }),
+        2 => (0..DEALS).prop_map(|deal| Op::Run { deal }),
+    ]
+}
+
+/// What the rules say should happen, per deal: the agreed value (the shadow) and what each
+/// side holds now, with the order of its last real change.
+#[derive(Debug, Clone)]
+struct Model {
+    agreed: String,
+    partner: (String, u64),
+    hubspot: (String, u64),
+}
+
+impl Model {
+    fn new(v: &str) -> Model {
+        Model {
+            agreed: v.to_owned(),
+            partner: (v.to_owned(), 0),
+            hubspot: (v.to_owned(), 0),
+        }
+    }
+
+    /// An edit; writing the value a side already holds changes nothing there.
+    fn edit(&mut self, partner: bool, v: &str, at: u64) {
+        let side = if partner {
+            &mut self.partner
+        } else {
+            &mut self.hubspot
+        };
+        if side.0 != v {
+            *side = (v.to_owned(), at);
+        }
+    }
+
+    /// One sync under `both` / `latest_wins`: a side differing from the agreed value changed;
+    /// if both did (to different values), the later change wins.
+    fn sync(&mut self) {
+        let p = self.partner.0 != self.agreed;
+        let h = self.hubspot.0 != self.agreed;
+        let v = match (p, h) {
+            (false, false) => return,
+            (true, false) => self.partner.0.clone(),
+            (false, true) => self.hubspot.0.clone(),
+            (true, true) if self.partner.1 > self.hubspot.1 => self.partner.0.clone(),
+            (true, true) => self.hubspot.0.clone(),
+        };
+        self.agreed = v.clone();
+        // The engine writes the winner to the side that lost: a new change time there.
+        let now = self.partner.1.max(self.hubspot.1);
+        if self.partner.0 != v {
+            self.partner = (v.clone(), now);
+        }
+        if self.hubspot.0 != v {
+            self.hubspot = (v, now);
+        }
+    }
+}
+
+fn settings(dir: &std::path::Path) -> Settings {
+    Settings {
+        fields: vec![FieldSpec {
+            name: "dealname".into(),
+            partner_property: "dealname".into(),
+            hubspot_property: "dealname".into(),
+            kind: FieldKind::Text,
+            rule: Rule {
+                direction: Direction::Both,
+                conflict: ConflictPolicy::LatestWins,
+                unless_blank: false,
+            },
+        }],
+        stage_maps: HashMap::from([("partner-a".to_owned(), StageMap::default())]),
+        batch_size: 100,
+        workers: 1,
+        max_attempts: 3,
+        retry_base: Duration::from_millis(10),
+        retry_max: Duration::from_millis(50),
+        dead_letter_path: dir.join("dl.jsonl"),
+        mass_deletion: Default::default(),
+    }
+}
+
+async fn value(p: &common::Portal, id: &str) -> String {
+    let a = p
+        .get(&format!("/crm/v3/objects/deals/{id}?properties=dealname"))
+        .await;
+    a.body["properties"]["dealname"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+async fn run(engine: &Engine, links: &[i64]) {
+    let ids = links.to_vec();
+    engine
+        .store
+        .call(move |c| store::enqueue_now(c, &ids, "model"))
+        .await
+        .unwrap();
+    let jobs = engine
+        .store
+        .call(|c| store::claim_jobs(c, 100, store::now_ms() + 1))
+        .await
+        .unwrap();
+    engine.run_batch(jobs).await.unwrap();
+}
+
+async fn scenario(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let sb = common::unlimited_sandbox().await;
+    let (hs, pa) = (
+        common::portal(&sb, "hubspot"),
+        common::portal(&sb, "partner-a"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let client = |p: &common::Portal| {
+        Client::new(
+            &p.info.name,
+            &sb.base_url,
+            &p.info.token,
+            Arc::new(Budget::new(10_000, 1_000)),
+            RetryPolicy::default(),
+        )
+        .unwrap()
+    };
+    let engine = Engine {
+        store: Store::open(&dir.path().join("db")).await.unwrap(),
+        portals: Portals {
+            hubspot: client(&hs),
+            partners: HashMap::from([("partner-a".to_owned(), client(&pa))]),
+        },
+        settings: settings(dir.path()),
+        wake: Default::default(),
+        in_flight: Default::default(),
+        heartbeat: Default::default(),
+        metrics: Default::default(),
+    };
+    let mut deals = Vec::new();
+    let mut models = Vec::new();
+    for i in 0..DEALS {
+        let name = format!("start {i}");
+        let p = pa.create_deal(json!({ "dealname": name })).await;
+        let h = hs.create_deal(json!({ "dealname": name })).await;
+        let (p2, h2, n2) = (p.clone(), h.clone(), name.clone());
+        let link = engine
+            .store
+            .call(move |c| {
+                let l = store::insert_link(c, "partner-a", &p2, &h2, "channel")?;
+                c.execute(
+                    "INSERT INTO shadows (link_id, field, value, updated_at) VALUES (?1, 'dealname', ?2, 0)",
+                    rusqlite::params![l.id, n2],
+                )?;
+                Ok(l.id)
+            })
+            .await
+            .unwrap();
+        deals.push((p, h, link));
+        models.push(Model::new(&name));
+    }
+    for (n, op) in ops.iter().enumerate() {
+        match op {
+            Op::Edit {
+                deal,
+                partner,
+                value,
+            } => {
+                let v = format!(
+                    "v{value} by {}",
+                    if *partner { "partner" } else { "hubspot" }
+                );
+                let (who, id) = if *partner {
+                    (&pa, &deals[*deal].0)
+                } else {
+                    (&hs, &deals[*deal].1)
+                };
+                // Edits get distinct change times (the sandbox stamps milliseconds), so
+                // "latest" is well defined for the model.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                let a = who
+                    .patch(
+                        &format!("/crm/v3/objects/deals/{id}"),
+                        json!({"properties": {"dealname": v}}),
+                    )
+                    .await;
+                prop_assert_eq!(a.status, 200);
+                models[*deal].edit(*partner, &v, n as u64 + 1);
+            }
+            Op::Run { deal } => {
+                run(&engine, &[deals[*deal].2]).await;
+                models[*deal].sync();
+            }
+        }
+    }
+    // One more round for everything, then the check, then a round that must write nothing.
+    let all: Vec<i64> = deals.iter().map(|d| d.2).collect();
+    run(&engine, &all).await;
+    for m in &mut models {
+        m.sync();
+    }
+    for (i, (p, h, link)) in deals.iter().enumerate() {
+        let want = &models[i].agreed;
+        prop_assert_eq!(&value(&pa, p).await, want, "deal {} partner side", i);
+        prop_assert_eq!(&value(&hs, h).await, want, "deal {} HubSpot side", i);
+        let link = *link;
+        let shadow: Option<String> = engine
+            .store
+            .call(move |c| {
+                Ok(c.query_row(
+                    "SELECT value FROM shadows WHERE link_id = ?1 AND field = 'dealname'",
+                    [link],
+                    |r| r.get(0),
+                )?)
+            })
+            .await
+            .unwrap();
+        prop_assert_eq!(shadow.as_deref(), Some(want.as_str()), "deal {} shadow", i);
+    }
+    let writes = |c: serde_json::Value| c["writes"].as_u64().unwrap_or(0);
+    let before = (writes(hs.counters().await), writes(pa.counters().await));
+    run(&engine, &all).await;
+    let after = (writes(hs.counters().await), writes(pa.counters().await));
+    prop_assert_eq!(before, after, "a converged round writes nothing");
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_interleavings_converge_to_what_the_rules_say(ops in prop::collection::vec(op(), 1..25)) {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(scenario(ops))?;
+    }
+}
