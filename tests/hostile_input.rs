@@ -828,8 +828,8 @@ enum Mutation {
     Duplicate(prop::sample::Index),
     /// Replaces the value of the n-th `key = value` line.
     Replace(prop::sample::Index, String),
-    /// Inserts `key = value` after a line (any bare key: no config key holds a secret or a
-    /// path expression here).
+    /// Inserts `key = value` at a line. Bare keys only: a quoted top-level key holding a
+    /// path expression such as `"a[9223372036854775806]"` panics the loader (reported).
     InsertKey(prop::sample::Index, String, String),
     InsertLine(prop::sample::Index, String),
 }
@@ -845,8 +845,9 @@ fn mutation() -> impl Strategy<Value = Mutation> {
     ]
 }
 
-/// Applies `m` to the lines; for a replaced value, returns the key it replaced.
-fn apply(lines: &mut Vec<String>, m: &Mutation) -> Option<String> {
+/// Applies `m` to the lines; for a replaced value, returns the section header above it and
+/// the key it replaced.
+fn apply(lines: &mut Vec<String>, m: &Mutation) -> Option<(String, String)> {
     match m {
         Mutation::Delete(i) => {
             if !lines.is_empty() {
@@ -866,8 +867,14 @@ fn apply(lines: &mut Vec<String>, m: &Mutation) -> Option<String> {
             if !keyed.is_empty() {
                 let n = keyed[i.index(keyed.len())];
                 let key = lines[n].split(" = ").next().unwrap().to_owned();
+                let section = lines[..n]
+                    .iter()
+                    .rev()
+                    .find(|l| l.starts_with('['))
+                    .cloned()
+                    .unwrap_or_default();
                 lines[n] = format!("{key} = {v}");
-                return Some(key);
+                return Some((section, key));
             }
         }
         Mutation::InsertKey(i, k, v) => {
@@ -882,10 +889,12 @@ fn apply(lines: &mut Vec<String>, m: &Mutation) -> Option<String> {
     None
 }
 
-/// Refusals of a number that TOML itself cannot hold say so without naming the key (reported).
+/// Refusals of a number that TOML itself cannot hold (or of `0x`, `0b`, `0o`) say so without
+/// naming the key or the line (reported).
 const UNLOCATED_NUMBER_ERRORS: &[&str] = &[
     "floating-point number overflowed",
-    "number too large to fit in target type",
+    "to fit in target type",
+    "cannot parse integer from empty string",
 ];
 
 #[test]
@@ -895,10 +904,16 @@ fn config_corpus_is_refused_with_the_key_named() {
     assert_eq!(full.fields.len(), 1);
     assert!(full.webhooks.is_some());
 
+    // Replaces the first `key` (after the `section` header line, for `section/key`).
     let replace = |key: &str, value: &str| {
+        let (section, key) = key.split_once('/').unwrap_or(("", key));
+        let from = FULL.lines().position(|l| l == section).unwrap_or(0);
+        let mut done = false;
         FULL.lines()
-            .map(|l| {
-                if l.starts_with(&format!("{key} = ")) {
+            .enumerate()
+            .map(|(i, l)| {
+                if !done && i >= from && l.starts_with(&format!("{key} = ")) {
+                    done = true;
                     format!("{key} = {value}")
                 } else {
                     l.to_owned()
@@ -956,11 +971,25 @@ fn config_corpus_is_refused_with_the_key_named() {
         ("partner_property", "\"pipeline\"", "fields.dealname"),
         ("partner_property", "\"\"", "fields.dealname"),
         ("a", "[1]", "stage_map"),
+        (
+            "[[partners]]/base_url",
+            "\"ftp://x\"",
+            "partners[0].base_url",
+        ),
+        (
+            "[[partners]]/token_env",
+            "\"UNSET\"",
+            "partners[0].token_env",
+        ),
+        ("[[partners]]/default_pipeline", "[]", "default_pipeline"),
+        // A wrong type for a partner's connection keys names only the partner (reported:
+        // `RawPartner` flattens them, and the key is lost on the way).
+        ("[[partners]]/base_url", "0", "partners[0]"),
+        ("[[partners]]/token_env", "[]", "partners[0]"),
         // TOML syntax errors point at the line.
         ("poll_interval_ms", "", "line 20"),
         ("poll_interval_ms", "1 2", "line 20"),
         ("poll_interval_ms", "\"unterminated", "line 20"),
-        ("poll_interval_ms", "0x", "line 20"),
     ];
     for (key, value, says) in cases {
         let text = replace(key, value);
@@ -973,16 +1002,19 @@ fn config_corpus_is_refused_with_the_key_named() {
             "{key} = {value}: {e:?} should name {says}"
         );
     }
-    // Values that TOML reads and the loader accepts, rounded or coerced (reported: a float,
-    // a boolean or "yes" for a number of milliseconds is more likely a typo than meant).
+    // Values the loader today accepts, rounded or coerced (reported: a float, a boolean or
+    // "yes" for a number of milliseconds is more likely a typo than meant). Refusing them,
+    // naming the key, is fine too.
     for (value, ms) in [
         ("2.7", 3u128),
         ("true", 1),
         ("\"yes\"", 1),
         ("inf", u64::MAX as u128),
     ] {
-        let c = load(&replace("poll_interval_ms", value), &env).expect(value);
-        assert_eq!(c.poll_interval.as_millis(), ms, "{value}");
+        match load(&replace("poll_interval_ms", value), &env) {
+            Ok(c) => assert_eq!(c.poll_interval.as_millis(), ms, "{value}"),
+            Err(e) => assert!(e.contains("poll_interval_ms"), "{value}: {e}"),
+        }
     }
     // Numbers TOML cannot hold are refused, but without naming the key (reported).
     for value in [
@@ -990,6 +1022,10 @@ fn config_corpus_is_refused_with_the_key_named() {
         "-1e400",
         "18446744073709551616",
         "9223372036854775808",
+        "-9223372036854775809",
+        "0x8000000000000000",
+        "0x",
+        "0b",
     ] {
         let e = load(&replace("poll_interval_ms", value), &env).expect_err(value);
         assert!(
@@ -1137,11 +1173,14 @@ proptest! {
             replaced = apply(&mut lines, m);
         }
         let text = lines.join("\n");
-        if let (Err(e), [Mutation::Replace(..)], Some(key)) =
+        if let (Err(e), [Mutation::Replace(..)], Some((section, key))) =
             (load(&text, &config_env()), mutations.as_slice(), replaced)
         {
             // The one changed key is named, or the TOML error shows its line.
             let located = e.contains(&key)
+                // A partner's flattened connection keys are named only as the partner
+                // (reported).
+                || (section == "[[partners]]" && e.contains("partners[0]"))
                 || e.contains("TOML parse error at line")
                 || UNLOCATED_NUMBER_ERRORS.iter().any(|u| e.contains(u))
                 // A key of the stage map is the map's own business.
@@ -1149,7 +1188,9 @@ proptest! {
                 // Both property names of a field are reported as the field.
                 || (key.ends_with("_property") && e.contains("fields.dealname"))
                 // An empty token variable name is reported as the variable that is not set.
-                || (key.ends_with("_env") && e.contains("is not set"));
+                || (key.ends_with("_env") && e.contains("is not set"))
+                // `search_per_s = 0` is reported as `rate_limit_per_10s` (reported).
+                || (key == "search_per_s" && e.contains("rate budgets"));
             prop_assert!(located, "{} changed: {}", key, e);
         }
     }
@@ -1564,6 +1605,9 @@ struct Probe {
     headers: Vec<(String, Vec<u8>)>,
     body: Vec<u8>,
     expect: Vec<u16>,
+    /// The listener may refuse before reading the whole body and close the connection, which
+    /// the client can see as a cut connection instead of the answer.
+    cut_ok: bool,
 }
 
 fn signed_headers(url: &str, body: &[u8], ts: i64, secret: &str) -> Vec<(String, Vec<u8>)> {
@@ -1584,7 +1628,8 @@ fn signed_headers(url: &str, body: &[u8], ts: i64, secret: &str) -> Vec<(String,
     ]
 }
 
-/// A well-formed delivery of `n` events with the given ids, other fields random.
+/// A well-formed delivery: one event per id, with a string subscription type and other
+/// fields random.
 fn well_formed(g: &mut Gen, ids: &[String]) -> Vec<u8> {
     let events: Vec<Value> = ids
         .iter()
@@ -1677,6 +1722,7 @@ async fn the_listener_refuses_hostile_requests_and_stores_only_signed_events() {
         headers,
         body,
         expect: expect.to_vec(),
+        cut_ok: false,
     };
 
     // Validly signed, well-formed deliveries: accepted, every event stored once.
@@ -1850,6 +1896,7 @@ async fn the_listener_refuses_hostile_requests_and_stores_only_signed_events() {
             headers: signed.clone(),
             body: body.clone(),
             expect: vec![405],
+            cut_ok: false,
         });
     }
     probes.push(post(
@@ -1888,6 +1935,7 @@ async fn the_listener_refuses_hostile_requests_and_stores_only_signed_events() {
     }
 
     // Bodies over the limit, signed or not.
+    let first_over = probes.len();
     let over = vec![b'['; webhook::DEFAULT_MAX_BODY + 1];
     probes.push(post(
         "over the limit, signed".into(),
@@ -1911,6 +1959,9 @@ async fn the_listener_refuses_hostile_requests_and_stores_only_signed_events() {
         far_over,
         &[413],
     ));
+    for p in &mut probes[first_over..] {
+        p.cut_ok = true;
+    }
 
     // Head floods: one huge header, and more headers than hyper takes.
     let huge_header = vec![("x-filler".to_owned(), vec![b'x'; 512 * 1024])];
@@ -1968,6 +2019,7 @@ async fn the_listener_refuses_hostile_requests_and_stores_only_signed_events() {
     for (p, r) in &answers {
         let status = match r {
             Ok(s) => *s,
+            Err(_) if p.cut_ok => continue,
             Err(e) => panic!("seed {seed}: {}: no answer: {e}", p.what),
         };
         assert!(
@@ -1983,7 +2035,8 @@ async fn the_listener_refuses_hostile_requests_and_stores_only_signed_events() {
         );
     }
 
-    // Badly framed requests over a raw socket: a 400 or a closed connection, nothing else.
+    // Badly framed requests over a raw socket: refused by hyper with a 400 (or routed, when
+    // the framing is fine but odd), or the connection is closed; never a 5xx, never a hang.
     let host = format!("Host: {addr}\r\nConnection: close\r\n");
     let ts = now();
     let framed: Vec<(&str, Vec<u8>, bool)> = vec![
@@ -2017,12 +2070,17 @@ async fn the_listener_refuses_hostile_requests_and_stores_only_signed_events() {
     ];
     for (what, request, close_write) in framed {
         let status = raw_exchange(addr, &request, close_write).await;
-        if let Some(s) = status {
-            assert!(
-                [400, 401, 404, 405, 413, HEADERS_TOO_LARGE].contains(&s),
-                "{what}: unexpected {s}"
-            );
-        }
+        let allowed: &[Option<u16>] = match what {
+            "dot segments" => &[Some(404)],
+            "absolute form" => &[Some(401)],
+            // Answered before the rest was read, or cut off while the client still wrote.
+            "chunked over the limit" => &[Some(413), None],
+            "partial body" | "head only, then silence" | "bad chunk" => &[Some(400), None],
+            // hyper answers in HTTP/2, which has no HTTP/1.1 status line.
+            "HTTP/2 preface" => &[None],
+            _ => &[Some(400)],
+        };
+        assert!(allowed.contains(&status), "{what}: got {status:?}");
     }
 
     // Still healthy, and only what was validly signed and well formed reached the inbox.
@@ -2056,11 +2114,23 @@ async fn the_listener_refuses_hostile_requests_and_stores_only_signed_events() {
 // 6. Malformed portal responses
 // ---------------------------------------------------------------------------------------------
 
+/// The fake portal's canned bodies, and which paths have had their first answer.
+struct PortalState {
+    huge_valid: Bytes,
+    huge_garbage: Bytes,
+    answered: std::sync::Mutex<BTreeSet<String>>,
+}
+
 /// How the fake portal answers, by the first path segment after `/s/`.
 async fn garbage_portal(
-    State(huge): State<Arc<(Bytes, Bytes)>>,
-    UrlPath((scenario, _rest)): UrlPath<(String, String)>,
+    State(st): State<Arc<PortalState>>,
+    UrlPath((scenario, rest)): UrlPath<(String, String)>,
 ) -> Response {
+    let first = st
+        .answered
+        .lock()
+        .unwrap()
+        .insert(format!("{scenario}/{rest}"));
     let json_ok = |v: Value| (StatusCode::OK, axum::Json(v)).into_response();
     let raw = |status: u16, content_type: &'static str, body: Body| {
         Response::builder()
@@ -2117,8 +2187,8 @@ async fn garbage_portal(
         "null" => raw(200, "application/json", Body::from("null")),
         "array" => raw(200, "application/json", Body::from("[]")),
         "deep" => raw(200, "application/json", Body::from("[".repeat(100_000))),
-        "huge-valid" => raw(200, "application/json", Body::from(huge.0.clone())),
-        "huge-garbage" => raw(200, "application/json", Body::from(huge.1.clone())),
+        "huge-valid" => raw(200, "application/json", Body::from(st.huge_valid.clone())),
+        "huge-garbage" => raw(200, "application/json", Body::from(st.huge_garbage.clone())),
         "299-garbage" => raw(299, "application/json", Body::from("{{{")),
         "html-502" => raw(
             502,
@@ -2132,13 +2202,18 @@ async fn garbage_portal(
         )
             .into_response(),
         "599" => raw(599, "text/plain", Body::from("?")),
-        "429-bare" => raw(429, "text/plain", Body::empty()),
-        "429-garbage-retry-after" => Response::builder()
+        // A 429 is retried after the window it names, whatever the retry policy says
+        // (reported); so these answer 429 once per path, then a 502.
+        "429-bare" | "429-alone" if first => raw(429, "text/plain", Body::empty()),
+        "429-garbage-retry-after" if first => Response::builder()
             .status(429)
             .header("retry-after", "soon")
             .header("content-type", "application/json")
             .body(Body::from("{\"policyName\": [\"SECONDLY\"]}"))
             .unwrap(),
+        "429-bare" | "429-alone" | "429-garbage-retry-after" => {
+            raw(502, "text/html", Body::from("<html>502</html>"))
+        }
         "404-garbage" => raw(404, "text/html", Body::from("<html>not here</html>")),
         "400-binary" => raw(
             400,
@@ -2301,10 +2376,14 @@ async fn malformed_portal_answers_are_errors_not_panics() {
     valid.push_str("], \"total\": 1}");
     let mut garbage = b"{\"results\": [\"".to_vec();
     garbage.resize(20 << 20, b'g');
-    let huge = Arc::new((Bytes::from(valid), Bytes::from(garbage)));
+    let state = Arc::new(PortalState {
+        huge_valid: Bytes::from(valid),
+        huge_garbage: Bytes::from(garbage),
+        answered: Default::default(),
+    });
     let app = axum::Router::new()
         .route("/s/{scenario}/{*rest}", axum::routing::any(garbage_portal))
-        .with_state(huge);
+        .with_state(state);
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http_addr = l.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(l, app).await });
@@ -2313,13 +2392,13 @@ async fn malformed_portal_answers_are_errors_not_panics() {
     let fast = Duration::from_secs(15);
     // Answers that must fail every call, as transient errors.
     let transient_http = [
-        ("html-502", Some(502)),
-        ("503-empty", Some(503)),
-        ("500-wrong-error-shape", Some(500)),
-        ("599", Some(599)),
-        ("429-bare", Some(429)),
-        ("429-garbage-retry-after", Some(429)),
-        ("mid-body", None),
+        ("html-502", &[Some(502)][..]),
+        ("503-empty", &[Some(503)]),
+        ("500-wrong-error-shape", &[Some(500)]),
+        ("599", &[Some(599)]),
+        ("429-bare", &[Some(429), Some(502)]),
+        ("429-garbage-retry-after", &[Some(429), Some(502)]),
+        ("mid-body", &[None]),
     ];
     let transient_raw = [
         "close",
@@ -2353,13 +2432,18 @@ async fn malformed_portal_answers_are_errors_not_panics() {
         runs.push((s, format!("http://{http_addr}/s/{s}"), fast, Some(status)));
     }
     for s in transient_raw {
-        runs.push((s, format!("http://{raw_addr}/r/{s}"), fast, Some(None)));
+        runs.push((
+            s,
+            format!("http://{raw_addr}/r/{s}"),
+            fast,
+            Some(&[None][..]),
+        ));
     }
     runs.push((
         "hang",
         format!("http://{raw_addr}/r/hang"),
         Duration::from_millis(300),
-        Some(None),
+        Some(&[None]),
     ));
     for s in odd_success {
         runs.push((s, format!("http://{http_addr}/s/{s}"), fast, None));
@@ -2367,6 +2451,20 @@ async fn malformed_portal_answers_are_errors_not_panics() {
     for (s, _) in permanent {
         runs.push((s, format!("http://{http_addr}/s/{s}"), fast, None));
     }
+    // A bare 429 pauses the whole portal (its budget) and is a transient error.
+    let budget = Arc::new(Budget::new(100, 4));
+    let alone = Client::new(
+        "garbage-portal",
+        &format!("http://{http_addr}/s/429-alone"),
+        TOKEN_MARKER,
+        budget.clone(),
+        RetryPolicy {
+            max_retries: 0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let alone = tokio::spawn(async move { alone.get("deals", "1", &[]).await });
     let mut all = Vec::new();
     for (s, base, timeout, transient) in runs {
         all.push((s, transient, tokio::spawn(call_everything(base, timeout))));
@@ -2386,9 +2484,7 @@ async fn malformed_portal_answers_are_errors_not_panics() {
                 match outcome {
                     Outcome::Read(Err(e)) | Outcome::Get(Err(e)) => {
                         assert_eq!(e.class(), ErrorClass::Transient, "{scenario} {call}: {e}");
-                        if status.is_some() {
-                            assert_eq!(e.status(), status, "{scenario} {call}: {e}");
-                        }
+                        assert!(status.contains(&e.status()), "{scenario} {call}: {e}");
                     }
                     Outcome::Update { written, failed } => {
                         assert!(written.is_empty(), "{scenario} {call}");
@@ -2400,7 +2496,17 @@ async fn malformed_portal_answers_are_errors_not_panics() {
                     other => panic!("{scenario} {call}: expected an error, got {other:?}"),
                 }
             }
-            // A 2xx body that cannot be read is a (transient) decode error, never a panic.
+            // Reading a 2xx answer gives a value or a (transient) decode error.
+            if odd_success.contains(&scenario) {
+                if let Outcome::Read(Err(e)) | Outcome::Get(Err(e)) = outcome {
+                    assert!(
+                        matches!(e, CrmError::Decode { .. }),
+                        "{scenario} {call}: {e}"
+                    );
+                    assert_eq!(e.class(), ErrorClass::Transient);
+                }
+            }
+            // A 2xx body that cannot be read at all is a decode error for every call.
             if scenario == "invalid-json" || scenario == "huge-garbage" || scenario == "deep" {
                 match outcome {
                     Outcome::Read(r) => assert!(
@@ -2450,26 +2556,9 @@ async fn malformed_portal_answers_are_errors_not_panics() {
         }
     }
 
-    // A bare 429 pauses the portal for the default window, and says so.
-    let budget = Arc::new(Budget::new(100, 4));
-    let c = Client::new(
-        "garbage-portal",
-        &format!("http://{http_addr}/s/429-bare"),
-        TOKEN_MARKER,
-        budget.clone(),
-        RetryPolicy {
-            max_retries: 0,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    match c.get("deals", "1", &[]).await {
-        Err(CrmError::Http {
-            status: 429,
-            retry_after: Some(d),
-            ..
-        }) => assert_eq!(d, Duration::from_secs(10)),
-        other => panic!("a bare 429: {other:?}"),
+    match alone.await.expect("a 429 does not panic") {
+        Err(e) => assert_eq!(e.class(), ErrorClass::Transient, "{e}"),
+        Ok(r) => panic!("a 429 is an error: {r:?}"),
     }
-    assert_eq!(budget.rate_limited(), 1);
+    assert!(budget.rate_limited() >= 1, "the 429 paused the portal");
 }
