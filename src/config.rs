@@ -363,6 +363,28 @@ pub fn default_fields() -> Vec<FieldSpec> {
     ]
 }
 
+/// The first key (as a dotted path) that contains a bracket.
+fn bracketed_key(t: &toml::Table, path: &str) -> Option<String> {
+    t.iter().find_map(|(k, v)| {
+        let here = if path.is_empty() {
+            k.clone()
+        } else {
+            format!("{path}.{k}")
+        };
+        if k.contains(['[', ']']) {
+            return Some(here);
+        }
+        match v {
+            toml::Value::Table(t) => bracketed_key(t, &here),
+            toml::Value::Array(a) => a.iter().enumerate().find_map(|(i, v)| match v {
+                toml::Value::Table(t) => bracketed_key(t, &format!("{here}[{i}]")),
+                _ => None,
+            }),
+            _ => None,
+        }
+    })
+}
+
 /// Keys that would put a secret in the file.
 const SECRET_KEYS: &[&str] = &["token", "webhook_secret", "secret", "password", "api_key"];
 
@@ -406,11 +428,30 @@ impl Config {
 
     /// Parses TOML text with overrides and secrets from `env`.
     pub fn from_toml_str(text: &str, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
-        let overrides: config::Map<String, String> = env
-            .iter()
-            .filter(|(k, _)| k.starts_with("DEALSYNC__"))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        // The `config` crate reads `a[9]` in a key as an array index and allocates up to it;
+        // a hostile key would exhaust memory. Keys and override names are checked first.
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        if let Some(key) = bracketed_key(&table, "") {
+            return Err(invalid(
+                key,
+                "keys may not contain [ or ]; write tables as [section] headers",
+            ));
+        }
+        let mut overrides: config::Map<String, String> = config::Map::new();
+        for (k, v) in env.iter().filter(|(k, _)| k.starts_with("DEALSYNC__")) {
+            if !k
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+            {
+                return Err(invalid(
+                    k.as_str(),
+                    "an override is DEALSYNC__SECTION__KEY in capitals, digits and underscores",
+                ));
+            }
+            overrides.insert(k.clone(), v.clone());
+        }
         let built = config::Config::builder()
             .add_source(config::File::from_str(text, config::FileFormat::Toml))
             .add_source(

@@ -123,8 +123,10 @@ enum Line {
 
 /// Reads entries and replay marks. Unreadable lines become warnings and are skipped.
 pub fn read_all(path: &Path) -> Result<DeadLetterFile, DeadLetterError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
+    // Bytes, not a string: one line of invalid UTF-8 (a disk error, a hand edit) must cost
+    // that line, not every entry in the file.
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(DeadLetterFile::default()),
         Err(source) => {
             return Err(DeadLetterError::Read {
@@ -134,7 +136,15 @@ pub fn read_all(path: &Path) -> Result<DeadLetterFile, DeadLetterError> {
         }
     };
     let mut out = DeadLetterFile::default();
-    for (i, line) in text.lines().enumerate() {
+    for (i, raw) in bytes.split(|b| *b == b'\n').enumerate() {
+        let Ok(line) = std::str::from_utf8(raw) else {
+            out.warnings.push(format!(
+                "{}:{}: skipped a line that is not UTF-8",
+                path.display(),
+                i + 1
+            ));
+            continue;
+        };
         if line.trim().is_empty() {
             continue;
         }
@@ -389,5 +399,24 @@ mod tests {
         assert!(f.warnings.is_empty(), "{:?}", f.warnings);
         assert_eq!(f.entries.len(), 200, "every append survives compaction");
         assert!(!f.entries.iter().any(|e| e.id == "old"));
+    }
+
+    #[test]
+    fn a_line_of_invalid_utf8_costs_only_that_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("dl.jsonl");
+        append(&p, &[entry("a")]).unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .unwrap()
+            .write_all(b"{\"id\":\"\xff\xfe\"}\n")
+            .unwrap();
+        append(&p, &[entry("b")]).unwrap();
+        let f = read_all(&p).unwrap();
+        let ids: Vec<&str> = f.entries.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(f.warnings.len(), 1);
+        assert!(f.warnings[0].contains("not UTF-8"), "{:?}", f.warnings);
     }
 }

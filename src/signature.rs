@@ -70,7 +70,9 @@ pub fn verify_v3(
         .trim()
         .parse()
         .map_err(|_| SignatureError::BadTimestamp)?;
-    if (now_ms - ts).abs() > MAX_TIMESTAMP_AGE_MS {
+    // Checked: a hostile timestamp near i64::MIN/MAX must be stale, not an overflow.
+    let age = now_ms.checked_sub(ts).and_then(i64::checked_abs);
+    if age.is_none_or(|a| a > MAX_TIMESTAMP_AGE_MS) {
         return Err(SignatureError::Stale);
     }
     let expected = sign_v3(secret, method, uri, body, ts);
@@ -194,5 +196,19 @@ mod tests {
             decode_uri_for_signature("https://x.test/a%3Ab%20c%2fd?e=%40%zz%"),
             "https://x.test/a:b%20c/d?e=@%zz%"
         );
+    }
+
+    #[test]
+    fn hostile_timestamps_are_stale_not_an_overflow() {
+        let now = 1_700_000_000_000;
+        for ts in [i64::MIN, i64::MAX, now + i64::MIN, -1] {
+            let t = ts.to_string();
+            let sig = sign_v3("s", "POST", "http://x/y", b"[]", ts);
+            assert_eq!(
+                verify_v3("s", "POST", "http://x/y", b"[]", Some(&t), Some(&sig), now),
+                Err(SignatureError::Stale),
+                "{ts}"
+            );
+        }
     }
 }

@@ -153,6 +153,7 @@ fn bad_inputs_name_their_key() {
         (format!("{MINIMAL}\n[fields.s]\npartner_property = \"x\"\nhubspot_property = \"x\"\nkind = \"stage\"\n"), "fields.s"),
         (MINIMAL.replace("token_env = \"PT\"", "token_env = \"MISSING\""), "partners[0].token_env"),
         (format!("{MINIMAL}\n[webhooks]\nlisten = \"localhost\"\n"), "webhooks.listen"),
+        (format!("\"a[9223372036854775806]\" = 1\n{MINIMAL}"), "a[9223372036854775806]"),
         (format!("{MINIMAL}\n[webhooks]\nlisten = \"127.0.0.1:0\"\n"), "webhook secret"),
         (format!("{MINIMAL}\n[webhooks]\nlisten = \"127.0.0.1:0\"\npublic_url = \"https://x.example/hooks\"\n"), "webhooks.public_url"),
         (MINIMAL.replace("token_env = \"PT\"", "token_file = \"/nonexistent/token\""), "partners[0].token_file"),

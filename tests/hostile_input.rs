@@ -1132,12 +1132,17 @@ fn config_env_overrides_with_garbage_are_refused_or_read() {
         ("DEALSYNC__PARTNERS", "x", "partners"),
         ("DEALSYNC__NOPE__NOPE", "x", "nope"),
         ("DEALSYNC__HUBSPOT__TOKEN", "x", "hubspot.token"),
+        // Brackets would index arrays inside the `config` crate: refused by name.
         (
             "DEALSYNC__PARTNERS[0]__NAME",
             "Bad Name",
-            "partners[0].name",
+            "DEALSYNC__PARTNERS[0]__NAME",
         ),
-        ("DEALSYNC__PARTNERS[3]__NAME", "x", "partners[1]"),
+        (
+            "DEALSYNC__PARTNERS[9223372036854775806]__NAME",
+            "x",
+            "capitals, digits and underscores",
+        ),
         ("DEALSYNC__WEBHOOKS__LISTEN", "🦀", "webhooks.listen"),
     ] {
         let mut env = config_env();

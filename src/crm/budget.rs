@@ -30,6 +30,9 @@ struct Window {
     in_flight: usize,
 }
 
+/// The longest pause a 429 can impose (HubSpot's longest window is its daily limit).
+const MAX_PAUSE: Duration = Duration::from_secs(24 * 3600);
+
 /// How long to look again when every place is held by a call still in flight.
 const IN_FLIGHT_RECHECK: Duration = Duration::from_millis(5);
 
@@ -153,7 +156,8 @@ impl Budget {
     pub fn pause(&self, d: Duration) {
         self.rate_limited.fetch_add(1, Ordering::Relaxed);
         let mut st = self.lock();
-        let until = Instant::now() + d;
+        // A portal asking for an absurd pause gets at most a day of it.
+        let until = Instant::now() + d.min(MAX_PAUSE);
         st.paused_until = Some(st.paused_until.map_or(until, |u| u.max(until)));
     }
 
@@ -228,5 +232,15 @@ mod tests {
             "{:?}",
             t1 - t0
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_absurd_retry_after_is_capped_not_an_overflow() {
+        let b = Arc::new(Budget::new(100, 4));
+        b.pause(Duration::MAX);
+        b.pause(Duration::from_secs(u64::MAX));
+        let t0 = Instant::now();
+        drop(b.acquire(CallKind::Ordinary).await);
+        assert!(Instant::now() - t0 <= MAX_PAUSE + Duration::from_secs(1));
     }
 }

@@ -208,9 +208,11 @@ impl Client {
                     .with_jitter(),
             )
             .when(CrmError::is_transient)
-            .adjust(|e, d| match e {
-                CrmError::Http { retry_after: Some(r), .. } => Some(*r),
-                _ => d,
+            // Honour Retry-After, but only while the backoff still allows a retry (`d` is
+            // `None` once retries are exhausted): a portal stuck at a limit must not hang us.
+            .adjust(|e, d| match (e, d) {
+                (CrmError::Http { retry_after: Some(r), .. }, Some(_)) => Some(*r),
+                (_, d) => d,
             })
             .notify(|e, d| {
                 tracing::debug!(portal = %self.portal, error = %e, delay_ms = d.as_millis() as u64, "retrying HubSpot call");
@@ -244,7 +246,8 @@ impl Client {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            // HubSpot's longest window is a day; anything longer is a broken header.
+            .map(|s| Duration::from_secs(s.min(86_400)));
         let bytes = resp
             .bytes()
             .await
@@ -556,7 +559,15 @@ fn records(v: &Value, portal: &str, call: &str) -> Result<Vec<Record>, CrmError>
         .get("results")
         .and_then(Value::as_array)
         .ok_or_else(|| decode(portal, call, "no results array"))?;
-    Ok(results.iter().filter_map(Record::parse).collect())
+    // A result that is not a record is a broken answer, not a missing deal: dropping it would
+    // make the engine treat the deal as deleted.
+    results
+        .iter()
+        .map(|r| {
+            Record::parse(r)
+                .ok_or_else(|| decode(portal, call, "a result is not a record (no string id)"))
+        })
+        .collect()
 }
 
 fn error_mentions(e: &Value, id: &str) -> bool {

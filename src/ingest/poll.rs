@@ -92,8 +92,9 @@ pub struct WebhookPace {
 /// more than `quiet_after` after the last one.
 pub fn webhooks_healthy(h: &store::WebhookHealth, quiet_after: Duration) -> bool {
     h.last_webhook.is_some_and(|w| {
-        h.last_poll_change
-            .is_none_or(|c| c <= w + quiet_after.as_millis() as i64)
+        h.last_poll_change.is_none_or(|c| {
+            c <= w.saturating_add(i64::try_from(quiet_after.as_millis()).unwrap_or(i64::MAX))
+        })
     })
 }
 
@@ -383,5 +384,14 @@ mod tests {
         ));
         // A webhook after that makes them healthy again.
         assert!(webhooks_healthy(&h(Some(700_000), Some(601_001)), quiet));
+    }
+
+    #[test]
+    fn an_absurd_quiet_window_does_not_overflow() {
+        let h = store::WebhookHealth {
+            last_webhook: Some(i64::MAX - 5),
+            last_poll_change: Some(i64::MAX),
+        };
+        assert!(webhooks_healthy(&h, Duration::MAX));
     }
 }
