@@ -245,7 +245,12 @@ fn payload_model(v: &Value) -> Result<usize, PayloadError> {
         return Err(PayloadError::TooMany(items.len()));
     }
     for (index, e) in items.iter().enumerate() {
-        let id_ok = matches!(e.get("eventId"), Some(Value::String(_) | Value::Number(_)));
+        // An empty string is no id: accepted, every such event would collapse into one.
+        let id_ok = match e.get("eventId") {
+            Some(Value::String(s)) => !s.is_empty(),
+            Some(Value::Number(_)) => true,
+            _ => false,
+        };
         let kind_ok = matches!(e.get("subscriptionType"), Some(Value::String(_)));
         if !e.is_object() || !id_ok || !kind_ok {
             return Err(PayloadError::BadEvent { index });

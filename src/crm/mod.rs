@@ -367,22 +367,47 @@ impl Client {
                 .await
             {
                 Ok(v) => {
-                    let written = records(&v, &self.portal, "batch update").unwrap_or_default();
-                    let done: std::collections::HashSet<&str> =
-                        written.iter().map(|r| r.id.as_str()).collect();
                     let errors = v
                         .get("errors")
                         .and_then(Value::as_array)
                         .cloned()
                         .unwrap_or_default();
+                    let written = match records(&v, &self.portal, "batch update") {
+                        Ok(w) => w,
+                        // A 207 with only errors may carry no results at all.
+                        Err(_) if !errors.is_empty() => Vec::new(),
+                        // A 2xx of the wrong shape says nothing about any id: transient.
+                        Err(e) => {
+                            out.failed
+                                .extend(chunk.iter().map(|(id, _)| (id.clone(), e.clone())));
+                            continue;
+                        }
+                    };
+                    let sent: std::collections::HashSet<&str> =
+                        chunk.iter().map(|(id, _)| id.as_str()).collect();
+                    // Only what we sent counts as written.
+                    let written: Vec<Record> = written
+                        .into_iter()
+                        .filter(|r| sent.contains(r.id.as_str()))
+                        .collect();
+                    let done: std::collections::HashSet<&str> =
+                        written.iter().map(|r| r.id.as_str()).collect();
                     for (id, _) in chunk {
                         if !done.contains(id.as_str()) {
-                            let why = errors
+                            let err = match errors
                                 .iter()
                                 .find(|e| error_mentions(e, id))
-                                .or(errors.first());
-                            out.failed
-                                .push((id.clone(), batch_error(&self.portal, why)));
+                                .or(errors.first())
+                            {
+                                Some(why) => batch_error(&self.portal, Some(why)),
+                                // Neither written nor named in an error: a broken answer.
+                                None => decode(
+                                    &self.portal,
+                                    "batch update",
+                                    "the answer neither wrote this record nor gave an error",
+                                ),
+                            };
+                            out.failed.push((id.clone(), err));
                         }
                     }
                     out.written.extend(written);

@@ -137,7 +137,9 @@ pub fn parse_events(
             if !e.is_object() {
                 return Err(bad());
             }
-            let event_id = text(e, "eventId").ok_or_else(bad)?;
+            let event_id = text(e, "eventId")
+                .filter(|id| !id.is_empty())
+                .ok_or_else(bad)?;
             let subscription_type = e
                 .get("subscriptionType")
                 .and_then(Value::as_str)
