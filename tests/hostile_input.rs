@@ -46,7 +46,6 @@ use dealsync::crm::{Budget, Client, CrmError, ErrorClass, RetryPolicy};
 use dealsync::deadletter::{self, Entry, Replay};
 use dealsync::engine::{FieldKind, FieldSpec};
 use dealsync::ingest::webhook::{self, Listener, PayloadError, WebhookPortal};
-use dealsync::rules::{ConflictPolicy, Direction, Rule};
 use dealsync::signature::{self, SignatureError, MAX_TIMESTAMP_AGE_MS};
 use dealsync::store::{self, InboxEvent, Side, Store};
 use futures_util::StreamExt;
@@ -193,17 +192,7 @@ fn event_array() -> impl Strategy<Value = Value> {
 // ---------------------------------------------------------------------------------------------
 
 fn fields() -> Vec<FieldSpec> {
-    let f = |name: &str, p: &str, h: &str, kind| FieldSpec {
-        name: name.into(),
-        partner_property: p.into(),
-        hubspot_property: h.into(),
-        kind,
-        rule: Rule {
-            direction: Direction::Both,
-            conflict: ConflictPolicy::LatestWins,
-            unless_blank: false,
-        },
-    };
+    let f = FieldSpec::both_ways;
     vec![
         f("dealname", "dealname", "dealname", FieldKind::Text),
         f(

@@ -29,6 +29,28 @@ pub struct FieldSpec {
     pub rule: Rule,
 }
 
+impl FieldSpec {
+    /// A field synced both ways with the latest change winning: the common case.
+    pub fn both_ways(
+        name: &str,
+        partner_property: &str,
+        hubspot_property: &str,
+        kind: FieldKind,
+    ) -> FieldSpec {
+        FieldSpec {
+            name: name.into(),
+            partner_property: partner_property.into(),
+            hubspot_property: hubspot_property.into(),
+            kind,
+            rule: Rule {
+                direction: crate::rules::Direction::Both,
+                conflict: crate::rules::ConflictPolicy::LatestWins,
+                unless_blank: false,
+            },
+        }
+    }
+}
+
 /// A partner's stage map, both ways.
 #[derive(Debug, Clone, Default)]
 pub struct StageMap {

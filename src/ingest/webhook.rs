@@ -507,20 +507,9 @@ pub const INBOX_KEEP: Duration = Duration::from_secs(3 * 24 * 3600);
 mod tests {
     use super::*;
     use crate::engine::FieldKind;
-    use crate::rules::{ConflictPolicy, Direction, Rule};
 
     fn fields() -> Vec<FieldSpec> {
-        let f = |name: &str, p: &str, h: &str, kind| FieldSpec {
-            name: name.into(),
-            partner_property: p.into(),
-            hubspot_property: h.into(),
-            kind,
-            rule: Rule {
-                direction: Direction::Both,
-                conflict: ConflictPolicy::LatestWins,
-                unless_blank: false,
-            },
-        };
+        let f = FieldSpec::both_ways;
         vec![
             f("dealname", "dealname", "dealname", FieldKind::Text),
             f(
