@@ -684,7 +684,15 @@ async fn polling_finds_every_change_past_the_search_cap_and_at_page_boundaries()
 
 #[tokio::test]
 async fn search_index_lag_is_covered_by_the_overlap() {
-    let w = World::new(SandboxConfig::default()).await;
+    // Unthrottled: this test's own reads while it waits must not eat the portal's rate limit
+    // (on a slow machine they starved the daemon into 429 pauses).
+    let w = World::new(SandboxConfig {
+        rate_limit_per_10s: None,
+        daily_limit: None,
+        search_per_s: None,
+        ..SandboxConfig::default()
+    })
+    .await;
     w.pa.set_faults(json!({"search_lag_ms": 1500})).await;
     let d = DaemonHandle::start(w.parts()).await.expect("daemon");
     let (p, h, link) = w
@@ -694,6 +702,17 @@ async fn search_index_lag_is_covered_by_the_overlap() {
         .call(move |c| store::enqueue_now(c, &[link], "test"))
         .await
         .unwrap();
+    // The first sync has agreed on the values before the change: only polling, through the
+    // lagging index, can find the change.
+    common::eventually("the first sync", WAIT, || async {
+        let n: i64 = d
+            .store
+            .call(|c| Ok(c.query_row("SELECT COUNT(*) FROM job_history", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        (n >= 1).then_some(())
+    })
+    .await;
     w.pa.patch(
         &format!("/crm/v3/objects/deals/{p}"),
         json!({"properties": {"dealname": "Lagging but found"}}),
