@@ -158,7 +158,10 @@ impl Portal {
     }
 }
 
-/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`. The pause
+/// grows to 250 ms, so a long wait costs at most 4 checks a second: a check that reads a
+/// rate-limited sandbox portal leaves most of the portal's 100 calls per 10 s to the daemon
+/// under test (on a slow machine a faster loop starved it into 429 pauses).
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where
     F: FnMut() -> Fut,
@@ -175,7 +178,7 @@ where
             "timed out after {timeout:?} waiting for: {what}"
         );
         tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(100));
+        pause = (pause * 2).min(Duration::from_millis(250));
     }
 }
 
