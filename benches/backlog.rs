@@ -10,6 +10,8 @@
 //! jobs on each side, and one batch update per 100 writes.
 //! Last line: `{"api_calls":…,"min_api_calls":…,"drain_s":…,"min_drain_s":…,"http_429":…}`.
 
+mod support;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +21,7 @@ use dealsync::daemon::{DaemonHandle, DaemonParts, PortalConn};
 use dealsync::engine::{FieldKind, FieldSpec, Settings, StageMap};
 use dealsync::rules::{ConflictPolicy, Direction, Rule};
 use dealsync::sandbox::{self, SandboxConfig};
-use dealsync::store::{self, Store};
+use dealsync::store::{self};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Map, Value};
 
@@ -36,32 +38,6 @@ async fn counters(base: &str, portal: &str) -> Value {
         .json()
         .await
         .unwrap()
-}
-
-async fn create_all(c: &Client, n: usize) -> Vec<String> {
-    let mut ids = Vec::with_capacity(n);
-    for chunk in 0..div(n, 100) {
-        let inputs: Vec<Value> = (0..100.min(n - chunk * 100))
-            .map(|i| json!({"properties": {"dealname": format!("Deal {}", chunk * 100 + i)}}))
-            .collect();
-        let v = c
-            .call(
-                reqwest::Method::POST,
-                "/crm/v3/objects/deals/batch/create",
-                Some(&json!({"inputs": inputs})),
-                dealsync::crm::CallKind::Ordinary,
-            )
-            .await
-            .expect("batch create");
-        ids.extend(
-            v["results"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|r| r["id"].as_str().unwrap().to_owned()),
-        );
-    }
-    ids
 }
 
 /// The shortest possible drain under HubSpot's limits, by an idealised schedule with zero
@@ -120,29 +96,11 @@ fn main() {
         let (hs_conn, pa_conn) = (conn("hubspot"), conn("partner-a"));
         let (hs, pa) = (client(&hs_conn), client(&pa_conn));
         eprintln!("creating {N} deals on each side (rate-limited, takes a while)");
-        let (hs_ids, pa_ids) = tokio::join!(create_all(&hs, N), create_all(&pa, N));
+        let (hs_ids, pa_ids) = tokio::join!(support::create_deals(&hs, N), support::create_deals(&pa, N));
         let created = Instant::now();
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db")).await.unwrap();
         let pairs: Vec<(String, String)> = pa_ids.into_iter().zip(hs_ids).collect();
-        let p2 = pairs.clone();
-        // Links with agreed shadows, as after a first sync.
-        store
-            .call(move |c| {
-                let tx = c.transaction()?;
-                for (i, (p, h)) in p2.iter().enumerate() {
-                    let l = store::insert_link(&tx, "partner-a", p, h, "channel")?;
-                    tx.execute(
-                        "INSERT INTO shadows (link_id, field, value, updated_at) VALUES (?1, 'dealname', ?2, 0)",
-                        rusqlite::params![l.id, format!("Deal {i}")],
-                    )?;
-                }
-                tx.commit()?;
-                Ok(())
-            })
-            .await
-            .unwrap();
-        drop(store);
+        support::link_agreed(&dir.path().join("db"), &pairs).await;
         // The creations are history, not backlog: wait until they are older than the poll
         // overlap (60 s), as for a daemon that had been running when the changes came.
         tokio::time::sleep(Duration::from_secs(61).saturating_sub(created.elapsed())).await;

@@ -39,7 +39,8 @@
 //! Targets: ≥ 2,000 events/s, ack p99 < 20 ms (2 cores).
 //! Last line: `{"events_per_s":…,"ack_p50_ms":…,"ack_p99_ms":…,"paced_ack_p99_ms":…,…}`.
 
-use std::collections::HashMap;
+mod support;
+
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -47,12 +48,10 @@ use std::time::{Duration, Instant};
 
 use dealsync::engine::{FieldKind, FieldSpec};
 use dealsync::ingest::webhook::{self, Listener, WebhookPortal};
-use dealsync::rules::{ConflictPolicy, Direction, Rule};
 use dealsync::signature;
 use dealsync::store::{self, Side, Store};
 use rand::{Rng, SeedableRng};
 use serde_json::json;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 const CLIENTS: usize = 12;
@@ -64,14 +63,6 @@ const PACED: Duration = Duration::from_secs(5);
 static LINKS: OnceLock<usize> = OnceLock::new();
 const SECRET: &str = "whsec-ingest-bench-0000-0000-000000000000";
 const PORTAL: &str = "partner-a";
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
 
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
@@ -264,31 +255,11 @@ fn main() {
             .expect("links");
         let cancel = CancellationToken::new();
         let (addr, task) = webhook::serve(
-            Listener {
-                store: store.clone(),
-                portals: vec![WebhookPortal {
+            Listener::new(store.clone(), vec![WebhookPortal {
                     name: PORTAL.into(),
                     side: Side::Partner,
                     secret: SECRET.into(),
-                }],
-                fields: vec![FieldSpec {
-                    name: "dealname".into(),
-                    partner_property: "dealname".into(),
-                    hubspot_property: "dealname".into(),
-                    kind: FieldKind::Text,
-                    rule: Rule {
-                        direction: Direction::Both,
-                        conflict: ConflictPolicy::LatestWins,
-                        unless_blank: false,
-                    },
-                }],
-                stage_maps: HashMap::new(),
-                public_url: None,
-                max_body: webhook::DEFAULT_MAX_BODY,
-                wake: Arc::new(Notify::new()),
-                in_flight: Default::default(),
-                engine: None,
-            },
+                }], vec![FieldSpec::both_ways("dealname", "dealname", "dealname", FieldKind::Text)]),
             "127.0.0.1:0".parse().expect("addr"),
             cancel.clone(),
         )
@@ -350,12 +321,12 @@ fn main() {
         json!({
             "events_per_s": (closed.events as f64 / WINDOW.as_secs_f64()).round(),
             "deliveries_per_s": round2(deliveries as f64 / WINDOW.as_secs_f64()),
-            "ack_p50_ms": round2(percentile(&closed.acks_ms, 0.5)),
-            "ack_p99_ms": round2(percentile(&closed.acks_ms, 0.99)),
+            "ack_p50_ms": round2(support::percentile(&closed.acks_ms, 0.5)),
+            "ack_p99_ms": round2(support::percentile(&closed.acks_ms, 0.99)),
             "ack_max_ms": round2(closed.acks_ms.last().copied().unwrap_or(f64::NAN)),
             "paced_events_per_s": (open.events as f64 / PACED.as_secs_f64()).round(),
-            "paced_ack_p50_ms": round2(percentile(&open.acks_ms, 0.5)),
-            "paced_ack_p99_ms": round2(percentile(&open.acks_ms, 0.99)),
+            "paced_ack_p50_ms": round2(support::percentile(&open.acks_ms, 0.5)),
+            "paced_ack_p99_ms": round2(support::percentile(&open.acks_ms, 0.99)),
             "paced_ack_max_ms": round2(open.acks_ms.last().copied().unwrap_or(f64::NAN)),
             "clients": clients,
             "links": links,

@@ -8,87 +8,65 @@
 //! Target: p99 ≤ interval + 1 s.
 //! Last line: `{"p50_ms":…,"p99_ms":…,"interval_ms":2000,"changes":200}`.
 
+mod support;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dealsync::crm::{Budget, CallKind, Client, RetryPolicy};
+use dealsync::crm::{Budget, Client, RetryPolicy};
 use dealsync::daemon::{DaemonHandle, DaemonParts, PortalConn};
 use dealsync::engine::{FieldKind, FieldSpec, Settings, StageMap};
 use dealsync::rules::{ConflictPolicy, Direction, Rule};
 use dealsync::sandbox::{self, SandboxConfig};
-use dealsync::store::{self, Store};
+use dealsync::store::{self};
 use rand::{Rng, SeedableRng};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Map};
 
 const N: usize = 200;
 const INTERVAL: Duration = Duration::from_secs(2);
 
-async fn create(c: &Client, n: usize) -> Vec<String> {
-    let inputs: Vec<Value> = (0..n)
-        .map(|i| json!({"properties": {"dealname": format!("Deal {i}")}}))
-        .collect();
-    let mut ids = Vec::new();
-    for chunk in inputs.chunks(100) {
-        let v = c
-            .call(
-                reqwest::Method::POST,
-                "/crm/v3/objects/deals/batch/create",
-                Some(&json!({ "inputs": chunk })),
-                CallKind::Ordinary,
-            )
-            .await
-            .expect("batch create");
-        ids.extend(
-            v["results"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|r| r["id"].as_str().unwrap().to_owned()),
-        );
-    }
-    ids
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
 fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let line = rt.block_on(async {
-        let sb = sandbox::start(SandboxConfig { seed: Some(3), rate_limit_per_10s: None, search_per_s: None, daily_limit: None, ..SandboxConfig::default() }).await.unwrap();
+        let sb = sandbox::start(SandboxConfig {
+            seed: Some(3),
+            rate_limit_per_10s: None,
+            search_per_s: None,
+            daily_limit: None,
+            ..SandboxConfig::default()
+        })
+        .await
+        .unwrap();
         let base = sb.base_url.clone();
         let conn = |name: &str| {
             let p = sb.portal(name);
-            PortalConn { name: name.into(), base_url: base.clone(), token: p.token.clone(), rate_limit_per_10s: 100, search_per_s: 4 }
+            PortalConn {
+                name: name.into(),
+                base_url: base.clone(),
+                token: p.token.clone(),
+                rate_limit_per_10s: 100,
+                search_per_s: 4,
+            }
         };
         // The bench's own client: unthrottled on our side too.
-        let client = |c: &PortalConn| Client::new(&c.name, &c.base_url, &c.token, Arc::new(Budget::new(100_000, 100_000)), RetryPolicy::default()).unwrap();
+        let client = |c: &PortalConn| {
+            Client::new(
+                &c.name,
+                &c.base_url,
+                &c.token,
+                Arc::new(Budget::new(100_000, 100_000)),
+                RetryPolicy::default(),
+            )
+            .unwrap()
+        };
         let (hs_conn, pa_conn) = (conn("hubspot"), conn("partner-a"));
         let (hs, pa) = (client(&hs_conn), client(&pa_conn));
-        let (hs_ids, pa_ids) = tokio::join!(create(&hs, N), create(&pa, N));
+        let (hs_ids, pa_ids) =
+            tokio::join!(support::create_deals(&hs, N), support::create_deals(&pa, N));
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db")).await.unwrap();
         let pairs: Vec<(String, String)> = pa_ids.into_iter().zip(hs_ids).collect();
-        let p2 = pairs.clone();
-        store
-            .call(move |c| {
-                let tx = c.transaction()?;
-                for (i, (p, h)) in p2.iter().enumerate() {
-                    let l = store::insert_link(&tx, "partner-a", p, h, "channel")?;
-                    tx.execute(
-                        "INSERT INTO shadows (link_id, field, value, updated_at) VALUES (?1, 'dealname', ?2, 0)",
-                        rusqlite::params![l.id, format!("Deal {i}")],
-                    )?;
-                }
-                tx.commit()?;
-                Ok(())
-            })
-            .await
-            .unwrap();
-        drop(store);
+        support::link_agreed(&dir.path().join("db"), &pairs).await;
         let mut stage = StageMap::default();
         stage.to_hubspot.insert("x".into(), "x".into());
         let settings = Settings {
@@ -97,7 +75,11 @@ fn main() {
                 partner_property: "dealname".into(),
                 hubspot_property: "dealname".into(),
                 kind: FieldKind::Text,
-                rule: Rule { direction: Direction::Both, conflict: ConflictPolicy::LatestWins, unless_blank: false },
+                rule: Rule {
+                    direction: Direction::Both,
+                    conflict: ConflictPolicy::LatestWins,
+                    unless_blank: false,
+                },
             }],
             stage_maps: HashMap::from([("partner-a".into(), stage)]),
             batch_size: 100,
@@ -126,12 +108,19 @@ fn main() {
         let t0 = Instant::now();
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            let done: i64 = d.store.call(|c| Ok(c.query_row("SELECT COUNT(*) FROM job_history", [], |r| r.get(0))?)).await.unwrap();
+            let done: i64 = d
+                .store
+                .call(|c| Ok(c.query_row("SELECT COUNT(*) FROM job_history", [], |r| r.get(0))?))
+                .await
+                .unwrap();
             let (depth, _) = d.store.call(|c| store::queue_stats(c)).await.unwrap();
             if done as usize >= N && depth == 0 {
                 break;
             }
-            assert!(t0.elapsed() < Duration::from_secs(120), "initial jobs did not finish");
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "initial jobs did not finish"
+            );
         }
 
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
@@ -147,7 +136,11 @@ fn main() {
                 let (p, h) = &pairs[next];
                 let value = format!("Deal {next} v2");
                 let on_partner = rng.random_bool(0.5);
-                let (writer, id, watch) = if on_partner { (&pa, p, (false, h.clone())) } else { (&hs, h, (true, p.clone())) };
+                let (writer, id, watch) = if on_partner {
+                    (&pa, p, (false, h.clone()))
+                } else {
+                    (&hs, h, (true, p.clone()))
+                };
                 let mut props = Map::new();
                 props.insert("dealname".into(), json!(value));
                 writer.update("deals", id, &props).await.expect("change");
@@ -155,14 +148,29 @@ fn main() {
                 next += 1;
             }
             for watch_partner in [true, false] {
-                let ids: Vec<String> = pending.iter().filter(|p| p.0 == watch_partner).map(|p| p.1.clone()).collect();
+                let ids: Vec<String> = pending
+                    .iter()
+                    .filter(|p| p.0 == watch_partner)
+                    .map(|p| p.1.clone())
+                    .collect();
                 if ids.is_empty() {
                     continue;
                 }
                 let c = if watch_partner { &pa } else { &hs };
                 let now = Instant::now();
-                let recs = c.batch_read("deals", &ids, &["dealname".to_owned()], false).await.expect("watch");
-                let seen: HashMap<String, String> = recs.into_iter().map(|r| (r.id.clone(), r.get("dealname").unwrap_or_default().to_owned())).collect();
+                let recs = c
+                    .batch_read("deals", &ids, &["dealname".to_owned()], false)
+                    .await
+                    .expect("watch");
+                let seen: HashMap<String, String> = recs
+                    .into_iter()
+                    .map(|r| {
+                        (
+                            r.id.clone(),
+                            r.get("dealname").unwrap_or_default().to_owned(),
+                        )
+                    })
+                    .collect();
                 pending.retain(|(wp, id, value, at)| {
                     if *wp == watch_partner && seen.get(id) == Some(value) {
                         latencies.push(now.duration_since(*at).as_secs_f64() * 1000.0);
@@ -175,13 +183,17 @@ fn main() {
             if next == N && pending.is_empty() {
                 break;
             }
-            assert!(start.elapsed() < Duration::from_secs(300), "{} changes never arrived", pending.len());
+            assert!(
+                start.elapsed() < Duration::from_secs(300),
+                "{} changes never arrived",
+                pending.len()
+            );
         }
         d.shutdown().await;
         latencies.sort_by(f64::total_cmp);
         json!({
-            "p50_ms": percentile(&latencies, 0.5).round(),
-            "p99_ms": percentile(&latencies, 0.99).round(),
+            "p50_ms": support::percentile(&latencies, 0.5).round(),
+            "p99_ms": support::percentile(&latencies, 0.99).round(),
             "max_ms": latencies.last().copied().unwrap_or(0.0).round(),
             "interval_ms": INTERVAL.as_millis() as u64,
             "changes": latencies.len(),

@@ -49,17 +49,18 @@
 //! Targets: p99 < 250 ms with no added latency, p99 < 600 ms with 50 ms per API call.
 //! Last line: `{"p50_ms":…,"p99_ms":…,"p50_ms_50ms_api":…,"p99_ms_50ms_api":…,…}`.
 
+mod support;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dealsync::crm::{Budget, CallKind, Client, RetryPolicy};
+use dealsync::crm::{Budget, Client, RetryPolicy};
 use dealsync::daemon::{DaemonHandle, DaemonParts, PortalConn, WebhookParts};
 use dealsync::engine::{FieldKind, FieldSpec, Settings, StageMap};
 use dealsync::ingest::webhook::DEFAULT_MAX_BODY;
-use dealsync::rules::{ConflictPolicy, Direction, Rule};
 use dealsync::sandbox::{self, SandboxConfig};
-use dealsync::store::{self, Store};
+use dealsync::store::{self};
 use parking_lot::Mutex;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Map, Value};
@@ -77,14 +78,6 @@ fn wall_ms() -> f64 {
         * 1000.0
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
 fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
@@ -93,37 +86,10 @@ fn round1(x: f64) -> f64 {
 fn summary(v: &mut [f64]) -> (f64, f64, f64) {
     v.sort_by(f64::total_cmp);
     (
-        round1(percentile(v, 0.5)),
-        round1(percentile(v, 0.99)),
+        round1(support::percentile(v, 0.5)),
+        round1(support::percentile(v, 0.99)),
         round1(v.last().copied().unwrap_or(f64::NAN)),
     )
-}
-
-async fn create(c: &Client, n: usize) -> Vec<String> {
-    let mut ids = Vec::with_capacity(n);
-    for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
-        let inputs: Vec<Value> = chunk
-            .iter()
-            .map(|i| json!({"properties": {"dealname": format!("Deal {i}")}}))
-            .collect();
-        let v = c
-            .call(
-                reqwest::Method::POST,
-                "/crm/v3/objects/deals/batch/create",
-                Some(&json!({ "inputs": inputs })),
-                CallKind::Ordinary,
-            )
-            .await
-            .expect("batch create");
-        ids.extend(
-            v["results"]
-                .as_array()
-                .expect("results")
-                .iter()
-                .map(|r| r["id"].as_str().expect("id").to_owned()),
-        );
-    }
-    ids
 }
 
 async fn control(http: &reqwest::Client, base: &str, portal: &str, rest: &str, body: Value) {
@@ -485,28 +451,12 @@ fn main() {
         };
         let (hs_conn, pa_conn) = (conn("hubspot"), conn("partner-a"));
         let (hs, pa) = (client(&hs_conn), client(&pa_conn));
-        let (hs_ids, pa_ids) = tokio::join!(create(&hs, N), create(&pa, N));
+        let (hs_ids, pa_ids) =
+            tokio::join!(support::create_deals(&hs, N), support::create_deals(&pa, N));
         let pairs: Vec<(String, String)> = pa_ids.into_iter().zip(hs_ids).collect();
 
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(&dir.path().join("db")).await.expect("store");
-        let p2 = pairs.clone();
-        store
-            .call(move |c| {
-                let tx = c.transaction()?;
-                for (i, (p, h)) in p2.iter().enumerate() {
-                    let l = store::insert_link(&tx, "partner-a", p, h, "channel")?;
-                    tx.execute(
-                        "INSERT INTO shadows (link_id, field, value, updated_at) VALUES (?1, 'dealname', ?2, 0)",
-                        rusqlite::params![l.id, format!("Deal {i}")],
-                    )?;
-                }
-                tx.commit()?;
-                Ok(())
-            })
-            .await
-            .expect("links");
-        drop(store);
+        support::link_agreed(&dir.path().join("db"), &pairs).await;
 
         let secrets: HashMap<String, String> = ["hubspot", "partner-a"]
             .iter()
@@ -515,17 +465,12 @@ fn main() {
         let mut stage = StageMap::default();
         stage.to_hubspot.insert("x".into(), "x".into());
         let settings = Settings {
-            fields: vec![FieldSpec {
-                name: "dealname".into(),
-                partner_property: "dealname".into(),
-                hubspot_property: "dealname".into(),
-                kind: FieldKind::Text,
-                rule: Rule {
-                    direction: Direction::Both,
-                    conflict: ConflictPolicy::LatestWins,
-                    unless_blank: false,
-                },
-            }],
+            fields: vec![FieldSpec::both_ways(
+                "dealname",
+                "dealname",
+                "dealname",
+                FieldKind::Text,
+            )],
             stage_maps: HashMap::from([("partner-a".into(), stage)]),
             batch_size: 100,
             workers: 4,

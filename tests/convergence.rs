@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use dealsync::crm::{Budget, Client, RetryPolicy};
 use dealsync::engine::{Engine, FieldKind, FieldSpec, Portals, Settings, StageMap};
-use dealsync::rules::{ConflictPolicy, Direction, Rule};
 use dealsync::store::{self, Store};
 use proptest::prelude::*;
 use serde_json::json;
@@ -94,17 +93,12 @@ impl Model {
 
 fn settings(dir: &std::path::Path) -> Settings {
     Settings {
-        fields: vec![FieldSpec {
-            name: "dealname".into(),
-            partner_property: "dealname".into(),
-            hubspot_property: "dealname".into(),
-            kind: FieldKind::Text,
-            rule: Rule {
-                direction: Direction::Both,
-                conflict: ConflictPolicy::LatestWins,
-                unless_blank: false,
-            },
-        }],
+        fields: vec![FieldSpec::both_ways(
+            "dealname",
+            "dealname",
+            "dealname",
+            FieldKind::Text,
+        )],
         stage_maps: HashMap::from([("partner-a".to_owned(), StageMap::default())]),
         batch_size: 100,
         workers: 1,

@@ -54,7 +54,6 @@ use proptest::strategy::ValueTree;
 use proptest::test_runner::{RngAlgorithm, TestRng, TestRunner};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// Proptest settings for every property here: enough cases to find shallow bugs on every
@@ -1687,21 +1686,15 @@ async fn the_listener_refuses_hostile_requests_and_stores_only_signed_events() {
         .expect("store");
     let cancel = CancellationToken::new();
     let (addr, task) = webhook::serve(
-        Listener {
-            store: store.clone(),
-            portals: vec![WebhookPortal {
+        Listener::new(
+            store.clone(),
+            vec![WebhookPortal {
                 name: "partner-a".into(),
                 side: Side::Partner,
                 secret: SECRET.into(),
             }],
-            fields: fields(),
-            stage_maps: HashMap::new(),
-            public_url: None,
-            max_body: webhook::DEFAULT_MAX_BODY,
-            wake: Arc::new(Notify::new()),
-            in_flight: Default::default(),
-            engine: None,
-        },
+            fields(),
+        ),
         "127.0.0.1:0".parse().unwrap(),
         cancel.clone(),
     )

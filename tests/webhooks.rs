@@ -9,19 +9,16 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use dealsync::crm::RetryPolicy;
 use dealsync::daemon::{DaemonHandle, DaemonParts, PortalConn, WebhookParts};
 use dealsync::engine::{FieldKind, FieldSpec, Settings, StageMap};
 use dealsync::ingest::webhook::{self, Listener, WebhookPortal};
-use dealsync::rules::{ConflictPolicy, Direction, Rule};
 use dealsync::sandbox::SandboxHandle;
 use dealsync::signature;
 use dealsync::store::{self, Side, Store};
 use serde_json::{json, Value};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -34,17 +31,12 @@ struct World {
 }
 
 fn fields() -> Vec<FieldSpec> {
-    vec![FieldSpec {
-        name: "dealname".into(),
-        partner_property: "dealname".into(),
-        hubspot_property: "dealname".into(),
-        kind: FieldKind::Text,
-        rule: Rule {
-            direction: Direction::Both,
-            conflict: ConflictPolicy::LatestWins,
-            unless_blank: false,
-        },
-    }]
+    vec![FieldSpec::both_ways(
+        "dealname",
+        "dealname",
+        "dealname",
+        FieldKind::Text,
+    )]
 }
 
 impl World {
@@ -133,6 +125,26 @@ impl World {
                 .await;
             assert_eq!(a.status, 200, "webhook settings: {}", a.text);
         }
+    }
+
+    /// The listener alone (no daemon), for partner-a's webhooks.
+    async fn partner_listener(
+        &self,
+        store: &Store,
+        cancel: &CancellationToken,
+    ) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+        let portal = WebhookPortal {
+            name: "partner-a".into(),
+            side: Side::Partner,
+            secret: self.pa.info.webhook_secret.clone(),
+        };
+        webhook::serve(
+            Listener::new(store.clone(), vec![portal], fields()),
+            "127.0.0.1:0".parse().unwrap(),
+            cancel.clone(),
+        )
+        .await
+        .expect("listener")
     }
 
     /// Search stops seeing changes for ten minutes: polling is out of the picture.
@@ -483,27 +495,7 @@ async fn duplicate_event_ids_are_dropped() {
     let w = World::new().await;
     let store = Store::open(&w.db()).await.expect("store");
     let cancel = CancellationToken::new();
-    let (addr, task) = webhook::serve(
-        Listener {
-            store: store.clone(),
-            portals: vec![WebhookPortal {
-                name: "partner-a".into(),
-                side: Side::Partner,
-                secret: w.pa.info.webhook_secret.clone(),
-            }],
-            fields: fields(),
-            stage_maps: HashMap::new(),
-            public_url: None,
-            max_body: webhook::DEFAULT_MAX_BODY,
-            wake: Arc::new(Notify::new()),
-            in_flight: Default::default(),
-            engine: None,
-        },
-        "127.0.0.1:0".parse().unwrap(),
-        cancel.clone(),
-    )
-    .await
-    .expect("listener");
+    let (addr, task) = w.partner_listener(&store, &cancel).await;
     let (p, _, _) = w.linked_pair(&store, "Dup").await;
     let secret = w.pa.info.webhook_secret.clone();
     let first = Delivery::signed(addr, "partner-a", &secret, events(&p, &[7, 8], "A"));
@@ -540,27 +532,7 @@ async fn an_event_accepted_before_a_crash_is_processed_after_restart() {
     let store = Store::open(&w.db()).await.expect("store");
     let (p, h, _) = w.linked_pair(&store, "Before the crash").await;
     let cancel = CancellationToken::new();
-    let (addr, task) = webhook::serve(
-        Listener {
-            store: store.clone(),
-            portals: vec![WebhookPortal {
-                name: "partner-a".into(),
-                side: Side::Partner,
-                secret: w.pa.info.webhook_secret.clone(),
-            }],
-            fields: fields(),
-            stage_maps: HashMap::new(),
-            public_url: None,
-            max_body: webhook::DEFAULT_MAX_BODY,
-            wake: Arc::new(Notify::new()),
-            in_flight: Default::default(),
-            engine: None,
-        },
-        "127.0.0.1:0".parse().unwrap(),
-        cancel.clone(),
-    )
-    .await
-    .expect("listener");
+    let (addr, task) = w.partner_listener(&store, &cancel).await;
     w.target(addr).await;
     w.pa.patch(
         &format!("/crm/v3/objects/deals/{p}"),

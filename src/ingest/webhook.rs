@@ -77,6 +77,25 @@ pub struct Listener {
     pub engine: Option<Arc<Engine>>,
 }
 
+impl Listener {
+    /// A listener for `portals` with the defaults: no public URL (the Host header is used),
+    /// HubSpot-sized body limit, no stage maps, no engine behind it (no `/metrics`). The
+    /// daemon fills in the rest; tests and benchmarks override what they need.
+    pub fn new(store: Store, portals: Vec<WebhookPortal>, fields: Vec<FieldSpec>) -> Listener {
+        Listener {
+            store,
+            portals,
+            fields,
+            stage_maps: HashMap::new(),
+            public_url: None,
+            max_body: DEFAULT_MAX_BODY,
+            wake: Arc::new(Notify::new()),
+            in_flight: InFlight::default(),
+            engine: None,
+        }
+    }
+}
+
 /// How long a delivery waits for the engine to commit a write to a deal it mentions.
 const IN_FLIGHT_WAIT: Duration = Duration::from_secs(2);
 
