@@ -140,6 +140,7 @@ fn main() {
             retry_max: Duration::from_secs(30),
             dead_letter_path: dir.path().join("dl.jsonl"),
             mass_deletion: Default::default(),
+            messages: Default::default(),
         };
         let start = Instant::now();
         // The cursor starts before the changes: the changes are the backlog.

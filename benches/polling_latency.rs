@@ -89,6 +89,7 @@ fn main() {
             retry_max: Duration::from_secs(30),
             dead_letter_path: dir.path().join("dl.jsonl"),
             mass_deletion: Default::default(),
+            messages: Default::default(),
         };
         let d = DaemonHandle::start(DaemonParts {
             store_path: dir.path().join("db"),

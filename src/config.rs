@@ -68,6 +68,28 @@ struct Raw {
     sync: RawSync,
     fields: Option<BTreeMap<String, RawField>>,
     webhooks: Option<RawWebhooks>,
+    #[serde(default)]
+    messages: RawMessages,
+}
+
+/// `[messages]`: shared messages, comments and attachments.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawMessages {
+    enabled: bool,
+    max_attachment_bytes: u64,
+    attachment_folder: String,
+}
+
+impl Default for RawMessages {
+    fn default() -> Self {
+        let d = crate::engine::messages::MessageSettings::default();
+        RawMessages {
+            enabled: d.enabled,
+            max_attachment_bytes: d.max_attachment_bytes,
+            attachment_folder: d.folder,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -305,6 +327,7 @@ pub struct Config {
     pub drain: Duration,
     pub webhooks: Option<WebhookConfig>,
     pub mass_deletion: crate::store::DeletionLimits,
+    pub messages: crate::engine::messages::MessageSettings,
 }
 
 /// The fields synced when the config names none.
@@ -678,6 +701,24 @@ impl Config {
                 })
             }
         };
+        let m = raw.messages;
+        if m.max_attachment_bytes == 0 {
+            return Err(invalid(
+                "messages.max_attachment_bytes",
+                "must be greater than 0 (set messages.enabled = false to sync no messages)",
+            ));
+        }
+        if !m.attachment_folder.starts_with('/') {
+            return Err(invalid(
+                "messages.attachment_folder",
+                "must be an absolute file-manager folder such as /dealsync",
+            ));
+        }
+        let messages = crate::engine::messages::MessageSettings {
+            enabled: m.enabled,
+            max_attachment_bytes: m.max_attachment_bytes,
+            folder: m.attachment_folder,
+        };
         Ok(Config {
             store_path: raw.store.path,
             dead_letter_path: raw.store.dead_letter_path,
@@ -696,6 +737,7 @@ impl Config {
             drain: positive("drain_ms", s.drain_ms)?,
             webhooks,
             mass_deletion,
+            messages,
         })
     }
 
@@ -730,6 +772,7 @@ impl Config {
                 retry_max: self.retry_max,
                 dead_letter_path: self.dead_letter_path.clone(),
                 mass_deletion: self.mass_deletion,
+                messages: self.messages.clone(),
             },
             poll_interval: self.poll_interval,
             poll_overlap: self.poll_overlap,

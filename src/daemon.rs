@@ -212,6 +212,29 @@ impl DaemonHandle {
                 _ => p,
             }
         };
+        // Notes (shared messages) are polled on their own cursor at the normal interval:
+        // webhooks carry no note associations, so they cannot stand in for this poll.
+        let note_poller = |name: &str, side, c: Client| {
+            Poller::new(
+                name,
+                side,
+                c,
+                store.clone(),
+                parts.poll_interval,
+                parts.poll_overlap,
+                wake.clone(),
+            )
+            .for_notes()
+        };
+        if parts.settings.messages.enabled {
+            tasks.spawn(
+                note_poller(&parts.hubspot.name, Side::Hubspot, hubspot.clone())
+                    .run(cancel.clone()),
+            );
+            for (name, c) in &partners {
+                tasks.spawn(note_poller(name, Side::Partner, c.clone()).run(cancel.clone()));
+            }
+        }
         tasks.spawn(poller(&parts.hubspot.name, Side::Hubspot, hubspot).run(cancel.clone()));
         for (name, c) in partners {
             tasks.spawn(poller(&name, Side::Partner, c).run(cancel.clone()));

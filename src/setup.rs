@@ -40,6 +40,37 @@ pub fn deal_properties() -> Vec<Value> {
     ]
 }
 
+/// The note property that marks a message shared (`shared`); every other value is private.
+pub const VISIBILITY: &str = "dealsync_visibility";
+/// On a copy made by dealsync, the original it was made from (`portal:id`). Unique, so a copy
+/// is written by upsert on this key and a retry after a crash finds it instead of making a
+/// second one.
+pub const ORIGIN: &str = "dealsync_origin";
+/// On a comment, the id of the message (in the same portal) it replies to.
+pub const REPLY_TO: &str = "dealsync_reply_to";
+/// On a HubSpot-side message of a deal linked to several partners, the partner it is for.
+pub const TARGET: &str = "dealsync_target";
+
+/// Note properties dealsync uses on both sides (shared messages).
+pub fn note_properties() -> Vec<Value> {
+    let text = |name: &str, label: &str| json!({ "name": name, "label": label, "type": "string", "fieldType": "text", "groupName": GROUP });
+    let mut origin = text(ORIGIN, "Copied by dealsync from");
+    origin["hasUniqueValue"] = json!(true);
+    vec![
+        json!({
+            "name": VISIBILITY, "label": "Visibility", "type": "enumeration", "fieldType": "select",
+            "groupName": GROUP,
+            "options": [
+                {"label": "Private (stays in this portal)", "value": "private", "hidden": false, "displayOrder": 0},
+                {"label": "Shared with the other side of the deal", "value": "shared", "hidden": false, "displayOrder": 1},
+            ],
+        }),
+        origin,
+        text(REPLY_TO, "Reply to message"),
+        text(TARGET, "Shared with partner"),
+    ]
+}
+
 /// One thing setup did (or would do).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Action {
@@ -47,60 +78,67 @@ pub struct Action {
     pub what: String,
 }
 
-/// Creates the group and properties that are missing in one portal.
+/// Creates the groups and properties that are missing in one portal (deals and notes).
 pub async fn ensure(client: &Client, dry_run: bool) -> Result<Vec<Action>, CrmError> {
     let mut actions = Vec::new();
+    for (object, label, props) in [
+        ("deals", "deal", deal_properties()),
+        ("notes", "note", note_properties()),
+    ] {
+        actions.extend(ensure_object(client, object, label, props, dry_run).await?);
+    }
+    Ok(actions)
+}
+
+async fn ensure_object(
+    client: &Client,
+    object: &str,
+    label: &str,
+    properties: Vec<Value>,
+    dry_run: bool,
+) -> Result<Vec<Action>, CrmError> {
+    let mut actions = Vec::new();
     let portal = client.portal().to_owned();
-    let existing = client
-        .call(
-            reqwest::Method::GET,
-            "/crm/v3/properties/deals",
-            None,
-            crate::crm::CallKind::Ordinary,
-        )
-        .await?;
-    let names: Vec<&str> = existing
-        .get("results")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|p| p.get("name").and_then(Value::as_str))
-        .collect();
-    let groups = client
-        .call(
-            reqwest::Method::GET,
-            "/crm/v3/properties/deals/groups",
-            None,
-            crate::crm::CallKind::Ordinary,
-        )
-        .await?;
-    let has_group = groups
-        .get("results")
-        .and_then(Value::as_array)
-        .is_some_and(|g| {
-            g.iter()
-                .any(|g| g.get("name").and_then(Value::as_str) == Some(GROUP))
-        });
-    if !has_group {
+    let list = |path: String| async move {
+        client
+            .call(
+                reqwest::Method::GET,
+                &path,
+                None,
+                crate::crm::CallKind::Ordinary,
+            )
+            .await
+    };
+    let names_in = |v: &Value| -> Vec<String> {
+        v.get("results")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.get("name").and_then(Value::as_str).map(str::to_owned))
+            .collect()
+    };
+    let names = names_in(&list(format!("/crm/v3/properties/{object}")).await?);
+    let groups = names_in(&list(format!("/crm/v3/properties/{object}/groups")).await?);
+    if !groups.iter().any(|g| g == GROUP) {
         if !dry_run {
-            client.ensure_group("deals", GROUP, "dealsync").await?;
+            client.ensure_group(object, GROUP, "dealsync").await?;
         }
         actions.push(Action {
             portal: portal.clone(),
-            what: format!("create deal property group {GROUP}"),
+            what: format!("create {label} property group {GROUP}"),
         });
     }
-    for p in deal_properties() {
+    for p in properties {
         let name = p["name"].as_str().unwrap_or_default();
-        if names.contains(&name) {
+        if names.iter().any(|n| n == name) {
             continue;
         }
         if !dry_run {
-            client.ensure_property("deals", &p).await?;
+            client.ensure_property(object, &p).await?;
         }
         actions.push(Action {
             portal: portal.clone(),
-            what: format!("create deal property {name}"),
+            what: format!("create {label} property {name}"),
         });
     }
     Ok(actions)

@@ -176,6 +176,10 @@ pub struct ObjectLinkStatus {
     pub partner_object_id: Option<String>,
     pub hubspot_object_id: Option<String>,
     pub state: String,
+    /// Why the state is what it is (a skipped file, a message needing a target, …).
+    pub note: Option<String>,
+    /// For a file: the origin of the message it belongs to.
+    pub parent: Option<String>,
 }
 
 fn iso(ms: i64) -> String {
@@ -441,8 +445,8 @@ pub fn deal(
         };
         let object_links = {
             let mut st = c.prepare(
-                "SELECT kind, origin, partner_object_id, hubspot_object_id, state FROM object_links
-                 WHERE link_id = ?1 ORDER BY id",
+                "SELECT kind, origin, partner_object_id, hubspot_object_id, state, note, parent
+                 FROM object_links WHERE link_id = ?1 ORDER BY id",
             )?;
             let rows = st.query_map([l.id], |r| {
                 Ok(ObjectLinkStatus {
@@ -451,6 +455,8 @@ pub fn deal(
                     partner_object_id: r.get(2)?,
                     hubspot_object_id: r.get(3)?,
                     state: r.get(4)?,
+                    note: r.get(5)?,
+                    parent: r.get(6)?,
                 })
             })?;
             rows.collect::<Result<Vec<_>, _>>()?
@@ -663,6 +669,9 @@ pub fn render_deal(d: &DealStatus) -> String {
                 or_dash(&ol.hubspot_object_id),
                 ol.state
             );
+            if let Some(n) = &ol.note {
+                let _ = writeln!(o, "    {}", cut(n, 74));
+            }
         }
         for c in &l.conflicts {
             let _ = writeln!(

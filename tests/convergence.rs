@@ -107,6 +107,7 @@ fn settings(dir: &std::path::Path) -> Settings {
         retry_max: Duration::from_millis(50),
         dead_letter_path: dir.join("dl.jsonl"),
         mass_deletion: Default::default(),
+        messages: Default::default(),
     }
 }
 

@@ -149,6 +149,7 @@ impl World {
             retry_max: Duration::from_millis(500),
             dead_letter_path: self.dir.path().join("dead-letters.jsonl"),
             mass_deletion: Default::default(),
+            messages: Default::default(),
         }
     }
 

@@ -88,6 +88,7 @@ impl World {
                 retry_max: Duration::from_millis(500),
                 dead_letter_path: self.dir.path().join("dead-letters.jsonl"),
                 mass_deletion: Default::default(),
+                messages: Default::default(),
             },
             poll_interval,
             poll_overlap: Duration::from_secs(5),

@@ -21,6 +21,8 @@ pub use error::{CrmError, ErrorClass};
 
 /// HubSpot's batch size.
 pub const BATCH: usize = 100;
+/// Ids per associations v4 batch read.
+pub const ASSOC_BATCH: usize = 1_000;
 /// HubSpot's search page size.
 pub const SEARCH_PAGE: usize = 200;
 
@@ -123,6 +125,17 @@ pub fn parse_ms(s: &str) -> Option<i64> {
 pub struct BatchOutcome {
     pub written: Vec<Record>,
     pub failed: Vec<(String, CrmError)>,
+}
+
+/// What copying one file did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileCopy {
+    /// The new file's id in the destination portal.
+    Copied(String),
+    /// The source file is gone (404) or its URL no longer serves it.
+    Missing,
+    /// The file is larger than the configured limit (its size in bytes).
+    TooLarge(u64),
 }
 
 /// One page of search results.
@@ -239,7 +252,11 @@ impl Client {
         let resp = rb.send().await.map_err(|e| self.transport_error(call, e));
         // The server has counted the call by now (or never will).
         drop(slot);
-        let resp = resp?;
+        self.answer(resp?, call).await
+    }
+
+    /// Reads an answer: the JSON body of a 2xx, or the classified error.
+    async fn answer(&self, resp: reqwest::Response, call: &str) -> Result<Value, CrmError> {
         let status = resp.status().as_u16();
         let retry_after = resp
             .headers()
@@ -509,6 +526,250 @@ impl Client {
         .map(|_| ())
     }
 
+    /// Creates or updates records keyed by the unique property `id_property`, 100 per call:
+    /// writing the same key twice finds the first record instead of making a second one.
+    pub async fn batch_upsert(
+        &self,
+        object: &str,
+        id_property: &str,
+        inputs: &[(String, Map<String, Value>)],
+    ) -> Result<Vec<Record>, CrmError> {
+        let mut out = Vec::with_capacity(inputs.len());
+        for chunk in inputs.chunks(BATCH) {
+            let body = json!({
+                "inputs": chunk.iter().map(|(key, p)| json!({ "id": key, "idProperty": id_property, "properties": p })).collect::<Vec<_>>(),
+            });
+            let v = self
+                .call(
+                    Method::POST,
+                    &format!("/crm/v3/objects/{object}/batch/upsert"),
+                    Some(&body),
+                    CallKind::Ordinary,
+                )
+                .await?;
+            if let Some(e) = v
+                .get("errors")
+                .and_then(Value::as_array)
+                .and_then(|e| e.first())
+            {
+                return Err(batch_error(&self.portal, Some(e)));
+            }
+            out.extend(records(&v, &self.portal, "batch upsert")?);
+        }
+        Ok(out)
+    }
+
+    /// Archives records, 100 per call. Records already gone count as archived.
+    pub async fn batch_archive(&self, object: &str, ids: &[String]) -> Result<(), CrmError> {
+        for chunk in ids.chunks(BATCH) {
+            let body =
+                json!({ "inputs": chunk.iter().map(|id| json!({ "id": id })).collect::<Vec<_>>() });
+            self.call(
+                Method::POST,
+                &format!("/crm/v3/objects/{object}/batch/archive"),
+                Some(&body),
+                CallKind::Ordinary,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The ids of the `to` objects associated with each `from` id (associations v4 batch
+    /// read, 1,000 ids per call). Ids without associations are absent.
+    pub async fn associations(
+        &self,
+        from: &str,
+        to: &str,
+        ids: &[String],
+    ) -> Result<HashMap<String, Vec<String>>, CrmError> {
+        let mut out: HashMap<String, Vec<String>> = HashMap::new();
+        for chunk in ids.chunks(ASSOC_BATCH) {
+            let body =
+                json!({ "inputs": chunk.iter().map(|id| json!({ "id": id })).collect::<Vec<_>>() });
+            let v = self
+                .call(
+                    Method::POST,
+                    &format!("/crm/v4/associations/{from}/{to}/batch/read"),
+                    Some(&body),
+                    CallKind::Ordinary,
+                )
+                .await?;
+            let results = v.get("results").and_then(Value::as_array).ok_or_else(|| {
+                decode(&self.portal, "association batch read", "no results array")
+            })?;
+            for r in results {
+                let Some(from_id) = r.pointer("/from/id").and_then(id_text) else {
+                    return Err(decode(
+                        &self.portal,
+                        "association batch read",
+                        "a result has no from.id",
+                    ));
+                };
+                let tos = r
+                    .get("to")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|t| t.get("toObjectId").and_then(id_text));
+                out.entry(from_id).or_default().extend(tos);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Associates pairs with HubSpot's default association type (idempotent).
+    pub async fn associate_default(
+        &self,
+        from: &str,
+        to: &str,
+        pairs: &[(String, String)],
+    ) -> Result<(), CrmError> {
+        for chunk in pairs.chunks(BATCH) {
+            let body = json!({
+                "inputs": chunk.iter().map(|(f, t)| json!({ "from": { "id": f }, "to": { "id": t } })).collect::<Vec<_>>(),
+            });
+            self.call(
+                Method::POST,
+                &format!("/crm/v4/associations/{from}/{to}/batch/associate/default"),
+                Some(&body),
+                CallKind::Ordinary,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Whether a file exists (and is not deleted).
+    pub async fn file_exists(&self, id: &str) -> Result<bool, CrmError> {
+        match self
+            .call(
+                Method::GET,
+                &format!("/files/v3/files/{id}"),
+                None,
+                CallKind::Ordinary,
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes a file; one already gone counts as deleted.
+    pub async fn delete_file(&self, id: &str) -> Result<(), CrmError> {
+        match self
+            .call(
+                Method::DELETE,
+                &format!("/files/v3/files/{id}"),
+                None,
+                CallKind::Ordinary,
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Copies a file from this portal to `dest`: a signed URL here, then the download streamed
+    /// straight into `dest`'s upload, so a large file is never held whole in memory.
+    pub async fn copy_file_to(
+        &self,
+        dest: &Client,
+        id: &str,
+        max_bytes: u64,
+        folder: &str,
+    ) -> Result<FileCopy, CrmError> {
+        let signed = match self
+            .call(
+                Method::GET,
+                &format!("/files/v3/files/{id}/signed-url?expirationSeconds=600"),
+                None,
+                CallKind::Ordinary,
+            )
+            .await
+        {
+            Ok(v) => v,
+            Err(e) if e.is_not_found() => return Ok(FileCopy::Missing),
+            Err(e) => return Err(e),
+        };
+        let url = signed
+            .get("url")
+            .and_then(Value::as_str)
+            .ok_or_else(|| decode(&self.portal, "file signed url", "no url in the answer"))?;
+        let size = signed.get("size").and_then(Value::as_u64);
+        if size.is_some_and(|s| s > max_bytes) {
+            return Ok(FileCopy::TooLarge(size.unwrap_or_default()));
+        }
+        let name = match (
+            signed.get("name").and_then(Value::as_str),
+            signed.get("extension").and_then(Value::as_str),
+        ) {
+            (Some(n), Some(e)) if !e.is_empty() => format!("{n}.{e}"),
+            (Some(n), _) => n.to_owned(),
+            _ => format!("file-{id}"),
+        };
+        let call = "GET file download";
+        // The signed URL carries its own authorisation and is not an API call.
+        let download = self
+            .http
+            .get(url)
+            .timeout(self.retry.timeout.max(Duration::from_secs(300)))
+            .send()
+            .await
+            .map_err(|e| self.transport_error(call, e))?;
+        match download.status().as_u16() {
+            200..=299 => {}
+            404 | 403 => return Ok(FileCopy::Missing),
+            status => {
+                return Err(CrmError::Http {
+                    portal: self.portal.clone(),
+                    call: call.into(),
+                    status,
+                    category: "DOWNLOAD_FAILED".into(),
+                    message: "the file's signed URL did not serve it".into(),
+                    retry_after: None,
+                })
+            }
+        }
+        let len = download.content_length().or(size);
+        if len.is_some_and(|l| l > max_bytes) {
+            return Ok(FileCopy::TooLarge(len.unwrap_or_default()));
+        }
+        let stream = reqwest::Body::wrap_stream(download.bytes_stream());
+        let part = match len {
+            Some(l) => reqwest::multipart::Part::stream_with_length(stream, l),
+            None => reqwest::multipart::Part::stream(stream),
+        }
+        .file_name(name.clone());
+        let form = reqwest::multipart::Form::new()
+            .part("file", part)
+            .text("fileName", name)
+            .text("folderPath", folder.to_owned())
+            .text("options", r#"{"access":"PRIVATE"}"#);
+        let call = "POST /files/v3/files";
+        let slot = dest.budget.acquire(CallKind::Ordinary).await;
+        let resp = dest
+            .http
+            .post(format!("{}/files/v3/files", dest.base))
+            .bearer_auth(&*dest.token)
+            .timeout(dest.retry.timeout.max(Duration::from_secs(300)))
+            .multipart(form)
+            .send()
+            .await
+            .map_err(|e| dest.transport_error(call, e));
+        drop(slot);
+        let v = dest.answer(resp?, call).await?;
+        let new_id = v
+            .get("id")
+            .and_then(id_text)
+            .ok_or_else(|| decode(&dest.portal, "file upload", "no id in the answer"))?;
+        Ok(FileCopy::Copied(new_id))
+    }
+
     /// Creates a property (with its group) unless it exists. Returns whether it was created.
     pub async fn ensure_property(
         &self,
@@ -577,6 +838,13 @@ fn decode(portal: &str, call: &str, detail: &str) -> CrmError {
         call: call.to_owned(),
         detail: detail.to_owned(),
     }
+}
+
+/// An id written as a string or a number.
+fn id_text(v: &Value) -> Option<String> {
+    v.as_str()
+        .map(str::to_owned)
+        .or_else(|| v.as_u64().map(|n| n.to_string()))
 }
 
 fn records(v: &Value, portal: &str, call: &str) -> Result<Vec<Record>, CrmError> {

@@ -10,6 +10,7 @@
 //! - Transient failures retry with exponential backoff and jitter; permanent failures and
 //!   exhausted retries go to the dead-letter file, with the reason.
 
+pub mod messages;
 pub mod plan;
 
 use std::collections::{HashMap, HashSet};
@@ -24,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::crm::{Client, CrmError, ErrorClass, Record};
 use crate::deadletter;
-use crate::store::{self, ClaimedJob, JobCommit, Link, Store, StoreError};
+use crate::store::{self, ClaimedJob, JobCommit, Link, Side, Store, StoreError};
 pub use plan::{FieldKind, FieldSpec, LinkPlan, PlanError, StageMap};
 
 /// What the engine needs to know, distilled from the configuration.
@@ -40,6 +41,8 @@ pub struct Settings {
     pub dead_letter_path: PathBuf,
     /// Limits of the mass-deletion guard.
     pub mass_deletion: store::DeletionLimits,
+    /// Shared messages and attachments.
+    pub messages: messages::MessageSettings,
 }
 
 /// The portals' clients.
@@ -400,6 +403,7 @@ impl Engine {
         let p_results: HashMap<String, _> = p_list.into_iter().collect();
 
         self.heartbeat.beat();
+        let mut fields_done: Vec<&Link> = Vec::new();
         for (l, plan) in plans {
             let hs_w = hs_result.get(&l.hubspot_deal_id);
             let p_w = p_results
@@ -417,6 +421,7 @@ impl Engine {
                 w.and_then(|r| r.as_ref().ok().copied().flatten())
             };
             let wrote = !plan.hubspot_writes.is_empty() || !plan.partner_writes.is_empty();
+            fields_done.push(l);
             outcomes.insert(
                 l.id,
                 Outcome::Done(JobCommit {
@@ -431,8 +436,56 @@ impl Engine {
                     } else {
                         "no change".into()
                     },
+                    ..Default::default()
                 }),
             );
+        }
+
+        // Messages, for the links whose fields went through.
+        if self.settings.messages.enabled && !fields_done.is_empty() {
+            self.heartbeat.beat();
+            let results = self.sync_messages(&fields_done, &by_id).await?;
+            for (id, r) in results {
+                match r {
+                    Ok(m) => {
+                        let Some(Outcome::Done(c)) = outcomes.get_mut(&id) else {
+                            continue;
+                        };
+                        c.objects = m.objects;
+                        c.conflicts.extend(m.conflicts);
+                        if m.written > 0 {
+                            c.outcome = "synced".into();
+                        }
+                        if let Some(why) = m.waiting {
+                            let job = by_id[&id];
+                            if job.attempts + 1 >= self.settings.max_attempts {
+                                outcomes.insert(
+                                    id,
+                                    Outcome::Failed {
+                                        error: why,
+                                        class: ErrorClass::Permanent,
+                                        fine_class: "unknown_parent",
+                                    },
+                                );
+                            } else {
+                                let due =
+                                    store::now_ms() + self.backoff(job.attempts).as_millis() as i64;
+                                c.retry = Some((due, why));
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        outcomes.insert(
+                            id,
+                            Outcome::Failed {
+                                error: e.error,
+                                class: e.class,
+                                fine_class: "permanent",
+                            },
+                        );
+                    }
+                }
+            }
         }
 
         // Commit successes together; schedule or dead-letter failures.
@@ -581,6 +634,232 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// The message half of a batch (see [`messages`]): reads what decides for every link at
+    /// once, then contents of shared notes only, then writes per link.
+    async fn sync_messages(
+        &self,
+        links: &[&Link],
+        jobs: &HashMap<i64, &ClaimedJob>,
+    ) -> Result<HashMap<i64, Result<messages::MessageOutcome, messages::MessageError>>, EngineError>
+    {
+        use messages::{Content, NoteHead};
+        let mut results = HashMap::new();
+        let hubspot_portal = self.portals.hubspot.portal().to_owned();
+        // Step 1: every deal's notes and their deciding properties, per portal.
+        let mut by_portal: HashMap<String, (Client, Vec<String>)> = HashMap::new();
+        for l in links {
+            by_portal
+                .entry(hubspot_portal.clone())
+                .or_insert_with(|| (self.portals.hubspot.clone(), Vec::new()))
+                .1
+                .push(l.hubspot_deal_id.clone());
+            if let Some(c) = self.portals.partners.get(&l.partner) {
+                by_portal
+                    .entry(l.partner.clone())
+                    .or_insert_with(|| (c.clone(), Vec::new()))
+                    .1
+                    .push(l.partner_deal_id.clone());
+            }
+        }
+        type Heads = (HashMap<String, Vec<String>>, HashMap<String, NoteHead>);
+        let reads = by_portal
+            .iter()
+            .map(|(portal, (client, deals))| async move {
+                let deals = unique(deals.iter().cloned());
+                let r: Result<Heads, CrmError> = async {
+                    let assoc = client.associations("deals", "notes", &deals).await?;
+                    let ids = unique(assoc.values().flatten().cloned());
+                    let heads = client
+                        .batch_read("notes", &ids, &messages::decide_props(), false)
+                        .await?
+                        .iter()
+                        .map(|r| (r.id.clone(), NoteHead::from_record(r)))
+                        .collect();
+                    Ok((assoc, heads))
+                }
+                .await;
+                (portal.clone(), r)
+            });
+        let heads: HashMap<String, Result<Heads, CrmError>> = futures_util::future::join_all(reads)
+            .await
+            .into_iter()
+            .collect();
+        let ids: Vec<i64> = links.iter().map(|l| l.id).collect();
+        let hs_deals = unique(links.iter().map(|l| l.hubspot_deal_id.clone()));
+        let (recorded, counts) = self
+            .store
+            .call(move |c| {
+                Ok((
+                    store::object_links(c, &ids)?,
+                    store::active_links_per_hubspot_deal(c, &hs_deals)?,
+                ))
+            })
+            .await?;
+
+        // Step 2: intents per link, and which contents to read.
+        let notes_of = |portal: &str, deal: &str| -> Result<HashMap<String, NoteHead>, CrmError> {
+            match heads.get(portal) {
+                Some(Ok((assoc, heads))) => Ok(assoc
+                    .get(deal)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|id| heads.get(id).map(|h| (id.clone(), h.clone())))
+                    .collect()),
+                Some(Err(e)) => Err(e.clone()),
+                None => Ok(HashMap::new()),
+            }
+        };
+        let empty = Vec::new();
+        let mut work = Vec::new();
+        let mut wanted: HashMap<String, Vec<String>> = HashMap::new();
+        for l in links {
+            let notes = notes_of(&l.partner, &l.partner_deal_id)
+                .and_then(|p| Ok((p, notes_of(&hubspot_portal, &l.hubspot_deal_id)?)));
+            let (p, h) = match notes {
+                Ok(v) => v,
+                Err(e) => {
+                    results.insert(l.id, Err(e.into()));
+                    continue;
+                }
+            };
+            let force = jobs
+                .get(&l.id)
+                .is_some_and(|j| j.reason.contains("sweep") || j.reason.contains("replay"));
+            let pairs = recorded.get(&l.id).unwrap_or(&empty);
+            let intents = messages::intend(
+                l,
+                &hubspot_portal,
+                counts.get(&l.hubspot_deal_id).copied().unwrap_or(1),
+                &p,
+                &h,
+                pairs,
+            );
+            for i in &intents {
+                let mut want = |side: Side, id: Option<&str>| {
+                    let (portal, notes) = match side {
+                        Side::Partner => (&l.partner, &p),
+                        Side::Hubspot => (&hubspot_portal, &h),
+                    };
+                    // Contents of shared notes only.
+                    if let Some(id) = id.filter(|id| notes.get(*id).is_some_and(|n| n.shared)) {
+                        wanted
+                            .entry(portal.clone())
+                            .or_default()
+                            .push(id.to_owned());
+                    }
+                };
+                match i {
+                    messages::Intent::Create { pair, from } => {
+                        want(*from, messages::id_on(pair, *from));
+                    }
+                    messages::Intent::Sync { pair, .. } => {
+                        let (pid, hid) = (
+                            messages::id_on(pair, Side::Partner),
+                            messages::id_on(pair, Side::Hubspot),
+                        );
+                        let (Some(pn), Some(hn)) =
+                            (pid.and_then(|i| p.get(i)), hid.and_then(|i| h.get(i)))
+                        else {
+                            continue;
+                        };
+                        if messages::changed(pair, pn, hn, force) {
+                            want(Side::Partner, pid);
+                            want(Side::Hubspot, hid);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            work.push((*l, p, h, intents, force));
+        }
+
+        // Step 3: contents, per portal.
+        let reads = wanted.into_iter().map(|(portal, ids)| {
+            let client = if portal == hubspot_portal {
+                Some(self.portals.hubspot.clone())
+            } else {
+                self.portals.partners.get(&portal).cloned()
+            };
+            async move {
+                let r = match client {
+                    Some(c) => c
+                        .batch_read(
+                            "notes",
+                            &unique(ids.into_iter()),
+                            &messages::content_props(),
+                            false,
+                        )
+                        .await
+                        .map(|rs| {
+                            rs.iter()
+                                .map(|r| (r.id.clone(), Content::from_record(r)))
+                                .collect::<HashMap<_, _>>()
+                        }),
+                    None => Ok(HashMap::new()),
+                };
+                (portal, r)
+            }
+        });
+        let contents: HashMap<String, Result<HashMap<String, Content>, CrmError>> =
+            futures_util::future::join_all(reads)
+                .await
+                .into_iter()
+                .collect();
+        let no_contents = HashMap::new();
+        let contents_of = |portal: &str| match contents.get(portal) {
+            Some(Ok(m)) => Ok(m),
+            Some(Err(e)) => Err(e.clone()),
+            None => Ok(&no_contents),
+        };
+
+        // Step 4: write, per link (links in parallel).
+        let runs = work.iter().filter_map(|(l, p, h, intents, force)| {
+            let client = self.portals.partners.get(&l.partner)?;
+            let (pc, hc) = match (contents_of(&l.partner), contents_of(&hubspot_portal)) {
+                (Ok(pc), Ok(hc)) => (pc, hc),
+                (Err(e), _) | (_, Err(e)) => {
+                    let e: messages::MessageError = e.into();
+                    return Some(futures_util::future::Either::Left(
+                        async move { (l.id, Err(e)) },
+                    ));
+                }
+            };
+            let partner = messages::SideView {
+                side: Side::Partner,
+                portal: &l.partner,
+                client,
+                deal_id: &l.partner_deal_id,
+                heads: p,
+                contents: pc,
+            };
+            let hubspot = messages::SideView {
+                side: Side::Hubspot,
+                portal: &hubspot_portal,
+                client: &self.portals.hubspot,
+                deal_id: &l.hubspot_deal_id,
+                heads: h,
+                contents: hc,
+            };
+            let pairs = recorded.get(&l.id).unwrap_or(&empty);
+            let settings = &self.settings.messages;
+            Some(futures_util::future::Either::Right(async move {
+                let r = messages::execute(
+                    l,
+                    settings,
+                    partner,
+                    hubspot,
+                    intents.clone(),
+                    pairs,
+                    *force,
+                )
+                .await;
+                (l.id, r)
+            }))
+        });
+        results.extend(futures_util::future::join_all(runs).await);
+        Ok(results)
     }
 
     /// Batch-updates one portal; per deal id the new `hs_lastmodifieddate` or the error.

@@ -57,8 +57,12 @@ pub struct PollStats {
 }
 
 pub struct Poller {
-    /// Cursor key and, for partners, the portal name in links.
+    /// The portal name (for partners, as in links).
     pub portal: String,
+    /// What is polled: `deals`, or `notes` (shared messages; see [`Poller::for_notes`]).
+    pub object: &'static str,
+    /// The cursor's and portal health's key: the portal name for deals, `portal/notes`.
+    pub key: String,
     pub side: Side,
     pub client: Client,
     pub store: Store,
@@ -110,6 +114,8 @@ impl Poller {
     ) -> Poller {
         Poller {
             portal: portal.to_owned(),
+            object: "deals",
+            key: portal.to_owned(),
             side,
             client,
             store,
@@ -123,6 +129,17 @@ impl Poller {
             pace: None,
             webhooks_healthy: None,
         }
+    }
+
+    /// Polls the portal's notes instead of its deals: a changed note queues the jobs of the
+    /// linked deals it is associated with (HubSpot sends no association events for notes, so
+    /// polling is how messages are found). A note whose `hs_lastmodifieddate` is the one the
+    /// last sync of its message recorded (our own write, or a change already carried) is an
+    /// echo and queues nothing.
+    pub fn for_notes(mut self) -> Poller {
+        self.object = "notes";
+        self.key = format!("{}/notes", self.portal);
+        self
     }
 
     /// Paces polling by the portal's webhook health.
@@ -209,6 +226,46 @@ impl Poller {
             .await
     }
 
+    /// The links whose deals changed notes belong to, echoes left out.
+    async fn note_jobs(
+        &self,
+        fresh: &[(String, i64)],
+        stats: &mut PollStats,
+    ) -> Result<Vec<i64>, PollError> {
+        if fresh.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = fresh.iter().map(|(id, _)| id.clone()).collect();
+        let (side, portal) = (self.side, self.portal.clone());
+        let seen = self
+            .store
+            .call(move |c| store::object_seen_ms(c, side, &portal, &ids))
+            .await?;
+        let changed: Vec<String> = fresh
+            .iter()
+            .filter(|(id, ts)| {
+                let echo = seen.get(id) == Some(ts);
+                if echo {
+                    stats.echoes += 1;
+                }
+                !echo
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        if changed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let deals: Vec<String> = {
+            let assoc = self.client.associations("notes", "deals", &changed).await?;
+            let mut d: Vec<String> = assoc.into_values().flatten().collect();
+            d.sort();
+            d.dedup();
+            d
+        };
+        let links = self.lookup(deals).await?;
+        Ok(links.into_iter().map(|(l, _)| l.id).collect())
+    }
+
     /// Judges the deals set aside by earlier polls whose writes have since finished.
     async fn judge_deferred(&mut self, stats: &mut PollStats) -> Result<(), StoreError> {
         if self.deferred.is_empty() {
@@ -241,7 +298,7 @@ impl Poller {
                 Err(e) => {
                     tracing::warn!(portal = %self.portal, error = %e, "poll failed; retrying next interval");
                     let (store, portal, msg) =
-                        (self.store.clone(), self.portal.clone(), e.to_string());
+                        (self.store.clone(), self.key.clone(), e.to_string());
                     let _ = store
                         .call(move |c| store::poll_failed(c, &portal, &msg))
                         .await;
@@ -274,7 +331,7 @@ impl Poller {
 
     /// One scan from the cursor (minus overlap) to the newest change.
     pub async fn poll_once(&mut self) -> Result<PollStats, PollError> {
-        let portal = self.portal.clone();
+        let portal = self.key.clone();
         let cursor = self.store.call(move |c| store::cursor(c, &portal)).await?;
         let overlap = self.overlap.as_millis() as i64;
         let wide = self
@@ -293,7 +350,7 @@ impl Poller {
         loop {
             let page = self
                 .client
-                .search("deals", &Self::query(lower.0, lower.1.as_deref()))
+                .search(self.object, &Self::query(lower.0, lower.1.as_deref()))
                 .await?;
             stats.records += page.records.len();
             stats.pages += 1;
@@ -308,12 +365,16 @@ impl Poller {
                     fresh.push((r.id.clone(), ts));
                 }
             }
-            let generation = self.in_flight.generation();
-            let links = self
-                .lookup(fresh.iter().map(|(id, _)| id.clone()).collect())
-                .await?;
-            let ts_of: HashMap<String, i64> = fresh.iter().cloned().collect();
-            let queue = self.judge(&links, &ts_of, generation, &mut stats);
+            let queue = if self.object == "notes" {
+                self.note_jobs(&fresh, &mut stats).await?
+            } else {
+                let generation = self.in_flight.generation();
+                let links = self
+                    .lookup(fresh.iter().map(|(id, _)| id.clone()).collect())
+                    .await?;
+                let ts_of: HashMap<String, i64> = fresh.iter().cloned().collect();
+                self.judge(&links, &ts_of, generation, &mut stats)
+            };
             tracing::trace!(
                 records = page.records.len(),
                 first = page.records.first().and_then(|r| r.last_modified_ms()),
@@ -323,7 +384,7 @@ impl Poller {
                 "search page"
             );
             stats.queued += queue.len();
-            let portal = self.portal.clone();
+            let portal = self.key.clone();
             let n = queue.len();
             self.store
                 .call(move |c| store::poll_commit(c, &portal, max_ts, &queue))

@@ -167,7 +167,12 @@ pub fn parse_events(
             let object_id = text(e, "objectId");
             let occurred_at = e.get("occurredAt").and_then(Value::as_i64);
             let (deal_id, property, relevant) = classify(e, &subscription_type, side, fields);
+            let note_id = (subscription_type.starts_with("object.")
+                && e.get("objectTypeId").and_then(Value::as_str) == Some("0-46"))
+            .then(|| object_id.clone())
+            .flatten();
             Ok(InboxEvent {
+                note_id,
                 event_id,
                 subscription_type,
                 object_id,

@@ -209,6 +209,132 @@ pub struct JobCommit {
     pub hubspot_written_ms: Option<i64>,
     pub new_state: Option<String>,
     pub outcome: String,
+    /// Messages and files to record (upserted by kind and origin).
+    pub objects: Vec<ObjectLink>,
+    /// Work left for later (a reply waiting for its parent): the job stays queued, due at
+    /// this time, with this error, and counts an attempt.
+    pub retry: Option<(i64, String)>,
+}
+
+/// A message or file linked across one link's two portals.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ObjectLink {
+    /// `message` or `file`.
+    pub kind: String,
+    /// The original object, `portal:id`.
+    pub origin: String,
+    pub partner_object_id: Option<String>,
+    pub hubspot_object_id: Option<String>,
+    /// `active`, `removed`, `unshared`, `detached`, `needs_target`, `skipped`, `unreadable`.
+    pub state: String,
+    /// Why the state is what it is, for status.
+    pub note: Option<String>,
+    /// For a file: the origin of its message.
+    pub parent: Option<String>,
+    /// For a message: the hash of the body both sides last agreed on.
+    pub shadow: Option<String>,
+    pub partner_ms: Option<i64>,
+    pub hubspot_ms: Option<i64>,
+}
+
+const OBJECT_COLS: &str = "link_id, kind, origin, partner_object_id, hubspot_object_id, state, note, parent, shadow, partner_ms, hubspot_ms";
+
+/// The object links of several links: link id -> its messages and files.
+pub fn object_links(
+    c: &Connection,
+    link_ids: &[i64],
+) -> Result<HashMap<i64, Vec<ObjectLink>>, StoreError> {
+    let mut out: HashMap<i64, Vec<ObjectLink>> = HashMap::new();
+    for chunk in link_ids.chunks(500) {
+        let marks = vec!["?"; chunk.len()].join(",");
+        let mut st = c.prepare(&format!(
+            "SELECT {OBJECT_COLS} FROM object_links WHERE link_id IN ({marks}) ORDER BY id"
+        ))?;
+        let rows = st.query_map(params_from_iter(chunk.iter()), |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                ObjectLink {
+                    kind: r.get(1)?,
+                    origin: r.get(2)?,
+                    partner_object_id: r.get(3)?,
+                    hubspot_object_id: r.get(4)?,
+                    state: r.get(5)?,
+                    note: r.get(6)?,
+                    parent: r.get(7)?,
+                    shadow: r.get(8)?,
+                    partner_ms: r.get(9)?,
+                    hubspot_ms: r.get(10)?,
+                },
+            ))
+        })?;
+        for r in rows {
+            let (l, o) = r?;
+            out.entry(l).or_default().push(o);
+        }
+    }
+    Ok(out)
+}
+
+/// How many active links each HubSpot deal has (several: best partner wins).
+pub fn active_links_per_hubspot_deal(
+    c: &Connection,
+    deal_ids: &[String],
+) -> Result<HashMap<String, usize>, StoreError> {
+    let mut out = HashMap::new();
+    for chunk in deal_ids.chunks(500) {
+        let marks = vec!["?"; chunk.len()].join(",");
+        let mut st = c.prepare(&format!(
+            "SELECT hubspot_deal_id, COUNT(*) FROM links
+             WHERE hubspot_deal_id IN ({marks}) AND +state = 'active' GROUP BY hubspot_deal_id"
+        ))?;
+        let rows = st.query_map(params_from_iter(chunk.iter()), |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })?;
+        for r in rows {
+            let (id, n) = r?;
+            out.insert(id, usize::try_from(n).unwrap_or(0));
+        }
+    }
+    Ok(out)
+}
+
+/// For notes found by polling one portal: the `hs_lastmodifieddate` each had when dealsync
+/// last synced it (our own write, or a change already carried over). A note found with exactly
+/// that value needs no job.
+pub fn object_seen_ms(
+    c: &Connection,
+    side: Side,
+    portal: &str,
+    ids: &[String],
+) -> Result<HashMap<String, i64>, StoreError> {
+    let (col, ms) = match side {
+        Side::Partner => ("partner_object_id", "partner_ms"),
+        Side::Hubspot => ("hubspot_object_id", "hubspot_ms"),
+    };
+    let mut out = HashMap::new();
+    for chunk in ids.chunks(500) {
+        let marks = vec!["?"; chunk.len()].join(",");
+        let portal_filter = match side {
+            Side::Partner => "AND l.partner = ?",
+            Side::Hubspot => "",
+        };
+        let mut st = c.prepare(&format!(
+            "SELECT o.{col}, o.{ms} FROM object_links o JOIN links l ON l.id = o.link_id
+             WHERE o.kind = 'message' AND o.{col} IN ({marks}) AND o.{ms} IS NOT NULL {portal_filter}"
+        ))?;
+        let mut args: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        if side == Side::Partner {
+            args.push(portal);
+        }
+        let rows = st.query_map(params_from_iter(args), |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })?;
+        for r in rows {
+            let (id, ms) = r?;
+            out.insert(id, ms);
+        }
+    }
+    Ok(out)
 }
 
 /// Commits the results of finished jobs and removes them from the queue (or re-queues those
@@ -240,7 +366,38 @@ pub fn commit_jobs(c: &mut Connection, commits: &[JobCommit]) -> Result<(), Stor
         let mut history = tx.prepare_cached(
             "INSERT INTO job_history (link_id, at, outcome, detail) VALUES (?1, ?2, ?3, NULL)",
         )?;
+        let mut object = tx.prepare_cached(&format!(
+            "INSERT INTO object_links ({OBJECT_COLS}, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12)
+             ON CONFLICT (link_id, kind, origin) DO UPDATE SET
+                partner_object_id = excluded.partner_object_id,
+                hubspot_object_id = excluded.hubspot_object_id,
+                state = excluded.state, note = excluded.note, parent = excluded.parent,
+                shadow = excluded.shadow, partner_ms = excluded.partner_ms,
+                hubspot_ms = excluded.hubspot_ms, updated_at = excluded.updated_at"
+        ))?;
+        let mut later = tx.prepare_cached(
+            "UPDATE jobs SET state = 'pending', rerun = 0, attempts = attempts + 1, due_at = ?2,
+                             last_error = ?3, first_failed_at = COALESCE(first_failed_at, ?4)
+             WHERE link_id = ?1",
+        )?;
         for j in commits {
+            for o in &j.objects {
+                object.execute(params![
+                    j.link_id,
+                    o.kind,
+                    o.origin,
+                    o.partner_object_id,
+                    o.hubspot_object_id,
+                    o.state,
+                    o.note,
+                    o.parent,
+                    o.shadow,
+                    o.partner_ms,
+                    o.hubspot_ms,
+                    now
+                ])?;
+            }
             for (field, value) in &j.shadows {
                 shadow.execute(params![j.link_id, field, value, now])?;
             }
@@ -262,7 +419,9 @@ pub fn commit_jobs(c: &mut Connection, commits: &[JobCommit]) -> Result<(), Stor
                 j.new_state,
                 now
             ])?;
-            if done.execute([j.link_id])? == 0 {
+            if let Some((due, error)) = &j.retry {
+                later.execute(params![j.link_id, due, error, now])?;
+            } else if done.execute([j.link_id])? == 0 {
                 again.execute(params![j.link_id, now])?;
             }
             history.execute(params![j.link_id, now, j.outcome])?;
@@ -582,6 +741,9 @@ pub struct InboxEvent {
     /// Whether the event can matter to sync at all (a deal event, or a change to a synced
     /// property).
     pub relevant: bool,
+    /// For a note event (`object.*` on `0-46`): the note. A note dealsync already syncs queues
+    /// its link (HubSpot sends no note associations, so a new note is left to the note poller).
+    pub note_id: Option<String>,
 }
 
 /// `(field, value, shadows of one link)` → whether the value is the one already agreed.
@@ -680,6 +842,47 @@ pub fn inbox_accept(
             }
             if outcome == "echo" {
                 out.echoes += 1;
+            }
+            mark.execute(params![portal, e.event_id, outcome])?;
+        }
+    }
+    // Note events: the links of known messages (a deletion can only be seen this way or by
+    // the sweep: archived notes leave search and their associations). An event at exactly the
+    // time our last sync recorded for the note is our own write.
+    {
+        let (col, ms_col) = match side {
+            Side::Partner => ("partner_object_id", "partner_ms"),
+            Side::Hubspot => ("hubspot_object_id", "hubspot_ms"),
+        };
+        let mut find = tx.prepare_cached(&format!(
+            "SELECT o.link_id, o.{ms_col} FROM object_links o JOIN links l ON l.id = o.link_id
+             WHERE o.kind = 'message' AND o.{col} = ?1 AND l.state = 'active'
+               AND (?2 = 'hubspot' OR l.partner = ?3)"
+        ))?;
+        let mut mark = tx.prepare_cached(
+            "UPDATE webhook_events SET outcome = ?3 WHERE portal = ?1 AND event_id = ?2",
+        )?;
+        for e in &fresh {
+            let Some(note) = &e.note_id else { continue };
+            let found: Vec<(i64, Option<i64>)> = find
+                .query_map(params![note, side.as_str(), portal], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            let mut outcome = "unlinked";
+            for (link, ms) in found {
+                if e.occurred_at.is_some()
+                    && ms == e.occurred_at
+                    && !e.subscription_type.ends_with("deletion")
+                {
+                    if outcome == "unlinked" {
+                        outcome = "echo";
+                        out.echoes += 1;
+                    }
+                } else {
+                    outcome = "queued";
+                    queue.push(link);
+                }
             }
             mark.execute(params![portal, e.event_id, outcome])?;
         }

@@ -1,0 +1,1220 @@
+//! Shared messages, comments and attachments: the second half of a link's job.
+//!
+//! After the deal's fields, a job brings the link's messages in step. A note associated with a
+//! linked deal is **shared** only when its `dealsync_visibility` is `shared`; every other note
+//! is private and only its deciding properties (visibility, origin, reply-to, target) are ever
+//! read — never its body or attachments, so a private body cannot reach the store, a log, a
+//! dead letter or the other portal.
+//!
+//! The steps, batched across the job's links where HubSpot allows it:
+//! 1. **Read what decides**: the notes of each deal (associations v4 batch read) and their
+//!    deciding properties (batch read).
+//! 2. **Decide per message** ([`intend`], pure): each original shared note and each recorded
+//!    pair (object link, keyed by the original's `portal:id`) becomes one [`Intent`] — create a
+//!    copy, bring a pair in step, remove a copy, or only record a state.
+//! 3. **Read contents** only of notes that are shared and new or changed since the pair was last
+//!    synced (`hs_lastmodifieddate` against the object link), or of every pair on a sweep.
+//! 4. **Write, per link**: files first (streamed portal to portal), then copies by batch upsert
+//!    on the unique `dealsync_origin` (so a retry after a crash finds the earlier copy instead
+//!    of making a second one) and their deal associations, in waves so that a comment is
+//!    created after the message it replies to; then body and attachment updates; then removals.
+//! 5. The object links are returned for the job's commit (one transaction with the shadows).
+//!
+//! Rules, decided here and documented in the README:
+//! - The body of a pair syncs both ways under `latest_wins`, compared through a SHA-256 shadow
+//!   (the store holds the hash, never the text). Both sides edited: the later edit wins and a
+//!   conflict is recorded.
+//! - Deleting either note of a pair (or removing it from the deal) deletes the other: a shared
+//!   message is one message seen in two CRMs. Turning the **original** private removes the copy;
+//!   turning the **copy** private detaches the pair (the copy stays, as that side's private
+//!   note, and the original is left alone).
+//! - A HubSpot-side message reaches a partner when its thread names that partner (its own
+//!   `dealsync_target`, or the message it replies to), or when the HubSpot deal has one link
+//!   only. Otherwise it goes nowhere and the pair is recorded as `needs_target` (SPEC §1.2).
+//! - Attachments: a file on one side's message that is not yet linked is copied; a linked file
+//!   that leaves its message (or is deleted, checked on sweeps) is deleted on the other side
+//!   too, with the other message's `hs_attachment_ids` updated. A file over the size limit or
+//!   unreadable is skipped, recorded with the reason, and not tried again.
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::crm::{Client, CrmError, ErrorClass, FileCopy, Record};
+use crate::rules::{self, ConflictPolicy, Direction, Observed, Rule};
+use crate::setup::{ORIGIN, REPLY_TO, TARGET, VISIBILITY};
+use crate::store::{ConflictRecord, Link, ObjectLink, Side};
+
+/// How messages sync.
+#[derive(Debug, Clone)]
+pub struct MessageSettings {
+    /// Whether jobs sync shared messages at all.
+    pub enabled: bool,
+    /// Attachments larger than this are skipped (and shown in status).
+    pub max_attachment_bytes: u64,
+    /// The file-manager folder copies of attachments go to.
+    pub folder: String,
+}
+
+impl Default for MessageSettings {
+    fn default() -> Self {
+        MessageSettings {
+            enabled: true,
+            max_attachment_bytes: 100 * 1024 * 1024,
+            folder: "/dealsync".into(),
+        }
+    }
+}
+
+/// The properties that decide whether and where a note goes. Never the body.
+pub fn decide_props() -> Vec<String> {
+    [VISIBILITY, ORIGIN, REPLY_TO, TARGET, "hs_lastmodifieddate"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
+}
+
+/// The properties read from shared notes only.
+pub fn content_props() -> Vec<String> {
+    let mut v = decide_props();
+    v.extend(
+        ["hs_note_body", "hs_attachment_ids", "hs_timestamp"]
+            .iter()
+            .map(|s| (*s).to_owned()),
+    );
+    v
+}
+
+/// A note as the decision sees it: deciding properties only.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NoteHead {
+    pub id: String,
+    pub shared: bool,
+    pub origin: Option<String>,
+    pub reply_to: Option<String>,
+    pub target: Option<String>,
+    pub ms: Option<i64>,
+}
+
+impl NoteHead {
+    pub fn from_record(r: &Record) -> NoteHead {
+        NoteHead {
+            id: r.id.clone(),
+            shared: r.get(VISIBILITY) == Some("shared"),
+            origin: r.get(ORIGIN).map(str::to_owned),
+            reply_to: r.get(REPLY_TO).map(str::to_owned),
+            target: r.get(TARGET).map(str::to_owned),
+            ms: r.last_modified_ms(),
+        }
+    }
+}
+
+/// A shared note's content.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Content {
+    pub body: String,
+    pub attachments: Vec<String>,
+    pub timestamp: Option<String>,
+    pub ms: Option<i64>,
+    pub shared: bool,
+}
+
+impl Content {
+    pub fn from_record(r: &Record) -> Content {
+        Content {
+            body: r.get("hs_note_body").unwrap_or_default().to_owned(),
+            attachments: split_ids(r.get("hs_attachment_ids").unwrap_or_default()),
+            timestamp: r.get("hs_timestamp").map(str::to_owned),
+            ms: r.last_modified_ms(),
+            shared: r.get(VISIBILITY) == Some("shared"),
+        }
+    }
+}
+
+pub fn split_ids(s: &str) -> Vec<String> {
+    s.split(';')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The SHA-256 of a body, hex: what the store keeps as a message's shadow.
+pub fn body_hash(body: &str) -> String {
+    let d = Sha256::digest(body.as_bytes());
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `portal:id`.
+pub fn origin_key(portal: &str, id: &str) -> String {
+    format!("{portal}:{id}")
+}
+
+fn other(side: Side) -> Side {
+    match side {
+        Side::Partner => Side::Hubspot,
+        Side::Hubspot => Side::Partner,
+    }
+}
+
+pub fn id_on(o: &ObjectLink, side: Side) -> Option<&str> {
+    match side {
+        Side::Partner => o.partner_object_id.as_deref(),
+        Side::Hubspot => o.hubspot_object_id.as_deref(),
+    }
+}
+
+fn set_id(o: &mut ObjectLink, side: Side, id: Option<String>) {
+    match side {
+        Side::Partner => o.partner_object_id = id,
+        Side::Hubspot => o.hubspot_object_id = id,
+    }
+}
+
+fn set_ms(o: &mut ObjectLink, side: Side, ms: Option<i64>) {
+    match side {
+        Side::Partner => o.partner_ms = ms,
+        Side::Hubspot => o.hubspot_ms = ms,
+    }
+}
+
+/// Where a HubSpot-side message may go, for one link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// To this link's partner.
+    Here,
+    /// To another partner only.
+    Elsewhere,
+    /// Nowhere until someone names its target partner.
+    NeedsTarget,
+}
+
+/// The partner a HubSpot-side note's thread belongs to: its own target, the partner it was
+/// copied from, or (for a comment) its parent's. `hubspot` holds the HubSpot deal's notes.
+pub fn thread_partner(
+    note: &NoteHead,
+    hubspot: &HashMap<String, NoteHead>,
+    hubspot_portal: &str,
+) -> Option<String> {
+    let mut cur = note;
+    // Bounded: a reply loop (a -> b -> a) must not hang a worker.
+    for _ in 0..32 {
+        if let Some(t) = &cur.target {
+            return Some(t.clone());
+        }
+        if let Some((portal, _)) = cur.origin.as_deref().and_then(|o| o.split_once(':')) {
+            if portal != hubspot_portal {
+                return Some(portal.to_owned());
+            }
+        }
+        cur = hubspot.get(cur.reply_to.as_deref()?)?;
+    }
+    None
+}
+
+/// Where a HubSpot-side original may go for the link of `partner`, given how many active links
+/// the HubSpot deal has (isolation, SPEC §1.2).
+pub fn reach(thread_partner: Option<&str>, partner: &str, links_of_deal: usize) -> Reach {
+    match thread_partner {
+        Some(p) if p == partner => Reach::Here,
+        Some(_) => Reach::Elsewhere,
+        None if links_of_deal <= 1 => Reach::Here,
+        None => Reach::NeedsTarget,
+    }
+}
+
+/// What one message of one link needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Intent {
+    /// Copy the original (on `from`) to the other side.
+    Create { pair: ObjectLink, from: Side },
+    /// Both notes exist and are shared: bring body and attachments in step.
+    Sync { pair: ObjectLink, from: Side },
+    /// Archive the note on `side` and record the pair with its new state.
+    Remove {
+        pair: ObjectLink,
+        side: Side,
+        id: String,
+    },
+    /// Nothing to write; record the pair as it now is (unchanged pairs are not returned).
+    Record(ObjectLink),
+}
+
+/// Decides, from deciding properties only, what each message of one link needs. `partner`
+/// and `hubspot` are the notes of the link's two deals; `pairs` the link's recorded messages.
+pub fn intend(
+    link: &Link,
+    hubspot_portal: &str,
+    links_of_deal: usize,
+    partner: &HashMap<String, NoteHead>,
+    hubspot: &HashMap<String, NoteHead>,
+    pairs: &[ObjectLink],
+) -> Vec<Intent> {
+    let notes = |side: Side| match side {
+        Side::Partner => partner,
+        Side::Hubspot => hubspot,
+    };
+    let portal_of = |side: Side| match side {
+        Side::Partner => link.partner.as_str(),
+        Side::Hubspot => hubspot_portal,
+    };
+    let mut by_origin: HashMap<&str, &ObjectLink> = pairs
+        .iter()
+        .filter(|o| o.kind == "message")
+        .map(|o| (o.origin.as_str(), o))
+        .collect();
+    let mut keys: Vec<(String, Side, String)> = Vec::new();
+    for side in [Side::Partner, Side::Hubspot] {
+        let mut ids: Vec<&NoteHead> = notes(side)
+            .values()
+            .filter(|n| n.origin.is_none() && n.shared)
+            .collect();
+        ids.sort_by(|a, b| a.id.cmp(&b.id));
+        for n in ids {
+            keys.push((origin_key(portal_of(side), &n.id), side, n.id.clone()));
+        }
+    }
+    let mut seen: HashSet<String> = keys.iter().map(|k| k.0.clone()).collect();
+    for o in pairs.iter().filter(|o| o.kind == "message") {
+        if seen.insert(o.origin.clone()) {
+            let Some((portal, id)) = o.origin.split_once(':') else {
+                continue;
+            };
+            let side = if portal == hubspot_portal {
+                Side::Hubspot
+            } else {
+                Side::Partner
+            };
+            keys.push((o.origin.clone(), side, id.to_owned()));
+        }
+    }
+
+    let mut out = Vec::new();
+    for (key, from, orig_id) in keys {
+        let to = other(from);
+        let recorded = by_origin.remove(key.as_str());
+        let mut pair = recorded.cloned().unwrap_or_else(|| ObjectLink {
+            kind: "message".into(),
+            origin: key.clone(),
+            state: "new".into(),
+            ..Default::default()
+        });
+        set_id(&mut pair, from, Some(orig_id.clone()));
+        let was_active = pair.state == "active";
+        let copy_id = id_on(&pair, to).map(str::to_owned);
+        let orig = notes(from).get(&orig_id);
+        let copy = copy_id.as_deref().and_then(|id| notes(to).get(id));
+        let with_state = |mut p: ObjectLink, state: &str, note: Option<&str>| {
+            p.state = state.into();
+            p.note = note.map(str::to_owned);
+            p
+        };
+        let remove_copy = |p: ObjectLink, state: &str, note: &str| match (&copy, was_active) {
+            (Some(c), true) => Intent::Remove {
+                pair: with_state(p, state, Some(note)),
+                side: to,
+                id: c.id.clone(),
+            },
+            _ => Intent::Record(with_state(p, state, Some(note))),
+        };
+        let intent = match orig {
+            None => {
+                if recorded.is_none() || pair.state == "removed" {
+                    continue;
+                }
+                remove_copy(pair, "removed", "the original was deleted")
+            }
+            Some(o) if !o.shared => {
+                if recorded.is_none() || pair.state == "unshared" {
+                    continue;
+                }
+                remove_copy(pair, "unshared", "the original was made private")
+            }
+            Some(o) => {
+                let reachable = match from {
+                    Side::Partner => Reach::Here,
+                    Side::Hubspot => reach(
+                        thread_partner(o, hubspot, hubspot_portal).as_deref(),
+                        &link.partner,
+                        links_of_deal,
+                    ),
+                };
+                match reachable {
+                    Reach::NeedsTarget if !was_active => {
+                        if pair.state == "needs_target" {
+                            continue;
+                        }
+                        Intent::Record(with_state(
+                            pair,
+                            "needs_target",
+                            Some("the HubSpot deal has several partners: set dealsync_target on the message to the partner it is for"),
+                        ))
+                    }
+                    Reach::NeedsTarget | Reach::Elsewhere => {
+                        if recorded.is_none() || pair.state == "elsewhere" {
+                            continue;
+                        }
+                        remove_copy(pair, "elsewhere", "the message is for another partner")
+                    }
+                    Reach::Here => match copy {
+                        Some(c) if !c.shared => {
+                            if pair.state == "detached" {
+                                continue;
+                            }
+                            Intent::Record(with_state(
+                                pair,
+                                "detached",
+                                Some("the copy was made private; the pair no longer syncs"),
+                            ))
+                        }
+                        Some(_) => Intent::Sync { pair, from },
+                        None if was_active => Intent::Remove {
+                            pair: with_state(pair, "removed", Some("the copy was deleted")),
+                            side: from,
+                            id: orig_id.clone(),
+                        },
+                        None if pair.state == "detached" => continue,
+                        None => Intent::Create { pair, from },
+                    },
+                }
+            }
+        };
+        out.push(intent);
+    }
+    out
+}
+
+/// Whether a pair's notes changed since it was last synced (or are to be checked anyway).
+pub fn changed(pair: &ObjectLink, partner: &NoteHead, hubspot: &NoteHead, force: bool) -> bool {
+    force
+        || pair.state != "active"
+        || pair.partner_ms != partner.ms
+        || pair.hubspot_ms != hubspot.ms
+}
+
+/// The body rule: both ways, the later edit wins.
+const BODY_RULE: Rule = Rule {
+    direction: Direction::Both,
+    conflict: ConflictPolicy::LatestWins,
+    unless_blank: false,
+};
+
+/// Decides a pair's body: `(write to partner, write to HubSpot, new shadow, conflict)`.
+pub fn decide_body(
+    link_id: i64,
+    pair: &ObjectLink,
+    partner: &Content,
+    hubspot: &Content,
+) -> (
+    Option<String>,
+    Option<String>,
+    String,
+    Option<ConflictRecord>,
+) {
+    let (hp, hh) = (body_hash(&partner.body), body_hash(&hubspot.body));
+    let d = rules::decide(
+        &BODY_RULE,
+        pair.shadow.as_deref(),
+        &Observed {
+            value: Some(hp.clone()),
+            changed_at: partner.ms,
+        },
+        &Observed {
+            value: Some(hh.clone()),
+            changed_at: hubspot.ms,
+        },
+    );
+    let to_partner = d.write_partner.map(|_| hubspot.body.clone());
+    let to_hubspot = d.write_hubspot.map(|_| partner.body.clone());
+    let shadow = if to_partner.is_some() {
+        hh.clone()
+    } else if to_hubspot.is_some() {
+        hp.clone()
+    } else {
+        // Equal bodies, or nothing to carry.
+        hp.clone()
+    };
+    let conflict = d.conflict.map(|c| ConflictRecord {
+        link_id,
+        field: format!("message {}", pair.origin),
+        // Hashes, not text: a conflict record is no place for message bodies.
+        partner_value: Some(format!("body sha256:{}", &hp[..12])),
+        hubspot_value: Some(format!("body sha256:{}", &hh[..12])),
+        winner: format!("{:?}", c.winner).to_lowercase(),
+        policy: "latest_wins".into(),
+    });
+    (to_partner, to_hubspot, shadow, conflict)
+}
+
+/// What happened to one link's messages.
+#[derive(Debug, Default)]
+pub struct MessageOutcome {
+    pub objects: Vec<ObjectLink>,
+    pub conflicts: Vec<ConflictRecord>,
+    /// Messages copied or changed, for the job's outcome text.
+    pub written: usize,
+    /// A comment waiting for its parent: the job runs again later.
+    pub waiting: Option<String>,
+}
+
+/// A failure of the message half of a job.
+#[derive(Debug, Clone)]
+pub struct MessageError {
+    pub error: String,
+    pub class: ErrorClass,
+}
+
+impl From<CrmError> for MessageError {
+    fn from(e: CrmError) -> Self {
+        MessageError {
+            class: e.class(),
+            error: e.to_string(),
+        }
+    }
+}
+
+/// One link's side of the work: its client, deal and notes.
+pub struct SideView<'a> {
+    pub side: Side,
+    pub portal: &'a str,
+    pub client: &'a Client,
+    pub deal_id: &'a str,
+    pub heads: &'a HashMap<String, NoteHead>,
+    pub contents: &'a HashMap<String, Content>,
+}
+
+/// A note's properties to write.
+type Props = Map<String, Value>;
+
+/// A copy waiting to be written: the pair, the side it goes to, its properties, and (for a
+/// comment) the id of its parent on the original's side.
+struct PendingCopy {
+    pair: ObjectLink,
+    to: Side,
+    props: Props,
+    parent: Option<String>,
+}
+
+/// Carries out one link's intents. `recorded` are the link's object links as stored.
+pub async fn execute(
+    link: &Link,
+    settings: &MessageSettings,
+    partner: SideView<'_>,
+    hubspot: SideView<'_>,
+    intents: Vec<Intent>,
+    recorded: &[ObjectLink],
+    force: bool,
+) -> Result<MessageOutcome, MessageError> {
+    let view = |side: Side| match side {
+        Side::Partner => &partner,
+        Side::Hubspot => &hubspot,
+    };
+    let mut out = MessageOutcome::default();
+    let mut files: Vec<ObjectLink> = recorded
+        .iter()
+        .filter(|o| o.kind == "file")
+        .cloned()
+        .collect();
+    // The side a file pair's original lives on; only the other side's file is ours to delete.
+    let file_origin_side = |f: &ObjectLink| {
+        if f.origin.split_once(':').map(|(p, _)| p) == Some(hubspot.portal) {
+            Side::Hubspot
+        } else {
+            Side::Partner
+        }
+    };
+    let mut file_changed: HashSet<String> = HashSet::new();
+    // Pairs whose copy is to be created, keyed by origin, with the copy's properties.
+    let mut creates: Vec<PendingCopy> = Vec::new();
+    let mut updates: HashMap<Side, Vec<(String, Props)>> = HashMap::new();
+    let mut update_pairs: Vec<ObjectLink> = Vec::new();
+    let mut removals: Vec<(ObjectLink, Side, String)> = Vec::new();
+    let mut files_to_delete: Vec<(Side, String)> = Vec::new();
+
+    for intent in intents {
+        match intent {
+            Intent::Record(p) => out.objects.push(p),
+            Intent::Remove { pair, side, id } => {
+                // Its file copies go with it (originals stay with whoever owns them).
+                for f in files
+                    .iter_mut()
+                    .filter(|f| f.parent.as_deref() == Some(&pair.origin) && f.state == "active")
+                {
+                    let copy_side = other(file_origin_side(f));
+                    if let Some(fid) = id_on(f, copy_side) {
+                        files_to_delete.push((copy_side, fid.to_owned()));
+                    }
+                    f.state = "removed".into();
+                    f.note = Some("its message was removed".into());
+                    file_changed.insert(f.origin.clone());
+                }
+                removals.push((pair, side, id));
+            }
+            Intent::Create { mut pair, from } => {
+                let to = other(from);
+                let orig_id = id_on(&pair, from).unwrap_or_default().to_owned();
+                let Some(content) = view(from).contents.get(&orig_id).filter(|c| c.shared) else {
+                    // Made private between the two reads: leave it for the next run.
+                    continue;
+                };
+                let attachments = copy_new_files(
+                    settings,
+                    &pair,
+                    from,
+                    view(from).client,
+                    view(to).client,
+                    content,
+                    &mut files,
+                    &mut file_changed,
+                    view(from).portal,
+                )
+                .await?;
+                let mut props = Map::new();
+                props.insert("hs_note_body".into(), Value::String(content.body.clone()));
+                props.insert(
+                    "hs_timestamp".into(),
+                    Value::String(
+                        content
+                            .timestamp
+                            .clone()
+                            .unwrap_or_else(|| crate::sandbox::model::iso(crate::store::now_ms())),
+                    ),
+                );
+                props.insert(VISIBILITY.into(), Value::String("shared".into()));
+                props.insert(ORIGIN.into(), Value::String(pair.origin.clone()));
+                props.insert(
+                    "hs_attachment_ids".into(),
+                    Value::String(attachments.join(";")),
+                );
+                pair.shadow = Some(body_hash(&content.body));
+                set_ms(&mut pair, from, content.ms);
+                let parent = view(from)
+                    .heads
+                    .get(&orig_id)
+                    .and_then(|h| h.reply_to.clone());
+                creates.push(PendingCopy {
+                    pair,
+                    to,
+                    props,
+                    parent,
+                });
+            }
+            Intent::Sync { mut pair, .. } => {
+                let (pid, hid) = (
+                    id_on(&pair, Side::Partner).unwrap_or_default().to_owned(),
+                    id_on(&pair, Side::Hubspot).unwrap_or_default().to_owned(),
+                );
+                let (Some(pc), Some(hc)) = (
+                    partner.contents.get(&pid).filter(|c| c.shared),
+                    hubspot.contents.get(&hid).filter(|c| c.shared),
+                ) else {
+                    // Unchanged since the last sync (contents not read), or made private
+                    // between the reads (the next run sees it).
+                    if pair.state != "active" {
+                        pair.state = "active".into();
+                        out.objects.push(pair);
+                    }
+                    continue;
+                };
+                let (to_p, to_h, shadow, conflict) = decide_body(link.id, &pair, pc, hc);
+                out.conflicts.extend(conflict);
+                let mut writes: HashMap<Side, Map<String, Value>> = HashMap::new();
+                if let Some(b) = to_p {
+                    writes
+                        .entry(Side::Partner)
+                        .or_default()
+                        .insert("hs_note_body".into(), Value::String(b));
+                }
+                if let Some(b) = to_h {
+                    writes
+                        .entry(Side::Hubspot)
+                        .or_default()
+                        .insert("hs_note_body".into(), Value::String(b));
+                }
+                let sets = sync_files(
+                    settings,
+                    &pair,
+                    [&partner, &hubspot],
+                    [pc, hc],
+                    &mut files,
+                    &mut file_changed,
+                    &mut files_to_delete,
+                    force,
+                )
+                .await?;
+                for (side, ids) in sets {
+                    writes
+                        .entry(side)
+                        .or_default()
+                        .insert("hs_attachment_ids".into(), Value::String(ids.join(";")));
+                }
+                pair.shadow = Some(shadow);
+                pair.state = "active".into();
+                pair.note = None;
+                pair.partner_ms = pc.ms;
+                pair.hubspot_ms = hc.ms;
+                for (side, props) in writes {
+                    let id = id_on(&pair, side).unwrap_or_default().to_owned();
+                    updates.entry(side).or_default().push((id, props));
+                }
+                update_pairs.push(pair);
+            }
+        }
+    }
+
+    // Copies, in waves: a comment goes once the message it replies to has its copy.
+    let known: Vec<&ObjectLink> = recorded
+        .iter()
+        .filter(|o| o.kind == "message" && o.state == "active")
+        .collect();
+    let mut pending = creates;
+    let mut created: Vec<ObjectLink> = Vec::new();
+    loop {
+        let mut wave: HashMap<Side, Vec<(ObjectLink, Props)>> = HashMap::new();
+        let mut rest = Vec::new();
+        for mut c in pending {
+            let (to, from) = (c.to, other(c.to));
+            if let Some(p) = &c.parent {
+                let counterpart = known
+                    .iter()
+                    .copied()
+                    .chain(created.iter())
+                    .find(|o| id_on(o, from) == Some(p.as_str()))
+                    .and_then(|o| id_on(o, to).map(str::to_owned));
+                match counterpart {
+                    Some(id) => {
+                        c.props.insert(REPLY_TO.into(), Value::String(id));
+                    }
+                    None => {
+                        rest.push(c);
+                        continue;
+                    }
+                }
+            }
+            wave.entry(to).or_default().push((c.pair, c.props));
+        }
+        if wave.is_empty() {
+            pending = rest;
+            break;
+        }
+        for (to, items) in wave {
+            let v = view(to);
+            let inputs: Vec<(String, Props)> = items
+                .iter()
+                .map(|(p, props)| (p.origin.clone(), props.clone()))
+                .collect();
+            let records = v.client.batch_upsert("notes", ORIGIN, &inputs).await?;
+            let by_origin: HashMap<&str, &Record> = records
+                .iter()
+                .filter_map(|r| r.get(ORIGIN).map(|o| (o, r)))
+                .collect();
+            let mut assoc = Vec::new();
+            for (mut pair, _) in items {
+                let Some(r) = by_origin.get(pair.origin.as_str()) else {
+                    return Err(CrmError::Decode {
+                        portal: v.portal.to_owned(),
+                        call: "batch upsert".into(),
+                        detail: format!("the answer has no note for origin {}", pair.origin),
+                    }
+                    .into());
+                };
+                set_id(&mut pair, to, Some(r.id.clone()));
+                set_ms(&mut pair, to, r.last_modified_ms());
+                pair.state = "active".into();
+                pair.note = None;
+                assoc.push((r.id.clone(), v.deal_id.to_owned()));
+                created.push(pair);
+            }
+            v.client.associate_default("notes", "deals", &assoc).await?;
+        }
+        out.written += created.len();
+        pending = rest;
+    }
+    if let Some(c) = pending.first() {
+        out.waiting = Some(format!(
+            "comment {} replies to message {}, which is not a shared message synced on this deal yet; it waits for its parent",
+            c.pair.origin,
+            c.parent.as_deref().unwrap_or("?")
+        ));
+    }
+    out.objects.extend(created);
+
+    // Body and attachment updates.
+    for (side, list) in updates {
+        if list.is_empty() {
+            continue;
+        }
+        let r = view(side).client.batch_update("notes", &list).await;
+        if let Some((_, e)) = r.failed.into_iter().next() {
+            return Err(e.into());
+        }
+        for rec in r.written {
+            if let Some(p) = update_pairs
+                .iter_mut()
+                .find(|p| id_on(p, side) == Some(rec.id.as_str()))
+            {
+                set_ms(p, side, rec.last_modified_ms());
+            }
+        }
+        out.written += list.len();
+    }
+    out.objects.extend(update_pairs);
+
+    // Removals last: a failure above leaves nothing half-deleted.
+    for (side, ids) in [Side::Partner, Side::Hubspot].map(|s| {
+        (
+            s,
+            removals
+                .iter()
+                .filter(|r| r.1 == s)
+                .map(|r| r.2.clone())
+                .collect::<Vec<_>>(),
+        )
+    }) {
+        if !ids.is_empty() {
+            view(side).client.batch_archive("notes", &ids).await?;
+        }
+    }
+    out.written += removals.len();
+    out.objects.extend(removals.into_iter().map(|r| r.0));
+    for (side, id) in files_to_delete {
+        view(side).client.delete_file(&id).await?;
+    }
+    out.objects.extend(
+        files
+            .into_iter()
+            .filter(|f| file_changed.contains(&f.origin)),
+    );
+    Ok(out)
+}
+
+/// Copies the files of a new message's original to the other side; returns the copy's
+/// attachment ids.
+#[allow(clippy::too_many_arguments)]
+async fn copy_new_files(
+    settings: &MessageSettings,
+    pair: &ObjectLink,
+    from: Side,
+    source: &Client,
+    dest: &Client,
+    content: &Content,
+    files: &mut Vec<ObjectLink>,
+    changed: &mut HashSet<String>,
+    portal: &str,
+) -> Result<Vec<String>, MessageError> {
+    let mut ids = Vec::new();
+    for fid in &content.attachments {
+        let key = origin_key(portal, fid);
+        let known = files.iter().position(|f| f.origin == key);
+        if let Some(f) = known.map(|i| &files[i]) {
+            match (f.state.as_str(), id_on(f, other(from))) {
+                // Copied before (a retry after a crash): reuse it.
+                ("active", Some(c)) => {
+                    ids.push(c.to_owned());
+                    continue;
+                }
+                // Known to be too large or unreadable: not tried again.
+                ("skipped" | "unreadable", _) => continue,
+                // Removed with an unshared message that is shared again: copy anew.
+                _ => {}
+            }
+        }
+        let mut f = ObjectLink {
+            kind: "file".into(),
+            origin: key.clone(),
+            parent: Some(pair.origin.clone()),
+            ..Default::default()
+        };
+        set_id(&mut f, from, Some(fid.clone()));
+        if let Some(c) = copy_one(settings, source, dest, fid, &mut f, from).await? {
+            ids.push(c);
+        }
+        changed.insert(key);
+        match known {
+            Some(i) => files[i] = f,
+            None => files.push(f),
+        }
+    }
+    Ok(ids)
+}
+
+/// Copies one file and records the outcome on its file pair; the new id when copied.
+async fn copy_one(
+    settings: &MessageSettings,
+    source: &Client,
+    dest: &Client,
+    fid: &str,
+    f: &mut ObjectLink,
+    from: Side,
+) -> Result<Option<String>, MessageError> {
+    match source
+        .copy_file_to(dest, fid, settings.max_attachment_bytes, &settings.folder)
+        .await?
+    {
+        FileCopy::Copied(new_id) => {
+            set_id(f, other(from), Some(new_id.clone()));
+            f.state = "active".into();
+            f.note = None;
+            Ok(Some(new_id))
+        }
+        FileCopy::Missing => {
+            f.state = "unreadable".into();
+            f.note = Some(format!(
+                "unreadable in {} (deleted?); message synced without it",
+                source.portal()
+            ));
+            tracing::warn!(file = %fid, portal = %source.portal(), "attachment unreadable; message synced without it");
+            Ok(None)
+        }
+        FileCopy::TooLarge(size) => {
+            f.state = "skipped".into();
+            f.note = Some(format!(
+                "{size} bytes, over messages.max_attachment_bytes ({}); not copied",
+                settings.max_attachment_bytes
+            ));
+            tracing::warn!(file = %fid, size, "attachment over the size limit; skipped");
+            Ok(None)
+        }
+    }
+}
+
+/// Brings a pair's attachments in step; returns the sides whose attachment list must change,
+/// with the new list.
+#[allow(clippy::too_many_arguments)]
+async fn sync_files(
+    settings: &MessageSettings,
+    pair: &ObjectLink,
+    views: [&SideView<'_>; 2],
+    contents: [&Content; 2],
+    files: &mut Vec<ObjectLink>,
+    changed: &mut HashSet<String>,
+    to_delete: &mut Vec<(Side, String)>,
+    force: bool,
+) -> Result<Vec<(Side, Vec<String>)>, MessageError> {
+    let idx = |s: Side| match s {
+        Side::Partner => 0,
+        Side::Hubspot => 1,
+    };
+    let mut lists: [Vec<String>; 2] = [
+        contents[0].attachments.clone(),
+        contents[1].attachments.clone(),
+    ];
+    let before = lists.clone();
+    // Linked files that left a message, or (checked on sweeps) were deleted: the file on the
+    // other side goes too, and leaves its message. The side where someone acted is left as
+    // they left it.
+    for f in files
+        .iter_mut()
+        .filter(|f| f.parent.as_deref() == Some(&pair.origin) && f.state == "active")
+    {
+        let mut gone = [false, false];
+        for s in [Side::Partner, Side::Hubspot] {
+            let Some(id) = id_on(f, s) else { continue };
+            gone[idx(s)] = !lists[idx(s)].iter().any(|a| a == id)
+                || (force && !views[idx(s)].client.file_exists(id).await?);
+        }
+        if gone.iter().any(|g| *g) {
+            for s in [Side::Partner, Side::Hubspot] {
+                if let Some(id) = id_on(f, s) {
+                    if !gone[idx(s)] {
+                        to_delete.push((s, id.to_owned()));
+                    }
+                    lists[idx(s)].retain(|a| a != id);
+                }
+            }
+            f.state = "removed".into();
+            f.note = Some("removed from the message or deleted on one side".into());
+            changed.insert(f.origin.clone());
+        }
+    }
+    // Files on either side not linked yet: copy them over.
+    for s in [Side::Partner, Side::Hubspot] {
+        let new: Vec<String> = lists[idx(s)]
+            .iter()
+            .filter(|a| !files.iter().any(|f| id_on(f, s) == Some(a.as_str())))
+            .cloned()
+            .collect();
+        for fid in new {
+            let key = origin_key(views[idx(s)].portal, &fid);
+            let mut f = ObjectLink {
+                kind: "file".into(),
+                origin: key.clone(),
+                parent: Some(pair.origin.clone()),
+                ..Default::default()
+            };
+            set_id(&mut f, s, Some(fid.clone()));
+            if let Some(c) = copy_one(
+                settings,
+                views[idx(s)].client,
+                views[idx(other(s))].client,
+                &fid,
+                &mut f,
+                s,
+            )
+            .await?
+            {
+                lists[idx(other(s))].push(c);
+            }
+            changed.insert(key);
+            files.push(f);
+        }
+    }
+    Ok([Side::Partner, Side::Hubspot]
+        .into_iter()
+        .filter(|s| lists[idx(*s)] != before[idx(*s)])
+        .map(|s| (s, lists[idx(s)].clone()))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link() -> Link {
+        Link {
+            id: 1,
+            partner: "partner-a".into(),
+            partner_deal_id: "10".into(),
+            hubspot_deal_id: "20".into(),
+            deal_type: "channel".into(),
+            state: "active".into(),
+        }
+    }
+
+    fn note(id: &str, shared: bool) -> NoteHead {
+        NoteHead {
+            id: id.into(),
+            shared,
+            ms: Some(1),
+            ..Default::default()
+        }
+    }
+
+    fn map(notes: &[NoteHead]) -> HashMap<String, NoteHead> {
+        notes.iter().map(|n| (n.id.clone(), n.clone())).collect()
+    }
+
+    fn pair(origin: &str, p: Option<&str>, h: Option<&str>, state: &str) -> ObjectLink {
+        ObjectLink {
+            kind: "message".into(),
+            origin: origin.into(),
+            partner_object_id: p.map(Into::into),
+            hubspot_object_id: h.map(Into::into),
+            state: state.into(),
+            partner_ms: Some(1),
+            hubspot_ms: Some(1),
+            ..Default::default()
+        }
+    }
+
+    fn kinds(v: &[Intent]) -> Vec<String> {
+        v.iter()
+            .map(|i| match i {
+                Intent::Create { pair, from } => format!("create {} from {from:?}", pair.origin),
+                Intent::Sync { pair, .. } => format!("sync {}", pair.origin),
+                Intent::Remove { pair, side, id } => {
+                    format!("remove {id} on {side:?} ({})", pair.state)
+                }
+                Intent::Record(p) => format!("record {} {}", p.origin, p.state),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn private_notes_go_nowhere_and_leave_no_record() {
+        let p = map(&[note("1", false)]);
+        let h = map(&[note("2", false)]);
+        assert!(intend(&link(), "hubspot", 1, &p, &h, &[]).is_empty());
+    }
+
+    #[test]
+    fn shared_originals_are_copied_both_ways() {
+        let p = map(&[note("1", true)]);
+        let h = map(&[note("2", true)]);
+        assert_eq!(
+            kinds(&intend(&link(), "hubspot", 1, &p, &h, &[])),
+            vec![
+                "create partner-a:1 from Partner",
+                "create hubspot:2 from Hubspot"
+            ]
+        );
+    }
+
+    #[test]
+    fn copies_are_never_originals() {
+        // Our own copy on HubSpot's side (origin set) and another partner's copy there.
+        let mut ours = note("2", true);
+        ours.origin = Some("partner-a:1".into());
+        let mut theirs = note("3", true);
+        theirs.origin = Some("partner-b:9".into());
+        let p = map(&[note("1", true)]);
+        let h = map(&[ours, theirs]);
+        let pairs = [pair("partner-a:1", Some("1"), Some("2"), "active")];
+        assert_eq!(
+            kinds(&intend(&link(), "hubspot", 2, &p, &h, &pairs)),
+            vec!["sync partner-a:1"]
+        );
+    }
+
+    #[test]
+    fn deleting_either_side_removes_the_other() {
+        let mut copy = note("2", true);
+        copy.origin = Some("partner-a:1".into());
+        let pairs = [pair("partner-a:1", Some("1"), Some("2"), "active")];
+        // Original gone: archive the copy on HubSpot's side.
+        let i = intend(&link(), "hubspot", 1, &map(&[]), &map(&[copy]), &pairs);
+        assert_eq!(kinds(&i), vec!["remove 2 on Hubspot (removed)"]);
+        // Copy gone: archive the original.
+        let i = intend(
+            &link(),
+            "hubspot",
+            1,
+            &map(&[note("1", true)]),
+            &map(&[]),
+            &pairs,
+        );
+        assert_eq!(kinds(&i), vec!["remove 1 on Partner (removed)"]);
+        // Both gone: record only, and once recorded, nothing more.
+        let i = intend(&link(), "hubspot", 1, &map(&[]), &map(&[]), &pairs);
+        assert_eq!(kinds(&i), vec!["record partner-a:1 removed"]);
+        let done = [pair("partner-a:1", Some("1"), Some("2"), "removed")];
+        assert!(intend(&link(), "hubspot", 1, &map(&[]), &map(&[]), &done).is_empty());
+    }
+
+    #[test]
+    fn unsharing_the_original_removes_the_copy_but_unsharing_the_copy_detaches() {
+        let mut copy = note("2", true);
+        copy.origin = Some("partner-a:1".into());
+        let pairs = [pair("partner-a:1", Some("1"), Some("2"), "active")];
+        let i = intend(
+            &link(),
+            "hubspot",
+            1,
+            &map(&[note("1", false)]),
+            &map(&[copy.clone()]),
+            &pairs,
+        );
+        assert_eq!(kinds(&i), vec!["remove 2 on Hubspot (unshared)"]);
+        copy.shared = false;
+        let i = intend(
+            &link(),
+            "hubspot",
+            1,
+            &map(&[note("1", true)]),
+            &map(&[copy]),
+            &pairs,
+        );
+        assert_eq!(kinds(&i), vec!["record partner-a:1 detached"]);
+    }
+
+    #[test]
+    fn resharing_creates_a_new_copy() {
+        let pairs = [pair("partner-a:1", Some("1"), Some("2"), "unshared")];
+        let i = intend(
+            &link(),
+            "hubspot",
+            1,
+            &map(&[note("1", true)]),
+            &map(&[]),
+            &pairs,
+        );
+        assert_eq!(kinds(&i), vec!["create partner-a:1 from Partner"]);
+    }
+
+    #[test]
+    fn hubspot_messages_on_a_deal_with_several_partners_need_a_target() {
+        let h = map(&[note("2", true)]);
+        let i = intend(&link(), "hubspot", 2, &map(&[]), &h, &[]);
+        assert_eq!(kinds(&i), vec!["record hubspot:2 needs_target"]);
+        // Recorded once; not again.
+        let recorded = [pair("hubspot:2", None, Some("2"), "needs_target")];
+        assert!(intend(&link(), "hubspot", 2, &map(&[]), &h, &recorded).is_empty());
+        // Targeted at this partner: copied; at another: nothing.
+        let mut t = note("2", true);
+        t.target = Some("partner-a".into());
+        let i = intend(
+            &link(),
+            "hubspot",
+            2,
+            &map(&[]),
+            &map(&[t.clone()]),
+            &recorded,
+        );
+        assert_eq!(kinds(&i), vec!["create hubspot:2 from Hubspot"]);
+        t.target = Some("partner-b".into());
+        assert!(intend(&link(), "hubspot", 2, &map(&[]), &map(&[t]), &[]).is_empty());
+    }
+
+    #[test]
+    fn a_reply_follows_its_thread_to_the_partner_it_belongs_to() {
+        // On a deal with two partners, a HubSpot comment on partner-b's message goes to
+        // partner-b only, and one on partner-a's message to partner-a.
+        let mut from_b = note("5", true);
+        from_b.origin = Some("partner-b:77".into());
+        let mut reply = note("6", true);
+        reply.reply_to = Some("5".into());
+        let h = map(&[from_b, reply.clone()]);
+        assert!(intend(&link(), "hubspot", 2, &map(&[]), &h, &[]).is_empty());
+        let mut from_a = note("5", true);
+        from_a.origin = Some("partner-a:1".into());
+        let h = map(&[from_a, reply]);
+        let i = intend(&link(), "hubspot", 2, &map(&[]), &h, &[]);
+        assert_eq!(kinds(&i), vec!["create hubspot:6 from Hubspot"]);
+    }
+
+    #[test]
+    fn a_reply_loop_does_not_hang() {
+        let mut a = note("1", true);
+        a.reply_to = Some("2".into());
+        let mut b = note("2", true);
+        b.reply_to = Some("1".into());
+        let h = map(&[a.clone(), b]);
+        assert_eq!(thread_partner(&a, &h, "hubspot"), None);
+    }
+
+    #[test]
+    fn reach_table() {
+        assert_eq!(reach(Some("p"), "p", 3), Reach::Here);
+        assert_eq!(reach(Some("q"), "p", 1), Reach::Elsewhere);
+        assert_eq!(reach(None, "p", 0), Reach::Here);
+        assert_eq!(reach(None, "p", 1), Reach::Here);
+        assert_eq!(reach(None, "p", 2), Reach::NeedsTarget);
+    }
+
+    #[test]
+    fn body_edits_follow_the_shadow_and_conflicts_keep_no_text() {
+        let c = |body: &str, ms| Content {
+            body: body.into(),
+            ms: Some(ms),
+            shared: true,
+            ..Default::default()
+        };
+        let mut p = pair("partner-a:1", Some("1"), Some("2"), "active");
+        p.shadow = Some(body_hash("old"));
+        // Partner edited: write HubSpot.
+        let (tp, th, sh, k) = decide_body(1, &p, &c("new", 5), &c("old", 1));
+        assert_eq!((tp, th.as_deref(), k.is_none()), (None, Some("new"), true));
+        assert_eq!(sh, body_hash("new"));
+        // Both edited: the later wins, a conflict is recorded without either body.
+        let (tp, th, _, k) = decide_body(1, &p, &c("secret-a", 5), &c("secret-b", 9));
+        assert_eq!((tp.as_deref(), th), (Some("secret-b"), None));
+        let k = k.expect("conflict");
+        let text = format!("{k:?}");
+        assert!(!text.contains("secret"), "{text}");
+        // Nothing changed: nothing written.
+        let (tp, th, _, k) = decide_body(1, &p, &c("old", 5), &c("old", 9));
+        assert!(tp.is_none() && th.is_none() && k.is_none());
+    }
+
+    #[test]
+    fn unchanged_pairs_need_no_content_read() {
+        let p = pair("partner-a:1", Some("1"), Some("2"), "active");
+        let (a, b) = (note("1", true), note("2", true));
+        assert!(!changed(&p, &a, &b, false));
+        assert!(changed(&p, &a, &b, true));
+        let mut later = b.clone();
+        later.ms = Some(2);
+        assert!(changed(&p, &a, &later, false));
+    }
+}

@@ -1,0 +1,1003 @@
+//! Shared messages, comments and attachments end to end against the sandbox over loopback:
+//! each way, threads each way, attachments added and deleted each way (the file gone on both
+//! sides), edits, deletions, un-sharing, isolation between two partners of one HubSpot deal,
+//! copies never duplicated when a create succeeds but its answer is lost, no echo, and the bad
+//! inputs (unreadable or oversized attachments, a reply to an unknown message).
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dealsync::crm::{Budget, Client, RetryPolicy};
+use dealsync::daemon::{DaemonHandle, DaemonParts, PortalConn, WebhookParts};
+use dealsync::engine::messages::MessageSettings;
+use dealsync::engine::{FieldKind, FieldSpec, Settings};
+use dealsync::sandbox::SandboxHandle;
+use dealsync::store::{self, ObjectLink, Store};
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+pub struct World {
+    pub sb: SandboxHandle,
+    pub hs: common::Portal,
+    pub pa: common::Portal,
+    pub pb: common::Portal,
+    pub dir: tempfile::TempDir,
+}
+
+fn fast_retry() -> RetryPolicy {
+    RetryPolicy {
+        max_retries: 2,
+        min_delay: Duration::from_millis(20),
+        max_delay: Duration::from_millis(200),
+        timeout: Duration::from_secs(10),
+    }
+}
+
+impl World {
+    async fn new() -> World {
+        let sb = common::unlimited_sandbox().await;
+        let w = World {
+            hs: common::portal(&sb, "hubspot"),
+            pa: common::portal(&sb, "partner-a"),
+            pb: common::portal(&sb, "partner-b"),
+            sb,
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        for p in [&w.hs, &w.pa, &w.pb] {
+            dealsync::setup::ensure(&w.client(p), false)
+                .await
+                .expect("setup");
+        }
+        w
+    }
+
+    fn conn(&self, p: &common::Portal) -> PortalConn {
+        PortalConn {
+            name: p.info.name.clone(),
+            base_url: self.sb.base_url.clone(),
+            token: p.info.token.clone(),
+            rate_limit_per_10s: 100,
+            search_per_s: 4,
+        }
+    }
+
+    fn client(&self, p: &common::Portal) -> Client {
+        let c = self.conn(p);
+        Client::new(
+            &c.name,
+            &c.base_url,
+            &c.token,
+            Arc::new(Budget::new(100, 4)),
+            fast_retry(),
+        )
+        .expect("client")
+    }
+
+    fn parts(&self, messages: MessageSettings, sweep: Duration, webhooks: bool) -> DaemonParts {
+        DaemonParts {
+            store_path: self.dir.path().join("dealsync.db"),
+            hubspot: self.conn(&self.hs),
+            partners: vec![self.conn(&self.pa), self.conn(&self.pb)],
+            settings: Settings {
+                fields: vec![FieldSpec::both_ways(
+                    "dealname",
+                    "dealname",
+                    "dealname",
+                    FieldKind::Text,
+                )],
+                stage_maps: HashMap::new(),
+                batch_size: 100,
+                workers: 2,
+                max_attempts: 4,
+                retry_base: Duration::from_millis(100),
+                retry_max: Duration::from_millis(400),
+                dead_letter_path: self.dead_letter_path(),
+                mass_deletion: Default::default(),
+                messages,
+            },
+            poll_interval: Duration::from_millis(200),
+            poll_overlap: Duration::from_secs(5),
+            sweep_interval: sweep,
+            retry: fast_retry(),
+            drain: Duration::from_secs(10),
+            webhooks: webhooks.then(|| WebhookParts {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                public_url: None,
+                max_body: dealsync::ingest::webhook::DEFAULT_MAX_BODY,
+                secrets: [&self.hs, &self.pa, &self.pb]
+                    .iter()
+                    .map(|p| (p.info.name.clone(), p.info.webhook_secret.clone()))
+                    .collect(),
+                healthy_poll_interval: Duration::from_millis(200),
+                quiet_after: Duration::from_secs(600),
+            }),
+        }
+    }
+
+    /// A daemon that also takes the portals' webhooks (note deletions arrive only this way,
+    /// or with the sweep).
+    async fn start_with_webhooks(&self) -> DaemonHandle {
+        let d = DaemonHandle::start(self.parts(
+            MessageSettings::default(),
+            Duration::from_secs(3600),
+            true,
+        ))
+        .await
+        .expect("daemon");
+        let addr = d.webhook_addr.expect("listener");
+        for p in [&self.hs, &self.pa, &self.pb] {
+            let a = p
+                .control(
+                    reqwest::Method::PUT,
+                    "/webhooks",
+                    Some(json!({
+                        "target_url": format!("http://{addr}/webhooks/{}", p.info.name),
+                        "retry_base_ms": 20,
+                    })),
+                )
+                .await;
+            assert_eq!(a.status, 200, "webhook settings: {}", a.text);
+        }
+        d
+    }
+
+    fn dead_letter_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("dead-letters.jsonl")
+    }
+
+    async fn start(&self) -> DaemonHandle {
+        self.start_with(MessageSettings::default(), Duration::from_secs(3600))
+            .await
+    }
+
+    async fn start_with(&self, m: MessageSettings, sweep: Duration) -> DaemonHandle {
+        DaemonHandle::start(self.parts(m, sweep, false))
+            .await
+            .expect("daemon")
+    }
+
+    /// A deal on each side, linked.
+    async fn link(&self, store: &Store, partner: &common::Portal, hubspot_deal: &str) -> String {
+        let p = partner
+            .create_deal(json!({"dealname": "Shared deal"}))
+            .await;
+        let (p2, h2, name) = (
+            p.clone(),
+            hubspot_deal.to_owned(),
+            partner.info.name.clone(),
+        );
+        store
+            .call(move |c| store::insert_link(c, &name, &p2, &h2, "channel"))
+            .await
+            .expect("link");
+        p
+    }
+}
+
+/// Creates a note on a deal; `props` adds to or overrides the defaults.
+pub async fn note(
+    p: &common::Portal,
+    deal: &str,
+    body: &str,
+    shared: bool,
+    props: Value,
+) -> String {
+    let mut properties = json!({
+        "hs_note_body": body,
+        "hs_timestamp": "2026-11-26T10:00:00.000Z",
+        "dealsync_visibility": if shared { "shared" } else { "private" },
+    });
+    for (k, v) in props.as_object().into_iter().flatten() {
+        properties[k] = v.clone();
+    }
+    let a = p
+        .post(
+            "/crm/v3/objects/notes",
+            json!({
+                "properties": properties,
+                "associations": [{ "to": { "id": deal }, "types": [{ "associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 214 }] }],
+            }),
+        )
+        .await;
+    assert_eq!(a.status, 201, "create note: {}", a.text);
+    a.body["id"].as_str().expect("note id").to_owned()
+}
+
+pub async fn upload(p: &common::Portal, name: &str, content: Vec<u8>) -> String {
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(content).file_name(name.to_owned()),
+        )
+        .text("fileName", name.to_owned())
+        .text("folderPath", "/tests")
+        .text("options", r#"{"access":"PRIVATE"}"#);
+    let a = p
+        .send(
+            p.req(reqwest::Method::POST, "/files/v3/files")
+                .multipart(form),
+        )
+        .await;
+    assert_eq!(a.status, 201, "upload: {}", a.text);
+    a.body["id"].as_str().expect("file id").to_owned()
+}
+
+async fn patch_note(p: &common::Portal, id: &str, props: Value) {
+    let a = p
+        .patch(
+            &format!("/crm/v3/objects/notes/{id}"),
+            json!({ "properties": props }),
+        )
+        .await;
+    assert_eq!(a.status, 200, "patch note {id}: {}", a.text);
+}
+
+/// Every live note of a portal with the properties tests look at.
+pub async fn notes(p: &common::Portal) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut path = "/crm/v3/objects/notes?limit=100&properties=hs_note_body,hs_attachment_ids,dealsync_origin,dealsync_reply_to,dealsync_visibility,dealsync_target&associations=deals".to_owned();
+        if let Some(a) = &after {
+            path.push_str(&format!("&after={a}"));
+        }
+        let a = p.get(&path).await;
+        assert_eq!(a.status, 200, "list notes: {}", a.text);
+        out.extend(a.body["results"].as_array().cloned().unwrap_or_default());
+        match a.body.pointer("/paging/next/after").and_then(Value::as_str) {
+            Some(n) => after = Some(n.to_owned()),
+            None => return out,
+        }
+    }
+}
+
+fn prop<'a>(n: &'a Value, name: &str) -> Option<&'a str> {
+    n["properties"][name].as_str().filter(|s| !s.is_empty())
+}
+
+/// The notes of a portal copied from `origin`.
+async fn copies_of(p: &common::Portal, origin: &str) -> Vec<Value> {
+    notes(p)
+        .await
+        .into_iter()
+        .filter(|n| prop(n, "dealsync_origin") == Some(origin))
+        .collect()
+}
+
+/// Waits until exactly one copy of `origin` exists in `p` and `check` holds for it.
+async fn wait_copy(
+    p: &common::Portal,
+    origin: &str,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    common::eventually(
+        &format!("{what} ({origin} in {})", p.info.name),
+        WAIT,
+        || async {
+            let c = copies_of(p, origin).await;
+            (c.len() == 1 && check(&c[0])).then(|| c[0].clone())
+        },
+    )
+    .await
+}
+
+async fn file_live(p: &common::Portal, id: &str) -> bool {
+    p.get(&format!("/files/v3/files/{id}")).await.status == 200
+}
+
+async fn file_content(p: &common::Portal, id: &str) -> Vec<u8> {
+    let r = p
+        .http
+        .get(p.url(&format!("/files/v3/files/{id}/download")))
+        .bearer_auth(&p.info.token)
+        .send()
+        .await
+        .expect("download");
+    assert_eq!(r.status(), 200);
+    r.bytes().await.expect("bytes").to_vec()
+}
+
+fn attachments(n: &Value) -> Vec<String> {
+    prop(n, "hs_attachment_ids")
+        .unwrap_or_default()
+        .split(';')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+async fn object_links(store: &Store) -> Vec<ObjectLink> {
+    let ids: Vec<i64> = store
+        .call(|c| {
+            let mut st = c.prepare("SELECT id FROM links")?;
+            let v = st
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<Vec<i64>, _>>()?;
+            Ok(v)
+        })
+        .await
+        .expect("links");
+    store
+        .call(move |c| store::object_links(c, &ids))
+        .await
+        .expect("object links")
+        .into_values()
+        .flatten()
+        .collect()
+}
+
+async fn wait_object(store: &Store, what: &str, check: impl Fn(&ObjectLink) -> bool) -> ObjectLink {
+    common::eventually(what, WAIT, || async {
+        object_links(store).await.into_iter().find(|o| check(o))
+    })
+    .await
+}
+
+fn writes(counters: &Value) -> u64 {
+    counters["writes"].as_u64().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_messages_and_attachments_flow_each_way_without_echo() {
+    let w = World::new().await;
+    let d = w.start().await;
+    let h = w.hs.create_deal(json!({"dealname": "Shared deal"})).await;
+    let p = w.link(&d.store, &w.pa, &h).await;
+
+    // Partner → HubSpot, with an attachment.
+    let f1 = upload(&w.pa, "plan.pdf", b"partner plan v1".to_vec()).await;
+    let m1 = note(
+        &w.pa,
+        &p,
+        "<p>Kick-off notes</p>",
+        true,
+        json!({"hs_attachment_ids": f1}),
+    )
+    .await;
+    let c1 = wait_copy(
+        &w.hs,
+        &format!("partner-a:{m1}"),
+        "copy with its file",
+        |n| prop(n, "hs_note_body") == Some("<p>Kick-off notes</p>") && attachments(n).len() == 1,
+    )
+    .await;
+    let copied = &attachments(&c1)[0];
+    assert_ne!(copied, &f1, "a copy gets its own file");
+    assert_eq!(file_content(&w.hs, copied).await, b"partner plan v1");
+    assert_eq!(prop(&c1, "dealsync_visibility"), Some("shared"));
+    assert_eq!(
+        c1["associations"]["deals"]["results"][0]["id"].as_str(),
+        Some(h.as_str()),
+        "the copy is on the linked deal: {c1}"
+    );
+
+    // HubSpot → partner, with an attachment.
+    let f2 = upload(&w.hs, "quote.xlsx", b"hubspot quote".to_vec()).await;
+    let m2 = note(
+        &w.hs,
+        &h,
+        "Pricing call moved",
+        true,
+        json!({"hs_attachment_ids": f2}),
+    )
+    .await;
+    let c2 = wait_copy(&w.pa, &format!("hubspot:{m2}"), "copy with its file", |n| {
+        prop(n, "hs_note_body") == Some("Pricing call moved") && attachments(n).len() == 1
+    })
+    .await;
+    assert_eq!(
+        file_content(&w.pa, &attachments(&c2)[0]).await,
+        b"hubspot quote"
+    );
+
+    // Both sides settle: every note poller passes the newest note, nothing queued, and then
+    // nothing more is written anywhere (our copies coming back are echoes).
+    let settle = || async {
+        let mut newest = [0i64; 2];
+        for (i, portal) in [&w.hs, &w.pa].into_iter().enumerate() {
+            for n in notes(portal).await {
+                let ts = n["updatedAt"].as_str().and_then(dealsync::crm::parse_ms);
+                newest[i] = newest[i].max(ts.unwrap_or(0));
+            }
+        }
+        common::eventually(
+            "note pollers pass the newest note and the queue drains",
+            WAIT,
+            || {
+                let s = d.store.clone();
+                async move {
+                    let (a, b, q) = s
+                        .call(|c| {
+                            Ok((
+                                store::cursor(c, "hubspot/notes")?,
+                                store::cursor(c, "partner-a/notes")?,
+                                store::queue_stats(c)?.0,
+                            ))
+                        })
+                        .await
+                        .unwrap();
+                    (a.unwrap_or(0) >= newest[0] && b.unwrap_or(0) >= newest[1] && q == 0)
+                        .then_some(())
+                }
+            },
+        )
+        .await;
+    };
+    settle().await;
+    let before = (
+        writes(&w.hs.counters().await),
+        writes(&w.pa.counters().await),
+    );
+    // Two more full polls on both sides.
+    let polls = |s: Store| async move {
+        s.call(|c| {
+            let mut st =
+                c.prepare("SELECT SUM(changes_seen), MAX(last_poll_ok) FROM portal_health")?;
+            Ok(st.query_row([], |r| r.get::<_, Option<i64>>(1))?)
+        })
+        .await
+        .unwrap()
+        .unwrap_or(0)
+    };
+    let t0 = polls(d.store.clone()).await;
+    common::eventually("two more polls", WAIT, || {
+        let s = d.store.clone();
+        async move { (polls(s).await > t0 + 400).then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        before,
+        (
+            writes(&w.hs.counters().await),
+            writes(&w.pa.counters().await)
+        ),
+        "no echo: nothing written once both sides agree"
+    );
+    assert_eq!(copies_of(&w.hs, &format!("partner-a:{m1}")).await.len(), 1);
+    assert_eq!(copies_of(&w.pa, &format!("hubspot:{m2}")).await.len(), 1);
+    // No copy of a copy.
+    for n in notes(&w.pa).await.iter().chain(notes(&w.hs).await.iter()) {
+        let origin = prop(n, "dealsync_origin").unwrap_or("");
+        assert!(
+            !origin.contains(&format!(":{}", c1["id"].as_str().unwrap()))
+                && !origin.contains(&format!(":{}", c2["id"].as_str().unwrap())),
+            "a copy was copied back: {n}"
+        );
+    }
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn comment_threads_sync_each_way() {
+    let w = World::new().await;
+    let d = w.start().await;
+    let h = w.hs.create_deal(json!({"dealname": "Shared deal"})).await;
+    let p = w.link(&d.store, &w.pa, &h).await;
+
+    // A partner message, then a HubSpot comment on its copy.
+    let m = note(&w.pa, &p, "Can we start in May?", true, json!({})).await;
+    let copy = wait_copy(&w.hs, &format!("partner-a:{m}"), "message copied", |_| true).await;
+    let copy_id = copy["id"].as_str().unwrap().to_owned();
+    let r = note(
+        &w.hs,
+        &h,
+        "Yes, May works",
+        true,
+        json!({"dealsync_reply_to": copy_id}),
+    )
+    .await;
+    wait_copy(
+        &w.pa,
+        &format!("hubspot:{r}"),
+        "comment copied as a reply to the original",
+        |n| {
+            prop(n, "dealsync_reply_to") == Some(m.as_str())
+                && prop(n, "hs_note_body") == Some("Yes, May works")
+        },
+    )
+    .await;
+
+    // A HubSpot message, then a partner comment on its copy, then a reply to that comment.
+    let m2 = note(&w.hs, &h, "Legal review needed", true, json!({})).await;
+    let c2 = wait_copy(&w.pa, &format!("hubspot:{m2}"), "message copied", |_| true).await;
+    let r2 = note(
+        &w.pa,
+        &p,
+        "Sending the contract today",
+        true,
+        json!({"dealsync_reply_to": c2["id"]}),
+    )
+    .await;
+    let rc = wait_copy(
+        &w.hs,
+        &format!("partner-a:{r2}"),
+        "comment copied with its thread",
+        |n| prop(n, "dealsync_reply_to") == Some(m2.as_str()),
+    )
+    .await;
+    let r3 = note(
+        &w.hs,
+        &h,
+        "Thanks",
+        true,
+        json!({"dealsync_reply_to": rc["id"]}),
+    )
+    .await;
+    wait_copy(
+        &w.pa,
+        &format!("hubspot:{r3}"),
+        "reply to a reply keeps the thread",
+        |n| prop(n, "dealsync_reply_to") == Some(r2.as_str()),
+    )
+    .await;
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_deletions_and_unsharing_propagate() {
+    let w = World::new().await;
+    // Deletions leave search and associations: webhooks (or the sweep, below) bring them.
+    let d = w.start_with_webhooks().await;
+    let h = w.hs.create_deal(json!({"dealname": "Shared deal"})).await;
+    let p = w.link(&d.store, &w.pa, &h).await;
+
+    let m = note(&w.pa, &p, "v1", true, json!({})).await;
+    let origin = format!("partner-a:{m}");
+    let c = wait_copy(&w.hs, &origin, "copied", |_| true).await;
+    let cid = c["id"].as_str().unwrap().to_owned();
+    // Edit the original: the copy follows.
+    patch_note(&w.pa, &m, json!({"hs_note_body": "v2 from the partner"})).await;
+    wait_copy(&w.hs, &origin, "edit reaches the copy", |n| {
+        prop(n, "hs_note_body") == Some("v2 from the partner")
+    })
+    .await;
+    // Edit the copy: the original follows.
+    patch_note(&w.hs, &cid, json!({"hs_note_body": "v3 from HubSpot"})).await;
+    common::eventually("edit of the copy reaches the original", WAIT, || async {
+        let a =
+            w.pa.get(&format!(
+                "/crm/v3/objects/notes/{m}?properties=hs_note_body"
+            ))
+            .await;
+        (a.body["properties"]["hs_note_body"] == "v3 from HubSpot").then_some(())
+    })
+    .await;
+
+    // Un-share the original: the copy goes.
+    patch_note(&w.pa, &m, json!({"dealsync_visibility": "private"})).await;
+    common::eventually("un-shared message's copy is deleted", WAIT, || async {
+        copies_of(&w.hs, &origin).await.is_empty().then_some(())
+    })
+    .await;
+    wait_object(&d.store, "pair recorded as unshared", |o| {
+        o.origin == origin && o.state == "unshared"
+    })
+    .await;
+    // Shared again: a new copy, with the current text.
+    patch_note(&w.pa, &m, json!({"dealsync_visibility": "shared"})).await;
+    wait_copy(&w.hs, &origin, "re-shared message copied again", |n| {
+        prop(n, "hs_note_body") == Some("v3 from HubSpot")
+    })
+    .await;
+
+    // Delete a HubSpot message: its copy goes.
+    let m2 = note(&w.hs, &h, "to be deleted", true, json!({})).await;
+    let origin2 = format!("hubspot:{m2}");
+    wait_copy(&w.pa, &origin2, "copied", |_| true).await;
+    assert_eq!(
+        w.hs.delete(&format!("/crm/v3/objects/notes/{m2}"))
+            .await
+            .status,
+        204
+    );
+    common::eventually("deleted message's copy is deleted", WAIT, || async {
+        copies_of(&w.pa, &origin2).await.is_empty().then_some(())
+    })
+    .await;
+    // Delete a copy: the original goes (one message, seen in two CRMs).
+    let c = wait_copy(&w.hs, &origin, "copy present", |_| true).await;
+    assert_eq!(
+        w.hs.delete(&format!(
+            "/crm/v3/objects/notes/{}",
+            c["id"].as_str().unwrap()
+        ))
+        .await
+        .status,
+        204
+    );
+    common::eventually("deleting the copy deletes the original", WAIT, || async {
+        (w.pa.get(&format!("/crm/v3/objects/notes/{m}")).await.status == 404).then_some(())
+    })
+    .await;
+    // A copy made private on its side detaches: nothing is deleted.
+    let m3 = note(&w.pa, &p, "keep me", true, json!({})).await;
+    let origin3 = format!("partner-a:{m3}");
+    let c3 = wait_copy(&w.hs, &origin3, "copied", |_| true).await;
+    let c3id = c3["id"].as_str().unwrap().to_owned();
+    patch_note(&w.hs, &c3id, json!({"dealsync_visibility": "private"})).await;
+    wait_object(&d.store, "pair detached", |o| {
+        o.origin == origin3 && o.state == "detached"
+    })
+    .await;
+    assert_eq!(
+        w.pa.get(&format!("/crm/v3/objects/notes/{m3}"))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        w.hs.get(&format!("/crm/v3/objects/notes/{c3id}"))
+            .await
+            .status,
+        200
+    );
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attachments_added_and_deleted_each_way() {
+    let w = World::new().await;
+    let d = w.start().await;
+    let h = w.hs.create_deal(json!({"dealname": "Shared deal"})).await;
+    let p = w.link(&d.store, &w.pa, &h).await;
+    let m = note(&w.pa, &p, "files", true, json!({})).await;
+    let origin = format!("partner-a:{m}");
+    let c = wait_copy(&w.hs, &origin, "copied", |_| true).await;
+    let cid = c["id"].as_str().unwrap().to_owned();
+
+    // Added on the partner's message: copied to HubSpot.
+    let fa = upload(&w.pa, "a.txt", b"from the partner".to_vec()).await;
+    patch_note(&w.pa, &m, json!({"hs_attachment_ids": fa})).await;
+    let c = wait_copy(&w.hs, &origin, "attachment copied", |n| {
+        attachments(n).len() == 1
+    })
+    .await;
+    let fa_copy = attachments(&c)[0].clone();
+    // Added on HubSpot's copy: copied to the partner's message.
+    let fh = upload(&w.hs, "h.txt", b"from hubspot".to_vec()).await;
+    patch_note(
+        &w.hs,
+        &cid,
+        json!({"hs_attachment_ids": format!("{fa_copy};{fh}")}),
+    )
+    .await;
+    let fh_copy = common::eventually("attachment copied to the partner", WAIT, || async {
+        let a =
+            w.pa.get(&format!(
+                "/crm/v3/objects/notes/{m}?properties=hs_attachment_ids"
+            ))
+            .await;
+        let ids = attachments(&a.body);
+        (ids.len() == 2).then(|| ids.into_iter().find(|i| i != &fa).unwrap())
+    })
+    .await;
+    assert_eq!(file_content(&w.pa, &fh_copy).await, b"from hubspot");
+
+    // Deleted from HubSpot's message (removed and the file deleted): gone on both sides.
+    patch_note(&w.hs, &cid, json!({"hs_attachment_ids": fa_copy})).await;
+    assert_eq!(
+        w.hs.delete(&format!("/files/v3/files/{fh}")).await.status,
+        204
+    );
+    common::eventually("file deleted on the partner side too", WAIT, || async {
+        (!file_live(&w.pa, &fh_copy).await).then_some(())
+    })
+    .await;
+    common::eventually("and removed from the partner's message", WAIT, || async {
+        let a =
+            w.pa.get(&format!(
+                "/crm/v3/objects/notes/{m}?properties=hs_attachment_ids"
+            ))
+            .await;
+        (attachments(&a.body) == vec![fa.clone()]).then_some(())
+    })
+    .await;
+    // Deleted on the partner's side: the HubSpot copy and its file go.
+    patch_note(&w.pa, &m, json!({"hs_attachment_ids": ""})).await;
+    assert_eq!(
+        w.pa.delete(&format!("/files/v3/files/{fa}")).await.status,
+        204
+    );
+    common::eventually("file deleted on HubSpot's side too", WAIT, || async {
+        (!file_live(&w.hs, &fa_copy).await).then_some(())
+    })
+    .await;
+    wait_copy(&w.hs, &origin, "and removed from the copy", |n| {
+        attachments(n).is_empty()
+    })
+    .await;
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_and_messages_deleted_without_webhooks_are_found_by_the_sweep() {
+    let w = World::new().await;
+    let d = w
+        .start_with(MessageSettings::default(), Duration::from_millis(500))
+        .await;
+    let h = w.hs.create_deal(json!({"dealname": "Shared deal"})).await;
+    let p = w.link(&d.store, &w.pa, &h).await;
+    let f = upload(&w.pa, "x.bin", vec![7u8; 1000]).await;
+    let m = note(
+        &w.pa,
+        &p,
+        "with file",
+        true,
+        json!({"hs_attachment_ids": f}),
+    )
+    .await;
+    let c = wait_copy(&w.hs, &format!("partner-a:{m}"), "copied", |n| {
+        attachments(n).len() == 1
+    })
+    .await;
+    let copy = attachments(&c)[0].clone();
+    // The partner deletes the file in its file manager; the message still names it.
+    assert_eq!(
+        w.pa.delete(&format!("/files/v3/files/{f}")).await.status,
+        204
+    );
+    common::eventually("the copy's file is deleted", WAIT, || async {
+        (!file_live(&w.hs, &copy).await).then_some(())
+    })
+    .await;
+    wait_copy(
+        &w.hs,
+        &format!("partner-a:{m}"),
+        "and leaves the copy",
+        |n| attachments(n).is_empty(),
+    )
+    .await;
+    // Without webhooks, a deleted message is found by the sweep too.
+    assert_eq!(
+        w.pa.delete(&format!("/crm/v3/objects/notes/{m}"))
+            .await
+            .status,
+        204
+    );
+    common::eventually(
+        "the sweep deletes the copy of a deleted message",
+        WAIT,
+        || async {
+            copies_of(&w.hs, &format!("partner-a:{m}"))
+                .await
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolation_between_partners_of_one_hubspot_deal() {
+    let w = World::new().await;
+    let d = w.start().await;
+    let h =
+        w.hs.create_deal(json!({"dealname": "Best partner wins"}))
+            .await;
+    let pa = w.link(&d.store, &w.pa, &h).await;
+    let pb = w.link(&d.store, &w.pb, &h).await;
+
+    // Partner A's message reaches HubSpot and never partner B.
+    let ma = note(&w.pa, &pa, "A's pitch", true, json!({})).await;
+    wait_copy(
+        &w.hs,
+        &format!("partner-a:{ma}"),
+        "A's message reaches HubSpot",
+        |_| true,
+    )
+    .await;
+    // An untargeted HubSpot message goes nowhere and is recorded as needing a target.
+    let mu = note(&w.hs, &h, "for whom?", true, json!({})).await;
+    wait_object(&d.store, "untargeted message needs a target", |o| {
+        o.origin == format!("hubspot:{mu}") && o.state == "needs_target"
+    })
+    .await;
+    // A targeted one goes to its partner only.
+    let mt = note(
+        &w.hs,
+        &h,
+        "for B",
+        true,
+        json!({"dealsync_target": "partner-b"}),
+    )
+    .await;
+    wait_copy(
+        &w.pb,
+        &format!("hubspot:{mt}"),
+        "targeted message reaches B",
+        |_| true,
+    )
+    .await;
+    // A HubSpot comment on A's message goes to A only.
+    let ca = copies_of(&w.hs, &format!("partner-a:{ma}")).await;
+    let rc = note(
+        &w.hs,
+        &h,
+        "reply to A",
+        true,
+        json!({"dealsync_reply_to": ca[0]["id"]}),
+    )
+    .await;
+    wait_copy(&w.pa, &format!("hubspot:{rc}"), "comment reaches A", |_| {
+        true
+    })
+    .await;
+    // Let B's link run after all of that, then check B has only what was meant for it.
+    common::eventually("queue drains", WAIT, || {
+        let s = d.store.clone();
+        async move { (s.call(|c| store::queue_stats(c)).await.unwrap().0 == 0).then_some(()) }
+    })
+    .await;
+    let b_notes = notes(&w.pb).await;
+    let bodies: Vec<&str> = b_notes
+        .iter()
+        .filter_map(|n| prop(n, "hs_note_body"))
+        .collect();
+    assert_eq!(
+        bodies,
+        vec!["for B"],
+        "partner B sees only the message meant for it"
+    );
+    let a_bodies: Vec<String> = notes(&w.pa)
+        .await
+        .iter()
+        .filter_map(|n| prop(n, "hs_note_body").map(str::to_owned))
+        .collect();
+    assert!(
+        !a_bodies.iter().any(|b| b == "for B" || b == "for whom?"),
+        "{a_bodies:?}"
+    );
+    let _ = pb;
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_whose_create_answer_was_lost_is_not_duplicated() {
+    let w = World::new().await;
+    let d = w.start().await;
+    let h = w.hs.create_deal(json!({"dealname": "Shared deal"})).await;
+    let p = w.link(&d.store, &w.pa, &h).await;
+    // Every upsert on HubSpot's side is applied and then answered 500: dealsync cannot know
+    // its copy exists, and retries (in the client, then the job).
+    w.hs.set_faults(
+        json!({"error_after_write": 1.0, "paths": ["/crm/v3/objects/notes/batch/upsert"]}),
+    )
+    .await;
+    let m = note(&w.pa, &p, "written once", true, json!({})).await;
+    let origin = format!("partner-a:{m}");
+    common::eventually(
+        "the copy was written at least once and retried",
+        WAIT,
+        || async {
+            let c = w.hs.counters().await;
+            let upserts = c["endpoints"]["POST /crm/v3/objects/notes/batch/upsert"]
+                .as_u64()
+                .unwrap_or(0);
+            (upserts >= 3).then_some(())
+        },
+    )
+    .await;
+    w.hs.set_faults(json!({})).await;
+    wait_object(
+        &d.store,
+        "pair recorded once the answer gets through",
+        |o| o.origin == origin && o.state == "active" && o.hubspot_object_id.is_some(),
+    )
+    .await;
+    assert_eq!(copies_of(&w.hs, &origin).await.len(), 1, "exactly one copy");
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_and_oversized_attachments_are_skipped_with_a_reason() {
+    let w = World::new().await;
+    let d = w
+        .start_with(
+            MessageSettings {
+                max_attachment_bytes: 1000,
+                ..Default::default()
+            },
+            Duration::from_secs(3600),
+        )
+        .await;
+    let h = w.hs.create_deal(json!({"dealname": "Shared deal"})).await;
+    let p = w.link(&d.store, &w.pa, &h).await;
+    let small = upload(&w.pa, "small.txt", b"ok".to_vec()).await;
+    let big = upload(&w.pa, "big.bin", vec![1u8; 5000]).await;
+    let m = note(
+        &w.pa,
+        &p,
+        "two files",
+        true,
+        json!({"hs_attachment_ids": format!("{small};{big}")}),
+    )
+    .await;
+    let c = wait_copy(
+        &w.hs,
+        &format!("partner-a:{m}"),
+        "copied with the small file only",
+        |n| attachments(n).len() == 1,
+    )
+    .await;
+    assert_eq!(file_content(&w.hs, &attachments(&c)[0]).await, b"ok");
+    let skipped = wait_object(&d.store, "big file recorded as skipped", |o| {
+        o.origin == format!("partner-a:{big}") && o.state == "skipped"
+    })
+    .await;
+    assert!(
+        skipped
+            .note
+            .as_deref()
+            .unwrap_or("")
+            .contains("max_attachment_bytes"),
+        "{skipped:?}"
+    );
+    // It shows in status --deal.
+    let path = w.dir.path().join("dealsync.db");
+    let (hh, dl) = (h.clone(), w.dead_letter_path());
+    let deal = tokio::task::spawn_blocking(move || {
+        let c = dealsync::status::open(&path).unwrap();
+        dealsync::status::deal(&c, &dl, &hh, &["dealname".to_owned()]).unwrap()
+    })
+    .await
+    .unwrap();
+    let text = dealsync::status::render_deal(&deal);
+    assert!(text.contains("skipped"), "{text}");
+    assert!(text.contains("max_attachment_bytes"), "{text}");
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_to_an_unknown_message_waits_then_dead_letters_with_the_reason() {
+    let w = World::new().await;
+    let d = w.start().await;
+    let h = w.hs.create_deal(json!({"dealname": "Shared deal"})).await;
+    let p = w.link(&d.store, &w.pa, &h).await;
+    // The parent is private: it never becomes a shared message on this deal.
+    let parent = note(&w.pa, &p, "internal", false, json!({})).await;
+    let ok = note(&w.pa, &p, "normal message", true, json!({})).await;
+    let r = note(
+        &w.pa,
+        &p,
+        "reply",
+        true,
+        json!({"dealsync_reply_to": parent}),
+    )
+    .await;
+    // The rest of the deal's messages still sync.
+    wait_copy(
+        &w.hs,
+        &format!("partner-a:{ok}"),
+        "other messages sync meanwhile",
+        |_| true,
+    )
+    .await;
+    let entry = common::eventually("the reply is dead-lettered", WAIT, || async {
+        dealsync::deadletter::read(&w.dead_letter_path())
+            .ok()
+            .and_then(|(e, _)| e.into_iter().find(|e| e.class == "unknown_parent"))
+    })
+    .await;
+    assert!(
+        entry.error.contains(&format!("partner-a:{r}")),
+        "{}",
+        entry.error
+    );
+    assert!(
+        entry.error.contains("waits for its parent"),
+        "{}",
+        entry.error
+    );
+    assert!(
+        !entry.error.contains("internal"),
+        "no note text in dead letters"
+    );
+    assert!(copies_of(&w.hs, &format!("partner-a:{r}")).await.is_empty());
+    d.shutdown().await;
+}
