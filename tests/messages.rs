@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::notes::{attachments, file_content, file_live, note, notes, prop, upload};
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -178,54 +180,6 @@ impl World {
     }
 }
 
-/// Creates a note on a deal; `props` adds to or overrides the defaults.
-pub async fn note(
-    p: &common::Portal,
-    deal: &str,
-    body: &str,
-    shared: bool,
-    props: Value,
-) -> String {
-    let mut properties = json!({
-        "hs_note_body": body,
-        "hs_timestamp": "2026-11-26T10:00:00.000Z",
-        "dealsync_visibility": if shared { "shared" } else { "private" },
-    });
-    for (k, v) in props.as_object().into_iter().flatten() {
-        properties[k] = v.clone();
-    }
-    let a = p
-        .post(
-            "/crm/v3/objects/notes",
-            json!({
-                "properties": properties,
-                "associations": [{ "to": { "id": deal }, "types": [{ "associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 214 }] }],
-            }),
-        )
-        .await;
-    assert_eq!(a.status, 201, "create note: {}", a.text);
-    a.body["id"].as_str().expect("note id").to_owned()
-}
-
-pub async fn upload(p: &common::Portal, name: &str, content: Vec<u8>) -> String {
-    let form = reqwest::multipart::Form::new()
-        .part(
-            "file",
-            reqwest::multipart::Part::bytes(content).file_name(name.to_owned()),
-        )
-        .text("fileName", name.to_owned())
-        .text("folderPath", "/tests")
-        .text("options", r#"{"access":"PRIVATE"}"#);
-    let a = p
-        .send(
-            p.req(reqwest::Method::POST, "/files/v3/files")
-                .multipart(form),
-        )
-        .await;
-    assert_eq!(a.status, 201, "upload: {}", a.text);
-    a.body["id"].as_str().expect("file id").to_owned()
-}
-
 async fn patch_note(p: &common::Portal, id: &str, props: Value) {
     let a = p
         .patch(
@@ -234,29 +188,6 @@ async fn patch_note(p: &common::Portal, id: &str, props: Value) {
         )
         .await;
     assert_eq!(a.status, 200, "patch note {id}: {}", a.text);
-}
-
-/// Every live note of a portal with the properties tests look at.
-pub async fn notes(p: &common::Portal) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let mut path = "/crm/v3/objects/notes?limit=100&properties=hs_note_body,hs_attachment_ids,dealsync_origin,dealsync_reply_to,dealsync_visibility,dealsync_target&associations=deals".to_owned();
-        if let Some(a) = &after {
-            path.push_str(&format!("&after={a}"));
-        }
-        let a = p.get(&path).await;
-        assert_eq!(a.status, 200, "list notes: {}", a.text);
-        out.extend(a.body["results"].as_array().cloned().unwrap_or_default());
-        match a.body.pointer("/paging/next/after").and_then(Value::as_str) {
-            Some(n) => after = Some(n.to_owned()),
-            None => return out,
-        }
-    }
-}
-
-fn prop<'a>(n: &'a Value, name: &str) -> Option<&'a str> {
-    n["properties"][name].as_str().filter(|s| !s.is_empty())
 }
 
 /// The notes of a portal copied from `origin`.
@@ -284,31 +215,6 @@ async fn wait_copy(
         },
     )
     .await
-}
-
-async fn file_live(p: &common::Portal, id: &str) -> bool {
-    p.get(&format!("/files/v3/files/{id}")).await.status == 200
-}
-
-async fn file_content(p: &common::Portal, id: &str) -> Vec<u8> {
-    let r = p
-        .http
-        .get(p.url(&format!("/files/v3/files/{id}/download")))
-        .bearer_auth(&p.info.token)
-        .send()
-        .await
-        .expect("download");
-    assert_eq!(r.status(), 200);
-    r.bytes().await.expect("bytes").to_vec()
-}
-
-fn attachments(n: &Value) -> Vec<String> {
-    prop(n, "hs_attachment_ids")
-        .unwrap_or_default()
-        .split(';')
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect()
 }
 
 async fn object_links(store: &Store) -> Vec<ObjectLink> {

@@ -2,6 +2,8 @@
 //! one of its portals, and wait on conditions with a deadline instead of sleeping.
 #![allow(dead_code)]
 
+pub mod notes;
+
 use std::future::Future;
 use std::time::{Duration, Instant};
 
