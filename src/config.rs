@@ -718,6 +718,7 @@ impl Config {
             enabled: m.enabled,
             max_attachment_bytes: m.max_attachment_bytes,
             folder: m.attachment_folder,
+            ..Default::default()
         };
         Ok(Config {
             store_path: raw.store.path,

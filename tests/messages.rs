@@ -907,3 +907,71 @@ async fn a_reply_to_an_unknown_message_waits_then_dead_letters_with_the_reason()
     assert!(copies_of(&w.hs, &format!("partner-a:{r}")).await.is_empty());
     d.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_messages_are_copied_a_bounded_number_per_job_and_each_once() {
+    let w = World::new().await;
+    let d = w
+        .start_with(
+            MessageSettings {
+                per_job: 3,
+                ..Default::default()
+            },
+            Duration::from_secs(3600),
+        )
+        .await;
+    let h = w.hs.create_deal(json!({"dealname": "Shared deal"})).await;
+    let p = w.link(&d.store, &w.pa, &h).await;
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(note(&w.pa, &p, &format!("message {i}"), true, json!({})).await);
+    }
+    // A comment on the last one, which a later run makes.
+    let last = ids.last().unwrap().clone();
+    let r = note(
+        &w.pa,
+        &p,
+        "comment",
+        true,
+        json!({"dealsync_reply_to": last}),
+    )
+    .await;
+    common::eventually("every message copied", WAIT, || async {
+        let all = notes(&w.hs).await;
+        ids.iter()
+            .chain(std::iter::once(&r))
+            .all(|id| {
+                all.iter()
+                    .filter(|n| {
+                        prop(n, "dealsync_origin") == Some(format!("partner-a:{id}").as_str())
+                    })
+                    .count()
+                    == 1
+            })
+            .then_some(())
+    })
+    .await;
+    let all = notes(&w.hs).await;
+    assert_eq!(all.len(), 11, "one copy each");
+    let last_copy = copies_of(&w.hs, &format!("partner-a:{last}")).await;
+    let comment = copies_of(&w.hs, &format!("partner-a:{r}")).await;
+    assert_eq!(
+        prop(&comment[0], "dealsync_reply_to"),
+        last_copy[0]["id"].as_str()
+    );
+    // Several runs did it (at most 3 copies each), and none was dead-lettered.
+    let runs: i64 = d
+        .store
+        .call(|c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*) FROM job_history WHERE outcome = 'synced'",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+        .unwrap();
+    assert!(runs >= 4, "{runs} runs");
+    assert!(!w.dead_letter_path().exists());
+    d.shutdown().await;
+}

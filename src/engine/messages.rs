@@ -55,6 +55,9 @@ pub struct MessageSettings {
     pub max_attachment_bytes: u64,
     /// The file-manager folder copies of attachments go to.
     pub folder: String,
+    /// New copies one link's job makes before it commits and runs again: bounds the work a
+    /// failure or a crash can make the next run repeat (uploads are not idempotent).
+    pub per_job: usize,
 }
 
 impl Default for MessageSettings {
@@ -63,6 +66,7 @@ impl Default for MessageSettings {
             enabled: true,
             max_attachment_bytes: 100 * 1024 * 1024,
             folder: "/dealsync".into(),
+            per_job: 100,
         }
     }
 }
@@ -456,6 +460,8 @@ pub struct MessageOutcome {
     pub written: usize,
     /// A comment waiting for its parent: the job runs again later.
     pub waiting: Option<String>,
+    /// More copies to make than one job makes: the job runs again at once.
+    pub more: bool,
 }
 
 /// A failure of the message half of a job.
@@ -552,6 +558,10 @@ pub async fn execute(
                 removals.push((pair, side, id));
             }
             Intent::Create { mut pair, from } => {
+                if creates.len() >= settings.per_job.max(1) {
+                    out.more = true;
+                    continue;
+                }
                 let to = other(from);
                 let orig_id = id_on(&pair, from).unwrap_or_default().to_owned();
                 let Some(content) = view(from).contents.get(&orig_id).filter(|c| c.shared) else {
@@ -731,7 +741,8 @@ pub async fn execute(
         out.written += created.len();
         pending = rest;
     }
-    if let Some(c) = pending.first() {
+    // With copies left for the next run, a parent may simply not be made yet.
+    if let Some(c) = pending.first().filter(|_| !out.more) {
         out.waiting = Some(format!(
             "comment {} replies to message {}, which is not a shared message synced on this deal yet; it waits for its parent",
             c.pair.origin,

@@ -456,6 +456,7 @@ impl Engine {
                         if m.written > 0 {
                             c.outcome = "synced".into();
                         }
+                        c.more = m.more;
                         if let Some(why) = m.waiting {
                             let job = by_id[&id];
                             if job.attempts + 1 >= self.settings.max_attempts {

@@ -214,6 +214,8 @@ pub struct JobCommit {
     /// Work left for later (a reply waiting for its parent): the job stays queued, due at
     /// this time, with this error, and counts an attempt.
     pub retry: Option<(i64, String)>,
+    /// Work left that the job could not do in one run: it runs again at once.
+    pub more: bool,
 }
 
 /// A message or file linked across one link's two portals.
@@ -421,7 +423,7 @@ pub fn commit_jobs(c: &mut Connection, commits: &[JobCommit]) -> Result<(), Stor
             ])?;
             if let Some((due, error)) = &j.retry {
                 later.execute(params![j.link_id, due, error, now])?;
-            } else if done.execute([j.link_id])? == 0 {
+            } else if j.more || done.execute([j.link_id])? == 0 {
                 again.execute(params![j.link_id, now])?;
             }
             history.execute(params![j.link_id, now, j.outcome])?;

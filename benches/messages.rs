@@ -1,0 +1,397 @@
+//! `cargo bench --bench messages` (issue 5).
+//!
+//! 1. **Throughput and API calls.** 1,000 shared messages with two attachments each (1 KiB
+//!    files) on ten linked partner deals are copied to HubSpot's portal on the polling path,
+//!    under HubSpot's default limits in the sandbox (100 calls per 10 s per portal, search
+//!    4/s) and dealsync's default rate budget. The data is seeded into an unlimited sandbox,
+//!    saved, and loaded into the limited one, so seeding costs the daemon nothing. Reported:
+//!    every API call both portals answered while the daemon ran, per message, against the
+//!    minimum the API allows (per file a signed URL and an upload; per 100 notes a heads read,
+//!    a contents read, an upsert and an association call; per 200 a search page; per 1,000
+//!    an association read on each side), and messages per second until every pair and file
+//!    was recorded.
+//! 2. **Memory.** The daemon runs as its own process (`dealsync run`) against the sandbox as
+//!    another; after it idles, a shared message with a 50 MB attachment is written, and the
+//!    daemon's peak resident memory (VmHWM) while copying it is compared with its idle VmRSS.
+//!    Target: under 40 MB above idle (the file streams; it is never held whole).
+//!
+//! Last line: `{"api_calls_per_message":…,"min_api_calls_per_message":…,"messages_per_s":…,
+//! "attachment_peak_rss_over_idle_mb":…}`.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dealsync::crm::{Budget, CallKind, Client, RetryPolicy};
+use dealsync::daemon::{DaemonHandle, DaemonParts, PortalConn};
+use dealsync::engine::messages::MessageSettings;
+use dealsync::engine::{FieldKind, FieldSpec, Settings};
+use dealsync::sandbox::{self, PortalSpec, SandboxConfig};
+use dealsync::store;
+use serde_json::{json, Value};
+
+const MESSAGES: usize = 1_000;
+const DEALS: usize = 10;
+const FILES_PER_MESSAGE: usize = 2;
+const BIG_FILE: usize = 50 * 1024 * 1024;
+
+fn client(name: &str, base: &str, token: &str) -> Client {
+    Client::new(
+        name,
+        base,
+        token,
+        Arc::new(Budget::new(100, 4)),
+        RetryPolicy::default(),
+    )
+    .expect("client")
+}
+
+async fn upload(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    name: String,
+    bytes: Vec<u8>,
+) -> String {
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(bytes).file_name(name.clone()),
+        )
+        .text("fileName", name)
+        .text("folderPath", "/bench")
+        .text("options", r#"{"access":"PRIVATE"}"#);
+    let v: Value = http
+        .post(format!("{base}/files/v3/files"))
+        .bearer_auth(token)
+        .multipart(form)
+        .send()
+        .await
+        .expect("upload")
+        .json()
+        .await
+        .expect("upload answer");
+    v["id"].as_str().expect("file id").to_owned()
+}
+
+/// Creates shared notes on deals, 100 per batch call, each with its attachment ids.
+async fn create_notes(c: &Client, notes: &[(String, String)]) {
+    for chunk in notes.chunks(100) {
+        let inputs: Vec<Value> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, (deal, files))| {
+                json!({
+                    "properties": {
+                        "hs_note_body": format!("<p>Shared update {i}</p>"),
+                        "hs_timestamp": "2026-11-26T10:00:00.000Z",
+                        "dealsync_visibility": "shared",
+                        "hs_attachment_ids": files,
+                    },
+                    "associations": [{ "to": { "id": deal }, "types": [{ "associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 214 }] }],
+                })
+            })
+            .collect();
+        c.call(
+            reqwest::Method::POST,
+            "/crm/v3/objects/notes/batch/create",
+            Some(&json!({ "inputs": inputs })),
+            CallKind::Ordinary,
+        )
+        .await
+        .expect("batch create notes");
+    }
+}
+
+fn counted(
+    sb: &sandbox::SandboxHandle,
+    base: &str,
+    http: &reqwest::Client,
+) -> impl std::future::Future<Output = u64> {
+    let names: Vec<String> = sb.portals.iter().map(|p| p.name.clone()).collect();
+    let (base, http) = (base.to_owned(), http.clone());
+    async move {
+        let mut total = 0;
+        for n in names {
+            let v: Value = http
+                .get(format!("{base}/_sandbox/portals/{n}/counters"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            total += v["total"].as_u64().unwrap_or(0);
+        }
+        total
+    }
+}
+
+async fn throughput() -> (f64, f64, f64) {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("sandbox.json");
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    // Seed, unlimited.
+    let sb = sandbox::start(SandboxConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        portals: vec![PortalSpec::named("hubspot"), PortalSpec::named("partner-a")],
+        rate_limit_per_10s: None,
+        daily_limit: None,
+        search_per_s: None,
+        state_file: Some(state.clone()),
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap();
+    let (hs_info, pa_info) = (sb.portal("hubspot").clone(), sb.portal("partner-a").clone());
+    let hs = client("hubspot", &sb.base_url, &hs_info.token);
+    let pa = client("partner-a", &sb.base_url, &pa_info.token);
+    for c in [&hs, &pa] {
+        dealsync::setup::ensure(c, false).await.unwrap();
+    }
+    let p_deals = support::create_deals(&pa, DEALS).await;
+    let h_deals = support::create_deals(&hs, DEALS).await;
+    let mut notes = Vec::new();
+    for i in 0..MESSAGES {
+        let mut ids = Vec::new();
+        for f in 0..FILES_PER_MESSAGE {
+            ids.push(
+                upload(
+                    &http,
+                    &sb.base_url,
+                    &pa_info.token,
+                    format!("m{i}-f{f}.txt"),
+                    vec![b'x'; 1024],
+                )
+                .await,
+            );
+        }
+        notes.push((p_deals[i % DEALS].clone(), ids.join(";")));
+    }
+    create_notes(&pa, &notes).await;
+    sb.shutdown().await;
+
+    // Run, under HubSpot's default limits.
+    let sb = sandbox::start(SandboxConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        portals: vec![PortalSpec::named("hubspot"), PortalSpec::named("partner-a")],
+        state_file: Some(state),
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap();
+    let db = dir.path().join("dealsync.db");
+    let pairs: Vec<(String, String)> = p_deals.into_iter().zip(h_deals).collect();
+    support::link_agreed(&db, &pairs).await;
+    let conn = |name: &str, token: &str| PortalConn {
+        name: name.into(),
+        base_url: sb.base_url.clone(),
+        token: token.into(),
+        rate_limit_per_10s: 100,
+        search_per_s: 4,
+    };
+    let before = counted(&sb, &sb.base_url, &http).await;
+    let started = Instant::now();
+    let d = DaemonHandle::start(DaemonParts {
+        store_path: db.clone(),
+        hubspot: conn("hubspot", &hs_info.token),
+        partners: vec![conn("partner-a", &pa_info.token)],
+        settings: Settings {
+            fields: vec![FieldSpec::both_ways(
+                "dealname",
+                "dealname",
+                "dealname",
+                FieldKind::Text,
+            )],
+            stage_maps: HashMap::new(),
+            batch_size: 100,
+            workers: 4,
+            max_attempts: 8,
+            retry_base: Duration::from_millis(500),
+            retry_max: Duration::from_secs(60),
+            dead_letter_path: dir.path().join("dl.jsonl"),
+            mass_deletion: Default::default(),
+            messages: MessageSettings::default(),
+        },
+        poll_interval: Duration::from_secs(2),
+        poll_overlap: Duration::from_secs(600),
+        sweep_interval: Duration::from_secs(86_400),
+        retry: RetryPolicy::default(),
+        drain: Duration::from_secs(20),
+        webhooks: None,
+    })
+    .await
+    .unwrap();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (m, f) = d
+            .store
+            .call(|c| {
+                let n = |kind: &str| -> rusqlite::Result<i64> {
+                    c.query_row(
+                        "SELECT COUNT(*) FROM object_links WHERE kind = ?1 AND state = 'active'",
+                        [kind],
+                        |r| r.get(0),
+                    )
+                };
+                Ok((n("message")?, n("file")?))
+            })
+            .await
+            .unwrap();
+        if m as usize == MESSAGES && f as usize == MESSAGES * FILES_PER_MESSAGE {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1800),
+            "copying stalled at {m} messages, {f} files"
+        );
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    d.shutdown().await;
+    let calls = counted(&sb, &sb.base_url, &http).await - before;
+    let n = MESSAGES as f64;
+    let ceil = |a: usize, b: usize| a.div_ceil(b) as f64;
+    let min = (2 * FILES_PER_MESSAGE) as f64
+        + (4.0 * ceil(MESSAGES, 100) + ceil(MESSAGES, 200) + 2.0 * ceil(MESSAGES, 1000)) / n;
+    eprintln!("throughput: {MESSAGES} messages, {calls} calls in {elapsed:.1} s");
+    (calls as f64 / n, min, n / elapsed)
+}
+
+fn status_kb(pid: u32, key: &str) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(f64::NAN)
+}
+
+async fn memory() -> f64 {
+    let bin = env!("CARGO_BIN_EXE_dealsync");
+    let mut sb = Command::new(bin)
+        .args([
+            "sandbox",
+            "--listen",
+            "127.0.0.1:0",
+            "--portals",
+            "hubspot,partner-a",
+            "--rate-limit",
+            "0",
+            "--search-rate-limit",
+            "0",
+            "--daily-limit",
+            "0",
+        ])
+        .env("DEALSYNC_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sandbox");
+    let mut line = String::new();
+    BufReader::new(sb.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let startup: Value = serde_json::from_str(&line).unwrap();
+    let base = startup["base_url"].as_str().unwrap().to_owned();
+    let token = |i: usize| startup["portals"][i]["token"].as_str().unwrap().to_owned();
+    let (hs, pa) = (
+        client("hubspot", &base, &token(0)),
+        client("partner-a", &base, &token(1)),
+    );
+    for c in [&hs, &pa] {
+        dealsync::setup::ensure(c, false).await.unwrap();
+    }
+    let p = support::create_deals(&pa, 1).await;
+    let h = support::create_deals(&hs, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("dealsync.db");
+    support::link_agreed(&db, &[(p[0].clone(), h[0].clone())]).await;
+    let config = format!(
+        "[store]\npath = \"{}\"\ndead_letter_path = \"{}\"\n[hubspot]\nbase_url = \"{base}\"\ntoken_env = \"HS_TOKEN\"\n[[partners]]\nname = \"partner-a\"\nbase_url = \"{base}\"\ntoken_env = \"PA_TOKEN\"\n[partners.stage_map]\nqualifiedtobuy = \"qualifiedtobuy\"\n[sync]\npoll_interval_ms = 500\nsweep_interval_ms = 86400000\n",
+        db.display(),
+        dir.path().join("dl.jsonl").display()
+    );
+    let cfg = dir.path().join("dealsync.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let mut daemon = Command::new(bin)
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .env("HS_TOKEN", token(0))
+        .env("PA_TOKEN", token(1))
+        .env("DEALSYNC_LOG", "warn")
+        .spawn()
+        .expect("daemon");
+    // Idle: a few poll rounds of every poller.
+    let t0 = store::now_ms();
+    let polled = |after: i64| {
+        let conn = store::open_read_only(&db).unwrap();
+        conn.query_row(
+            "SELECT COUNT(*) FROM portal_health WHERE last_poll_ok > ?1",
+            [after],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while polled(t0 + 3_000) < 4 {
+        assert!(Instant::now() < deadline, "daemon did not poll");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let idle = status_kb(daemon.id(), "VmRSS:");
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let f = upload(
+        &http,
+        &base,
+        &token(1),
+        "big.bin".into(),
+        vec![0x5a; BIG_FILE],
+    )
+    .await;
+    create_notes(&pa, &[(p[0].clone(), f)]).await;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let conn = store::open_read_only(&db).unwrap();
+        let done: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM object_links WHERE kind = 'file' AND state = 'active'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap_or(0);
+        if done == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the big file was not copied");
+    }
+    let peak = status_kb(daemon.id(), "VmHWM:");
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let _ = sb.kill();
+    let _ = sb.wait();
+    eprintln!(
+        "memory: idle {:.1} MB, peak {:.1} MB",
+        idle / 1024.0,
+        peak / 1024.0
+    );
+    (peak - idle) / 1024.0
+}
+
+fn main() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (per_message, min, rate) = rt.block_on(throughput());
+    let over_idle = rt.block_on(memory());
+    let r = |x: f64| (x * 100.0).round() / 100.0;
+    println!(
+        "{}",
+        json!({
+            "api_calls_per_message": r(per_message),
+            "min_api_calls_per_message": r(min),
+            "messages_per_s": r(rate),
+            "attachment_peak_rss_over_idle_mb": r(over_idle),
+        })
+    );
+}
