@@ -48,6 +48,23 @@ pub struct Status {
     pub portals: Vec<PortalStatus>,
     pub dead_letters: DeadLetters,
     pub conflicts: Conflicts,
+    pub messages: Messages,
+}
+
+/// Shared messages and their files, by state.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Messages {
+    pub by_state: BTreeMap<String, i64>,
+    pub files_by_state: BTreeMap<String, i64>,
+    /// HubSpot-side messages on deals with several partners that name none (SPEC §1.2):
+    /// `(HubSpot deal, note id)`, newest first, at most 20.
+    pub needing_target: Vec<NeedsTarget>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NeedsTarget {
+    pub hubspot_deal_id: String,
+    pub note_id: String,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -228,6 +245,33 @@ pub fn overview(
         by_state,
         by_deal_type,
     };
+    let messages = {
+        // One row per HubSpot message, however many links recorded it.
+        let mut st = c.prepare(
+            "SELECT DISTINCT l.hubspot_deal_id, o.hubspot_object_id FROM object_links o
+             JOIN links l ON l.id = o.link_id
+             WHERE o.kind = 'message' AND o.state = 'needs_target' ORDER BY o.updated_at DESC LIMIT 20",
+        )?;
+        let needing_target = st
+            .query_map([], |r| {
+                Ok(NeedsTarget {
+                    hubspot_deal_id: r.get(0)?,
+                    note_id: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Messages {
+            by_state: counts(
+                c,
+                "SELECT state, COUNT(*) FROM object_links WHERE kind = 'message' GROUP BY state",
+            )?,
+            files_by_state: counts(
+                c,
+                "SELECT state, COUNT(*) FROM object_links WHERE kind = 'file' GROUP BY state",
+            )?,
+            needing_target,
+        }
+    };
     let queue = c.query_row(
         "SELECT COUNT(*), COALESCE(SUM(state = 'running'), 0), COALESCE(SUM(attempts > 0 AND state = 'pending'), 0), MIN(enqueued_at) FROM jobs",
         [],
@@ -311,6 +355,7 @@ pub fn overview(
         portals,
         dead_letters: dead_letters(dead_letter_path)?,
         conflicts,
+        messages,
     })
 }
 
@@ -530,6 +575,20 @@ pub fn render(s: &Status) -> String {
     let _ = writeln!(o, "\nLINKS     {} total", s.links.total);
     let _ = writeln!(o, "  by state      {}", cut(&kv(&s.links.by_state), 62));
     let _ = writeln!(o, "  by deal type  {}", cut(&kv(&s.links.by_deal_type), 62));
+    let _ = writeln!(o, "\nMESSAGES  {}", cut(&kv(&s.messages.by_state), 68));
+    let _ = writeln!(
+        o,
+        "  files         {}",
+        cut(&kv(&s.messages.files_by_state), 62)
+    );
+    for n in &s.messages.needing_target {
+        let _ = writeln!(
+            o,
+            "  needs a target: note {} on HubSpot deal {} (set dealsync_target)",
+            cut(&n.note_id, 12),
+            cut(&n.hubspot_deal_id, 12)
+        );
+    }
     let _ = writeln!(
         o,
         "\nQUEUE     {} jobs ({} running, {} retrying), oldest {}",
