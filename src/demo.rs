@@ -3,9 +3,9 @@
 //! through what partners and reps do with a shared deal, verifying every step against the
 //! portals, and ending with the status table. Nothing leaves 127.0.0.1.
 //!
-//! Steps that need features still being built (registration, shared messages and
-//! attachments, private notes — issues 5 and 7) are listed as not available yet rather than
-//! pretended; every step that runs is verified, and the demo exits non-zero if one fails.
+//! Steps that need features still being built (registration and HubSpot adding a partner —
+//! issue 7) are listed as not available yet rather than pretended; every step that runs is
+//! verified, and the demo exits non-zero if one fails.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -88,7 +88,102 @@ impl Demo {
                     "{name} still shows {prop} = {got:?}, not {want:?}, after {STEP_BOUND:?}"
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // Gently: the demo's own reads share the portals' rate limits with the daemon.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn client(&self, on_hubspot: bool) -> &Client {
+        if on_hubspot {
+            &self.hubspot
+        } else {
+            &self.partner
+        }
+    }
+
+    /// Writes a note on a deal, with a file attached when `file` is given; its id.
+    async fn note(
+        &self,
+        on_hubspot: bool,
+        deal: &str,
+        body: &str,
+        extra: Value,
+        file: Option<(&str, &[u8])>,
+    ) -> Result<String, DemoError> {
+        let c = self.client(on_hubspot);
+        let mut props = Map::new();
+        props.insert("hs_note_body".into(), json!(body));
+        props.insert(
+            "hs_timestamp".into(),
+            json!(sandbox::model::iso(store::now_ms())),
+        );
+        if let Some((name, content)) = file {
+            let id = c
+                .upload_file(name, content.to_vec(), "/demo")
+                .await
+                .map_err(|e| self.fail(e.to_string()))?;
+            props.insert("hs_attachment_ids".into(), json!(id));
+        }
+        props.extend(extra.as_object().cloned().unwrap_or_default());
+        let assoc = json!([{ "to": { "id": deal }, "types": [{ "associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 214 }] }]);
+        c.create("notes", &props, assoc)
+            .await
+            .map(|r| r.id)
+            .map_err(|e| self.fail(e.to_string()))
+    }
+
+    /// The notes on a deal, with what the demo checks.
+    async fn notes(&self, on_hubspot: bool, deal: &str) -> Vec<crate::crm::Record> {
+        let c = self.client(on_hubspot);
+        let ids = match c.associations("deals", "notes", &[deal.to_owned()]).await {
+            Ok(m) => m.into_values().flatten().collect::<Vec<_>>(),
+            Err(_) => return Vec::new(),
+        };
+        c.batch_read(
+            "notes",
+            &ids,
+            &crate::engine::messages::content_props(),
+            false,
+        )
+        .await
+        .unwrap_or_default()
+    }
+
+    /// Waits for the copy of `origin` on a deal, with `files` attachments; returns it.
+    async fn until_copy(
+        &self,
+        on_hubspot: bool,
+        deal: &str,
+        origin: &str,
+        files: usize,
+    ) -> Result<crate::crm::Record, DemoError> {
+        let name = if on_hubspot {
+            "HubSpot"
+        } else {
+            "the partner's CRM"
+        };
+        let t0 = Instant::now();
+        loop {
+            let found = self.notes(on_hubspot, deal).await.into_iter().find(|n| {
+                n.get(crate::setup::ORIGIN) == Some(origin)
+                    && n.get("hs_attachment_ids")
+                        .map_or(0, |a| crate::engine::messages::split_ids(a).len())
+                        == files
+            });
+            if let Some(n) = found {
+                println!(
+                    "   ✔ {name} shows the message (note {}, {files} file(s) copied) after {} ms",
+                    n.id,
+                    t0.elapsed().as_millis()
+                );
+                return Ok(n);
+            }
+            if t0.elapsed() > STEP_BOUND {
+                return Err(self.fail(format!(
+                    "{name} has no copy of {origin} with {files} file(s) after {STEP_BOUND:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 
@@ -260,6 +355,76 @@ pub async fn run() -> Result<(), DemoError> {
     demo.until(true, &h, "dealstage", "presentationscheduled")
         .await?;
 
+    demo.say("The partner shares a message with an attachment (dealsync_visibility = shared)");
+    let m = demo
+        .note(
+            false,
+            &p,
+            "<p>Kick-off agenda attached.</p>",
+            json!({ crate::setup::VISIBILITY: "shared" }),
+            Some(("agenda.pdf", b"%PDF-1.4 kick-off agenda")),
+        )
+        .await?;
+    let copy = demo
+        .until_copy(true, &h, &format!("partner-a:{m}"), 1)
+        .await?;
+
+    demo.say("The HubSpot rep comments on it with a file of their own");
+    let r = demo
+        .note(
+            true,
+            &h,
+            "<p>Thanks — pricing sheet attached.</p>",
+            json!({ crate::setup::VISIBILITY: "shared", crate::setup::REPLY_TO: copy.id }),
+            Some(("pricing.xlsx", b"tier,price\nstarter,20")),
+        )
+        .await?;
+    let reply = demo
+        .until_copy(false, &p, &format!("hubspot:{r}"), 1)
+        .await?;
+    if reply.get(crate::setup::REPLY_TO) != Some(m.as_str()) {
+        return Err(demo.fail("the comment lost its thread on the partner's side"));
+    }
+    println!("   ✔ it is a reply to the partner's original message {m}");
+
+    demo.say("The rep writes a private note: it stays in HubSpot");
+    let secret = "Internal: floor price 18/seat";
+    let private = demo.note(true, &h, secret, json!({}), None).await?;
+    // Wait until HubSpot's note poller has passed the note and the queue is empty, then
+    // look on the partner's side.
+    let written = demo
+        .hubspot
+        .get("notes", &private, &["hs_lastmodifieddate".to_owned()])
+        .await
+        .ok()
+        .flatten()
+        .and_then(|r| r.last_modified_ms())
+        .ok_or_else(|| demo.fail("cannot read the private note back"))?;
+    let t0 = Instant::now();
+    loop {
+        let (cursor, depth) = d
+            .store
+            .call(|c| Ok((store::cursor(c, "hubspot/notes")?, store::queue_stats(c)?.0)))
+            .await
+            .map_err(|e| demo.fail(e.to_string()))?;
+        if cursor.is_some_and(|c| c >= written) && depth == 0 {
+            break;
+        }
+        if t0.elapsed() > STEP_BOUND {
+            return Err(demo.fail("HubSpot's notes were not polled past the private note"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if demo
+        .notes(false, &p)
+        .await
+        .iter()
+        .any(|n| n.get("hs_note_body").is_some_and(|b| b.contains(secret)))
+    {
+        return Err(demo.fail("the private note reached the partner"));
+    }
+    println!("   ✔ polled and passed over; the partner's deal has no trace of it");
+
     demo.say("The partner uses a stage the stage map does not know: the job is dead-lettered, not guessed");
     demo.set(false, &p, "dealstage", "decisionmakerboughtin")
         .await?;
@@ -311,7 +476,7 @@ pub async fn run() -> Result<(), DemoError> {
     demo.until(true, &h, "dealstage", "decisionmakerboughtin")
         .await?;
 
-    println!("\nNot in this demo yet (being built): registration from a contact or company, HubSpot adding a partner, shared messages with comments and attachments both ways, and a private note that stays put.");
+    println!("\nNot in this demo yet (being built, issue 7): registration from a contact or company, and HubSpot adding a partner to a deal.");
 
     let status = {
         let (db, dl) = (db.clone(), dl.clone());

@@ -743,31 +743,50 @@ impl Client {
         let part = match len {
             Some(l) => reqwest::multipart::Part::stream_with_length(stream, l),
             None => reqwest::multipart::Part::stream(stream),
-        }
-        .file_name(name.clone());
+        };
+        dest.upload(part, &name, folder).await.map(FileCopy::Copied)
+    }
+
+    /// Uploads a file (private access) and returns its id.
+    pub async fn upload_file(
+        &self,
+        name: &str,
+        content: Vec<u8>,
+        folder: &str,
+    ) -> Result<String, CrmError> {
+        self.upload(reqwest::multipart::Part::bytes(content), name, folder)
+            .await
+    }
+
+    /// One multipart upload: budgeted, classified, not retried (a stream cannot be replayed;
+    /// the job retries the whole copy).
+    async fn upload(
+        &self,
+        part: reqwest::multipart::Part,
+        name: &str,
+        folder: &str,
+    ) -> Result<String, CrmError> {
         let form = reqwest::multipart::Form::new()
-            .part("file", part)
-            .text("fileName", name)
+            .part("file", part.file_name(name.to_owned()))
+            .text("fileName", name.to_owned())
             .text("folderPath", folder.to_owned())
             .text("options", r#"{"access":"PRIVATE"}"#);
         let call = "POST /files/v3/files";
-        let slot = dest.budget.acquire(CallKind::Ordinary).await;
-        let resp = dest
+        let slot = self.budget.acquire(CallKind::Ordinary).await;
+        let resp = self
             .http
-            .post(format!("{}/files/v3/files", dest.base))
-            .bearer_auth(&*dest.token)
-            .timeout(dest.retry.timeout.max(Duration::from_secs(300)))
+            .post(format!("{}/files/v3/files", self.base))
+            .bearer_auth(&*self.token)
+            .timeout(self.retry.timeout.max(Duration::from_secs(300)))
             .multipart(form)
             .send()
             .await
-            .map_err(|e| dest.transport_error(call, e));
+            .map_err(|e| self.transport_error(call, e));
         drop(slot);
-        let v = dest.answer(resp?, call).await?;
-        let new_id = v
-            .get("id")
+        let v = self.answer(resp?, call).await?;
+        v.get("id")
             .and_then(id_text)
-            .ok_or_else(|| decode(&dest.portal, "file upload", "no id in the answer"))?;
-        Ok(FileCopy::Copied(new_id))
+            .ok_or_else(|| decode(&self.portal, "file upload", "no id in the answer"))
     }
 
     /// Creates a property (with its group) unless it exists. Returns whether it was created.
