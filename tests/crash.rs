@@ -1,7 +1,10 @@
 //! Crash consistency: the real daemon process is killed with SIGKILL at random moments while a
-//! stream of field changes lands on both sides, restarted each time, and at the end both sides
-//! must agree on every synced field, each holding the last value written anywhere (no change
-//! lost), with no dead letters.
+//! stream of changes lands on both sides — field edits, shared messages (some with an
+//! attachment), private notes carrying a marker, attachments removed from shared messages and
+//! shared messages deleted — restarted each time, and at the end both sides must agree on every
+//! synced field, each holding the last value written anywhere (no change lost); every live
+//! shared message has exactly one copy on the other side, a deleted one none; a removed
+//! attachment's copy is deleted; no private marker reached the other portal; no dead letters.
 //!
 //! Short by default (30 kills, seeded, a few seconds of changes) so it runs in CI; set
 //! `DEALSYNC_SOAK_KILLS` (e.g. 500) and optionally `DEALSYNC_SOAK_SEED` for a long local run.
@@ -17,6 +20,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::notes::{attachments, prop as note_prop};
 use dealsync::store::{self, Store};
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -62,6 +66,7 @@ rate_limit_per_10s = 1000
 [sync]
 poll_interval_ms = 100
 poll_overlap_ms = 4000
+sweep_interval_ms = 4000
 retry_base_ms = 50
 retry_max_ms = 500
 [fields.dealname]
@@ -195,6 +200,17 @@ async fn soak(faults: bool) {
         pairs.push((p, h));
     }
     drop(store);
+    for p in [&hs, &pa] {
+        let c = dealsync::crm::Client::new(
+            &p.info.name,
+            &sb.base_url,
+            &p.info.token,
+            std::sync::Arc::new(dealsync::crm::Budget::new(1000, 100)),
+            dealsync::crm::RetryPolicy::default(),
+        )
+        .unwrap();
+        dealsync::setup::ensure(&c, false).await.unwrap();
+    }
     if faults {
         for p in [&hs, &pa] {
             p.set_faults(json!({
@@ -209,6 +225,7 @@ async fn soak(faults: bool) {
     let mut last: HashMap<(usize, &str), String> = HashMap::new();
     let mut last_change: HashMap<usize, Instant> = HashMap::new();
     let mut changes = 0u64;
+    let mut msgs = Messages::default();
     let mut daemon = start(&cfg, &hs, &pa);
     for kill in 0..kills {
         let life = Duration::from_millis(rng.random_range(50..600));
@@ -224,6 +241,17 @@ async fn soak(faults: bool) {
                 continue;
             }
             let on_partner = rng.random_bool(0.5);
+            if rng.random_bool(0.3) {
+                let (who, deal) = if on_partner {
+                    (&pa, &pairs[i].0)
+                } else {
+                    (&hs, &pairs[i].1)
+                };
+                msgs.act(&mut rng, who, deal, seed).await;
+                last_change.insert(i, Instant::now());
+                changes += 1;
+                continue;
+            }
             let (field, value) = if rng.random_bool(0.7) {
                 ("dealname", format!("c{changes} s{seed}"))
             } else {
@@ -274,6 +302,7 @@ async fn soak(faults: bool) {
             .await;
         }
     }
+    msgs.converged(&hs, &pa, &db, seed).await;
     let _ = daemon.start_kill();
     let _ = daemon.wait().await;
     let dead = dealsync::deadletter::read_all(&dir.path().join("dead-letters.jsonl")).unwrap();
@@ -282,5 +311,295 @@ async fn soak(faults: bool) {
         "seed {seed}: dead letters after crashes: {:?}",
         dead.entries
     );
-    eprintln!("{name}: seed {seed}: {kills} kills survived, {changes} changes, none lost");
+    eprintln!(
+        "{name}: seed {seed}: {kills} kills survived, {changes} changes, none lost; messages: {} shared, {} private, {} attachments removed, {} deleted; 0 duplicates, 0 leaked markers",
+        msgs.shared.len(),
+        msgs.private,
+        msgs.detached,
+        msgs.deleted
+    );
+}
+
+/// Creates a note on a deal through injected faults (the test is a user, not the daemon).
+async fn note(
+    p: &common::Portal,
+    deal: &str,
+    body: &str,
+    shared: bool,
+    extra: serde_json::Value,
+    seed: u64,
+) -> String {
+    let mut props = json!({
+        "hs_note_body": body,
+        "hs_timestamp": "2026-11-26T10:00:00.000Z",
+        "dealsync_visibility": if shared { "shared" } else { "private" },
+    });
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        props[k] = v.clone();
+    }
+    let body = json!({
+        "properties": props,
+        "associations": [{ "to": { "id": deal }, "types": [{ "associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 214 }] }],
+    });
+    with_retries(seed, || async {
+        let a = p.post("/crm/v3/objects/notes", body.clone()).await;
+        assert!(
+            a.status == 201 || a.status >= 500,
+            "seed {seed}: {}",
+            a.text
+        );
+        a.body["id"].as_str().map(str::to_owned)
+    })
+    .await
+}
+
+async fn upload(p: &common::Portal, name: &str, content: String, seed: u64) -> String {
+    with_retries(seed, || async {
+        let form = reqwest::multipart::Form::new()
+            .part(
+                "file",
+                reqwest::multipart::Part::text(content.clone()).file_name(name.to_owned()),
+            )
+            .text("folderPath", "/tests")
+            .text("options", r#"{"access":"PRIVATE"}"#);
+        let a = p
+            .send(
+                p.req(reqwest::Method::POST, "/files/v3/files")
+                    .multipart(form),
+            )
+            .await;
+        assert!(
+            a.status == 201 || a.status >= 500,
+            "seed {seed}: {}",
+            a.text
+        );
+        a.body["id"].as_str().map(str::to_owned)
+    })
+    .await
+}
+
+/// Every live note of a portal, or `None` when a page read hit an injected fault.
+async fn notes(p: &common::Portal) -> Option<Vec<serde_json::Value>> {
+    let mut out = Vec::new();
+    let mut after = String::new();
+    loop {
+        let a = p
+            .get(&format!(
+                "/crm/v3/objects/notes?limit=100&properties=hs_attachment_ids,dealsync_origin{after}"
+            ))
+            .await;
+        if a.status != 200 {
+            return None;
+        }
+        out.extend(a.body["results"].as_array().cloned().unwrap_or_default());
+        match a
+            .body
+            .pointer("/paging/next/after")
+            .and_then(|v| v.as_str())
+        {
+            Some(n) => after = format!("&after={n}"),
+            None => return Some(out),
+        }
+    }
+}
+
+/// One shared message the stream wrote: where it lives and what its copy must look like.
+struct Shared {
+    portal: &'static str,
+    id: String,
+    attached: bool,
+    deleted: bool,
+}
+
+/// The message half of the stream.
+#[derive(Default)]
+struct Messages {
+    shared: Vec<Shared>,
+    private: usize,
+    detached: usize,
+    deleted: usize,
+}
+
+/// A portal's private marker: it may appear in that portal and nowhere else.
+fn marker(seed: u64, portal: &str) -> String {
+    format!("PRIVCRASH-{seed}-{portal}-x")
+}
+
+async fn with_retries<T, F, Fut>(seed: u64, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    for _ in 0..50 {
+        if let Some(v) = f().await {
+            return v;
+        }
+    }
+    panic!("seed {seed}: the sandbox refused a change 50 times");
+}
+
+impl Messages {
+    /// Writes a shared message (half with a file), a private note, removes an attachment from
+    /// an earlier shared message, or deletes one.
+    async fn act(
+        &mut self,
+        rng: &mut rand::rngs::StdRng,
+        who: &common::Portal,
+        deal: &str,
+        seed: u64,
+    ) {
+        let portal: &'static str = if who.info.name == "hubspot" {
+            "hubspot"
+        } else {
+            "partner-a"
+        };
+        let roll = rng.random_range(0..10);
+        let mine: Vec<usize> = (0..self.shared.len())
+            .filter(|k| self.shared[*k].portal == portal && !self.shared[*k].deleted)
+            .collect();
+        if roll < 5 || mine.is_empty() {
+            let attached = rng.random_bool(0.5);
+            let n = self.shared.len();
+            let mut props = json!({});
+            if attached {
+                let f = upload(who, &format!("f{n}.txt"), format!("file {n} s{seed}"), seed).await;
+                props = json!({ "hs_attachment_ids": f });
+            }
+            let id = note(who, deal, &format!("shared {n} s{seed}"), true, props, seed).await;
+            self.shared.push(Shared {
+                portal,
+                id,
+                attached,
+                deleted: false,
+            });
+        } else if roll < 8 {
+            let body = format!("{} {}", marker(seed, portal), self.private);
+            note(who, deal, &body, false, json!({}), seed).await;
+            self.private += 1;
+        } else if roll < 9 {
+            let k = mine[rng.random_range(0..mine.len())];
+            if self.shared[k].attached {
+                let id = self.shared[k].id.clone();
+                with_retries(seed, || async {
+                    (who.patch(
+                        &format!("/crm/v3/objects/notes/{id}"),
+                        json!({"properties": {"hs_attachment_ids": ""}}),
+                    )
+                    .await
+                    .status
+                        == 200)
+                        .then_some(())
+                })
+                .await;
+                self.shared[k].attached = false;
+                self.detached += 1;
+            }
+        } else {
+            let k = mine[rng.random_range(0..mine.len())];
+            let id = self.shared[k].id.clone();
+            with_retries(seed, || async {
+                let st = who
+                    .delete(&format!("/crm/v3/objects/notes/{id}"))
+                    .await
+                    .status;
+                (st == 204 || st == 404).then_some(())
+            })
+            .await;
+            self.shared[k].deleted = true;
+            self.deleted += 1;
+        }
+    }
+
+    /// Waits until every shared message has exactly the copy it should, then checks removed
+    /// attachments and private markers.
+    async fn converged(&self, hs: &common::Portal, pa: &common::Portal, db: &Path, seed: u64) {
+        let other = |portal: &str| if portal == "hubspot" { pa } else { hs };
+        common::eventually(
+            &format!("seed {seed}: every shared message has exactly its copy"),
+            Duration::from_secs(120),
+            || async {
+                let (on_hs, on_pa) = (notes(hs).await?, notes(pa).await?);
+                for m in &self.shared {
+                    let there = if m.portal == "hubspot" {
+                        &on_pa
+                    } else {
+                        &on_hs
+                    };
+                    let origin = format!("{}:{}", m.portal, m.id);
+                    let copies: Vec<_> = there
+                        .iter()
+                        .filter(|n| note_prop(n, "dealsync_origin") == Some(origin.as_str()))
+                        .collect();
+                    let want = usize::from(!m.deleted);
+                    assert!(
+                        copies.len() <= 1,
+                        "seed {seed}: {origin} was copied {} times",
+                        copies.len()
+                    );
+                    if copies.len() != want {
+                        return None;
+                    }
+                    if let Some(c) = copies.first() {
+                        if attachments(c).len() != usize::from(m.attached) {
+                            return None;
+                        }
+                    }
+                }
+                Some(())
+            },
+        )
+        .await;
+        // Removed attachments: every file pair dealsync recorded as removed has its copy gone.
+        let conn = store::open_read_only(db).unwrap();
+        let mut st = conn
+            .prepare("SELECT origin, partner_object_id, hubspot_object_id FROM object_links WHERE kind = 'file' AND state = 'removed'")
+            .unwrap();
+        let removed: Vec<(String, Option<String>, Option<String>)> = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            self.detached == 0 || !removed.is_empty(),
+            "seed {seed}: attachments were removed but no file pair is recorded removed"
+        );
+        for (origin, p, h) in removed {
+            let (copy_portal, copy) = if origin.starts_with("hubspot:") {
+                (pa, p)
+            } else {
+                (hs, h)
+            };
+            let copy = copy.expect("a removed file pair names its copy");
+            assert_ne!(
+                copy_portal
+                    .get(&format!("/files/v3/files/{copy}"))
+                    .await
+                    .status,
+                200,
+                "seed {seed}: the copy {copy} of removed attachment {origin} still exists"
+            );
+        }
+        // No private marker crossed: the other portal's whole state, history included.
+        for portal in [hs, pa] {
+            let there = other(&portal.info.name);
+            let text = there
+                .http
+                .get(format!(
+                    "{}/_sandbox/portals/{}/state",
+                    there.base, there.info.name
+                ))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            assert!(
+                !text.contains(&marker(seed, &portal.info.name)),
+                "seed {seed}: a private note of {} reached {}",
+                portal.info.name,
+                there.info.name
+            );
+        }
+    }
 }

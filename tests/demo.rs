@@ -26,9 +26,18 @@ fn demo_verifies_every_step_and_exits_zero() {
     assert!(stdout.matches("   ✔ ").count() >= 12, "{stdout}");
     // Shared messages both ways, with files and the thread, and a private note kept home.
     assert!(stdout.contains("HubSpot shows the message"), "{stdout}");
-    assert!(stdout.contains("the partner's CRM shows the message"), "{stdout}");
-    assert!(stdout.contains("it is a reply to the partner's original message"), "{stdout}");
-    assert!(stdout.contains("the partner's deal has no trace of it"), "{stdout}");
+    assert!(
+        stdout.contains("the partner's CRM shows the message"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("it is a reply to the partner's original message"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("the partner's deal has no trace of it"),
+        "{stdout}"
+    );
     assert!(stdout.contains("MESSAGES  active 2"), "{stdout}");
     assert!(stdout.contains("DEAD LETTERS  0 open of "), "{stdout}");
     assert!(stdout.contains("9 steps verified"), "{stdout}");
