@@ -291,15 +291,20 @@ async fn soak(faults: bool) {
                     STAGES[0].to_owned()
                 }
             });
-            common::eventually(
-                &format!("seed {seed}: deal {i} {field} converges to {want:?}"),
-                deadline,
-                || async {
-                    let (a, b) = (prop(&pa, p, field).await, prop(&hs, h, field).await);
-                    (a.as_deref() == Some(want.as_str()) && b == a).then_some(())
-                },
-            )
-            .await;
+            let deadline = Instant::now() + deadline;
+            loop {
+                let (a, b) = (prop(&pa, p, field).await, prop(&hs, h, field).await);
+                if a.as_deref() == Some(want.as_str()) && b == a {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    panic!(
+                        "seed {seed}: deal {i} {field} did not converge to {want:?} (partner {a:?}, HubSpot {b:?})\n{}",
+                        diagnose(&db)
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
         }
     }
     msgs.converged(&hs, &pa, &db, seed).await;
@@ -318,6 +323,35 @@ async fn soak(faults: bool) {
         msgs.detached,
         msgs.deleted
     );
+}
+
+/// The daemon's queue and dead letters, for a failure message.
+fn diagnose(db: &Path) -> String {
+    let conn = store::open_read_only(db).unwrap();
+    let rows = |sql: &str| -> Vec<String> {
+        let mut st = conn.prepare(sql).unwrap();
+        let n = st.column_count();
+        st.query_map([], |r| {
+            Ok((0..n)
+                .map(|i| match r.get_ref(i) {
+                    Ok(v) => format!("{v:?}"),
+                    Err(_) => "?".into(),
+                })
+                .collect::<Vec<_>>()
+                .join(" "))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    };
+    let jobs = rows("SELECT link_id, state, attempts, due_at, last_error FROM jobs");
+    let history =
+        rows("SELECT link_id, outcome, detail FROM job_history ORDER BY id DESC LIMIT 15");
+    let dead = std::fs::read_to_string(db.with_file_name("dead-letters.jsonl")).unwrap_or_default();
+    format!(
+        "now {}\njobs: {jobs:#?}\nrecent history: {history:#?}\ndead letters: {dead}",
+        store::now_ms()
+    )
 }
 
 /// Creates a note on a deal through injected faults (the test is a user, not the daemon).
@@ -510,45 +544,68 @@ impl Messages {
         }
     }
 
+    /// What is still wrong with the copies, or `None` when every shared message has exactly
+    /// the copy it should (an unreadable portal counts as not yet).
+    async fn mismatch(
+        &self,
+        hs: &common::Portal,
+        pa: &common::Portal,
+        seed: u64,
+    ) -> Option<String> {
+        let (Some(on_hs), Some(on_pa)) = (notes(hs).await, notes(pa).await) else {
+            return Some("a portal could not be read".into());
+        };
+        for m in &self.shared {
+            let there = if m.portal == "hubspot" {
+                &on_pa
+            } else {
+                &on_hs
+            };
+            let origin = format!("{}:{}", m.portal, m.id);
+            let copies: Vec<_> = there
+                .iter()
+                .filter(|n| note_prop(n, "dealsync_origin") == Some(origin.as_str()))
+                .collect();
+            assert!(
+                copies.len() <= 1,
+                "seed {seed}: {origin} was copied {} times",
+                copies.len()
+            );
+            let want = usize::from(!m.deleted);
+            if copies.len() != want {
+                return Some(format!("{origin}: {} copies, want {want}", copies.len()));
+            }
+            if let Some(c) = copies.first() {
+                let n = attachments(c).len();
+                if n != usize::from(m.attached) {
+                    return Some(format!(
+                        "{origin}: copy has {n} attachments, want {}",
+                        usize::from(m.attached)
+                    ));
+                }
+            }
+        }
+        None
+    }
+
     /// Waits until every shared message has exactly the copy it should, then checks removed
     /// attachments and private markers.
     async fn converged(&self, hs: &common::Portal, pa: &common::Portal, db: &Path, seed: u64) {
         let other = |portal: &str| if portal == "hubspot" { pa } else { hs };
-        common::eventually(
-            &format!("seed {seed}: every shared message has exactly its copy"),
-            Duration::from_secs(120),
-            || async {
-                let (on_hs, on_pa) = (notes(hs).await?, notes(pa).await?);
-                for m in &self.shared {
-                    let there = if m.portal == "hubspot" {
-                        &on_pa
-                    } else {
-                        &on_hs
-                    };
-                    let origin = format!("{}:{}", m.portal, m.id);
-                    let copies: Vec<_> = there
-                        .iter()
-                        .filter(|n| note_prop(n, "dealsync_origin") == Some(origin.as_str()))
-                        .collect();
-                    let want = usize::from(!m.deleted);
-                    assert!(
-                        copies.len() <= 1,
-                        "seed {seed}: {origin} was copied {} times",
-                        copies.len()
-                    );
-                    if copies.len() != want {
-                        return None;
-                    }
-                    if let Some(c) = copies.first() {
-                        if attachments(c).len() != usize::from(m.attached) {
-                            return None;
-                        }
-                    }
-                }
-                Some(())
-            },
-        )
-        .await;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let mismatch = self.mismatch(hs, pa, seed).await;
+            let Some(why) = mismatch else { break };
+            if Instant::now() > deadline {
+                panic!(
+                    "seed {seed}: shared messages did not converge in 120 s: {why}\n{}",
+                    diagnose(db)
+                );
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(250));
+        }
         // Removed attachments: every file pair dealsync recorded as removed has its copy gone.
         let conn = store::open_read_only(db).unwrap();
         let mut st = conn

@@ -382,7 +382,7 @@ impl Engine {
             }
         }
         // Held until the outcomes (and the timestamps our writes produced) are committed.
-        let _in_flight = self.in_flight.mark(
+        let in_flight = self.in_flight.mark(
             plans
                 .iter()
                 .filter(|(_, p)| !p.hubspot_writes.is_empty() || !p.partner_writes.is_empty())
@@ -440,6 +440,33 @@ impl Engine {
                 }),
             );
         }
+
+        // The fields' outcome is committed now, before the messages: their writes and their
+        // shadows must be as close together as possible. A change someone makes between our
+        // write and this commit, back to the old agreed value, would look like no change after
+        // a crash and be overwritten; the message half can take seconds (file copies), so it
+        // must not sit inside that window.
+        let mut field_conflicts = 0;
+        if !fields_done.is_empty() {
+            let mut early = Vec::new();
+            for l in &fields_done {
+                if let Some(Outcome::Done(c)) = outcomes.get_mut(&l.id) {
+                    field_conflicts += c.conflicts.len();
+                    early.push(JobCommit {
+                        link_id: c.link_id,
+                        shadows: std::mem::take(&mut c.shadows),
+                        conflicts: std::mem::take(&mut c.conflicts),
+                        partner_written_ms: c.partner_written_ms.take(),
+                        hubspot_written_ms: c.hubspot_written_ms.take(),
+                        ..Default::default()
+                    });
+                }
+            }
+            self.store
+                .call(move |c| store::commit_fields(c, &early))
+                .await?;
+        }
+        drop(in_flight);
 
         // Messages, for the links whose fields went through.
         if self.settings.messages.enabled && !fields_done.is_empty() {
@@ -559,7 +586,8 @@ impl Engine {
             .map(|j| (now - j.enqueued_at).max(0) as f64 / 1000.0)
             .collect();
         let outcomes: Vec<String> = commits.iter().map(|c| c.outcome.clone()).collect();
-        let conflicts: usize = commits.iter().map(|c| c.conflicts.len()).sum();
+        let conflicts: usize =
+            field_conflicts + commits.iter().map(|c| c.conflicts.len()).sum::<usize>();
         let (n_retries, n_dead) = (retries.len(), dead.len());
         self.store
             .call(move |c| {

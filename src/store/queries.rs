@@ -339,26 +339,62 @@ pub fn object_seen_ms(
     Ok(out)
 }
 
+/// Records what a job's field writes produced — shadows, conflicts, the timestamps written —
+/// without finishing the job (the message half comes next).
+pub fn commit_fields(c: &mut Connection, commits: &[JobCommit]) -> Result<(), StoreError> {
+    let tx = c.transaction()?;
+    for j in commits {
+        record_fields(&tx, j, now_ms())?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn record_fields(tx: &Connection, j: &JobCommit, now: i64) -> Result<(), StoreError> {
+    let mut shadow = tx.prepare_cached(
+        "INSERT INTO shadows (link_id, field, value, updated_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (link_id, field) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+    )?;
+    let mut conflict = tx.prepare_cached(
+        "INSERT INTO conflicts (link_id, field, partner_value, hubspot_value, winner, policy, at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    let mut written = tx.prepare_cached(
+        "UPDATE links SET partner_written_ms = COALESCE(?2, partner_written_ms),
+                          hubspot_written_ms = COALESCE(?3, hubspot_written_ms),
+                          state = COALESCE(?4, state), updated_at = ?5
+         WHERE id = ?1",
+    )?;
+    for (field, value) in &j.shadows {
+        shadow.execute(params![j.link_id, field, value, now])?;
+    }
+    for k in &j.conflicts {
+        conflict.execute(params![
+            k.link_id,
+            k.field,
+            k.partner_value,
+            k.hubspot_value,
+            k.winner,
+            k.policy,
+            now
+        ])?;
+    }
+    written.execute(params![
+        j.link_id,
+        j.partner_written_ms,
+        j.hubspot_written_ms,
+        j.new_state,
+        now
+    ])?;
+    Ok(())
+}
+
 /// Commits the results of finished jobs and removes them from the queue (or re-queues those
 /// that got a new change while running).
 pub fn commit_jobs(c: &mut Connection, commits: &[JobCommit]) -> Result<(), StoreError> {
     let now = now_ms();
     let tx = c.transaction()?;
     {
-        let mut shadow = tx.prepare_cached(
-            "INSERT INTO shadows (link_id, field, value, updated_at) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (link_id, field) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-        )?;
-        let mut conflict = tx.prepare_cached(
-            "INSERT INTO conflicts (link_id, field, partner_value, hubspot_value, winner, policy, at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?;
-        let mut written = tx.prepare_cached(
-            "UPDATE links SET partner_written_ms = COALESCE(?2, partner_written_ms),
-                              hubspot_written_ms = COALESCE(?3, hubspot_written_ms),
-                              state = COALESCE(?4, state), updated_at = ?5
-             WHERE id = ?1",
-        )?;
         let mut done = tx.prepare_cached("DELETE FROM jobs WHERE link_id = ?1 AND rerun = 0")?;
         let mut again = tx.prepare_cached(
             "UPDATE jobs SET state = 'pending', rerun = 0, attempts = 0, due_at = ?2,
@@ -400,27 +436,7 @@ pub fn commit_jobs(c: &mut Connection, commits: &[JobCommit]) -> Result<(), Stor
                     now
                 ])?;
             }
-            for (field, value) in &j.shadows {
-                shadow.execute(params![j.link_id, field, value, now])?;
-            }
-            for k in &j.conflicts {
-                conflict.execute(params![
-                    k.link_id,
-                    k.field,
-                    k.partner_value,
-                    k.hubspot_value,
-                    k.winner,
-                    k.policy,
-                    now
-                ])?;
-            }
-            written.execute(params![
-                j.link_id,
-                j.partner_written_ms,
-                j.hubspot_written_ms,
-                j.new_state,
-                now
-            ])?;
+            record_fields(&tx, j, now)?;
             if let Some((due, error)) = &j.retry {
                 later.execute(params![j.link_id, due, error, now])?;
             } else if j.more || done.execute([j.link_id])? == 0 {
