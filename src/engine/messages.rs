@@ -247,6 +247,11 @@ pub enum Intent {
 
 /// Decides, from deciding properties only, what each message of one link needs. `partner`
 /// and `hubspot` are the notes of the link's two deals; `pairs` the link's recorded messages.
+///
+/// A copy is found by its `dealsync_origin` on the other side, not only by the id the store
+/// recorded: a copy written just before a crash (or whose job failed after the write) is in
+/// the portal but not in the store. Such a copy is adopted (rewritten by the upsert) while its
+/// original is shared, and deleted once its original is gone or private.
 pub fn intend(
     link: &Link,
     hubspot_portal: &str,
@@ -268,30 +273,45 @@ pub fn intend(
         .filter(|o| o.kind == "message")
         .map(|o| (o.origin.as_str(), o))
         .collect();
+    // Copies on each side that belong to this link: their origin is in the other portal.
+    let mut copies: HashMap<(Side, &str), &NoteHead> = HashMap::new();
     let mut keys: Vec<(String, Side, String)> = Vec::new();
-    for side in [Side::Partner, Side::Hubspot] {
-        let mut ids: Vec<&NoteHead> = notes(side)
-            .values()
-            .filter(|n| n.origin.is_none() && n.shared)
-            .collect();
-        ids.sort_by(|a, b| a.id.cmp(&b.id));
-        for n in ids {
-            keys.push((origin_key(portal_of(side), &n.id), side, n.id.clone()));
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut add = |key: &str, keys: &mut Vec<(String, Side, String)>| {
+        let Some((portal, id)) = key.split_once(':') else {
+            return;
+        };
+        let side = if portal == hubspot_portal {
+            Side::Hubspot
+        } else if portal == link.partner {
+            Side::Partner
+        } else {
+            return;
+        };
+        if seen.insert(key.to_owned()) {
+            keys.push((key.to_owned(), side, id.to_owned()));
         }
-    }
-    let mut seen: HashSet<String> = keys.iter().map(|k| k.0.clone()).collect();
-    for o in pairs.iter().filter(|o| o.kind == "message") {
-        if seen.insert(o.origin.clone()) {
-            let Some((portal, id)) = o.origin.split_once(':') else {
+    };
+    for side in [Side::Partner, Side::Hubspot] {
+        let mut list: Vec<&NoteHead> = notes(side).values().collect();
+        list.sort_by(|a, b| a.id.cmp(&b.id));
+        for n in &list {
+            if n.origin.is_none() && n.shared {
+                add(&origin_key(portal_of(side), &n.id), &mut keys);
+            }
+        }
+        for n in list {
+            let Some(o) = n.origin.as_deref() else {
                 continue;
             };
-            let side = if portal == hubspot_portal {
-                Side::Hubspot
-            } else {
-                Side::Partner
-            };
-            keys.push((o.origin.clone(), side, id.to_owned()));
+            if o.split_once(':').map(|(p, _)| p) == Some(portal_of(other(side))) {
+                copies.insert((side, o), n);
+                add(o, &mut keys);
+            }
         }
+    }
+    for o in pairs.iter().filter(|o| o.kind == "message") {
+        add(&o.origin, &mut keys);
     }
 
     let mut out = Vec::new();
@@ -306,35 +326,34 @@ pub fn intend(
         });
         set_id(&mut pair, from, Some(orig_id.clone()));
         let was_active = pair.state == "active";
-        let copy_id = id_on(&pair, to).map(str::to_owned);
         let orig = notes(from).get(&orig_id);
-        let copy = copy_id.as_deref().and_then(|id| notes(to).get(id));
-        let with_state = |mut p: ObjectLink, state: &str, note: Option<&str>| {
+        let copy = copies
+            .get(&(to, key.as_str()))
+            .copied()
+            .or_else(|| id_on(&pair, to).and_then(|id| notes(to).get(id)));
+        if let Some(c) = copy {
+            set_id(&mut pair, to, Some(c.id.clone()));
+        }
+        let with_state = |mut p: ObjectLink, state: &str, note: &str| {
             p.state = state.into();
-            p.note = note.map(str::to_owned);
+            p.note = Some(note.to_owned());
             p
         };
-        let remove_copy = |p: ObjectLink, state: &str, note: &str| match (&copy, was_active) {
-            (Some(c), true) => Intent::Remove {
-                pair: with_state(p, state, Some(note)),
+        // The original is gone, private, or not for this partner: its copy goes.
+        let retire = |p: ObjectLink, state: &str, note: &str| match copy {
+            Some(c) => Some(Intent::Remove {
+                pair: with_state(p, state, note),
                 side: to,
                 id: c.id.clone(),
-            },
-            _ => Intent::Record(with_state(p, state, Some(note))),
+            }),
+            None if recorded.is_some() && p.state != state => {
+                Some(Intent::Record(with_state(p, state, note)))
+            }
+            None => None,
         };
         let intent = match orig {
-            None => {
-                if recorded.is_none() || pair.state == "removed" {
-                    continue;
-                }
-                remove_copy(pair, "removed", "the original was deleted")
-            }
-            Some(o) if !o.shared => {
-                if recorded.is_none() || pair.state == "unshared" {
-                    continue;
-                }
-                remove_copy(pair, "unshared", "the original was made private")
-            }
+            None => retire(pair, "removed", "the original was deleted"),
+            Some(o) if !o.shared => retire(pair, "unshared", "the original was made private"),
             Some(o) => {
                 let reachable = match from {
                     Side::Partner => Reach::Here,
@@ -344,47 +363,39 @@ pub fn intend(
                         links_of_deal,
                     ),
                 };
-                match reachable {
-                    Reach::NeedsTarget if !was_active => {
-                        if pair.state == "needs_target" {
-                            continue;
-                        }
-                        Intent::Record(with_state(
+                match (reachable, copy) {
+                    (Reach::NeedsTarget, None) if pair.state != "needs_target" => {
+                        Some(Intent::Record(with_state(
                             pair,
                             "needs_target",
-                            Some("the HubSpot deal has several partners: set dealsync_target on the message to the partner it is for"),
-                        ))
+                            "the HubSpot deal has several partners: set dealsync_target on the message to the partner it is for",
+                        )))
                     }
-                    Reach::NeedsTarget | Reach::Elsewhere => {
-                        if recorded.is_none() || pair.state == "elsewhere" {
-                            continue;
-                        }
-                        remove_copy(pair, "elsewhere", "the message is for another partner")
+                    (Reach::NeedsTarget, None) => None,
+                    (Reach::NeedsTarget | Reach::Elsewhere, _) => {
+                        retire(pair, "elsewhere", "the message is for another partner")
                     }
-                    Reach::Here => match copy {
-                        Some(c) if !c.shared => {
-                            if pair.state == "detached" {
-                                continue;
-                            }
-                            Intent::Record(with_state(
-                                pair,
-                                "detached",
-                                Some("the copy was made private; the pair no longer syncs"),
-                            ))
-                        }
-                        Some(_) => Intent::Sync { pair, from },
-                        None if was_active => Intent::Remove {
-                            pair: with_state(pair, "removed", Some("the copy was deleted")),
-                            side: from,
-                            id: orig_id.clone(),
-                        },
-                        None if pair.state == "detached" => continue,
-                        None => Intent::Create { pair, from },
-                    },
+                    (Reach::Here, _) if pair.state == "detached" => None,
+                    (Reach::Here, Some(c)) if was_active && !c.shared => {
+                        Some(Intent::Record(with_state(
+                            pair,
+                            "detached",
+                            "the copy was made private; the pair no longer syncs",
+                        )))
+                    }
+                    (Reach::Here, Some(_)) if was_active => Some(Intent::Sync { pair, from }),
+                    // A copy the store does not know (written before a crash): rewritten.
+                    (Reach::Here, Some(_)) => Some(Intent::Create { pair, from }),
+                    (Reach::Here, None) if was_active => Some(Intent::Remove {
+                        pair: with_state(pair, "removed", "the copy was deleted"),
+                        side: from,
+                        id: orig_id.clone(),
+                    }),
+                    (Reach::Here, None) => Some(Intent::Create { pair, from }),
                 }
             }
         };
-        out.push(intent);
+        out.extend(intent);
     }
     out
 }
@@ -1170,8 +1181,33 @@ mod tests {
         let mut from_a = note("5", true);
         from_a.origin = Some("partner-a:1".into());
         let h = map(&[from_a, reply]);
-        let i = intend(&link(), "hubspot", 2, &map(&[]), &h, &[]);
-        assert_eq!(kinds(&i), vec!["create hubspot:6 from Hubspot"]);
+        let pairs = [pair("partner-a:1", Some("1"), Some("5"), "active")];
+        let i = intend(&link(), "hubspot", 2, &map(&[note("1", true)]), &h, &pairs);
+        assert_eq!(
+            kinds(&i),
+            vec!["sync partner-a:1", "create hubspot:6 from Hubspot"]
+        );
+    }
+
+    #[test]
+    fn a_copy_the_store_does_not_know_is_adopted_or_retired() {
+        // Written just before a crash: the original is still shared, so the copy is rewritten
+        // by the upsert (not duplicated).
+        let mut copy = note("9", true);
+        copy.origin = Some("partner-a:1".into());
+        let h = map(&[copy.clone()]);
+        let i = intend(&link(), "hubspot", 1, &map(&[note("1", true)]), &h, &[]);
+        assert_eq!(kinds(&i), vec!["create partner-a:1 from Partner"]);
+        // The original was deleted meanwhile: the copy goes.
+        let i = intend(&link(), "hubspot", 1, &map(&[]), &h, &[]);
+        assert_eq!(kinds(&i), vec!["remove 9 on Hubspot (removed)"]);
+        // Made private meanwhile: the copy goes too.
+        let i = intend(&link(), "hubspot", 1, &map(&[note("1", false)]), &h, &[]);
+        assert_eq!(kinds(&i), vec!["remove 9 on Hubspot (unshared)"]);
+        // Another partner's copy on the same HubSpot deal is none of this link's business.
+        let mut theirs = copy;
+        theirs.origin = Some("partner-b:1".into());
+        assert!(intend(&link(), "hubspot", 2, &map(&[]), &map(&[theirs]), &[]).is_empty());
     }
 
     #[test]
