@@ -515,6 +515,29 @@ impl Client {
         }
     }
 
+    /// Reads one record by a unique property's value; `None` when none holds it.
+    pub async fn get_by(
+        &self,
+        object: &str,
+        value: &str,
+        id_property: &str,
+        props: &[String],
+    ) -> Result<Option<Record>, CrmError> {
+        let value: String = form_urlencoded::byte_serialize(value.as_bytes()).collect();
+        let path = format!(
+            "/crm/v3/objects/{object}/{value}?idProperty={id_property}&properties={}",
+            props.join(",")
+        );
+        match self
+            .call(Method::GET, &path, None, CallKind::Ordinary)
+            .await
+        {
+            Ok(v) => Ok(Record::parse(&v)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     pub async fn archive(&self, object: &str, id: &str) -> Result<(), CrmError> {
         self.call(
             Method::DELETE,

@@ -241,6 +241,9 @@ pub enum Intent {
         side: Side,
         id: String,
     },
+    /// A copy may have been written before a crash without reaching the deal (the upsert went
+    /// through, the association did not): look it up by its origin on `side` and archive it.
+    RemoveByOrigin { pair: ObjectLink, side: Side },
     /// Nothing to write; record the pair as it now is (unchanged pairs are not returned).
     Record(ObjectLink),
 }
@@ -345,6 +348,10 @@ pub fn intend(
                 pair: with_state(p, state, note),
                 side: to,
                 id: c.id.clone(),
+            }),
+            None if p.state == "creating" => Some(Intent::RemoveByOrigin {
+                pair: with_state(p, state, note),
+                side: to,
             }),
             None if recorded.is_some() && p.state != state => {
                 Some(Intent::Record(with_state(p, state, note)))
@@ -552,6 +559,20 @@ pub async fn execute(
     for intent in intents {
         match intent {
             Intent::Record(p) => out.objects.push(p),
+            Intent::RemoveByOrigin { mut pair, side } => {
+                let v = view(side);
+                match v
+                    .client
+                    .get_by("notes", &pair.origin, ORIGIN, &[ORIGIN.to_owned()])
+                    .await?
+                {
+                    Some(r) => {
+                        set_id(&mut pair, side, Some(r.id.clone()));
+                        removals.push((pair, side, r.id));
+                    }
+                    None => out.objects.push(pair),
+                }
+            }
             Intent::Remove { pair, side, id } => {
                 // Its file copies go with it (originals stay with whoever owns them).
                 for f in files
@@ -937,9 +958,16 @@ async fn sync_files(
                 || (force && !views[idx(s)].client.file_exists(id).await?);
         }
         if gone.iter().any(|g| *g) {
+            // The copy dealsync made always goes (a failed run may already have detached it);
+            // the original goes only while still attached, i.e. when someone acted on the copy.
+            let copy_side = if f.origin.split_once(':').map(|(p, _)| p) == Some(views[0].portal) {
+                Side::Hubspot
+            } else {
+                Side::Partner
+            };
             for s in [Side::Partner, Side::Hubspot] {
                 if let Some(id) = id_on(f, s) {
-                    if !gone[idx(s)] {
+                    if !gone[idx(s)] || s == copy_side {
                         to_delete.push((s, id.to_owned()));
                     }
                     lists[idx(s)].retain(|a| a != id);
@@ -1037,6 +1065,12 @@ mod tests {
                 Intent::Sync { pair, .. } => format!("sync {}", pair.origin),
                 Intent::Remove { pair, side, id } => {
                     format!("remove {id} on {side:?} ({})", pair.state)
+                }
+                Intent::RemoveByOrigin { pair, side } => {
+                    format!(
+                        "remove {} by origin on {side:?} ({})",
+                        pair.origin, pair.state
+                    )
                 }
                 Intent::Record(p) => format!("record {} {}", p.origin, p.state),
             })
@@ -1204,6 +1238,14 @@ mod tests {
         // Made private meanwhile: the copy goes too.
         let i = intend(&link(), "hubspot", 1, &map(&[note("1", false)]), &h, &[]);
         assert_eq!(kinds(&i), vec!["remove 9 on Hubspot (unshared)"]);
+        // A copy being created when the process died may exist without its association: it is
+        // looked up by origin.
+        let creating = [pair("partner-a:1", Some("1"), None, "creating")];
+        let i = intend(&link(), "hubspot", 1, &map(&[]), &map(&[]), &creating);
+        assert_eq!(
+            kinds(&i),
+            vec!["remove partner-a:1 by origin on Hubspot (removed)"]
+        );
         // Another partner's copy on the same HubSpot deal is none of this link's business.
         let mut theirs = copy;
         theirs.origin = Some("partner-b:1".into());

@@ -843,7 +843,25 @@ impl Engine {
             None => Ok(&no_contents),
         };
 
-        // Step 4: write, per link (links in parallel).
+        // Step 4: say which copies are about to be made, then write, per link (in parallel).
+        let creating: Vec<(i64, store::ObjectLink)> = work
+            .iter()
+            .flat_map(|(l, _, _, intents, _)| {
+                intents.iter().filter_map(|i| match i {
+                    messages::Intent::Create { pair, .. } if pair.state != "creating" => {
+                        let mut p = pair.clone();
+                        p.state = "creating".into();
+                        Some((l.id, p))
+                    }
+                    _ => None,
+                })
+            })
+            .collect();
+        if !creating.is_empty() {
+            self.store
+                .call(move |c| store::record_creating(c, &creating))
+                .await?;
+        }
         let runs = work.iter().filter_map(|(l, p, h, intents, force)| {
             let client = self.portals.partners.get(&l.partner)?;
             let (pc, hc) = match (contents_of(&l.partner), contents_of(&hubspot_portal)) {

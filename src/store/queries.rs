@@ -389,6 +389,54 @@ fn record_fields(tx: &Connection, j: &JobCommit, now: i64) -> Result<(), StoreEr
     Ok(())
 }
 
+/// Upserts object links (by link, kind and origin).
+fn record_objects(
+    tx: &Connection,
+    link_id: i64,
+    objects: &[ObjectLink],
+    now: i64,
+) -> Result<(), StoreError> {
+    let mut object = tx.prepare_cached(&format!(
+        "INSERT INTO object_links ({OBJECT_COLS}, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12)
+         ON CONFLICT (link_id, kind, origin) DO UPDATE SET
+            partner_object_id = excluded.partner_object_id,
+            hubspot_object_id = excluded.hubspot_object_id,
+            state = excluded.state, note = excluded.note, parent = excluded.parent,
+            shadow = excluded.shadow, partner_ms = excluded.partner_ms,
+            hubspot_ms = excluded.hubspot_ms, updated_at = excluded.updated_at"
+    ))?;
+    for o in objects {
+        object.execute(params![
+            link_id,
+            o.kind,
+            o.origin,
+            o.partner_object_id,
+            o.hubspot_object_id,
+            o.state,
+            o.note,
+            o.parent,
+            o.shadow,
+            o.partner_ms,
+            o.hubspot_ms,
+            now
+        ])?;
+    }
+    Ok(())
+}
+
+/// Records, before copies are written, that they are being made (`creating`): after a crash
+/// the next run knows a copy may exist even if it never reached the deal.
+pub fn record_creating(c: &mut Connection, pairs: &[(i64, ObjectLink)]) -> Result<(), StoreError> {
+    let tx = c.transaction()?;
+    let now = now_ms();
+    for (link_id, o) in pairs {
+        record_objects(&tx, *link_id, std::slice::from_ref(o), now)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
 /// Commits the results of finished jobs and removes them from the queue (or re-queues those
 /// that got a new change while running).
 pub fn commit_jobs(c: &mut Connection, commits: &[JobCommit]) -> Result<(), StoreError> {
@@ -404,38 +452,13 @@ pub fn commit_jobs(c: &mut Connection, commits: &[JobCommit]) -> Result<(), Stor
         let mut history = tx.prepare_cached(
             "INSERT INTO job_history (link_id, at, outcome, detail) VALUES (?1, ?2, ?3, NULL)",
         )?;
-        let mut object = tx.prepare_cached(&format!(
-            "INSERT INTO object_links ({OBJECT_COLS}, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12)
-             ON CONFLICT (link_id, kind, origin) DO UPDATE SET
-                partner_object_id = excluded.partner_object_id,
-                hubspot_object_id = excluded.hubspot_object_id,
-                state = excluded.state, note = excluded.note, parent = excluded.parent,
-                shadow = excluded.shadow, partner_ms = excluded.partner_ms,
-                hubspot_ms = excluded.hubspot_ms, updated_at = excluded.updated_at"
-        ))?;
         let mut later = tx.prepare_cached(
             "UPDATE jobs SET state = 'pending', rerun = 0, attempts = attempts + 1, due_at = ?2,
                              last_error = ?3, first_failed_at = COALESCE(first_failed_at, ?4)
              WHERE link_id = ?1",
         )?;
         for j in commits {
-            for o in &j.objects {
-                object.execute(params![
-                    j.link_id,
-                    o.kind,
-                    o.origin,
-                    o.partner_object_id,
-                    o.hubspot_object_id,
-                    o.state,
-                    o.note,
-                    o.parent,
-                    o.shadow,
-                    o.partner_ms,
-                    o.hubspot_ms,
-                    now
-                ])?;
-            }
+            record_objects(&tx, j.link_id, &j.objects, now)?;
             record_fields(&tx, j, now)?;
             if let Some((due, error)) = &j.retry {
                 later.execute(params![j.link_id, due, error, now])?;
