@@ -492,7 +492,13 @@ pub struct MessageError {
 impl From<CrmError> for MessageError {
     fn from(e: CrmError) -> Self {
         MessageError {
-            class: e.class(),
+            // A note or file missing now was there when the job read it: someone deleted it
+            // meanwhile, and the next run decides again from what is there.
+            class: if e.is_not_found() {
+                ErrorClass::Transient
+            } else {
+                e.class()
+            },
             error: e.to_string(),
         }
     }
