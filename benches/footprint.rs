@@ -4,12 +4,14 @@
 //! after several idle poll rounds. Target: under 60 MB.
 //! Last line: `{"idle_rss_mb":…,"links":100000}`.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+#[path = "support/mod.rs"]
+mod support;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use dealsync::store::{self, Store};
-use serde_json::{json, Value};
+use serde_json::json;
 
 const LINKS: usize = 100_000;
 
@@ -25,31 +27,9 @@ fn rss_mb(pid: u32) -> f64 {
 
 fn main() {
     let bin = env!("CARGO_BIN_EXE_dealsync");
-    let mut sb = Command::new(bin)
-        .args([
-            "sandbox",
-            "--listen",
-            "127.0.0.1:0",
-            "--portals",
-            "hubspot,partner-a",
-            "--rate-limit",
-            "0",
-            "--search-rate-limit",
-            "0",
-            "--daily-limit",
-            "0",
-        ])
-        .env("DEALSYNC_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("sandbox");
-    let mut line = String::new();
-    BufReader::new(sb.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let startup: Value = serde_json::from_str(&line).unwrap();
-    let base = startup["base_url"].as_str().unwrap();
-    let token = |i: usize| startup["portals"][i]["token"].as_str().unwrap().to_owned();
+    let (mut sb, base, tokens) = support::spawn_sandbox("hubspot,partner-a");
+    let base = base.as_str();
+    let token = |i: usize| tokens[i].clone();
 
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("dealsync.db");

@@ -22,8 +22,7 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -273,31 +272,8 @@ fn status_kb(pid: u32, key: &str) -> f64 {
 
 async fn memory() -> f64 {
     let bin = env!("CARGO_BIN_EXE_dealsync");
-    let mut sb = Command::new(bin)
-        .args([
-            "sandbox",
-            "--listen",
-            "127.0.0.1:0",
-            "--portals",
-            "hubspot,partner-a",
-            "--rate-limit",
-            "0",
-            "--search-rate-limit",
-            "0",
-            "--daily-limit",
-            "0",
-        ])
-        .env("DEALSYNC_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("sandbox");
-    let mut line = String::new();
-    BufReader::new(sb.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let startup: Value = serde_json::from_str(&line).unwrap();
-    let base = startup["base_url"].as_str().unwrap().to_owned();
-    let token = |i: usize| startup["portals"][i]["token"].as_str().unwrap().to_owned();
+    let (mut sb, base, tokens) = support::spawn_sandbox("hubspot,partner-a");
+    let token = |i: usize| tokens[i].clone();
     let (hs, pa) = (
         client("hubspot", &base, &token(0)),
         client("partner-a", &base, &token(1)),

@@ -193,8 +193,8 @@ impl DaemonHandle {
                 }
             });
         }
-        let poller = |name: &str, side, c: Client| {
-            let p = Poller::new(
+        let base = |name: &str, side, c: Client| {
+            Poller::new(
                 name,
                 side,
                 c,
@@ -203,7 +203,9 @@ impl DaemonHandle {
                 parts.poll_overlap,
                 wake.clone(),
             )
-            .with_in_flight(engine.in_flight.clone());
+        };
+        let poller = |name: &str, side, c: Client| {
+            let p = base(name, side, c).with_in_flight(engine.in_flight.clone());
             match &parts.webhooks {
                 Some(w) if w.secrets.contains_key(name) => p.with_webhook_pace(WebhookPace {
                     healthy_interval: w.healthy_poll_interval,
@@ -214,18 +216,7 @@ impl DaemonHandle {
         };
         // Notes (shared messages) are polled on their own cursor at the normal interval:
         // webhooks carry no note associations, so they cannot stand in for this poll.
-        let note_poller = |name: &str, side, c: Client| {
-            Poller::new(
-                name,
-                side,
-                c,
-                store.clone(),
-                parts.poll_interval,
-                parts.poll_overlap,
-                wake.clone(),
-            )
-            .for_notes()
-        };
+        let note_poller = |name: &str, side, c: Client| base(name, side, c).for_notes();
         if parts.settings.messages.enabled {
             tasks.spawn(
                 note_poller(&parts.hubspot.name, Side::Hubspot, hubspot.clone())

@@ -65,3 +65,41 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
 }
+
+/// Starts the real `dealsync sandbox` binary (rate limits off) as its own process, for
+/// benchmarks that measure another process's memory; the child, its base URL and the portals'
+/// tokens in order.
+pub fn spawn_sandbox(portals: &str) -> (std::process::Child, String, Vec<String>) {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dealsync"))
+        .args([
+            "sandbox",
+            "--listen",
+            "127.0.0.1:0",
+            "--portals",
+            portals,
+            "--rate-limit",
+            "0",
+            "--search-rate-limit",
+            "0",
+            "--daily-limit",
+            "0",
+        ])
+        .env("DEALSYNC_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("sandbox");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("startup line");
+    let startup: Value = serde_json::from_str(&line).expect("startup JSON");
+    let base = startup["base_url"].as_str().expect("base_url").to_owned();
+    let tokens = startup["portals"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| p["token"].as_str().expect("token").to_owned())
+        .collect();
+    (child, base, tokens)
+}
