@@ -141,6 +141,7 @@ fn main() {
             dead_letter_path: dir.path().join("dl.jsonl"),
             mass_deletion: Default::default(),
             messages: Default::default(),
+            closed_stages: Default::default(),
         };
         let start = Instant::now();
         // The cursor starts before the changes: the changes are the backlog.

@@ -216,6 +216,7 @@ async fn throughput() -> (f64, f64, f64) {
             dead_letter_path: dir.path().join("dl.jsonl"),
             mass_deletion: Default::default(),
             messages: MessageSettings::default(),
+            closed_stages: Default::default(),
         },
         poll_interval: Duration::from_secs(2),
         poll_overlap: Duration::from_secs(600),

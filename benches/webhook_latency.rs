@@ -480,6 +480,7 @@ fn main() {
             dead_letter_path: dir.path().join("dl.jsonl"),
             mass_deletion: Default::default(),
             messages: Default::default(),
+            closed_stages: Default::default(),
         };
         let d = DaemonHandle::start(DaemonParts {
             store_path: dir.path().join("db"),

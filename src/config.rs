@@ -774,6 +774,7 @@ impl Config {
                 dead_letter_path: self.dead_letter_path.clone(),
                 mass_deletion: self.mass_deletion,
                 messages: self.messages.clone(),
+                closed_stages: Default::default(),
             },
             poll_interval: self.poll_interval,
             poll_overlap: self.poll_overlap,

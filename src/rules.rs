@@ -31,6 +31,11 @@
 //! | unchanged | changed | mirror image |
 //! | changed | changed, differently | conflict, see below |
 //!
+//! Under `both` + `latest_wins`, a side that equals the shadow but whose own `changed_at` is
+//! later than the other side's counts as changed: it was set back to the agreed value after
+//! the other side's edit (or the shadow is stale because a crash cut a job between its write
+//! and its commit), so the last edit made anywhere wins, as a conflict.
+//!
 //! A change on the side that does not own a one-way field (say a HubSpot edit of a `to_hubspot`
 //! field) is left alone with the shadow kept, so it is overwritten the next time the owner
 //! changes the field and not before.
@@ -56,7 +61,7 @@
 //! - after the writes succeed ([`apply`]), deciding again writes nothing and reports nothing;
 //! - for `both` without `unless_blank`, after one decision both sides and the shadow agree;
 //! - a conflict is reported iff the direction is not `none` and both sides changed to different
-//!   values;
+//!   values (with the `latest_wins` reading of "changed" above);
 //! - a new shadow is always a value one side holds after the writes.
 
 use serde::{Deserialize, Serialize};
@@ -277,6 +282,19 @@ pub fn decide(
         // Nothing agreed yet: a blank side has no edit to propagate, a non-blank one does.
         None => (p.is_some(), h.is_some()),
     };
+    // A side that equals the shadow may still hold the newest edit: set back to the agreed
+    // value after the other side changed, or the shadow is stale because a crash cut a job
+    // between its write and its commit. Under latest_wins its own change time decides, so the
+    // last edit made anywhere wins.
+    let later = |a: Option<i64>, b: Option<i64>| matches!((a, b), (Some(a), Some(b)) if a > b);
+    let by_time = agreed.is_some()
+        && rule.direction == Direction::Both
+        && rule.conflict == ConflictPolicy::LatestWins;
+    let (p_changed, h_changed) = match (p_changed, h_changed) {
+        (true, false) if by_time && later(hubspot.changed_at, partner.changed_at) => (true, true),
+        (false, true) if by_time && later(partner.changed_at, hubspot.changed_at) => (true, true),
+        other => other,
+    };
     match (p_changed, h_changed) {
         (true, true) => conflict(rule, p, h, partner.changed_at, hubspot.changed_at),
         (true, false) => propagate(rule, Side::Partner, p, h),
@@ -455,8 +473,15 @@ mod tests {
     }
 
     fn expect_conflict(r: &Rule, shadow: Option<&str>, p: &Observed, h: &Observed) -> bool {
-        let (p, h) = (p.value.as_deref(), h.value.as_deref());
-        r.direction != Direction::None && changed(shadow, p) && changed(shadow, h) && !same(p, h)
+        let (pv, hv) = (p.value.as_deref(), h.value.as_deref());
+        let later = |a: Option<i64>, b: Option<i64>| matches!((a, b), (Some(a), Some(b)) if a > b);
+        let by_time = shadow.is_some()
+            && r.direction == Direction::Both
+            && r.conflict == ConflictPolicy::LatestWins;
+        // A side back at the shadow value but changed after the other side counts as changed.
+        let p_changed = changed(shadow, pv) || (by_time && later(p.changed_at, h.changed_at));
+        let h_changed = changed(shadow, hv) || (by_time && later(h.changed_at, p.changed_at));
+        r.direction != Direction::None && p_changed && h_changed && !same(pv, hv)
     }
 
     fn write_for(d: &Decision, side: Side) -> Option<&str> {

@@ -32,6 +32,12 @@ pub fn deal_properties() -> Vec<Value> {
         text("dealsync_intro_note", "Intro note"),
         text("dealsync_specific_pain", "Specific pain / opportunity"),
         text("dealsync_next_steps", "Next steps"),
+        text(crate::lifecycle::EXCLUDED, "Partners excluded from this deal (names, separated by ;)"),
+        text(crate::lifecycle::STATUS, "Shared deal status"),
+        json!({
+            "name": crate::lifecycle::ACTIVE_REGISTRATIONS, "label": "Number of active deal registrations",
+            "type": "number", "fieldType": "number", "groupName": GROUP,
+        }),
         json!({
             "name": "dealsync_compensation_eligible", "label": "Partner compensation eligible", "type": "enumeration",
             "fieldType": "booleancheckbox", "groupName": GROUP,
@@ -196,7 +202,7 @@ pub fn webhook_instructions(config: &crate::config::Config) -> Vec<String> {
             ));
             continue;
         }
-        let props: Vec<String> = config
+        let mut props: Vec<String> = config
             .fields
             .iter()
             .map(|f| match side {
@@ -204,6 +210,10 @@ pub fn webhook_instructions(config: &crate::config::Config) -> Vec<String> {
                 Side::Partner => f.partner_property.clone(),
             })
             .collect();
+        if side == Side::Hubspot {
+            // The lifecycle: exclusions and closed stages.
+            props.extend([crate::lifecycle::EXCLUDED.into(), "dealstage".into()]);
+        }
         out.push(format!(
             "{}: webhook target URL {base}/webhooks/{}",
             p.name, p.name

@@ -108,6 +108,7 @@ fn settings(dir: &std::path::Path) -> Settings {
         dead_letter_path: dir.join("dl.jsonl"),
         mass_deletion: Default::default(),
         messages: Default::default(),
+        closed_stages: Default::default(),
     }
 }
 

@@ -127,6 +127,7 @@ async fn no_private_note_or_other_partners_message_leaks_anywhere() {
             dead_letter_path: dead.clone(),
             mass_deletion: Default::default(),
             messages: Default::default(),
+            closed_stages: Default::default(),
         },
         poll_interval: Duration::from_millis(200),
         poll_overlap: Duration::from_secs(5),

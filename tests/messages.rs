@@ -100,6 +100,7 @@ impl World {
                 dead_letter_path: self.dead_letter_path(),
                 mass_deletion: Default::default(),
                 messages,
+                closed_stages: Default::default(),
             },
             poll_interval: Duration::from_millis(200),
             poll_overlap: Duration::from_secs(5),
@@ -250,8 +251,22 @@ fn writes(counters: &Value) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_messages_and_attachments_flow_each_way_without_echo() {
+    each_way_without_echo(false).await;
+}
+
+/// The same with webhooks on: note events for our own copies are echoes too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_webhooks_our_copies_coming_back_are_echoes_too() {
+    each_way_without_echo(true).await;
+}
+
+async fn each_way_without_echo(webhooks: bool) {
     let w = World::new().await;
-    let d = w.start().await;
+    let d = if webhooks {
+        w.start_with_webhooks().await
+    } else {
+        w.start().await
+    };
     let h = w.hs.create_deal(json!({"dealname": "Shared deal"})).await;
     let p = w.link(&d.store, &w.pa, &h).await;
 
@@ -973,5 +988,58 @@ async fn many_messages_are_copied_a_bounded_number_per_job_and_each_once() {
         .unwrap();
     assert!(runs >= 4, "{runs} runs");
     assert!(!w.dead_letter_path().exists());
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_attachment_is_skipped_with_the_reason() {
+    let w = World::new().await;
+    let h = w.hs.create_deal(json!({"dealname": "Shared deal"})).await;
+    // Written while dealsync is not running: a message whose file is deleted before dealsync
+    // gets to copy it (the message still names it).
+    let p = {
+        let store = Store::open(&w.dir.path().join("dealsync.db"))
+            .await
+            .unwrap();
+        w.link(&store, &w.pa, &h).await
+    };
+    let gone = upload(&w.pa, "gone.txt", b"soon deleted".to_vec()).await;
+    let kept = upload(&w.pa, "kept.txt", b"kept".to_vec()).await;
+    let m = note(
+        &w.pa,
+        &p,
+        "two files, one gone",
+        true,
+        json!({"hs_attachment_ids": format!("{gone};{kept}")}),
+    )
+    .await;
+    assert_eq!(
+        w.pa.delete(&format!("/files/v3/files/{gone}")).await.status,
+        204
+    );
+    let d = w.start().await;
+    let c = wait_copy(
+        &w.hs,
+        &format!("partner-a:{m}"),
+        "copied without the gone file",
+        |n| attachments(n).len() == 1,
+    )
+    .await;
+    assert_eq!(file_content(&w.hs, &attachments(&c)[0]).await, b"kept");
+    let o = wait_object(&d.store, "gone file recorded as unreadable", |o| {
+        o.origin == format!("partner-a:{gone}") && o.state == "unreadable"
+    })
+    .await;
+    assert!(
+        o.note
+            .as_deref()
+            .unwrap_or("")
+            .contains("unreadable in partner-a"),
+        "{o:?}"
+    );
+    assert!(
+        !w.dead_letter_path().exists(),
+        "an unreadable file is not a failure"
+    );
     d.shutdown().await;
 }

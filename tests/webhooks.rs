@@ -89,6 +89,7 @@ impl World {
                 dead_letter_path: self.dir.path().join("dead-letters.jsonl"),
                 mass_deletion: Default::default(),
                 messages: Default::default(),
+                closed_stages: Default::default(),
             },
             poll_interval,
             poll_overlap: Duration::from_secs(5),

@@ -1016,10 +1016,20 @@ async fn sync_files(
             files.push(f);
         }
     }
+    // A list that is written anyway leaves out files known to be unreadable there: HubSpot
+    // refuses attachment ids that are not files.
     Ok([Side::Partner, Side::Hubspot]
         .into_iter()
         .filter(|s| lists[idx(*s)] != before[idx(*s)])
-        .map(|s| (s, lists[idx(s)].clone()))
+        .map(|s| {
+            let mut list = lists[idx(s)].clone();
+            list.retain(|a| {
+                !files
+                    .iter()
+                    .any(|f| f.state == "unreadable" && id_on(f, s) == Some(a.as_str()))
+            });
+            (s, list)
+        })
         .collect())
 }
 

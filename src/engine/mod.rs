@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::crm::{Client, CrmError, ErrorClass, Record};
 use crate::deadletter;
+use crate::lifecycle::{self, Lifecycle};
 use crate::store::{self, ClaimedJob, JobCommit, Link, Side, Store, StoreError};
 pub use plan::{FieldKind, FieldSpec, LinkPlan, PlanError, StageMap};
 
@@ -43,6 +44,8 @@ pub struct Settings {
     pub mass_deletion: store::DeletionLimits,
     /// Shared messages and attachments.
     pub messages: messages::MessageSettings,
+    /// HubSpot stages that close a deal won or lost.
+    pub closed_stages: lifecycle::ClosedStages,
 }
 
 /// The portals' clients.
@@ -166,6 +169,11 @@ impl Engine {
             .map(|f| f.hubspot_property.clone())
             .collect();
         v.push("hs_lastmodifieddate".into());
+        // What the lifecycle is decided from.
+        v.push(lifecycle::EXCLUDED.into());
+        if !v.iter().any(|p| p == "dealstage") {
+            v.push("dealstage".into());
+        }
         v
     }
 
@@ -177,6 +185,7 @@ impl Engine {
             .map(|f| f.partner_property.clone())
             .collect();
         v.push("hs_lastmodifieddate".into());
+        v.extend([lifecycle::STATUS.into(), lifecycle::ACTIVE_REGISTRATIONS.into()]);
         v
     }
 
@@ -308,6 +317,8 @@ impl Engine {
         let empty = HashMap::new();
         let mut gone: HashMap<String, Vec<&Link>> = HashMap::new();
         let mut plans: Vec<(&Link, LinkPlan)> = Vec::new();
+        // Links the HubSpot deal excludes or closes in this job.
+        let mut lives: HashMap<i64, Lifecycle> = HashMap::new();
         for l in &active {
             if outcomes.contains_key(&l.id) {
                 continue;
@@ -332,20 +343,44 @@ impl Engine {
                 gone.entry(portal).or_default().push(l);
                 continue;
             };
+            let life = lifecycle::decide(h, &l.partner, &self.settings.closed_stages);
+            if life != Lifecycle::Active {
+                lives.insert(l.id, life);
+            }
             let stages = self
                 .settings
                 .stage_maps
                 .get(&l.partner)
                 .cloned()
                 .unwrap_or_default();
-            match plan::plan_link(
-                l,
-                &self.settings.fields,
-                &stages,
-                shadows.get(&l.id).unwrap_or(&empty),
-                p,
-                h,
-            ) {
+            let planned = if life.syncs_fields() {
+                plan::plan_link(
+                    l,
+                    &self.settings.fields,
+                    &stages,
+                    shadows.get(&l.id).unwrap_or(&empty),
+                    p,
+                    h,
+                )
+            } else {
+                // Excluded: nothing crosses any more, either way.
+                Ok(LinkPlan::default())
+            };
+            match planned.map(|mut plan| {
+                if life != Lifecycle::Active {
+                    // The partner deal shows what happened (only what differs is written).
+                    let (banner, registrations) = life.partner_view();
+                    for (prop, value) in [
+                        (lifecycle::STATUS, banner),
+                        (lifecycle::ACTIVE_REGISTRATIONS, registrations),
+                    ] {
+                        if p.get(prop) != Some(value) {
+                            plan.partner_writes.insert(prop.into(), Value::String(value.into()));
+                        }
+                    }
+                }
+                plan
+            }) {
                 Ok(plan) => plans.push((l, plan)),
                 Err(e) => {
                     outcomes.insert(
@@ -421,6 +456,7 @@ impl Engine {
                 w.and_then(|r| r.as_ref().ok().copied().flatten())
             };
             let wrote = !plan.hubspot_writes.is_empty() || !plan.partner_writes.is_empty();
+            let new_state = lives.get(&l.id).map(|life| life.link_state().to_owned());
             fields_done.push(l);
             outcomes.insert(
                 l.id,
@@ -430,12 +466,12 @@ impl Engine {
                     conflicts: plan.conflicts,
                     partner_written_ms: ms(p_w),
                     hubspot_written_ms: ms(hs_w),
-                    new_state: None,
-                    outcome: if wrote {
-                        "synced".into()
-                    } else {
-                        "no change".into()
+                    outcome: match &new_state {
+                        Some(state) => format!("link {state}"),
+                        None if wrote => "synced".into(),
+                        None => "no change".into(),
                     },
+                    new_state,
                     ..Default::default()
                 }),
             );
@@ -458,6 +494,7 @@ impl Engine {
                         conflicts: std::mem::take(&mut c.conflicts),
                         partner_written_ms: c.partner_written_ms.take(),
                         hubspot_written_ms: c.hubspot_written_ms.take(),
+                        new_state: c.new_state.clone(),
                         ..Default::default()
                     });
                 }
@@ -468,7 +505,8 @@ impl Engine {
         }
         drop(in_flight);
 
-        // Messages, for the links whose fields went through.
+        // Messages, for the links whose fields went through and that stay active.
+        fields_done.retain(|l| !lives.contains_key(&l.id));
         if self.settings.messages.enabled && !fields_done.is_empty() {
             self.heartbeat.beat();
             let results = self.sync_messages(&fields_done, &by_id).await?;

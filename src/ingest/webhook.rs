@@ -222,6 +222,12 @@ fn classify(e: &Value, kind: &str, side: Side, fields: &[FieldSpec]) -> Classifi
         Side::Hubspot => f.hubspot_property == prop,
     });
     match field {
+        // HubSpot's side deciding the lifecycle (an exclusion, a close): always a job.
+        None if side == Side::Hubspot
+            && (prop == crate::lifecycle::EXCLUDED || prop == "dealstage") =>
+        {
+            (deal, None, true)
+        }
         // A property dealsync does not sync changes nothing it must carry over.
         None => (deal, None, false),
         Some(f) => {
