@@ -115,7 +115,11 @@ mod tests {
             (None, Some("qualifiedtobuy"), Lifecycle::Active),
             (None, Some("closedwon"), Lifecycle::ClosedWon),
             (None, Some("closedlost"), Lifecycle::ClosedLost),
-            (Some("partner-a"), Some("qualifiedtobuy"), Lifecycle::Excluded),
+            (
+                Some("partner-a"),
+                Some("qualifiedtobuy"),
+                Lifecycle::Excluded,
+            ),
             (Some("partner-b; partner-a"), None, Lifecycle::Excluded),
             // Exclusion wins over a close.
             (Some("partner-a"), Some("closedwon"), Lifecycle::Excluded),
@@ -125,7 +129,11 @@ mod tests {
             (Some(""), None, Lifecycle::Active),
         ];
         for (ex, st, want) in cases {
-            assert_eq!(decide(&deal(ex, st), "partner-a", &s), want, "{ex:?} {st:?}");
+            assert_eq!(
+                decide(&deal(ex, st), "partner-a", &s),
+                want,
+                "{ex:?} {st:?}"
+            );
         }
     }
 

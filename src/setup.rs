@@ -32,7 +32,10 @@ pub fn deal_properties() -> Vec<Value> {
         text("dealsync_intro_note", "Intro note"),
         text("dealsync_specific_pain", "Specific pain / opportunity"),
         text("dealsync_next_steps", "Next steps"),
-        text(crate::lifecycle::EXCLUDED, "Partners excluded from this deal (names, separated by ;)"),
+        text(
+            crate::lifecycle::EXCLUDED,
+            "Partners excluded from this deal (names, separated by ;)",
+        ),
         text(crate::lifecycle::STATUS, "Shared deal status"),
         json!({
             "name": crate::lifecycle::ACTIVE_REGISTRATIONS, "label": "Number of active deal registrations",

@@ -185,7 +185,10 @@ impl Engine {
             .map(|f| f.partner_property.clone())
             .collect();
         v.push("hs_lastmodifieddate".into());
-        v.extend([lifecycle::STATUS.into(), lifecycle::ACTIVE_REGISTRATIONS.into()]);
+        v.extend([
+            lifecycle::STATUS.into(),
+            lifecycle::ACTIVE_REGISTRATIONS.into(),
+        ]);
         v
     }
 
@@ -375,7 +378,8 @@ impl Engine {
                         (lifecycle::ACTIVE_REGISTRATIONS, registrations),
                     ] {
                         if p.get(prop) != Some(value) {
-                            plan.partner_writes.insert(prop.into(), Value::String(value.into()));
+                            plan.partner_writes
+                                .insert(prop.into(), Value::String(value.into()));
                         }
                     }
                 }

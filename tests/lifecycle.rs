@@ -1,0 +1,302 @@
+//! The shared deal's lifecycle decided on HubSpot's side (issue 7, items 5 and 6), end to end
+//! against the sandbox: a partner excluded mid-stream (nothing crosses after that, either way,
+//! fields or messages), closed won and closed lost (banner, active registrations, link state,
+//! the final stage still synced), and compensation eligibility flowing HubSpot → partner only.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::notes::{note, notes, prop};
+use dealsync::crm::{Budget, Client, RetryPolicy};
+use dealsync::daemon::{DaemonHandle, DaemonParts, PortalConn};
+use dealsync::engine::{Settings, StageMap};
+use dealsync::store::{self, Store};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+struct World {
+    sb: dealsync::sandbox::SandboxHandle,
+    hs: common::Portal,
+    pa: common::Portal,
+    dir: tempfile::TempDir,
+}
+
+impl World {
+    async fn new() -> World {
+        let sb = common::unlimited_sandbox().await;
+        let w = World {
+            hs: common::portal(&sb, "hubspot"),
+            pa: common::portal(&sb, "partner-a"),
+            sb,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        for p in [&w.hs, &w.pa] {
+            let c = Client::new(
+                &p.info.name,
+                &w.sb.base_url,
+                &p.info.token,
+                Arc::new(Budget::new(100, 4)),
+                RetryPolicy::default(),
+            )
+            .unwrap();
+            dealsync::setup::ensure(&c, false).await.expect("setup");
+        }
+        w
+    }
+
+    fn conn(&self, p: &common::Portal) -> PortalConn {
+        PortalConn {
+            name: p.info.name.clone(),
+            base_url: self.sb.base_url.clone(),
+            token: p.info.token.clone(),
+            rate_limit_per_10s: 100,
+            search_per_s: 4,
+        }
+    }
+
+    async fn start(&self) -> DaemonHandle {
+        let mut stages = StageMap::default();
+        for s in [
+            "appointmentscheduled",
+            "qualifiedtobuy",
+            "closedwon",
+            "closedlost",
+        ] {
+            stages.to_hubspot.insert(s.into(), s.into());
+            stages.to_partner.insert(s.into(), s.into());
+        }
+        DaemonHandle::start(DaemonParts {
+            store_path: self.dir.path().join("dealsync.db"),
+            hubspot: self.conn(&self.hs),
+            partners: vec![self.conn(&self.pa)],
+            settings: Settings {
+                fields: dealsync::config::default_fields(),
+                stage_maps: HashMap::from([("partner-a".to_owned(), stages)]),
+                batch_size: 100,
+                workers: 2,
+                max_attempts: 4,
+                retry_base: Duration::from_millis(50),
+                retry_max: Duration::from_millis(400),
+                dead_letter_path: self.dir.path().join("dead-letters.jsonl"),
+                mass_deletion: Default::default(),
+                messages: Default::default(),
+                closed_stages: Default::default(),
+            },
+            poll_interval: Duration::from_millis(200),
+            poll_overlap: Duration::from_secs(5),
+            sweep_interval: Duration::from_secs(3600),
+            retry: RetryPolicy::default(),
+            drain: Duration::from_secs(10),
+            webhooks: None,
+        })
+        .await
+        .expect("daemon")
+    }
+
+    /// A linked pair, agreed on by a first sync.
+    async fn pair(&self, store: &Store) -> (String, String, i64) {
+        let props = json!({"dealname": "Lifecycle", "dealstage": "qualifiedtobuy"});
+        let p = self.pa.create_deal(props.clone()).await;
+        let h = self.hs.create_deal(props).await;
+        let (p2, h2) = (p.clone(), h.clone());
+        let link = store
+            .call(move |c| store::insert_link(c, "partner-a", &p2, &h2, "channel"))
+            .await
+            .unwrap();
+        let id = link.id;
+        store
+            .call(move |c| store::enqueue_now(c, &[id], "test"))
+            .await
+            .unwrap();
+        common::eventually("first sync", WAIT, || async {
+            let sh = store.call(move |c| store::shadows(c, &[id])).await.unwrap();
+            sh.get(&id)
+                .is_some_and(|m| m.contains_key("dealname"))
+                .then_some(())
+        })
+        .await;
+        (p, h, link.id)
+    }
+}
+
+async fn deal_prop(p: &common::Portal, id: &str, name: &str) -> Option<String> {
+    let a = p
+        .get(&format!("/crm/v3/objects/deals/{id}?properties={name}"))
+        .await;
+    a.body["properties"][name].as_str().map(str::to_owned)
+}
+
+async fn set(p: &common::Portal, id: &str, props: serde_json::Value) {
+    let a = p
+        .patch(
+            &format!("/crm/v3/objects/deals/{id}"),
+            json!({ "properties": props }),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+}
+
+async fn wait_prop(p: &common::Portal, id: &str, name: &str, want: &str) {
+    common::eventually(
+        &format!("{name} of {id} in {} becomes {want}", p.info.name),
+        WAIT,
+        || async { (deal_prop(p, id, name).await.as_deref() == Some(want)).then_some(()) },
+    )
+    .await;
+}
+
+async fn link_state(store: &Store, id: i64) -> String {
+    store
+        .call(move |c| store::link(c, id))
+        .await
+        .unwrap()
+        .map(|l| l.state)
+        .unwrap_or_default()
+}
+
+/// Waits until each named poller's cursor has reached its time (ms) and the queue is empty.
+async fn settled(store: &Store, marks: Vec<(&'static str, i64)>) {
+    common::eventually(
+        "the pollers pass the changes and the queue drains",
+        WAIT,
+        || {
+            let (s, marks) = (store.clone(), marks.clone());
+            async move {
+                s.call(move |c| {
+                    for (key, ms) in &marks {
+                        if store::cursor(c, key)?.unwrap_or(0) < *ms {
+                            return Ok(None);
+                        }
+                    }
+                    Ok((store::queue_stats(c)?.0 == 0).then_some(()))
+                })
+                .await
+                .unwrap()
+            }
+        },
+    )
+    .await;
+}
+
+/// An object's `hs_lastmodifieddate` in ms.
+async fn modified(p: &common::Portal, object: &str, id: &str) -> i64 {
+    let a = p
+        .get(&format!(
+            "/crm/v3/objects/{object}/{id}?properties=hs_lastmodifieddate"
+        ))
+        .await;
+    a.body["properties"]["hs_lastmodifieddate"]
+        .as_str()
+        .and_then(dealsync::crm::parse_ms)
+        .expect("hs_lastmodifieddate")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_excluded_partner_stops_syncing_both_ways_at_once() {
+    let w = World::new().await;
+    let d = w.start().await;
+    let (p, h, link) = w.pair(&d.store).await;
+    // Still syncing before the exclusion.
+    set(&w.pa, &p, json!({"dealname": "Before exclusion"})).await;
+    wait_prop(&w.hs, &h, "dealname", "Before exclusion").await;
+
+    set(
+        &w.hs,
+        &h,
+        json!({"dealsync_excluded_partners": "partner-b;partner-a"}),
+    )
+    .await;
+    wait_prop(&w.pa, &p, "dealsync_status", "excluded").await;
+    wait_prop(&w.pa, &p, "dealsync_active_registrations", "0").await;
+    assert_eq!(link_state(&d.store, link).await, "excluded");
+
+    // Changes after the exclusion, on both sides, fields and messages: none crosses.
+    set(&w.pa, &p, json!({"dealname": "Partner after exclusion"})).await;
+    set(&w.hs, &h, json!({"dealsync_product_interest": "sales_hub"})).await;
+    let n = note(&w.pa, &p, "shared after exclusion", true, json!({})).await;
+    let marks = vec![
+        ("partner-a", modified(&w.pa, "deals", &p).await),
+        ("hubspot", modified(&w.hs, "deals", &h).await),
+        ("partner-a/notes", modified(&w.pa, "notes", &n).await),
+    ];
+    settled(&d.store, marks).await;
+    assert_eq!(
+        deal_prop(&w.hs, &h, "dealname").await.as_deref(),
+        Some("Before exclusion")
+    );
+    assert_eq!(
+        deal_prop(&w.pa, &p, "dealsync_product_interest").await,
+        None
+    );
+    assert!(
+        !notes(&w.hs)
+            .await
+            .iter()
+            .any(|n| prop(n, "hs_note_body") == Some("shared after exclusion")),
+        "a message crossed after the exclusion"
+    );
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_won_and_closed_lost_set_the_partner_banner() {
+    let w = World::new().await;
+    let d = w.start().await;
+    let (p1, h1, l1) = w.pair(&d.store).await;
+    let (p2, h2, l2) = w.pair(&d.store).await;
+
+    set(&w.hs, &h1, json!({"dealstage": "closedwon"})).await;
+    wait_prop(&w.pa, &p1, "dealstage", "closedwon").await;
+    wait_prop(&w.pa, &p1, "dealsync_status", "customer purchased").await;
+    wait_prop(&w.pa, &p1, "dealsync_active_registrations", "1").await;
+    assert_eq!(link_state(&d.store, l1).await, "closed_won");
+
+    set(&w.hs, &h2, json!({"dealstage": "closedlost"})).await;
+    wait_prop(&w.pa, &p2, "dealstage", "closedlost").await;
+    wait_prop(&w.pa, &p2, "dealsync_status", "deal lost").await;
+    wait_prop(&w.pa, &p2, "dealsync_active_registrations", "0").await;
+    assert_eq!(link_state(&d.store, l2).await, "closed_lost");
+    // Status counts links by state.
+    let (path, dl) = (
+        w.dir.path().join("dealsync.db"),
+        w.dir.path().join("dead-letters.jsonl"),
+    );
+    let status = tokio::task::spawn_blocking(move || {
+        let c = dealsync::status::open(&path).unwrap();
+        dealsync::status::overview(&c, &dl, Duration::from_secs(600), store::now_ms()).unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.links.by_state.get("closed_won"), Some(&1));
+    assert_eq!(status.links.by_state.get("closed_lost"), Some(&1));
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compensation_eligibility_flows_from_hubspot_to_the_partner_only() {
+    let w = World::new().await;
+    let d = w.start().await;
+    let (p, h, _) = w.pair(&d.store).await;
+    set(&w.hs, &h, json!({"dealsync_compensation_eligible": "true"})).await;
+    wait_prop(&w.pa, &p, "dealsync_compensation_eligible", "true").await;
+    // The partner cannot change it on HubSpot's side: its edit stays on its side.
+    set(
+        &w.pa,
+        &p,
+        json!({"dealsync_compensation_eligible": "false"}),
+    )
+    .await;
+    set(&w.pa, &p, json!({"dealname": "marker edit"})).await;
+    wait_prop(&w.hs, &h, "dealname", "marker edit").await;
+    assert_eq!(
+        deal_prop(&w.hs, &h, "dealsync_compensation_eligible")
+            .await
+            .as_deref(),
+        Some("true")
+    );
+    d.shutdown().await;
+}
