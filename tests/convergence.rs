@@ -67,11 +67,16 @@ impl Model {
         }
     }
 
-    /// One sync under `both` / `latest_wins`: a side differing from the agreed value changed;
-    /// if both did (to different values), the later change wins.
-    fn sync(&mut self) {
-        let p = self.partner.0 != self.agreed;
-        let h = self.hubspot.0 != self.agreed;
+    /// One sync under `both` / `latest_wins` at time `at`: equal sides are agreed; otherwise a
+    /// side differing from the agreed value changed, and so did a side back at the agreed value
+    /// whose last change is later than the other side's; if both changed, the later change wins.
+    fn sync(&mut self, at: u64) {
+        if self.partner.0 == self.hubspot.0 {
+            self.agreed = self.partner.0.clone();
+            return;
+        }
+        let p = self.partner.0 != self.agreed || self.partner.1 > self.hubspot.1;
+        let h = self.hubspot.0 != self.agreed || self.hubspot.1 > self.partner.1;
         let v = match (p, h) {
             (false, false) => return,
             (true, false) => self.partner.0.clone(),
@@ -80,13 +85,13 @@ impl Model {
             (true, true) => self.hubspot.0.clone(),
         };
         self.agreed = v.clone();
-        // The engine writes the winner to the side that lost: a new change time there.
-        let now = self.partner.1.max(self.hubspot.1);
+        // The engine writes the winner to the side that lost: a new change time there, after
+        // every edit so far.
         if self.partner.0 != v {
-            self.partner = (v.clone(), now);
+            self.partner = (v.clone(), at);
         }
         if self.hubspot.0 != v {
-            self.hubspot = (v, now);
+            self.hubspot = (v, at);
         }
     }
 }
@@ -218,7 +223,7 @@ async fn scenario(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Run { deal } => {
                 run(&engine, &[deals[*deal].2]).await;
-                models[*deal].sync();
+                models[*deal].sync(n as u64 + 1);
             }
         }
     }
@@ -226,7 +231,7 @@ async fn scenario(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let all: Vec<i64> = deals.iter().map(|d| d.2).collect();
     run(&engine, &all).await;
     for m in &mut models {
-        m.sync();
+        m.sync(ops.len() as u64 + 1);
     }
     for (i, (p, h, link)) in deals.iter().enumerate() {
         let want = &models[i].agreed;
