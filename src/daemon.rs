@@ -226,6 +226,12 @@ impl DaemonHandle {
                 tasks.spawn(note_poller(name, Side::Partner, c.clone()).run(cancel.clone()));
             }
         }
+        // Quotes live on HubSpot's side; a changed quote refreshes the partner deals that show it.
+        tasks.spawn(
+            base(&parts.hubspot.name, Side::Hubspot, hubspot.clone())
+                .for_associated("quotes")
+                .run(cancel.clone()),
+        );
         tasks.spawn(poller(&parts.hubspot.name, Side::Hubspot, hubspot).run(cancel.clone()));
         for (name, c) in partners {
             tasks.spawn(poller(&name, Side::Partner, c).run(cancel.clone()));

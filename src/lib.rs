@@ -11,6 +11,7 @@ pub mod engine;
 pub mod ingest;
 pub mod lifecycle;
 pub mod metrics;
+pub mod quotes;
 pub mod replay;
 pub mod rules;
 pub mod sandbox;

@@ -37,6 +37,10 @@ pub fn deal_properties() -> Vec<Value> {
             "Partners excluded from this deal (names, separated by ;)",
         ),
         text(crate::lifecycle::STATUS, "Shared deal status"),
+        text(
+            crate::quotes::PROPERTY,
+            "HubSpot quotes (title | amount | status | link)",
+        ),
         json!({
             "name": crate::lifecycle::ACTIVE_REGISTRATIONS, "label": "Number of active deal registrations",
             "type": "number", "fieldType": "number", "groupName": GROUP,

@@ -300,3 +300,55 @@ async fn compensation_eligibility_flows_from_hubspot_to_the_partner_only() {
     );
     d.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotes_on_the_hubspot_deal_appear_on_the_partner_deal_and_stay_current() {
+    let w = World::new().await;
+    let d = w.start().await;
+    let (p, h, _) = w.pair(&d.store).await;
+    let a = w
+        .hs
+        .post(
+            "/crm/v3/objects/quotes",
+            json!({
+                "properties": {
+                    "hs_title": "Sales Hub Pro",
+                    "hs_expiration_date": "2026-12-31T00:00:00.000Z",
+                    "hs_status": "PENDING_APPROVAL",
+                    "hs_quote_amount": "12000",
+                    "hs_currency": "EUR",
+                    "hs_quote_link": "https://quotes.example.com/q/1",
+                },
+                "associations": [{ "to": { "id": h }, "types": [{ "associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 64 }] }],
+            }),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    let q = a.body["id"].as_str().unwrap().to_owned();
+    wait_prop(
+        &w.pa,
+        &p,
+        "dealsync_quotes",
+        "Sales Hub Pro | 12000 EUR | PENDING_APPROVAL | https://quotes.example.com/q/1",
+    )
+    .await;
+    // The rep gets it approved: the partner sees the new status (the quote changed, not the
+    // deal, so this comes through the quotes poller).
+    let a =
+        w.hs.patch(
+            &format!("/crm/v3/objects/quotes/{q}"),
+            json!({"properties": {"hs_status": "APPROVED"}}),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    wait_prop(
+        &w.pa,
+        &p,
+        "dealsync_quotes",
+        "Sales Hub Pro | 12000 EUR | APPROVED | https://quotes.example.com/q/1",
+    )
+    .await;
+    // Quotes flow one way: the HubSpot deal has no such property written.
+    assert_eq!(deal_prop(&w.hs, &h, "dealsync_quotes").await, None);
+    d.shutdown().await;
+}

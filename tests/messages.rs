@@ -283,8 +283,13 @@ async fn each_way_without_echo(webhooks: bool) {
     let c1 = wait_copy(
         &w.hs,
         &format!("partner-a:{m1}"),
-        "copy with its file",
-        |n| prop(n, "hs_note_body") == Some("<p>Kick-off notes</p>") && attachments(n).len() == 1,
+        "copy with its file, on the linked deal",
+        // The upsert and the association are two calls: wait for both.
+        |n| {
+            prop(n, "hs_note_body") == Some("<p>Kick-off notes</p>")
+                && attachments(n).len() == 1
+                && n["associations"]["deals"]["results"][0]["id"].as_str() == Some(h.as_str())
+        },
     )
     .await;
     let copied = &attachments(&c1)[0];

@@ -340,14 +340,27 @@ impl Client {
         props: &[String],
         with_history: bool,
     ) -> Result<Vec<Record>, CrmError> {
+        let history: &[String] = if with_history { props } else { &[] };
+        self.batch_read_with_history(object, ids, props, history)
+            .await
+    }
+
+    /// [`Client::batch_read`] with the change history of `history` only.
+    pub async fn batch_read_with_history(
+        &self,
+        object: &str,
+        ids: &[String],
+        props: &[String],
+        history: &[String],
+    ) -> Result<Vec<Record>, CrmError> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(BATCH) {
             let mut body = json!({
                 "inputs": chunk.iter().map(|id| json!({ "id": id })).collect::<Vec<_>>(),
                 "properties": props,
             });
-            if with_history {
-                body["propertiesWithHistory"] = json!(props);
+            if !history.is_empty() {
+                body["propertiesWithHistory"] = json!(history);
             }
             let v = self
                 .call(
@@ -608,34 +621,53 @@ impl Client {
     ) -> Result<HashMap<String, Vec<String>>, CrmError> {
         let mut out: HashMap<String, Vec<String>> = HashMap::new();
         for chunk in ids.chunks(ASSOC_BATCH) {
-            let body =
-                json!({ "inputs": chunk.iter().map(|id| json!({ "id": id })).collect::<Vec<_>>() });
-            let v = self
-                .call(
-                    Method::POST,
-                    &format!("/crm/v4/associations/{from}/{to}/batch/read"),
-                    Some(&body),
-                    CallKind::Ordinary,
-                )
-                .await?;
-            let results = v.get("results").and_then(Value::as_array).ok_or_else(|| {
-                decode(&self.portal, "association batch read", "no results array")
-            })?;
-            for r in results {
-                let Some(from_id) = r.pointer("/from/id").and_then(id_text) else {
-                    return Err(decode(
-                        &self.portal,
-                        "association batch read",
-                        "a result has no from.id",
-                    ));
-                };
-                let tos = r
-                    .get("to")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|t| t.get("toObjectId").and_then(id_text));
-                out.entry(from_id).or_default().extend(tos);
+            // (id, after): a deal with more associations than one page comes back with
+            // `paging.next.after` and is asked for again from there, or its later notes would
+            // look deleted.
+            let mut inputs: Vec<(String, Option<String>)> =
+                chunk.iter().map(|id| (id.clone(), None)).collect();
+            for _ in 0..10_000 {
+                if inputs.is_empty() {
+                    break;
+                }
+                let body = json!({
+                    "inputs": inputs.iter().map(|(id, after)| match after {
+                        Some(a) => json!({ "id": id, "after": a }),
+                        None => json!({ "id": id }),
+                    }).collect::<Vec<_>>(),
+                });
+                let v = self
+                    .call(
+                        Method::POST,
+                        &format!("/crm/v4/associations/{from}/{to}/batch/read"),
+                        Some(&body),
+                        CallKind::Ordinary,
+                    )
+                    .await?;
+                let results = v.get("results").and_then(Value::as_array).ok_or_else(|| {
+                    decode(&self.portal, "association batch read", "no results array")
+                })?;
+                let mut next = Vec::new();
+                for r in results {
+                    let Some(from_id) = r.pointer("/from/id").and_then(id_text) else {
+                        return Err(decode(
+                            &self.portal,
+                            "association batch read",
+                            "a result has no from.id",
+                        ));
+                    };
+                    let tos = r
+                        .get("to")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|t| t.get("toObjectId").and_then(id_text));
+                    out.entry(from_id.clone()).or_default().extend(tos);
+                    if let Some(after) = r.pointer("/paging/next/after").and_then(id_text) {
+                        next.push((from_id, Some(after)));
+                    }
+                }
+                inputs = next;
             }
         }
         Ok(out)

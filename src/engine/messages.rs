@@ -120,7 +120,10 @@ pub struct Content {
     pub body: String,
     pub attachments: Vec<String>,
     pub timestamp: Option<String>,
+    /// `hs_lastmodifieddate` (any property).
     pub ms: Option<i64>,
+    /// When the body itself last changed (its property history), for `latest_wins`.
+    pub body_at: Option<i64>,
     pub shared: bool,
 }
 
@@ -131,6 +134,11 @@ impl Content {
             attachments: split_ids(r.get("hs_attachment_ids").unwrap_or_default()),
             timestamp: r.get("hs_timestamp").map(str::to_owned),
             ms: r.last_modified_ms(),
+            body_at: r
+                .changed_at
+                .get("hs_note_body")
+                .copied()
+                .or_else(|| r.last_modified_ms()),
             shared: r.get(VISIBILITY) == Some("shared"),
         }
     }
@@ -330,10 +338,14 @@ pub fn intend(
         set_id(&mut pair, from, Some(orig_id.clone()));
         let was_active = pair.state == "active";
         let orig = notes(from).get(&orig_id);
+        // A copy found by origin counts only when this link knows the pair or the original is
+        // on this link's deal: a copy also associated with another deal of the same partner
+        // belongs to that deal's link, not this one.
         let copy = copies
             .get(&(to, key.as_str()))
             .copied()
-            .or_else(|| id_on(&pair, to).and_then(|id| notes(to).get(id)));
+            .or_else(|| id_on(&pair, to).and_then(|id| notes(to).get(id)))
+            .filter(|_| recorded.is_some() || orig.is_some());
         if let Some(c) = copy {
             set_id(&mut pair, to, Some(c.id.clone()));
         }
@@ -342,8 +354,15 @@ pub fn intend(
             p.note = Some(note.to_owned());
             p
         };
-        // The original is gone, private, or not for this partner: its copy goes.
+        // The original is gone, private, or not for this partner: its copy goes — unless the
+        // copy was made private on its side (detached): it is that side's own note now.
         let retire = |p: ObjectLink, state: &str, note: &str| match copy {
+            _ if p.state == "detached" => None,
+            Some(c) if !c.shared => Some(Intent::Record(with_state(
+                p,
+                "detached",
+                "the copy was made private; the pair no longer syncs",
+            ))),
             Some(c) => Some(Intent::Remove {
                 pair: with_state(p, state, note),
                 side: to,
@@ -383,7 +402,7 @@ pub fn intend(
                         retire(pair, "elsewhere", "the message is for another partner")
                     }
                     (Reach::Here, _) if pair.state == "detached" => None,
-                    (Reach::Here, Some(c)) if was_active && !c.shared => {
+                    (Reach::Here, Some(c)) if !c.shared => {
                         Some(Intent::Record(with_state(
                             pair,
                             "detached",
@@ -440,11 +459,11 @@ pub fn decide_body(
         pair.shadow.as_deref(),
         &Observed {
             value: Some(hp.clone()),
-            changed_at: partner.ms,
+            changed_at: partner.body_at,
         },
         &Observed {
             value: Some(hh.clone()),
-            changed_at: hubspot.ms,
+            changed_at: hubspot.body_at,
         },
     );
     let to_partner = d.write_partner.map(|_| hubspot.body.clone());
@@ -779,7 +798,11 @@ pub async fn execute(
         out.written += created.len();
         pending = rest;
     }
-    // With copies left for the next run, a parent may simply not be made yet.
+    // A run that made no copy at all has nothing to come back for at once (replies waiting
+    // for parents must not spin the job); otherwise a parent may simply be in the next run.
+    if created.is_empty() {
+        out.more = false;
+    }
     if let Some(c) = pending.first().filter(|_| !out.more) {
         out.waiting = Some(format!(
             "comment {} replies to message {}, which is not a shared message synced on this deal yet; it waits for its parent",
@@ -897,10 +920,22 @@ async fn copy_one(
     f: &mut ObjectLink,
     from: Side,
 ) -> Result<Option<String>, MessageError> {
-    match source
+    let copied = match source
         .copy_file_to(dest, fid, settings.max_attachment_bytes, &settings.folder)
-        .await?
+        .await
     {
+        // The destination refused this file (too large for it, a blocked type): a property of
+        // the file, not of the portal, so it is skipped with the reason instead of failing the
+        // link's job on every run.
+        Err(e) if matches!(e.status(), Some(400 | 413 | 415)) => {
+            f.state = "skipped".into();
+            f.note = Some(format!("refused by {}: {e}", dest.portal()));
+            tracing::warn!(file = %fid, portal = %dest.portal(), "attachment refused; skipped");
+            return Ok(None);
+        }
+        other => other?,
+    };
+    match copied {
         FileCopy::Copied(new_id) => {
             set_id(f, other(from), Some(new_id.clone()));
             f.state = "active".into();
@@ -1181,6 +1216,28 @@ mod tests {
     }
 
     #[test]
+    fn a_detached_copy_is_never_deleted_or_overwritten() {
+        let mut copy = note("2", false);
+        copy.origin = Some("partner-a:1".into());
+        let detached = [pair("partner-a:1", Some("1"), Some("2"), "detached")];
+        // The original deleted, made private, or shared again: the private copy stays.
+        for p in [map(&[]), map(&[note("1", false)]), map(&[note("1", true)])] {
+            let i = intend(&link(), "hubspot", 1, &p, &map(&[copy.clone()]), &detached);
+            assert!(i.is_empty(), "{:?}", kinds(&i));
+        }
+        // A private note carrying an origin the store never recorded is not adopted either.
+        let i = intend(
+            &link(),
+            "hubspot",
+            1,
+            &map(&[note("1", true)]),
+            &map(&[copy]),
+            &[],
+        );
+        assert_eq!(kinds(&i), vec!["record partner-a:1 detached"]);
+    }
+
+    #[test]
     fn resharing_creates_a_new_copy() {
         let pairs = [pair("partner-a:1", Some("1"), Some("2"), "unshared")];
         let i = intend(
@@ -1248,12 +1305,24 @@ mod tests {
         let h = map(&[copy.clone()]);
         let i = intend(&link(), "hubspot", 1, &map(&[note("1", true)]), &h, &[]);
         assert_eq!(kinds(&i), vec!["create partner-a:1 from Partner"]);
-        // The original was deleted meanwhile: the copy goes.
-        let i = intend(&link(), "hubspot", 1, &map(&[]), &h, &[]);
+        // The original was deleted meanwhile: the copy goes (the pair was recorded as being
+        // created before the upsert).
+        let creating = [pair("partner-a:1", Some("1"), None, "creating")];
+        let i = intend(&link(), "hubspot", 1, &map(&[]), &h, &creating);
         assert_eq!(kinds(&i), vec!["remove 9 on Hubspot (removed)"]);
         // Made private meanwhile: the copy goes too.
-        let i = intend(&link(), "hubspot", 1, &map(&[note("1", false)]), &h, &[]);
+        let i = intend(
+            &link(),
+            "hubspot",
+            1,
+            &map(&[note("1", false)]),
+            &h,
+            &creating,
+        );
         assert_eq!(kinds(&i), vec!["remove 9 on Hubspot (unshared)"]);
+        // A copy this link knows nothing about, whose original is not on this link's deal,
+        // belongs to another link of the same partner: left alone.
+        assert!(intend(&link(), "hubspot", 1, &map(&[]), &h, &[]).is_empty());
         // A copy being created when the process died may exist without its association: it is
         // looked up by origin.
         let creating = [pair("partner-a:1", Some("1"), None, "creating")];

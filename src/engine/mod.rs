@@ -315,6 +315,21 @@ impl Engine {
             }
         };
 
+        // The quotes of every HubSpot deal read, for the partner side.
+        let quotes = if hs.is_empty() {
+            HashMap::new()
+        } else {
+            match self.quote_summaries(&hs_ids).await {
+                Ok(q) => q,
+                Err(e) => {
+                    for l in &active {
+                        outcomes.entry(l.id).or_insert_with(|| failed(&e));
+                    }
+                    HashMap::new()
+                }
+            }
+        };
+
         self.heartbeat.beat();
         // Decide.
         let empty = HashMap::new();
@@ -370,6 +385,14 @@ impl Engine {
                 Ok(LinkPlan::default())
             };
             match planned.map(|mut plan| {
+                if life.syncs_fields() {
+                    // HubSpot's quotes, shown on the partner deal (only a difference is written).
+                    let want = quotes.get(&l.hubspot_deal_id).map_or("", String::as_str);
+                    if p.get(crate::quotes::PROPERTY).unwrap_or("") != want {
+                        plan.partner_writes
+                            .insert(crate::quotes::PROPERTY.into(), Value::String(want.into()));
+                    }
+                }
                 if life != Lifecycle::Active {
                     // The partner deal shows what happened (only what differs is written).
                     let (banner, registrations) = life.partner_view();
@@ -707,6 +730,32 @@ impl Engine {
         Ok(())
     }
 
+    /// Per HubSpot deal with quotes, the partner-facing summary (see [`crate::quotes`]).
+    async fn quote_summaries(
+        &self,
+        deal_ids: &[String],
+    ) -> Result<HashMap<String, String>, CrmError> {
+        let c = &self.portals.hubspot;
+        let assoc = c.associations("deals", "quotes", deal_ids).await?;
+        let ids = unique(assoc.values().flatten().cloned());
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let read: HashMap<String, Record> = c
+            .batch_read("quotes", &ids, &crate::quotes::props(), false)
+            .await?
+            .into_iter()
+            .map(|r| (r.id.clone(), r))
+            .collect();
+        Ok(assoc
+            .into_iter()
+            .map(|(deal, qs)| {
+                let records: Vec<Record> = qs.iter().filter_map(|q| read.get(q).cloned()).collect();
+                (deal, crate::quotes::summary(&records))
+            })
+            .collect())
+    }
+
     /// The message half of a batch (see [`messages`]): reads what decides for every link at
     /// once, then contents of shared notes only, then writes per link.
     async fn sync_messages(
@@ -856,11 +905,12 @@ impl Engine {
             async move {
                 let r = match client {
                     Some(c) => c
-                        .batch_read(
+                        .batch_read_with_history(
                             "notes",
                             &unique(ids.into_iter()),
                             &messages::content_props(),
-                            false,
+                            // When the body itself changed, for latest_wins.
+                            &["hs_note_body".to_owned()],
                         )
                         .await
                         .map(|rs| {

@@ -136,9 +136,15 @@ impl Poller {
     /// polling is how messages are found). A note whose `hs_lastmodifieddate` is the one the
     /// last sync of its message recorded (our own write, or a change already carried) is an
     /// echo and queues nothing.
-    pub fn for_notes(mut self) -> Poller {
-        self.object = "notes";
-        self.key = format!("{}/notes", self.portal);
+    pub fn for_notes(self) -> Poller {
+        self.for_associated("notes")
+    }
+
+    /// Polls objects associated with deals (`notes`, `quotes`): a change queues the linked
+    /// deals' jobs. The cursor is `portal/object`.
+    pub fn for_associated(mut self, object: &'static str) -> Poller {
+        self.object = object;
+        self.key = format!("{}/{object}", self.portal);
         self
     }
 
@@ -237,10 +243,13 @@ impl Poller {
         }
         let ids: Vec<String> = fresh.iter().map(|(id, _)| id.clone()).collect();
         let (side, portal) = (self.side, self.portal.clone());
-        let seen = self
-            .store
-            .call(move |c| store::object_seen_ms(c, side, &portal, &ids))
-            .await?;
+        let seen = if self.object == "notes" {
+            self.store
+                .call(move |c| store::object_seen_ms(c, side, &portal, &ids))
+                .await?
+        } else {
+            HashMap::new()
+        };
         let changed: Vec<String> = fresh
             .iter()
             .filter(|(id, ts)| {
@@ -256,7 +265,10 @@ impl Poller {
             return Ok(Vec::new());
         }
         let deals: Vec<String> = {
-            let assoc = self.client.associations("notes", "deals", &changed).await?;
+            let assoc = self
+                .client
+                .associations(self.object, "deals", &changed)
+                .await?;
             let mut d: Vec<String> = assoc.into_values().flatten().collect();
             d.sort();
             d.dedup();
@@ -365,7 +377,7 @@ impl Poller {
                     fresh.push((r.id.clone(), ts));
                 }
             }
-            let queue = if self.object == "notes" {
+            let queue = if self.object != "deals" {
                 self.note_jobs(&fresh, &mut stats).await?
             } else {
                 let generation = self.in_flight.generation();
