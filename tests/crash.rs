@@ -226,17 +226,17 @@ async fn soak(faults: bool) {
     let mut last_change: HashMap<usize, Instant> = HashMap::new();
     let mut changes = 0u64;
     let mut msgs = Messages::default();
+    let spacing = Duration::from_secs(if faults { 3 } else { 1 });
     let mut daemon = start(&cfg, &hs, &pa);
     for kill in 0..kills {
         let life = Duration::from_millis(rng.random_range(50..600));
         let until = Instant::now() + life;
         while Instant::now() < until {
             let i = rng.random_range(0..DEALS);
-            // One sync takes milliseconds; a deal is edited again only a second later.
-            if last_change
-                .get(&i)
-                .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
-            {
+            // One sync takes milliseconds; a deal is edited again only a second later. Under
+            // injected 5xx a job's read-to-write gap includes the client's retries (backoff up
+            // to seconds), so the fault soak spaces edits of one deal by three.
+            if last_change.get(&i).is_some_and(|t| t.elapsed() < spacing) {
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 continue;
             }

@@ -301,8 +301,20 @@ impl Engine {
                 (partner, read)
             }
         });
-        let (hs_read, partner_list) =
-            tokio::join!(hs_fut, futures_util::future::join_all(partner_futs));
+        // Quotes are read alongside, not between the reads and the writes: every call in that
+        // window (retried under faults) widens HubSpot's lost-update race.
+        let quotes_fut = async {
+            if hs_ids.is_empty() {
+                Ok(HashMap::new())
+            } else {
+                self.quote_summaries(&hs_ids).await
+            }
+        };
+        let (hs_read, partner_list, quotes_read) = tokio::join!(
+            hs_fut,
+            futures_util::future::join_all(partner_futs),
+            quotes_fut
+        );
         let partner_reads: HashMap<String, Result<HashMap<String, Record>, CrmError>> =
             partner_list.into_iter().collect();
         let hs: HashMap<String, Record> = match hs_read {
@@ -315,18 +327,14 @@ impl Engine {
             }
         };
 
-        // The quotes of every HubSpot deal read, for the partner side.
-        let quotes = if hs.is_empty() {
-            HashMap::new()
-        } else {
-            match self.quote_summaries(&hs_ids).await {
-                Ok(q) => q,
-                Err(e) => {
-                    for l in &active {
-                        outcomes.entry(l.id).or_insert_with(|| failed(&e));
-                    }
-                    HashMap::new()
+        // The quotes of every HubSpot deal, for the partner side.
+        let quotes = match quotes_read {
+            Ok(q) => q,
+            Err(e) => {
+                for l in &active {
+                    outcomes.entry(l.id).or_insert_with(|| failed(&e));
                 }
+                HashMap::new()
             }
         };
 
