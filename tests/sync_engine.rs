@@ -723,3 +723,79 @@ async fn search_index_lag_is_covered_by_the_overlap() {
     wait_prop(&w.hs, &h, "dealname", "Lagging but found").await;
     d.shutdown().await;
 }
+
+/// A full disk under the dead-letter file (`/dev/full` answers every write with ENOSPC): the
+/// job is not lost and not stuck — it goes back to the queue with the reason, which names the
+/// file and says what to do — and the store stays readable.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_under_the_dead_letter_file_keeps_the_job_and_says_why() {
+    use rusqlite::OptionalExtension;
+    let w = World::new(SandboxConfig::default()).await;
+    let mut e = w.engine().await;
+    let (p, _h, link) = w
+        .linked_pair(
+            &e.store,
+            json!({"dealname": "Full disk", "dealstage": "qualifiedtobuy"}),
+        )
+        .await;
+    run_once(&e, link).await;
+    e.settings.dead_letter_path = "/dev/full".into();
+    let e = Arc::new(e);
+    // An unmapped stage: the job must be dead-lettered, and the file cannot be written.
+    w.pa.patch(
+        &format!("/crm/v3/objects/deals/{p}"),
+        json!({"properties": {"dealstage": "decisionmakerboughtin"}}),
+    )
+    .await;
+    e.store
+        .call(move |c| store::enqueue_now(c, &[link], "test"))
+        .await
+        .unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let worker = tokio::spawn(e.clone().worker(cancel.clone()));
+    let error = common::eventually("the job is put back with the reason", WAIT, || {
+        let s = e.store.clone();
+        async move {
+            s.call(move |c| {
+                Ok(c.query_row(
+                    "SELECT last_error FROM jobs WHERE link_id = ?1",
+                    [link],
+                    |r| r.get::<_, Option<String>>(0),
+                )
+                .optional()?)
+            })
+            .await
+            .unwrap()
+            .flatten()
+            .filter(|e| e.contains("No space left"))
+        }
+    })
+    .await;
+    cancel.cancel();
+    worker.await.unwrap();
+    assert!(error.contains("/dev/full"), "names the file: {error}");
+    assert!(
+        error.contains("check free disk space"),
+        "says what to do: {error}"
+    );
+    assert_eq!(
+        e.store.call(|c| store::queue_stats(c)).await.unwrap().0,
+        1,
+        "the job is still queued"
+    );
+    let db = w.dir.path().join("dealsync.db");
+    let status = tokio::task::spawn_blocking(move || {
+        let c = dealsync::status::open(&db).unwrap();
+        dealsync::status::overview(
+            &c,
+            std::path::Path::new("/dev/null"),
+            Duration::from_secs(600),
+            store::now_ms(),
+        )
+        .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.links.total, 1, "the store is intact");
+}

@@ -211,8 +211,11 @@ impl Engine {
                 .await;
             match claimed {
                 Ok(jobs) if !jobs.is_empty() => {
+                    let held: Vec<(i64, i64)> =
+                        jobs.iter().map(|j| (j.link_id, j.attempts)).collect();
                     if let Err(e) = self.run_batch(jobs).await {
                         tracing::error!(error = %e, "engine batch failed; jobs will be retried");
+                        self.release(held, &e.to_string()).await;
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                     continue;
@@ -229,6 +232,35 @@ impl Engine {
                 _ = notified => {}
                 _ = tokio::time::sleep(wait) => {}
             }
+        }
+    }
+
+    /// Puts the jobs of a batch that failed as a whole (the store or the dead-letter file could
+    /// not be written — a full disk, say) back in the queue with a delay, so they run again
+    /// without a restart. If the store cannot take even that, they stay marked running and the
+    /// next start recovers them.
+    async fn release(&self, held: Vec<(i64, i64)>, error: &str) {
+        let due: Vec<(i64, i64)> = held
+            .into_iter()
+            .map(|(id, attempts)| {
+                (
+                    id,
+                    store::now_ms() + self.backoff(attempts).as_millis() as i64,
+                )
+            })
+            .collect();
+        let error = error.to_owned();
+        let released = self
+            .store
+            .call(move |c| {
+                for (id, at) in &due {
+                    store::retry_job(c, *id, *at, &error)?;
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(e) = released {
+            tracing::error!(error = %e, "cannot put failed jobs back; they run again after a restart");
         }
     }
 
