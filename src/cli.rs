@@ -12,6 +12,8 @@ use crate::sandbox::{self, PortalSpec, SandboxConfig};
 pub mod exit {
     pub const OK: u8 = 0;
     pub const USAGE: u8 = 64;
+    /// The input was refused on its merits (a registration that fails a condition).
+    pub const DATAERR: u8 = 65;
     pub const UNAVAILABLE: u8 = 69;
     pub const SOFTWARE: u8 = 70;
     pub const CONFIG: u8 = 78;
@@ -42,6 +44,9 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Release a portal held by the mass-deletion guard, after checking the portal and token.
     Resume(ResumeArgs),
+    /// Register an existing partner deal as a shared deal (refused, with the reason, unless
+    /// the partner is under capacity and the deal has a company and a contact).
+    Register(RegisterArgs),
     /// Serve local emulated HubSpot portals (for tests, rehearsals and the demo).
     Sandbox(SandboxArgs),
     /// Run the sandbox and the daemon together and walk through a shared deal, verifying
@@ -102,6 +107,21 @@ pub struct ConfigArgs {
     /// The TOML config file (see config/example.toml).
     #[arg(long, env = "DEALSYNC_CONFIG")]
     pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RegisterArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// The partner (as named in the config).
+    #[arg(long)]
+    pub partner: String,
+    /// The partner deal to convert.
+    #[arg(long)]
+    pub deal: String,
+    /// Check and say what would happen; write nothing anywhere.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -181,6 +201,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Setup(args) => run_setup(args).await,
         Command::Status(args) => run_status(args).await,
         Command::Replay(args) => run_replay(args).await,
+        Command::Register(args) => run_register(args).await,
         Command::Resume(args) => {
             let config = load_config(&args.config)?;
             let store = crate::store::Store::open_alongside(&config.store_path)
@@ -524,6 +545,74 @@ async fn run_daemon(args: ConfigArgs) -> Result<(), CliError> {
     tracing::info!("stopping: finishing in-flight work");
     handle.shutdown().await;
     Ok(())
+}
+
+async fn run_register(args: RegisterArgs) -> Result<(), CliError> {
+    let config = load_config(&args.config)?;
+    let Some(partner) = config.partner(&args.partner) else {
+        return Err(CliError {
+            code: exit::USAGE,
+            message: format!(
+                "no partner named {:?} in the config; configured: {}",
+                args.partner,
+                config
+                    .partners
+                    .iter()
+                    .map(|p| p.name().to_owned())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
+    };
+    let parts = config.daemon_parts();
+    let hubspot = client_for(&parts.hubspot, parts.retry)?;
+    let Some(conn) = parts.partners.iter().find(|p| p.name == args.partner) else {
+        return Err(CliError {
+            code: exit::SOFTWARE,
+            message: "the partner's connection is missing from the daemon parts".into(),
+        });
+    };
+    let partner_client = client_for(conn, parts.retry)?;
+    let store = crate::store::Store::open_alongside(&config.store_path)
+        .await
+        .map_err(unavailable)?;
+    let registrar = crate::register::Registrar {
+        store: &store,
+        hubspot: &hubspot,
+        partner: &partner_client,
+        capacity: partner.capacity,
+        hubspot_pipeline: &config.hubspot.pipeline,
+    };
+    match registrar.convert(&args.deal, args.dry_run).await {
+        Ok(r) => {
+            match &r.hubspot_deal_id {
+                Some(h) => println!(
+                    "registered: {} deal {} ↔ HubSpot deal {h} ({}{})",
+                    r.partner,
+                    r.partner_deal_id,
+                    r.deal_type,
+                    r.owner_id
+                        .as_ref()
+                        .map_or(String::new(), |o| format!(", owner {o}"))
+                ),
+                None => println!(
+                    "would register: {} deal {} as a {} deal{} (dry run: nothing written)",
+                    r.partner,
+                    r.partner_deal_id,
+                    r.deal_type,
+                    r.owner_id
+                        .as_ref()
+                        .map_or(String::new(), |o| format!(", owned by {o}"))
+                ),
+            }
+            Ok(())
+        }
+        Err(crate::register::RegisterError::Refused(why)) => Err(CliError {
+            code: exit::DATAERR,
+            message: format!("registration refused: {why}"),
+        }),
+        Err(e) => Err(unavailable(e)),
+    }
 }
 
 async fn run_setup(args: SetupArgs) -> Result<(), CliError> {

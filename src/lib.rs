@@ -12,6 +12,7 @@ pub mod ingest;
 pub mod lifecycle;
 pub mod metrics;
 pub mod quotes;
+pub mod register;
 pub mod replay;
 pub mod rules;
 pub mod sandbox;

@@ -42,6 +42,10 @@ pub fn deal_properties() -> Vec<Value> {
             "HubSpot quotes (title | amount | status | link)",
         ),
         json!({
+            "name": crate::register::REGISTRATION, "label": "Registered from partner deal",
+            "type": "string", "fieldType": "text", "groupName": GROUP, "hasUniqueValue": true,
+        }),
+        json!({
             "name": crate::lifecycle::ACTIVE_REGISTRATIONS, "label": "Number of active deal registrations",
             "type": "number", "fieldType": "number", "groupName": GROUP,
         }),
@@ -94,9 +98,14 @@ pub struct Action {
 /// Creates the groups and properties that are missing in one portal (deals and notes).
 pub async fn ensure(client: &Client, dry_run: bool) -> Result<Vec<Action>, CrmError> {
     let mut actions = Vec::new();
+    let company = vec![json!({
+        "name": crate::register::COMPANY_PARTNER, "label": "Assigned to partner",
+        "type": "string", "fieldType": "text", "groupName": GROUP,
+    })];
     for (object, label, props) in [
         ("deals", "deal", deal_properties()),
         ("notes", "note", note_properties()),
+        ("companies", "company", company),
     ] {
         actions.extend(ensure_object(client, object, label, props, dry_run).await?);
     }

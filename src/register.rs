@@ -1,0 +1,361 @@
+//! Converting an existing partner deal into a shared deal (SPEC §1.1 item 2; issue 7 item 2):
+//! `dealsync register --partner P --deal ID [--dry-run]`.
+//!
+//! A conversion is refused unless the partner is under its configured capacity of active
+//! registrations **and** the deal is associated with at least one company and one contact. A
+//! refusal names the failed condition, is written to the partner deal's `dealsync_status`
+//! (not on a dry run), and creates nothing.
+//!
+//! On success: the deal type is decided from who owns the lead in HubSpot's portal (the first
+//! associated company, matched there by domain — SPEC §1.2): a company whose
+//! `dealsync_partner` names another partner → `best_partner_wins`; one owned by a HubSpot rep
+//! (`hubspot_owner_id`) → `partner_collaboration`, assigned to that rep; otherwise `channel`.
+//! The HubSpot deal is written by upsert on the unique `dealsync_registration`
+//! (`partner:deal id`), so a retry after a crash finds it instead of making a second one; it
+//! carries the deal name, product interest and the three qualifying texts, lands in HubSpot's
+//! configured pipeline at its first stage, and is owned by the lead's rep when there is one.
+//! The link is stored and the partner deal shows `active` with 1 active registration.
+
+use serde_json::{json, Map, Value};
+
+use crate::crm::{Client, CrmError};
+use crate::lifecycle::{ACTIVE_REGISTRATIONS, STATUS};
+use crate::store::{self, Store, StoreError};
+
+/// Unique HubSpot deal property: the partner deal a registration came from.
+pub const REGISTRATION: &str = "dealsync_registration";
+/// HubSpot company property naming the partner a lead is assigned to.
+pub const COMPANY_PARTNER: &str = "dealsync_partner";
+
+/// Partner deal properties carried to the new HubSpot deal.
+const CARRIED: &[&str] = &[
+    "dealname",
+    "dealsync_product_interest",
+    "dealsync_intro_note",
+    "dealsync_specific_pain",
+    "dealsync_next_steps",
+];
+
+/// Why a conversion was refused: each names the condition that failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("partner {partner} is at its capacity of {capacity} active registrations; close or lose one first, or raise capacity in the config")]
+    AtCapacity { partner: String, capacity: u32 },
+    #[error("the deal has no associated company; associate the lead's company with it and register again")]
+    NoCompany,
+    #[error("the deal has no associated contact; associate a contact with it and register again")]
+    NoContact,
+    #[error("the deal has no associated company and no associated contact; associate both and register again")]
+    NoCompanyNoContact,
+    #[error("partner deal {0} does not exist (or is archived)")]
+    NoSuchDeal(String),
+    #[error("partner deal {deal} is already registered (HubSpot deal {hubspot_deal})")]
+    AlreadyRegistered { deal: String, hubspot_deal: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error("registration refused: {0}")]
+    Refused(Refusal),
+    #[error(transparent)]
+    Crm(#[from] CrmError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a registration did (or, on a dry run, would do).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    pub partner: String,
+    pub partner_deal_id: String,
+    /// `None` on a dry run.
+    pub hubspot_deal_id: Option<String>,
+    pub deal_type: String,
+    pub owner_id: Option<String>,
+    pub dry_run: bool,
+}
+
+/// What registration needs.
+pub struct Registrar<'a> {
+    pub store: &'a Store,
+    pub hubspot: &'a Client,
+    pub partner: &'a Client,
+    pub capacity: u32,
+    /// HubSpot's pipeline for new shared deals.
+    pub hubspot_pipeline: &'a str,
+}
+
+/// Decides the refusal, if any, from the facts (pure).
+pub fn check(
+    partner: &str,
+    active: u32,
+    capacity: u32,
+    companies: usize,
+    contacts: usize,
+) -> Option<Refusal> {
+    if active >= capacity {
+        return Some(Refusal::AtCapacity {
+            partner: partner.to_owned(),
+            capacity,
+        });
+    }
+    match (companies > 0, contacts > 0) {
+        (true, true) => None,
+        (false, true) => Some(Refusal::NoCompany),
+        (true, false) => Some(Refusal::NoContact),
+        (false, false) => Some(Refusal::NoCompanyNoContact),
+    }
+}
+
+/// The deal type and owner from the lead's company in HubSpot's portal (pure).
+pub fn deal_type(
+    company: Option<&crate::crm::Record>,
+    partner: &str,
+) -> (&'static str, Option<String>) {
+    let Some(c) = company else {
+        return ("channel", None);
+    };
+    match c.get(COMPANY_PARTNER) {
+        Some(p) if p != partner => ("best_partner_wins", None),
+        Some(_) => ("channel", None),
+        None => match c.get("hubspot_owner_id") {
+            Some(owner) => ("partner_collaboration", Some(owner.to_owned())),
+            None => ("channel", None),
+        },
+    }
+}
+
+impl Registrar<'_> {
+    /// Converts partner deal `deal_id`.
+    pub async fn convert(
+        &self,
+        deal_id: &str,
+        dry_run: bool,
+    ) -> Result<Registration, RegisterError> {
+        let partner = self.partner.portal().to_owned();
+        let (p2, d2) = (partner.clone(), deal_id.to_owned());
+        let (existing, active) = self
+            .store
+            .call(move |c| {
+                let existing = store::links_for_deals(c, store::Side::Partner, &p2, &[d2])?;
+                let active: u32 = c.query_row(
+                    "SELECT COUNT(*) FROM links WHERE partner = ?1 AND state IN ('active', 'closed_won')",
+                    [&p2],
+                    |r| r.get(0),
+                )?;
+                Ok((existing, active))
+            })
+            .await?;
+        if let Some((l, _)) = existing.first() {
+            return Err(RegisterError::Refused(Refusal::AlreadyRegistered {
+                deal: deal_id.to_owned(),
+                hubspot_deal: l.hubspot_deal_id.clone(),
+            }));
+        }
+        let props: Vec<String> = CARRIED.iter().map(|s| (*s).to_owned()).collect();
+        let Some(deal) = self.partner.get("deals", deal_id, &props).await? else {
+            return Err(RegisterError::Refused(Refusal::NoSuchDeal(
+                deal_id.to_owned(),
+            )));
+        };
+        let ids = [deal_id.to_owned()];
+        let companies = self
+            .partner
+            .associations("deals", "companies", &ids)
+            .await?;
+        let contacts = self.partner.associations("deals", "contacts", &ids).await?;
+        let companies: Vec<String> = companies.into_values().flatten().collect();
+        let contacts: Vec<String> = contacts.into_values().flatten().collect();
+        if let Some(r) = check(
+            &partner,
+            active,
+            self.capacity,
+            companies.len(),
+            contacts.len(),
+        ) {
+            if !dry_run {
+                self.show(deal_id, &format!("registration refused: {r}"), None)
+                    .await?;
+            }
+            return Err(RegisterError::Refused(r));
+        }
+        // The lead's company in HubSpot's portal, by domain.
+        let domain = self
+            .partner
+            .get("companies", &companies[0], &["domain".to_owned()])
+            .await?
+            .and_then(|c| c.get("domain").map(str::to_owned));
+        let company = match &domain {
+            Some(d) => self
+                .hubspot
+                .search(
+                    "companies",
+                    &json!({
+                        "filterGroups": [{ "filters": [{ "propertyName": "domain", "operator": "EQ", "value": d }] }],
+                        "properties": ["domain", "hubspot_owner_id", COMPANY_PARTNER],
+                        "limit": 1,
+                    }),
+                )
+                .await?
+                .records
+                .into_iter()
+                .next(),
+            None => None,
+        };
+        let (kind, owner) = deal_type(company.as_ref(), &partner);
+        if dry_run {
+            return Ok(Registration {
+                partner,
+                partner_deal_id: deal_id.to_owned(),
+                hubspot_deal_id: None,
+                deal_type: kind.into(),
+                owner_id: owner,
+                dry_run,
+            });
+        }
+        let mut out = Map::new();
+        for p in CARRIED {
+            if let Some(v) = deal.get(p) {
+                out.insert((*p).into(), Value::String(v.into()));
+            }
+        }
+        out.insert("pipeline".into(), json!(self.hubspot_pipeline));
+        if let Some(stage) = self.first_stage().await? {
+            out.insert("dealstage".into(), json!(stage));
+        }
+        if let Some(o) = &owner {
+            out.insert("hubspot_owner_id".into(), json!(o));
+        }
+        let key = format!("{partner}:{deal_id}");
+        let created = self
+            .hubspot
+            .batch_upsert("deals", REGISTRATION, &[(key, out)])
+            .await?;
+        let hubspot_deal =
+            created
+                .first()
+                .map(|r| r.id.clone())
+                .ok_or_else(|| CrmError::Decode {
+                    portal: self.hubspot.portal().to_owned(),
+                    call: "batch upsert".into(),
+                    detail: "no deal in the answer".into(),
+                })?;
+        let (p2, d2, h2, k2) = (
+            partner.clone(),
+            deal_id.to_owned(),
+            hubspot_deal.clone(),
+            kind.to_owned(),
+        );
+        self.store
+            .call(move |c| store::insert_link(c, &p2, &d2, &h2, &k2))
+            .await?;
+        self.show(deal_id, "active", Some("1")).await?;
+        Ok(Registration {
+            partner,
+            partner_deal_id: deal_id.to_owned(),
+            hubspot_deal_id: Some(hubspot_deal),
+            deal_type: kind.into(),
+            owner_id: owner,
+            dry_run,
+        })
+    }
+
+    /// Writes the partner deal's status (and registration count).
+    async fn show(
+        &self,
+        deal_id: &str,
+        status: &str,
+        registrations: Option<&str>,
+    ) -> Result<(), CrmError> {
+        let mut m = Map::new();
+        m.insert(STATUS.into(), json!(status));
+        if let Some(r) = registrations {
+            m.insert(ACTIVE_REGISTRATIONS.into(), json!(r));
+        }
+        self.partner.update("deals", deal_id, &m).await.map(|_| ())
+    }
+
+    /// The first stage of HubSpot's pipeline for shared deals.
+    async fn first_stage(&self) -> Result<Option<String>, CrmError> {
+        let v = self
+            .hubspot
+            .call(
+                reqwest::Method::GET,
+                &format!("/crm/v3/pipelines/deals/{}", self.hubspot_pipeline),
+                None,
+                crate::crm::CallKind::Ordinary,
+            )
+            .await?;
+        let mut stages: Vec<(i64, String)> = v
+            .get("stages")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|s| {
+                Some((
+                    s.get("displayOrder").and_then(Value::as_i64).unwrap_or(0),
+                    s.get("id")?.as_str()?.to_owned(),
+                ))
+            })
+            .collect();
+        stages.sort();
+        Ok(stages.into_iter().next().map(|(_, id)| id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crm::Record;
+
+    #[test]
+    fn every_refusal_names_its_condition() {
+        assert_eq!(check("p", 0, 5, 1, 1), None);
+        assert_eq!(
+            check("p", 5, 5, 1, 1),
+            Some(Refusal::AtCapacity {
+                partner: "p".into(),
+                capacity: 5
+            })
+        );
+        assert_eq!(check("p", 0, 5, 0, 1), Some(Refusal::NoCompany));
+        assert_eq!(check("p", 0, 5, 1, 0), Some(Refusal::NoContact));
+        assert_eq!(check("p", 0, 5, 0, 0), Some(Refusal::NoCompanyNoContact));
+        // Capacity is checked first: it is the partner's condition, not the deal's.
+        assert!(matches!(
+            check("p", 9, 5, 0, 0),
+            Some(Refusal::AtCapacity { .. })
+        ));
+        assert!(Refusal::NoContact.to_string().contains("contact"));
+        assert!(Refusal::NoCompany.to_string().contains("company"));
+    }
+
+    #[test]
+    fn deal_types_follow_who_owns_the_lead() {
+        let company = |partner: Option<&str>, owner: Option<&str>| {
+            let mut r = Record::default();
+            r.properties
+                .insert(COMPANY_PARTNER.into(), partner.map(str::to_owned));
+            r.properties
+                .insert("hubspot_owner_id".into(), owner.map(str::to_owned));
+            r
+        };
+        assert_eq!(deal_type(None, "a"), ("channel", None));
+        assert_eq!(
+            deal_type(Some(&company(None, None)), "a"),
+            ("channel", None)
+        );
+        assert_eq!(
+            deal_type(Some(&company(Some("a"), None)), "a"),
+            ("channel", None)
+        );
+        assert_eq!(
+            deal_type(Some(&company(Some("b"), Some("7"))), "a"),
+            ("best_partner_wins", None)
+        );
+        assert_eq!(
+            deal_type(Some(&company(None, Some("7"))), "a"),
+            ("partner_collaboration", Some("7".into()))
+        );
+    }
+}

@@ -1,0 +1,265 @@
+//! Converting an existing partner deal (issue 7, item 2) against the sandbox: every refusal
+//! names its condition, shows on the deal and creates nothing; a dry run writes nothing
+//! anywhere; a conversion creates the HubSpot deal (owned by the lead's rep, deal type from who
+//! owns the lead), links it, and a second attempt is refused as already registered.
+
+mod common;
+
+use std::sync::Arc;
+
+use dealsync::crm::{Budget, Client, RetryPolicy};
+use dealsync::register::{Refusal, RegisterError, Registrar};
+use dealsync::store::{self, Store};
+use serde_json::{json, Value};
+
+struct World {
+    _sb: dealsync::sandbox::SandboxHandle,
+    hs: common::Portal,
+    pa: common::Portal,
+    hs_client: Client,
+    pa_client: Client,
+    store: Store,
+    _dir: tempfile::TempDir,
+}
+
+impl World {
+    async fn new() -> World {
+        let sb = common::unlimited_sandbox().await;
+        let (hs, pa) = (
+            common::portal(&sb, "hubspot"),
+            common::portal(&sb, "partner-a"),
+        );
+        let client = |p: &common::Portal| {
+            Client::new(
+                &p.info.name,
+                &sb.base_url,
+                &p.info.token,
+                Arc::new(Budget::new(100, 4)),
+                RetryPolicy::default(),
+            )
+            .unwrap()
+        };
+        let (hs_client, pa_client) = (client(&hs), client(&pa));
+        for c in [&hs_client, &pa_client] {
+            dealsync::setup::ensure(c, false).await.expect("setup");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("dealsync.db")).await.unwrap();
+        World {
+            _sb: sb,
+            hs,
+            pa,
+            hs_client,
+            pa_client,
+            store,
+            _dir: dir,
+        }
+    }
+
+    fn registrar(&self, capacity: u32) -> Registrar<'_> {
+        Registrar {
+            store: &self.store,
+            hubspot: &self.hs_client,
+            partner: &self.pa_client,
+            capacity,
+            hubspot_pipeline: "default",
+        }
+    }
+
+    /// A partner deal with optionally a company (by domain) and a contact.
+    async fn deal(&self, company: Option<&str>, contact: bool) -> String {
+        let d = self
+            .pa
+            .create_deal(json!({"dealname": "Acme rollout", "dealsync_intro_note": "Met at INBOUND", "dealsync_product_interest": "sales_hub"}))
+            .await;
+        if let Some(domain) = company {
+            let c = create(
+                &self.pa,
+                "companies",
+                json!({"name": "Acme", "domain": domain}),
+            )
+            .await;
+            associate(&self.pa, &d, "companies", &c).await;
+        }
+        if contact {
+            let email = format!("ana-{d}@acme.example");
+            let c = create(&self.pa, "contacts", json!({"email": email})).await;
+            associate(&self.pa, &d, "contacts", &c).await;
+        }
+        d
+    }
+}
+
+async fn create(p: &common::Portal, object: &str, props: Value) -> String {
+    let a = p
+        .post(
+            &format!("/crm/v3/objects/{object}"),
+            json!({ "properties": props }),
+        )
+        .await;
+    assert_eq!(a.status, 201, "create {object}: {}", a.text);
+    a.body["id"].as_str().unwrap().to_owned()
+}
+
+async fn associate(p: &common::Portal, deal: &str, object: &str, id: &str) {
+    let a = p
+        .put(
+            &format!("/crm/v4/objects/deals/{deal}/associations/default/{object}/{id}"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(a.status, 200, "associate: {}", a.text);
+}
+
+async fn status_of(p: &common::Portal, deal: &str) -> Option<String> {
+    let a = p
+        .get(&format!(
+            "/crm/v3/objects/deals/{deal}?properties=dealsync_status"
+        ))
+        .await;
+    a.body["properties"]["dealsync_status"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+fn writes(c: &Value) -> u64 {
+    c["writes"].as_u64().unwrap_or(0)
+}
+
+#[tokio::test]
+async fn each_refusal_names_its_condition_shows_on_the_deal_and_creates_nothing() {
+    let w = World::new().await;
+    let hs_writes = writes(&w.hs.counters().await);
+    for (company, contact, want) in [
+        (None, false, Refusal::NoCompanyNoContact),
+        (None, true, Refusal::NoCompany),
+        (Some("acme.example"), false, Refusal::NoContact),
+    ] {
+        let d = w.deal(company, contact).await;
+        match w.registrar(10).convert(&d, false).await {
+            Err(RegisterError::Refused(r)) => assert_eq!(r, want),
+            other => panic!("expected {want:?}, got {other:?}"),
+        }
+        let shown = status_of(&w.pa, &d).await.unwrap_or_default();
+        assert!(
+            shown.starts_with("registration refused: ") && shown.contains(&want.to_string()),
+            "{shown}"
+        );
+    }
+    // At capacity: an active registration already counts.
+    let d = w.deal(Some("acme.example"), true).await;
+    w.store
+        .call(|c| store::insert_link(c, "partner-a", "1", "2", "channel"))
+        .await
+        .unwrap();
+    match w.registrar(1).convert(&d, false).await {
+        Err(RegisterError::Refused(Refusal::AtCapacity { capacity: 1, .. })) => {}
+        other => panic!("expected at capacity, got {other:?}"),
+    }
+    assert_eq!(
+        writes(&w.hs.counters().await),
+        hs_writes,
+        "nothing created in HubSpot"
+    );
+}
+
+#[tokio::test]
+async fn a_dry_run_writes_nothing_anywhere() {
+    let w = World::new().await;
+    let d = w.deal(Some("acme.example"), true).await;
+    let before = (
+        writes(&w.hs.counters().await),
+        writes(&w.pa.counters().await),
+    );
+    let r = w.registrar(10).convert(&d, true).await.expect("dry run");
+    assert!(r.dry_run && r.hubspot_deal_id.is_none());
+    assert_eq!(r.deal_type, "channel");
+    assert_eq!(
+        before,
+        (
+            writes(&w.hs.counters().await),
+            writes(&w.pa.counters().await)
+        ),
+        "a dry run writes nothing"
+    );
+    // A refused dry run does not mark the deal either.
+    let bare = w.deal(None, false).await;
+    let before = writes(&w.pa.counters().await);
+    assert!(w.registrar(10).convert(&bare, true).await.is_err());
+    assert_eq!(writes(&w.pa.counters().await), before);
+    assert_eq!(status_of(&w.pa, &bare).await, None);
+}
+
+#[tokio::test]
+async fn a_conversion_creates_the_hubspot_deal_with_the_leads_rep_and_links_it_once() {
+    let w = World::new().await;
+    // In HubSpot's portal the lead's company is owned by a sales rep.
+    let owners = w.hs.get("/crm/v3/owners").await;
+    let owner = owners.body["results"][0]["id"].as_str().unwrap().to_owned();
+    create(
+        &w.hs,
+        "companies",
+        json!({"name": "Acme", "domain": "acme.example", "hubspot_owner_id": owner}),
+    )
+    .await;
+    let d = w.deal(Some("acme.example"), true).await;
+    let r = w
+        .registrar(10)
+        .convert(&d, false)
+        .await
+        .expect("registered");
+    assert_eq!(r.deal_type, "partner_collaboration");
+    assert_eq!(r.owner_id.as_deref(), Some(owner.as_str()));
+    let h = r.hubspot_deal_id.clone().unwrap();
+    let a = w
+        .hs
+        .get(&format!("/crm/v3/objects/deals/{h}?properties=dealname,hubspot_owner_id,dealsync_intro_note,dealsync_product_interest,pipeline,dealstage,dealsync_registration"))
+        .await;
+    let p = &a.body["properties"];
+    assert_eq!(p["dealname"], "Acme rollout");
+    assert_eq!(p["hubspot_owner_id"], owner.as_str());
+    assert_eq!(p["dealsync_intro_note"], "Met at INBOUND");
+    assert_eq!(p["dealsync_product_interest"], "sales_hub");
+    assert_eq!(p["pipeline"], "default");
+    assert!(p["dealstage"].as_str().is_some_and(|s| !s.is_empty()));
+    assert_eq!(
+        p["dealsync_registration"],
+        format!("partner-a:{d}").as_str()
+    );
+    let d2 = d.clone();
+    let links = w
+        .store
+        .call(move |c| store::links_for_deals(c, store::Side::Partner, "partner-a", &[d2]))
+        .await
+        .unwrap();
+    assert_eq!(links.len(), 1);
+    assert_eq!(links[0].0.hubspot_deal_id, h);
+    assert_eq!(links[0].0.deal_type, "partner_collaboration");
+    assert_eq!(status_of(&w.pa, &d).await.as_deref(), Some("active"));
+    // Registering again is refused, and creates nothing.
+    match w.registrar(10).convert(&d, false).await {
+        Err(RegisterError::Refused(Refusal::AlreadyRegistered { hubspot_deal, .. })) => {
+            assert_eq!(hubspot_deal, h)
+        }
+        other => panic!("expected already registered, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_lead_assigned_to_another_partner_makes_a_best_partner_wins_deal() {
+    let w = World::new().await;
+    create(
+        &w.hs,
+        "companies",
+        json!({"name": "Acme", "domain": "acme.example", "dealsync_partner": "partner-b"}),
+    )
+    .await;
+    let d = w.deal(Some("acme.example"), true).await;
+    let r = w
+        .registrar(10)
+        .convert(&d, false)
+        .await
+        .expect("registered");
+    assert_eq!(r.deal_type, "best_partner_wins");
+    assert_eq!(r.owner_id, None);
+}
