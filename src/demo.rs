@@ -3,9 +3,9 @@
 //! through what partners and reps do with a shared deal, verifying every step against the
 //! portals, and ending with the status table. Nothing leaves 127.0.0.1.
 //!
-//! Steps that need features still being built (registration and HubSpot adding a partner —
-//! issue 7) are listed as not available yet rather than pretended; every step that runs is
-//! verified, and the demo exits non-zero if one fails.
+//! The step that needs a feature still being built (HubSpot adding a partner to a deal — issue
+//! 7) is listed as not available yet rather than pretended; every step that runs is verified,
+//! and the demo exits non-zero if one fails.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -214,6 +214,9 @@ pub async fn run() -> Result<(), DemoError> {
     let sb = sandbox::start(SandboxConfig {
         listen: "127.0.0.1:0".parse().map_err(setup)?,
         seed: Some(2026),
+        // The demo's own calls stand for people working in their CRMs, whose clicks do not
+        // count against the app's API limits; the daemon keeps to its configured budget.
+        rate_limit_per_10s: Some(1_000),
         ..SandboxConfig::default()
     })
     .await
@@ -273,31 +276,90 @@ pub async fn run() -> Result<(), DemoError> {
         step: 0,
     };
 
-    demo.say("A partner and a HubSpot rep share a deal (linked directly here; registration from the CRM arrives with issue 7)");
-    let deal = |name: &str| json!({"dealname": name, "dealstage": "appointmentscheduled", "pipeline": "default"});
+    demo.say(
+        "The partner registers an existing deal: refused until it has a contact, then accepted",
+    );
     let props = |v: Value| -> Map<String, Value> { v.as_object().cloned().unwrap_or_default() };
+    let fail = |e: &dyn std::fmt::Display| demo.fail(e.to_string());
     let p = demo
         .partner
-        .create("deals", &props(deal("Acme — Sales Hub rollout")), json!([]))
+        .create(
+            "deals",
+            &props(
+                json!({"dealname": "Acme — Sales Hub rollout", "dealstage": "appointmentscheduled",
+                "pipeline": "default", "dealsync_intro_note": "Met their COO at INBOUND",
+                "dealsync_product_interest": "sales_hub"}),
+            ),
+            json!([]),
+        )
         .await
-        .map_err(|e| demo.fail(e.to_string()))?
+        .map_err(|e| fail(&e))?
         .id;
-    let h = demo
-        .hubspot
-        .create("deals", &props(deal("Acme — Sales Hub rollout")), json!([]))
+    let company = demo
+        .partner
+        .create(
+            "companies",
+            &props(json!({"name": "Acme", "domain": "acme.example"})),
+            json!([]),
+        )
         .await
-        .map_err(|e| demo.fail(e.to_string()))?
+        .map_err(|e| fail(&e))?
         .id;
+    demo.partner
+        .associate_default("deals", "companies", &[(p.clone(), company)])
+        .await
+        .map_err(|e| fail(&e))?;
+    let partner_config = config
+        .partner("partner-a")
+        .ok_or_else(|| setup("config/sandbox.toml has no partner-a"))?;
+    let registrar = crate::register::Registrar {
+        store: &d.store,
+        hubspot: &demo.hubspot,
+        partner: &demo.partner,
+        capacity: partner_config.capacity,
+        hubspot_pipeline: &config.hubspot.pipeline,
+    };
+    match registrar.convert(&p, false).await {
+        Err(crate::register::RegisterError::Refused(why)) => {
+            println!("   ✔ refused, and the deal says why: {why}")
+        }
+        other => return Err(demo.fail(format!("expected a refusal, got {other:?}"))),
+    }
+    let contact = demo
+        .partner
+        .create(
+            "contacts",
+            &props(json!({"email": "coo@acme.example"})),
+            json!([]),
+        )
+        .await
+        .map_err(|e| fail(&e))?
+        .id;
+    demo.partner
+        .associate_default("deals", "contacts", &[(p.clone(), contact)])
+        .await
+        .map_err(|e| fail(&e))?;
+    let reg = registrar.convert(&p, false).await.map_err(|e| fail(&e))?;
+    let h = reg
+        .hubspot_deal_id
+        .clone()
+        .ok_or_else(|| demo.fail("registration created no HubSpot deal"))?;
     let (p2, h2) = (p.clone(), h.clone());
     let link = d
         .store
-        .call(move |c| store::insert_link(c, "partner-a", &p2, &h2, "channel"))
+        .call(move |c| store::links_for_deals(c, store::Side::Partner, "partner-a", &[p2]))
         .await
-        .map_err(|e| demo.fail(e.to_string()))?;
+        .map_err(|e| fail(&e))?
+        .into_iter()
+        .map(|(l, _)| l)
+        .find(|l| l.hubspot_deal_id == h2)
+        .ok_or_else(|| demo.fail("the registration stored no link"))?;
     println!(
-        "   ✔ partner deal {p} ↔ HubSpot deal {h} (link {})",
-        link.id
+        "   ✔ registered: partner deal {p} ↔ HubSpot deal {h} ({}, link {})",
+        reg.deal_type, link.id
     );
+    demo.until(true, &h, "dealsync_intro_note", "Met their COO at INBOUND")
+        .await?;
     // The first sync records what both sides agree on (the shadow) before anyone edits.
     d.store
         .call(move |c| store::enqueue_now(c, &[link.id], "demo"))
@@ -476,7 +538,7 @@ pub async fn run() -> Result<(), DemoError> {
     demo.until(true, &h, "dealstage", "decisionmakerboughtin")
         .await?;
 
-    println!("\nNot in this demo yet (being built, issue 7): registration from a contact or company, and HubSpot adding a partner to a deal.");
+    println!("\nNot in this demo yet (being built, issue 7): HubSpot adding a partner to a deal.");
 
     let status = {
         let (db, dl) = (db.clone(), dl.clone());

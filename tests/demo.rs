@@ -23,7 +23,7 @@ fn demo_verifies_every_step_and_exits_zero() {
         );
     }
     assert!(!stdout.contains("failed"), "{stdout}");
-    assert!(stdout.matches("   ✔ ").count() >= 12, "{stdout}");
+    assert!(stdout.matches("   ✔ ").count() >= 14, "{stdout}");
     // Shared messages both ways, with files and the thread, and a private note kept home.
     assert!(stdout.contains("HubSpot shows the message"), "{stdout}");
     assert!(
@@ -39,6 +39,12 @@ fn demo_verifies_every_step_and_exits_zero() {
         "{stdout}"
     );
     assert!(stdout.contains("MESSAGES  active 2"), "{stdout}");
+    // A registration: refused with the reason, then accepted and linked.
+    assert!(
+        stdout.contains("refused, and the deal says why: the deal has no associated contact"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("✔ registered: partner deal"), "{stdout}");
     assert!(stdout.contains("DEAD LETTERS  0 open of "), "{stdout}");
     assert!(stdout.contains("9 steps verified"), "{stdout}");
 }
