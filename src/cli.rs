@@ -110,15 +110,37 @@ pub struct ConfigArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("lead").required(true).args(["deal", "contact", "company"])))]
 pub struct RegisterArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
     /// The partner (as named in the config).
     #[arg(long)]
     pub partner: String,
-    /// The partner deal to convert.
+    /// An existing partner deal to convert.
     #[arg(long)]
-    pub deal: String,
+    pub deal: Option<String>,
+    /// Register a new deal from this partner contact.
+    #[arg(long, requires = "name")]
+    pub contact: Option<String>,
+    /// Register a new deal from this partner company.
+    #[arg(long, requires = "name")]
+    pub company: Option<String>,
+    /// The new deal's name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Product interest, comma-separated (marketing_hub, sales_hub, service_hub, …).
+    #[arg(long, value_delimiter = ',')]
+    pub products: Vec<String>,
+    /// Intro note.
+    #[arg(long)]
+    pub intro: Option<String>,
+    /// Specific pain / opportunity.
+    #[arg(long)]
+    pub pain: Option<String>,
+    /// Next steps.
+    #[arg(long)]
+    pub next_steps: Option<String>,
     /// Check and say what would happen; write nothing anywhere.
     #[arg(long)]
     pub dry_run: bool,
@@ -582,8 +604,24 @@ async fn run_register(args: RegisterArgs) -> Result<(), CliError> {
         partner: &partner_client,
         capacity: partner.capacity,
         hubspot_pipeline: &config.hubspot.pipeline,
+        partner_pipeline: &partner.default_pipeline,
     };
-    match registrar.convert(&args.deal, args.dry_run).await {
+    let outcome = match &args.deal {
+        Some(deal) => registrar.convert(deal, args.dry_run).await,
+        None => {
+            let lead = crate::register::NewLead {
+                contact: args.contact.clone(),
+                company: args.company.clone(),
+                name: args.name.clone().unwrap_or_default(),
+                products: args.products.clone(),
+                intro: args.intro.clone(),
+                pain: args.pain.clone(),
+                next_steps: args.next_steps.clone(),
+            };
+            registrar.register_new(&lead, args.dry_run).await
+        }
+    };
+    match outcome {
         Ok(r) => {
             match &r.hubspot_deal_id {
                 Some(h) => println!(

@@ -318,6 +318,7 @@ pub async fn run() -> Result<(), DemoError> {
         partner: &demo.partner,
         capacity: partner_config.capacity,
         hubspot_pipeline: &config.hubspot.pipeline,
+        partner_pipeline: &partner_config.default_pipeline,
     };
     match registrar.convert(&p, false).await {
         Err(crate::register::RegisterError::Refused(why)) => {

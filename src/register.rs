@@ -83,6 +83,21 @@ pub struct Registrar<'a> {
     pub capacity: u32,
     /// HubSpot's pipeline for new shared deals.
     pub hubspot_pipeline: &'a str,
+    /// The partner's pipeline for deals registered from a contact or company.
+    pub partner_pipeline: &'a str,
+}
+
+/// A lead registered from a contact or a company (SPEC §1.1 item 1).
+#[derive(Debug, Clone, Default)]
+pub struct NewLead {
+    pub contact: Option<String>,
+    pub company: Option<String>,
+    pub name: String,
+    /// Product interest values (`sales_hub`, …).
+    pub products: Vec<String>,
+    pub intro: Option<String>,
+    pub pain: Option<String>,
+    pub next_steps: Option<String>,
 }
 
 /// Decides the refusal, if any, from the facts (pure).
@@ -126,11 +141,80 @@ pub fn deal_type(
 }
 
 impl Registrar<'_> {
+    /// Registers a new lead: a partner deal associated with the contact or company, in the
+    /// partner's pipeline, then registered as a conversion would be (the capacity still
+    /// counts; the company-and-contact condition is for converting existing deals). A dry run
+    /// or a refusal creates nothing.
+    pub async fn register_new(
+        &self,
+        lead: &NewLead,
+        dry_run: bool,
+    ) -> Result<Registration, RegisterError> {
+        let partner = self.partner.portal().to_owned();
+        let p2 = partner.clone();
+        let active = self
+            .store
+            .call(move |c| active_registrations(c, &p2))
+            .await?;
+        if let Some(r) = check(&partner, active, self.capacity, 1, 1) {
+            return Err(RegisterError::Refused(r));
+        }
+        if dry_run {
+            return Ok(Registration {
+                partner,
+                partner_deal_id: String::new(),
+                hubspot_deal_id: None,
+                deal_type: "decided from the lead's company".into(),
+                owner_id: None,
+                dry_run,
+            });
+        }
+        let mut props = Map::new();
+        props.insert("dealname".into(), json!(lead.name));
+        props.insert("pipeline".into(), json!(self.partner_pipeline));
+        if let Some(stage) = first_stage(self.partner, self.partner_pipeline).await? {
+            props.insert("dealstage".into(), json!(stage));
+        }
+        if !lead.products.is_empty() {
+            props.insert(
+                "dealsync_product_interest".into(),
+                json!(lead.products.join(";")),
+            );
+        }
+        for (k, v) in [
+            ("dealsync_intro_note", &lead.intro),
+            ("dealsync_specific_pain", &lead.pain),
+            ("dealsync_next_steps", &lead.next_steps),
+        ] {
+            if let Some(v) = v {
+                props.insert(k.into(), json!(v));
+            }
+        }
+        let deal = self.partner.create("deals", &props, json!([])).await?.id;
+        for (object, id) in [("contacts", &lead.contact), ("companies", &lead.company)] {
+            if let Some(id) = id {
+                self.partner
+                    .associate_default("deals", object, &[(deal.clone(), id.clone())])
+                    .await?;
+            }
+        }
+        self.convert_with(&deal, false, false).await
+    }
+
     /// Converts partner deal `deal_id`.
     pub async fn convert(
         &self,
         deal_id: &str,
         dry_run: bool,
+    ) -> Result<Registration, RegisterError> {
+        self.convert_with(deal_id, dry_run, true).await
+    }
+
+    async fn convert_with(
+        &self,
+        deal_id: &str,
+        dry_run: bool,
+        need_company_and_contact: bool,
     ) -> Result<Registration, RegisterError> {
         let partner = self.partner.portal().to_owned();
         let (p2, d2) = (partner.clone(), deal_id.to_owned());
@@ -138,12 +222,7 @@ impl Registrar<'_> {
             .store
             .call(move |c| {
                 let existing = store::links_for_deals(c, store::Side::Partner, &p2, &[d2])?;
-                let active: u32 = c.query_row(
-                    "SELECT COUNT(*) FROM links WHERE partner = ?1 AND state IN ('active', 'closed_won')",
-                    [&p2],
-                    |r| r.get(0),
-                )?;
-                Ok((existing, active))
+                Ok((existing, active_registrations(c, &p2)?))
             })
             .await?;
         if let Some((l, _)) = existing.first() {
@@ -166,13 +245,12 @@ impl Registrar<'_> {
         let contacts = self.partner.associations("deals", "contacts", &ids).await?;
         let companies: Vec<String> = companies.into_values().flatten().collect();
         let contacts: Vec<String> = contacts.into_values().flatten().collect();
-        if let Some(r) = check(
-            &partner,
-            active,
-            self.capacity,
-            companies.len(),
-            contacts.len(),
-        ) {
+        let (n_companies, n_contacts) = if need_company_and_contact {
+            (companies.len(), contacts.len())
+        } else {
+            (1, 1)
+        };
+        if let Some(r) = check(&partner, active, self.capacity, n_companies, n_contacts) {
             if !dry_run {
                 self.show(deal_id, &format!("registration refused: {r}"), None)
                     .await?;
@@ -180,11 +258,14 @@ impl Registrar<'_> {
             return Err(RegisterError::Refused(r));
         }
         // The lead's company in HubSpot's portal, by domain.
-        let domain = self
-            .partner
-            .get("companies", &companies[0], &["domain".to_owned()])
-            .await?
-            .and_then(|c| c.get("domain").map(str::to_owned));
+        let domain = match companies.first() {
+            Some(c) => self
+                .partner
+                .get("companies", c, &["domain".to_owned()])
+                .await?
+                .and_then(|c| c.get("domain").map(str::to_owned)),
+            None => None,
+        };
         let company = match &domain {
             Some(d) => self
                 .hubspot
@@ -220,7 +301,7 @@ impl Registrar<'_> {
             }
         }
         out.insert("pipeline".into(), json!(self.hubspot_pipeline));
-        if let Some(stage) = self.first_stage().await? {
+        if let Some(stage) = first_stage(self.hubspot, self.hubspot_pipeline).await? {
             out.insert("dealstage".into(), json!(stage));
         }
         if let Some(o) = &owner {
@@ -274,33 +355,41 @@ impl Registrar<'_> {
         }
         self.partner.update("deals", deal_id, &m).await.map(|_| ())
     }
+}
 
-    /// The first stage of HubSpot's pipeline for shared deals.
-    async fn first_stage(&self) -> Result<Option<String>, CrmError> {
-        let v = self
-            .hubspot
-            .call(
-                reqwest::Method::GET,
-                &format!("/crm/v3/pipelines/deals/{}", self.hubspot_pipeline),
-                None,
-                crate::crm::CallKind::Ordinary,
-            )
-            .await?;
-        let mut stages: Vec<(i64, String)> = v
-            .get("stages")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|s| {
-                Some((
-                    s.get("displayOrder").and_then(Value::as_i64).unwrap_or(0),
-                    s.get("id")?.as_str()?.to_owned(),
-                ))
-            })
-            .collect();
-        stages.sort();
-        Ok(stages.into_iter().next().map(|(_, id)| id))
-    }
+/// Active registrations of a partner: links that are active or closed won.
+fn active_registrations(c: &rusqlite::Connection, partner: &str) -> Result<u32, StoreError> {
+    Ok(c.query_row(
+        "SELECT COUNT(*) FROM links WHERE partner = ?1 AND state IN ('active', 'closed_won')",
+        [partner],
+        |r| r.get(0),
+    )?)
+}
+
+/// The first stage of a deal pipeline.
+async fn first_stage(client: &Client, pipeline: &str) -> Result<Option<String>, CrmError> {
+    let v = client
+        .call(
+            reqwest::Method::GET,
+            &format!("/crm/v3/pipelines/deals/{pipeline}"),
+            None,
+            crate::crm::CallKind::Ordinary,
+        )
+        .await?;
+    let mut stages: Vec<(i64, String)> = v
+        .get("stages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|s| {
+            Some((
+                s.get("displayOrder").and_then(Value::as_i64).unwrap_or(0),
+                s.get("id")?.as_str()?.to_owned(),
+            ))
+        })
+        .collect();
+    stages.sort();
+    Ok(stages.into_iter().next().map(|(_, id)| id))
 }
 
 #[cfg(test)]

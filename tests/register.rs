@@ -63,6 +63,7 @@ impl World {
             partner: &self.pa_client,
             capacity,
             hubspot_pipeline: "default",
+            partner_pipeline: "default",
         }
     }
 
@@ -262,4 +263,141 @@ async fn a_lead_assigned_to_another_partner_makes_a_best_partner_wins_deal() {
         .expect("registered");
     assert_eq!(r.deal_type, "best_partner_wins");
     assert_eq!(r.owner_id, None);
+}
+
+#[tokio::test]
+async fn a_new_lead_from_a_company_or_a_contact_becomes_a_linked_shared_deal() {
+    let w = World::new().await;
+    let owners = w.hs.get("/crm/v3/owners").await;
+    let owner = owners.body["results"][1]["id"].as_str().unwrap().to_owned();
+    create(
+        &w.hs,
+        "companies",
+        json!({"name": "Globex", "domain": "globex.example", "hubspot_owner_id": owner}),
+    )
+    .await;
+    let company = create(
+        &w.pa,
+        "companies",
+        json!({"name": "Globex", "domain": "globex.example"}),
+    )
+    .await;
+    let lead = dealsync::register::NewLead {
+        company: Some(company.clone()),
+        name: "Globex — Service Hub".into(),
+        products: vec!["service_hub".into(), "sales_hub".into()],
+        intro: Some("Referred by their CTO".into()),
+        pain: Some("Ticket backlog".into()),
+        next_steps: Some("Demo next week".into()),
+        ..Default::default()
+    };
+    let r = w
+        .registrar(10)
+        .register_new(&lead, false)
+        .await
+        .expect("registered");
+    assert_eq!(r.deal_type, "partner_collaboration");
+    assert_eq!(r.owner_id.as_deref(), Some(owner.as_str()));
+    let a = w
+        .pa
+        .get(&format!(
+            "/crm/v3/objects/deals/{}?properties=dealname,pipeline,dealstage,dealsync_product_interest,dealsync_specific_pain&associations=companies",
+            r.partner_deal_id
+        ))
+        .await;
+    assert_eq!(a.body["properties"]["dealname"], "Globex — Service Hub");
+    assert_eq!(a.body["properties"]["pipeline"], "default");
+    assert_eq!(
+        a.body["properties"]["dealsync_specific_pain"],
+        "Ticket backlog"
+    );
+    assert_eq!(
+        a.body["associations"]["companies"]["results"][0]["id"].as_str(),
+        Some(company.as_str())
+    );
+    let h = r.hubspot_deal_id.unwrap();
+    let a =
+        w.hs.get(&format!(
+            "/crm/v3/objects/deals/{h}?properties=dealname,dealsync_next_steps,hubspot_owner_id"
+        ))
+        .await;
+    assert_eq!(
+        a.body["properties"]["dealsync_next_steps"],
+        "Demo next week"
+    );
+    assert_eq!(a.body["properties"]["hubspot_owner_id"], owner.as_str());
+
+    // From a contact alone: no company to match, so a channel deal.
+    let contact = create(&w.pa, "contacts", json!({"email": "lead@initech.example"})).await;
+    let lead = dealsync::register::NewLead {
+        contact: Some(contact),
+        name: "Initech".into(),
+        ..Default::default()
+    };
+    let r = w
+        .registrar(10)
+        .register_new(&lead, false)
+        .await
+        .expect("registered");
+    assert_eq!(r.deal_type, "channel");
+    assert!(r.hubspot_deal_id.is_some());
+    // At capacity (two active now), a new lead is refused and nothing is created.
+    let before = writes(&w.pa.counters().await);
+    match w.registrar(2).register_new(&lead, false).await {
+        Err(RegisterError::Refused(Refusal::AtCapacity { capacity: 2, .. })) => {}
+        other => panic!("expected at capacity, got {other:?}"),
+    }
+    assert_eq!(writes(&w.pa.counters().await), before, "nothing created");
+}
+
+/// The CLI: a refusal exits 65 naming the condition; a dry run exits 0 and writes nothing.
+#[tokio::test]
+async fn the_cli_exits_65_on_a_refusal_and_writes_nothing_on_a_dry_run() {
+    let w = World::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("dealsync.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[store]\npath = \"{}\"\ndead_letter_path = \"{}\"\n[hubspot]\nbase_url = \"{base}\"\ntoken_env = \"HS_TOKEN\"\n[[partners]]\nname = \"partner-a\"\nbase_url = \"{base}\"\ntoken_env = \"PA_TOKEN\"\n[partners.stage_map]\nappointmentscheduled = \"appointmentscheduled\"\n",
+            dir.path().join("dealsync.db").display(),
+            dir.path().join("dl.jsonl").display(),
+            base = w.hs.base,
+        ),
+    )
+    .unwrap();
+    let run = |deal: String, dry: bool| {
+        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_dealsync"));
+        c.args(["register", "--config"])
+            .arg(&cfg)
+            .args(["--partner", "partner-a", "--deal", &deal])
+            .env("HS_TOKEN", &w.hs.info.token)
+            .env("PA_TOKEN", &w.pa.info.token)
+            .env("DEALSYNC_LOG", "warn");
+        if dry {
+            c.arg("--dry-run");
+        }
+        c.output()
+    };
+    let bare = w.deal(Some("acme.example"), false).await;
+    let out = run(bare, false).await.unwrap();
+    assert_eq!(out.status.code(), Some(65), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no associated contact"), "{err}");
+    let ok = w.deal(Some("acme.example"), true).await;
+    let before = (
+        writes(&w.hs.counters().await),
+        writes(&w.pa.counters().await),
+    );
+    let out = run(ok, true).await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("would register"));
+    assert_eq!(
+        before,
+        (
+            writes(&w.hs.counters().await),
+            writes(&w.pa.counters().await)
+        ),
+        "a dry run writes nothing"
+    );
 }
