@@ -142,6 +142,7 @@ fn main() {
             mass_deletion: Default::default(),
             messages: Default::default(),
             closed_stages: Default::default(),
+            registration: Default::default(),
         };
         let start = Instant::now();
         // The cursor starts before the changes: the changes are the backlog.

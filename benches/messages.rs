@@ -217,6 +217,7 @@ async fn throughput() -> (f64, f64, f64) {
             mass_deletion: Default::default(),
             messages: MessageSettings::default(),
             closed_stages: Default::default(),
+            registration: Default::default(),
         },
         poll_interval: Duration::from_secs(2),
         poll_overlap: Duration::from_secs(600),

@@ -481,6 +481,7 @@ fn main() {
             mass_deletion: Default::default(),
             messages: Default::default(),
             closed_stages: Default::default(),
+            registration: Default::default(),
         };
         let d = DaemonHandle::start(DaemonParts {
             store_path: dir.path().join("db"),

@@ -775,6 +775,20 @@ impl Config {
                 mass_deletion: self.mass_deletion,
                 messages: self.messages.clone(),
                 closed_stages: Default::default(),
+                registration: self
+                    .partners
+                    .iter()
+                    .map(|p| {
+                        (
+                            p.portal.name.clone(),
+                            crate::register::RegistrationSettings {
+                                capacity: p.capacity,
+                                partner_pipeline: p.default_pipeline.clone(),
+                                hubspot_pipeline: self.hubspot.pipeline.clone(),
+                            },
+                        )
+                    })
+                    .collect(),
             },
             poll_interval: self.poll_interval,
             poll_overlap: self.poll_overlap,

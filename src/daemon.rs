@@ -232,9 +232,17 @@ impl DaemonHandle {
                 .for_associated("quotes")
                 .run(cancel.clone()),
         );
-        tasks.spawn(poller(&parts.hubspot.name, Side::Hubspot, hubspot).run(cancel.clone()));
+        tasks
+            .spawn(poller(&parts.hubspot.name, Side::Hubspot, hubspot.clone()).run(cancel.clone()));
         for (name, c) in partners {
-            tasks.spawn(poller(&name, Side::Partner, c).run(cancel.clone()));
+            let mut p = poller(&name, Side::Partner, c);
+            if let Some(settings) = parts.settings.registration.get(&name) {
+                p = p.with_enrolment(crate::ingest::poll::Enrolment {
+                    hubspot: hubspot.clone(),
+                    settings: settings.clone(),
+                });
+            }
+            tasks.spawn(p.run(cancel.clone()));
         }
         tasks.spawn(
             Sweep {

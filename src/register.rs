@@ -24,6 +24,18 @@ use crate::store::{self, Store, StoreError};
 
 /// Unique HubSpot deal property: the partner deal a registration came from.
 pub const REGISTRATION: &str = "dealsync_registration";
+/// Partner deal property: set to `true` in the partner's CRM to register the deal (the same as
+/// `dealsync register --deal`); dealsync sets it back to `false` once it has acted.
+pub const REGISTER: &str = "dealsync_register";
+
+/// Registration settings of one partner (for registrations started from its CRM).
+#[derive(Debug, Clone)]
+pub struct RegistrationSettings {
+    pub capacity: u32,
+    pub partner_pipeline: String,
+    pub hubspot_pipeline: String,
+}
+
 /// HubSpot company property naming the partner a lead is assigned to.
 pub const COMPANY_PARTNER: &str = "dealsync_partner";
 

@@ -42,6 +42,11 @@ pub fn deal_properties() -> Vec<Value> {
             "HubSpot quotes (title | amount | status | link)",
         ),
         json!({
+            "name": crate::register::REGISTER, "label": "Register this deal with HubSpot",
+            "type": "enumeration", "fieldType": "booleancheckbox", "groupName": GROUP,
+            "options": [{"label": "Yes", "value": "true", "hidden": false}, {"label": "No", "value": "false", "hidden": false}],
+        }),
+        json!({
             "name": crate::register::REGISTRATION, "label": "Registered from partner deal",
             "type": "string", "fieldType": "text", "groupName": GROUP, "hasUniqueValue": true,
         }),

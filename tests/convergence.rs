@@ -114,6 +114,7 @@ fn settings(dir: &std::path::Path) -> Settings {
         mass_deletion: Default::default(),
         messages: Default::default(),
         closed_stages: Default::default(),
+        registration: Default::default(),
     }
 }
 

@@ -85,6 +85,7 @@ impl World {
                 mass_deletion: Default::default(),
                 messages: Default::default(),
                 closed_stages: Default::default(),
+                registration: Default::default(),
             },
             poll_interval: Duration::from_millis(200),
             poll_overlap: Duration::from_secs(5),

@@ -401,3 +401,134 @@ async fn the_cli_exits_65_on_a_refusal_and_writes_nothing_on_a_dry_run() {
         "a dry run writes nothing"
     );
 }
+
+/// From inside the partner's CRM: marking a deal with `dealsync_register` registers it (or
+/// shows the refusal on it), and dealsync clears the mark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marking_a_deal_in_the_partner_crm_registers_it_or_shows_why_not() {
+    use std::collections::HashMap;
+    use std::time::Duration;
+    let w = World::new().await;
+    let conn = |p: &common::Portal| dealsync::daemon::PortalConn {
+        name: p.info.name.clone(),
+        base_url: w.hs.base.clone(),
+        token: p.info.token.clone(),
+        rate_limit_per_10s: 100,
+        search_per_s: 4,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dealsync::daemon::DaemonHandle::start(dealsync::daemon::DaemonParts {
+        store_path: dir.path().join("dealsync.db"),
+        hubspot: conn(&w.hs),
+        partners: vec![conn(&w.pa)],
+        settings: dealsync::engine::Settings {
+            fields: dealsync::config::default_fields(),
+            stage_maps: HashMap::new(),
+            batch_size: 100,
+            workers: 2,
+            max_attempts: 4,
+            retry_base: Duration::from_millis(50),
+            retry_max: Duration::from_millis(400),
+            dead_letter_path: dir.path().join("dl.jsonl"),
+            mass_deletion: Default::default(),
+            messages: Default::default(),
+            closed_stages: Default::default(),
+            registration: HashMap::from([(
+                "partner-a".to_owned(),
+                dealsync::register::RegistrationSettings {
+                    capacity: 10,
+                    partner_pipeline: "default".into(),
+                    hubspot_pipeline: "default".into(),
+                },
+            )]),
+        },
+        poll_interval: Duration::from_millis(200),
+        poll_overlap: Duration::from_secs(5),
+        sweep_interval: Duration::from_secs(3600),
+        retry: RetryPolicy::default(),
+        drain: Duration::from_secs(10),
+        webhooks: None,
+    })
+    .await
+    .expect("daemon");
+    let wait = Duration::from_secs(60);
+    let flag = |deal: String| {
+        let pa = w.pa.clone();
+        async move {
+            let a = pa
+                .get(&format!(
+                    "/crm/v3/objects/deals/{deal}?properties=dealsync_register,dealsync_status"
+                ))
+                .await;
+            (
+                a.body["properties"]["dealsync_register"]
+                    .as_str()
+                    .map(str::to_owned),
+                a.body["properties"]["dealsync_status"]
+                    .as_str()
+                    .map(str::to_owned),
+            )
+        }
+    };
+    // Refused: no contact. The reason shows on the deal and the mark is cleared.
+    let bare = w.deal(Some("acme.example"), false).await;
+    let a =
+        w.pa.patch(
+            &format!("/crm/v3/objects/deals/{bare}"),
+            json!({"properties": {"dealsync_register": "true"}}),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let status = common::eventually("the refusal shows on the deal", wait, || async {
+        let (mark, status) = flag(bare.clone()).await;
+        (mark.as_deref() == Some("false"))
+            .then_some(status)
+            .flatten()
+    })
+    .await;
+    assert!(status.contains("no associated contact"), "{status}");
+    // Accepted: linked, the HubSpot deal exists, the mark cleared, the deal shows active.
+    let ok = w.deal(Some("acme.example"), true).await;
+    let a =
+        w.pa.patch(
+            &format!("/crm/v3/objects/deals/{ok}"),
+            json!({"properties": {"dealsync_register": "true"}}),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let link = common::eventually("the marked deal is registered and linked", wait, || {
+        let (s, ok) = (d.store.clone(), ok.clone());
+        async move {
+            s.call(move |c| store::links_for_deals(c, store::Side::Partner, "partner-a", &[ok]))
+                .await
+                .unwrap()
+                .into_iter()
+                .next()
+                .map(|(l, _)| l)
+        }
+    })
+    .await;
+    assert_eq!(
+        w.hs.get(&format!("/crm/v3/objects/deals/{}", link.hubspot_deal_id))
+            .await
+            .status,
+        200
+    );
+    common::eventually(
+        "the mark is cleared and the deal shows active",
+        wait,
+        || async {
+            let (mark, status) = flag(ok.clone()).await;
+            (mark.as_deref() == Some("false") && status.as_deref() == Some("active")).then_some(())
+        },
+    )
+    .await;
+    let bare2 = bare.clone();
+    let none = d
+        .store
+        .call(move |c| store::links_for_deals(c, store::Side::Partner, "partner-a", &[bare2]))
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "the refused deal is not linked");
+    d.shutdown().await;
+}

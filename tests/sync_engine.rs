@@ -151,6 +151,7 @@ impl World {
             mass_deletion: Default::default(),
             messages: Default::default(),
             closed_stages: Default::default(),
+            registration: Default::default(),
         }
     }
 

@@ -90,6 +90,7 @@ impl World {
                 mass_deletion: Default::default(),
                 messages: Default::default(),
                 closed_stages: Default::default(),
+                registration: Default::default(),
             },
             poll_interval,
             poll_overlap: Duration::from_secs(5),

@@ -46,6 +46,9 @@ pub struct Settings {
     pub messages: messages::MessageSettings,
     /// HubSpot stages that close a deal won or lost.
     pub closed_stages: lifecycle::ClosedStages,
+    /// Per partner: registrations started from its CRM (`dealsync_register`); a partner not
+    /// here registers only through the CLI.
+    pub registration: HashMap<String, crate::register::RegistrationSettings>,
 }
 
 /// The portals' clients.

@@ -80,6 +80,15 @@ pub struct Poller {
     pace: Option<WebhookPace>,
     /// Whether the last pace decision found the portal's webhooks healthy (for logging changes).
     webhooks_healthy: Option<bool>,
+    /// For a partner's deal poller: registrations started in its CRM (`dealsync_register`).
+    enrolment: Option<Enrolment>,
+}
+
+/// What a partner's deal poller needs to register deals marked in the partner's CRM.
+#[derive(Clone)]
+pub struct Enrolment {
+    pub hubspot: Client,
+    pub settings: crate::register::RegistrationSettings,
 }
 
 /// How polling paces itself for a portal that also sends webhooks: while they are healthy,
@@ -128,6 +137,47 @@ impl Poller {
             deferred: Vec::new(),
             pace: None,
             webhooks_healthy: None,
+            enrolment: None,
+        }
+    }
+
+    /// Registers unlinked deals the partner marks with `dealsync_register` (partner deal
+    /// pollers only): the same as `dealsync register --deal`, with a refusal shown on the deal.
+    pub fn with_enrolment(mut self, enrolment: Enrolment) -> Poller {
+        self.enrolment = Some(enrolment);
+        self
+    }
+
+    /// Registers the deals marked for registration, then clears the mark (so a refused deal
+    /// is not retried on every poll: the partner fixes it and marks it again).
+    async fn enroll(&self, deals: Vec<String>) {
+        let Some(e) = &self.enrolment else { return };
+        let registrar = crate::register::Registrar {
+            store: &self.store,
+            hubspot: &e.hubspot,
+            partner: &self.client,
+            capacity: e.settings.capacity,
+            hubspot_pipeline: &e.settings.hubspot_pipeline,
+            partner_pipeline: &e.settings.partner_pipeline,
+        };
+        for deal in deals {
+            match registrar.convert(&deal, false).await {
+                Ok(r) => {
+                    tracing::info!(partner = %self.portal, deal = %deal, hubspot_deal = ?r.hubspot_deal_id, deal_type = %r.deal_type, "registered from the partner's CRM")
+                }
+                Err(crate::register::RegisterError::Refused(why)) => {
+                    tracing::info!(partner = %self.portal, deal = %deal, reason = %why, "registration from the partner's CRM refused");
+                }
+                Err(e) => {
+                    tracing::warn!(partner = %self.portal, deal = %deal, error = %e, "registration from the partner's CRM failed; it is tried again when the deal changes");
+                    continue;
+                }
+            }
+            let mut clear = serde_json::Map::new();
+            clear.insert(crate::register::REGISTER.into(), json!("false"));
+            if let Err(e) = self.client.update("deals", &deal, &clear).await {
+                tracing::warn!(partner = %self.portal, deal = %deal, error = %e, "cannot clear dealsync_register");
+            }
         }
     }
 
@@ -324,7 +374,7 @@ impl Poller {
         }
     }
 
-    fn query(lower_ms: i64, lower_id: Option<&str>) -> Value {
+    fn query(lower_ms: i64, lower_id: Option<&str>, register: bool) -> Value {
         let ts = |op: &str| json!({ "propertyName": "hs_lastmodifieddate", "operator": op, "value": lower_ms.to_string() });
         let groups = match lower_id {
             None => json!([{ "filters": [ts("GTE")] }]),
@@ -336,7 +386,11 @@ impl Poller {
         json!({
             "filterGroups": groups,
             "sorts": [{ "propertyName": "hs_lastmodifieddate", "direction": "ASCENDING" }],
-            "properties": ["hs_lastmodifieddate"],
+            "properties": if register {
+                json!(["hs_lastmodifieddate", crate::register::REGISTER])
+            } else {
+                json!(["hs_lastmodifieddate"])
+            },
             "limit": SEARCH_PAGE,
         })
     }
@@ -362,7 +416,10 @@ impl Poller {
         loop {
             let page = self
                 .client
-                .search(self.object, &Self::query(lower.0, lower.1.as_deref()))
+                .search(
+                    self.object,
+                    &Self::query(lower.0, lower.1.as_deref(), self.enrolment.is_some()),
+                )
                 .await?;
             stats.records += page.records.len();
             stats.pages += 1;
@@ -384,6 +441,22 @@ impl Poller {
                 let links = self
                     .lookup(fresh.iter().map(|(id, _)| id.clone()).collect())
                     .await?;
+                if self.enrolment.is_some() {
+                    // Unlinked deals the partner marked for registration.
+                    let fresh_ids: std::collections::HashSet<&str> =
+                        fresh.iter().map(|(id, _)| id.as_str()).collect();
+                    let marked: Vec<String> = page
+                        .records
+                        .iter()
+                        .filter(|r| fresh_ids.contains(r.id.as_str()))
+                        .filter(|r| r.get(crate::register::REGISTER) == Some("true"))
+                        .filter(|r| !links.iter().any(|(l, _)| l.partner_deal_id == r.id))
+                        .map(|r| r.id.clone())
+                        .collect();
+                    if !marked.is_empty() {
+                        self.enroll(marked).await;
+                    }
+                }
                 let ts_of: HashMap<String, i64> = fresh.iter().cloned().collect();
                 self.judge(&links, &ts_of, generation, &mut stats)
             };
