@@ -605,6 +605,7 @@ async fn run_register(args: RegisterArgs) -> Result<(), CliError> {
         capacity: partner.capacity,
         hubspot_pipeline: &config.hubspot.pipeline,
         partner_pipeline: &partner.default_pipeline,
+        default_owner_id: config.default_owner_id.as_deref(),
     };
     let outcome = match &args.deal {
         Some(deal) => registrar.convert(deal, args.dry_run).await,

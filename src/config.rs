@@ -148,6 +148,8 @@ struct RawPortal {
     search_per_s: u32,
     #[serde(default = "d_pipeline")]
     pipeline: String,
+    /// HubSpot owner id of the rep who gets registrations whose lead has no owner.
+    default_owner_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -328,6 +330,8 @@ pub struct Config {
     pub webhooks: Option<WebhookConfig>,
     pub mass_deletion: crate::store::DeletionLimits,
     pub messages: crate::engine::messages::MessageSettings,
+    /// The rep who gets registrations whose lead has no owner in HubSpot's portal.
+    pub default_owner_id: Option<String>,
 }
 
 /// The fields synced when the config names none.
@@ -503,6 +507,7 @@ impl Config {
     }
 
     fn validate(raw: Raw, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        let default_owner_id = raw.hubspot.default_owner_id.clone();
         let hubspot = portal(
             "hubspot",
             "hubspot",
@@ -739,6 +744,7 @@ impl Config {
             webhooks,
             mass_deletion,
             messages,
+            default_owner_id,
         })
     }
 
@@ -785,6 +791,7 @@ impl Config {
                                 capacity: p.capacity,
                                 partner_pipeline: p.default_pipeline.clone(),
                                 hubspot_pipeline: self.hubspot.pipeline.clone(),
+                                default_owner_id: self.default_owner_id.clone(),
                             },
                         )
                     })

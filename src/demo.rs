@@ -319,6 +319,7 @@ pub async fn run() -> Result<(), DemoError> {
         capacity: partner_config.capacity,
         hubspot_pipeline: &config.hubspot.pipeline,
         partner_pipeline: &partner_config.default_pipeline,
+        default_owner_id: config.default_owner_id.as_deref(),
     };
     match registrar.convert(&p, false).await {
         Err(crate::register::RegisterError::Refused(why)) => {

@@ -34,6 +34,8 @@ pub struct RegistrationSettings {
     pub capacity: u32,
     pub partner_pipeline: String,
     pub hubspot_pipeline: String,
+    /// The rep for leads nobody owns in HubSpot's portal (`[hubspot] default_owner_id`).
+    pub default_owner_id: Option<String>,
 }
 
 /// HubSpot company property naming the partner a lead is assigned to.
@@ -97,6 +99,8 @@ pub struct Registrar<'a> {
     pub hubspot_pipeline: &'a str,
     /// The partner's pipeline for deals registered from a contact or company.
     pub partner_pipeline: &'a str,
+    /// The rep for leads nobody owns in HubSpot's portal.
+    pub default_owner_id: Option<&'a str>,
 }
 
 /// A lead registered from a contact or a company (SPEC §1.1 item 1).
@@ -296,6 +300,8 @@ impl Registrar<'_> {
             None => None,
         };
         let (kind, owner) = deal_type(company.as_ref(), &partner);
+        // Nobody owns the lead in HubSpot's portal: the configured default rep, if any.
+        let owner = owner.or_else(|| self.default_owner_id.map(str::to_owned));
         if dry_run {
             return Ok(Registration {
                 partner,

@@ -64,6 +64,7 @@ impl World {
             capacity,
             hubspot_pipeline: "default",
             partner_pipeline: "default",
+            default_owner_id: None,
         }
     }
 
@@ -439,6 +440,7 @@ async fn marking_a_deal_in_the_partner_crm_registers_it_or_shows_why_not() {
                     capacity: 10,
                     partner_pipeline: "default".into(),
                     hubspot_pipeline: "default".into(),
+                    default_owner_id: None,
                 },
             )]),
         },
@@ -531,4 +533,24 @@ async fn marking_a_deal_in_the_partner_crm_registers_it_or_shows_why_not() {
         .unwrap();
     assert!(none.is_empty(), "the refused deal is not linked");
     d.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_lead_nobody_owns_goes_to_the_configured_default_rep() {
+    let w = World::new().await;
+    let owners = w.hs.get("/crm/v3/owners").await;
+    let owner = owners.body["results"][2]["id"].as_str().unwrap().to_owned();
+    let d = w.deal(Some("nobody.example"), true).await;
+    let mut registrar = w.registrar(10);
+    registrar.default_owner_id = Some(&owner);
+    let r = registrar.convert(&d, false).await.expect("registered");
+    assert_eq!(r.deal_type, "channel");
+    assert_eq!(r.owner_id.as_deref(), Some(owner.as_str()));
+    let h = r.hubspot_deal_id.unwrap();
+    let a =
+        w.hs.get(&format!(
+            "/crm/v3/objects/deals/{h}?properties=hubspot_owner_id"
+        ))
+        .await;
+    assert_eq!(a.body["properties"]["hubspot_owner_id"], owner.as_str());
 }

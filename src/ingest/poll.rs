@@ -159,6 +159,7 @@ impl Poller {
             capacity: e.settings.capacity,
             hubspot_pipeline: &e.settings.hubspot_pipeline,
             partner_pipeline: &e.settings.partner_pipeline,
+            default_owner_id: e.settings.default_owner_id.as_deref(),
         };
         for deal in deals {
             match registrar.convert(&deal, false).await {
