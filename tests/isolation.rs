@@ -1,0 +1,160 @@
+//! Best partner wins with three partners (issue 7 item 4): one HubSpot deal linked to three
+//! partners' deals; each partner shares a message carrying its own marker. Every marker reaches
+//! HubSpot, and no partner's portal ever holds another partner's marker (its whole state,
+//! history included, is searched).
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::notes::{note, notes, prop};
+use dealsync::crm::{Budget, Client, RetryPolicy};
+use dealsync::daemon::{DaemonHandle, DaemonParts, PortalConn};
+use dealsync::engine::{FieldKind, FieldSpec, Settings};
+use dealsync::sandbox::{PortalSpec, SandboxConfig};
+use dealsync::store;
+use serde_json::json;
+
+const PARTNERS: [&str; 3] = ["partner-a", "partner-b", "partner-c"];
+
+fn marker(partner: &str) -> String {
+    format!("BPWMARK-{partner}-z9")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_partners_each_reach_hubspot_and_never_each_other() {
+    let sb = common::sandbox_with(SandboxConfig {
+        portals: std::iter::once("hubspot")
+            .chain(PARTNERS)
+            .map(PortalSpec::named)
+            .collect(),
+        rate_limit_per_10s: None,
+        daily_limit: None,
+        search_per_s: None,
+        ..SandboxConfig::default()
+    })
+    .await;
+    let portal = |n: &str| common::portal(&sb, n);
+    let conn = |n: &str| PortalConn {
+        name: n.into(),
+        base_url: sb.base_url.clone(),
+        token: portal(n).info.token.clone(),
+        rate_limit_per_10s: 100,
+        search_per_s: 4,
+    };
+    for n in std::iter::once("hubspot").chain(PARTNERS) {
+        let c = conn(n);
+        let client = Client::new(
+            n,
+            &c.base_url,
+            &c.token,
+            Arc::new(Budget::new(100, 4)),
+            RetryPolicy::default(),
+        )
+        .unwrap();
+        dealsync::setup::ensure(&client, false)
+            .await
+            .expect("setup");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = DaemonHandle::start(DaemonParts {
+        store_path: dir.path().join("dealsync.db"),
+        hubspot: conn("hubspot"),
+        partners: PARTNERS.iter().map(|p| conn(p)).collect(),
+        settings: Settings {
+            fields: vec![FieldSpec::both_ways(
+                "dealname",
+                "dealname",
+                "dealname",
+                FieldKind::Text,
+            )],
+            stage_maps: HashMap::new(),
+            batch_size: 100,
+            workers: 2,
+            max_attempts: 4,
+            retry_base: Duration::from_millis(50),
+            retry_max: Duration::from_millis(400),
+            dead_letter_path: dir.path().join("dl.jsonl"),
+            mass_deletion: Default::default(),
+            messages: Default::default(),
+            closed_stages: Default::default(),
+            registration: Default::default(),
+        },
+        poll_interval: Duration::from_millis(200),
+        poll_overlap: Duration::from_secs(5),
+        sweep_interval: Duration::from_secs(3600),
+        retry: RetryPolicy::default(),
+        drain: Duration::from_secs(10),
+        webhooks: None,
+    })
+    .await
+    .expect("daemon");
+    let hs = portal("hubspot");
+    let h = hs.create_deal(json!({"dealname": "Contested"})).await;
+    let mut deals: HashMap<&str, String> = HashMap::new();
+    for p in PARTNERS {
+        let pd = portal(p)
+            .create_deal(json!({"dealname": "Contested"}))
+            .await;
+        let (p2, pd2, h2) = (p.to_owned(), pd.clone(), h.clone());
+        d.store
+            .call(move |c| store::insert_link(c, &p2, &pd2, &h2, "best_partner_wins"))
+            .await
+            .unwrap();
+        deals.insert(p, pd);
+    }
+    // Each partner shares a message with its marker on its deal.
+    for p in PARTNERS {
+        note(
+            &portal(p),
+            &deals[p],
+            &format!("{} pitch", marker(p)),
+            true,
+            json!({}),
+        )
+        .await;
+    }
+    common::eventually(
+        "every partner's message reaches HubSpot",
+        Duration::from_secs(60),
+        || async {
+            let all = notes(&hs).await;
+            PARTNERS
+                .iter()
+                .all(|p| {
+                    all.iter()
+                        .any(|n| prop(n, "hs_note_body").is_some_and(|b| b.contains(&marker(p))))
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    // Let every link's job run after all three copies exist, then look everywhere.
+    common::eventually("queue drains", Duration::from_secs(60), || {
+        let s = d.store.clone();
+        async move { (s.call(|c| store::queue_stats(c)).await.unwrap().0 == 0).then_some(()) }
+    })
+    .await;
+    d.shutdown().await;
+    for p in PARTNERS {
+        let pp = portal(p);
+        let state = pp
+            .http
+            .get(format!("{}/_sandbox/portals/{p}/state", pp.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(state.contains(&marker(p)), "{p} holds its own message");
+        for other in PARTNERS.iter().filter(|o| **o != p) {
+            assert!(
+                !state.contains(&marker(other)),
+                "{p}'s portal holds {other}'s message"
+            );
+        }
+    }
+}
