@@ -232,8 +232,23 @@ impl DaemonHandle {
                 .for_associated("quotes")
                 .run(cancel.clone()),
         );
-        tasks
-            .spawn(poller(&parts.hubspot.name, Side::Hubspot, hubspot.clone()).run(cancel.clone()));
+        let mut hubspot_poller = poller(&parts.hubspot.name, Side::Hubspot, hubspot.clone());
+        if !parts.settings.registration.is_empty() {
+            let invited: HashMap<String, (Client, crate::register::RegistrationSettings)> = parts
+                .settings
+                .registration
+                .iter()
+                .filter_map(|(name, s)| {
+                    partners
+                        .get(name)
+                        .map(|c| (name.clone(), (c.clone(), s.clone())))
+                })
+                .collect();
+            hubspot_poller = hubspot_poller.with_invitations(crate::ingest::poll::Invitations {
+                partners: Arc::new(invited),
+            });
+        }
+        tasks.spawn(hubspot_poller.run(cancel.clone()));
         for (name, c) in partners {
             let mut p = poller(&name, Side::Partner, c);
             if let Some(settings) = parts.settings.registration.get(&name) {

@@ -9,6 +9,7 @@ pub mod deadletter;
 pub mod demo;
 pub mod engine;
 pub mod ingest;
+pub mod invite;
 pub mod lifecycle;
 pub mod metrics;
 pub mod quotes;

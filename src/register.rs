@@ -385,7 +385,10 @@ fn active_registrations(c: &rusqlite::Connection, partner: &str) -> Result<u32, 
 }
 
 /// The first stage of a deal pipeline.
-async fn first_stage(client: &Client, pipeline: &str) -> Result<Option<String>, CrmError> {
+pub(crate) async fn first_stage(
+    client: &Client,
+    pipeline: &str,
+) -> Result<Option<String>, CrmError> {
     let v = client
         .call(
             reqwest::Method::GET,

@@ -41,6 +41,20 @@ pub fn deal_properties() -> Vec<Value> {
             crate::quotes::PROPERTY,
             "HubSpot quotes (title | amount | status | link)",
         ),
+        text(
+            crate::invite::ADD_PARTNER,
+            "Add partner (its name in dealsync)",
+        ),
+        text(
+            crate::invite::PARTNER_OWNER,
+            "Partner user who will own the deal (email)",
+        ),
+        text(crate::invite::WELCOME_NOTE, "Welcome note for the partner"),
+        json!({
+            "name": crate::invite::CONFIRMED, "label": "I have reached out to this partner to confirm availability",
+            "type": "enumeration", "fieldType": "booleancheckbox", "groupName": GROUP,
+            "options": [{"label": "Yes", "value": "true", "hidden": false}, {"label": "No", "value": "false", "hidden": false}],
+        }),
         json!({
             "name": crate::register::REGISTER, "label": "Register this deal with HubSpot",
             "type": "enumeration", "fieldType": "booleancheckbox", "groupName": GROUP,

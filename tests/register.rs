@@ -407,52 +407,10 @@ async fn the_cli_exits_65_on_a_refusal_and_writes_nothing_on_a_dry_run() {
 /// shows the refusal on it), and dealsync clears the mark.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn marking_a_deal_in_the_partner_crm_registers_it_or_shows_why_not() {
-    use std::collections::HashMap;
     use std::time::Duration;
     let w = World::new().await;
-    let conn = |p: &common::Portal| dealsync::daemon::PortalConn {
-        name: p.info.name.clone(),
-        base_url: w.hs.base.clone(),
-        token: p.info.token.clone(),
-        rate_limit_per_10s: 100,
-        search_per_s: 4,
-    };
     let dir = tempfile::tempdir().unwrap();
-    let d = dealsync::daemon::DaemonHandle::start(dealsync::daemon::DaemonParts {
-        store_path: dir.path().join("dealsync.db"),
-        hubspot: conn(&w.hs),
-        partners: vec![conn(&w.pa)],
-        settings: dealsync::engine::Settings {
-            fields: dealsync::config::default_fields(),
-            stage_maps: HashMap::new(),
-            batch_size: 100,
-            workers: 2,
-            max_attempts: 4,
-            retry_base: Duration::from_millis(50),
-            retry_max: Duration::from_millis(400),
-            dead_letter_path: dir.path().join("dl.jsonl"),
-            mass_deletion: Default::default(),
-            messages: Default::default(),
-            closed_stages: Default::default(),
-            registration: HashMap::from([(
-                "partner-a".to_owned(),
-                dealsync::register::RegistrationSettings {
-                    capacity: 10,
-                    partner_pipeline: "default".into(),
-                    hubspot_pipeline: "default".into(),
-                    default_owner_id: None,
-                },
-            )]),
-        },
-        poll_interval: Duration::from_millis(200),
-        poll_overlap: Duration::from_secs(5),
-        sweep_interval: Duration::from_secs(3600),
-        retry: RetryPolicy::default(),
-        drain: Duration::from_secs(10),
-        webhooks: None,
-    })
-    .await
-    .expect("daemon");
+    let d = daemon(&w, dir.path()).await;
     let wait = Duration::from_secs(60);
     let flag = |deal: String| {
         let pa = w.pa.clone();
@@ -553,4 +511,164 @@ async fn a_lead_nobody_owns_goes_to_the_configured_default_rep() {
         ))
         .await;
     assert_eq!(a.body["properties"]["hubspot_owner_id"], owner.as_str());
+}
+
+/// A daemon that registers partner-a deals marked in its CRM and acts on HubSpot deals that
+/// add a partner.
+async fn daemon(w: &World, dir: &std::path::Path) -> dealsync::daemon::DaemonHandle {
+    use std::collections::HashMap;
+    use std::time::Duration;
+    let conn = |p: &common::Portal| dealsync::daemon::PortalConn {
+        name: p.info.name.clone(),
+        base_url: w.hs.base.clone(),
+        token: p.info.token.clone(),
+        rate_limit_per_10s: 100,
+        search_per_s: 4,
+    };
+    dealsync::daemon::DaemonHandle::start(dealsync::daemon::DaemonParts {
+        store_path: dir.join("dealsync.db"),
+        hubspot: conn(&w.hs),
+        partners: vec![conn(&w.pa)],
+        settings: dealsync::engine::Settings {
+            fields: dealsync::config::default_fields(),
+            stage_maps: HashMap::from([("partner-a".to_owned(), {
+                let mut m = dealsync::engine::StageMap::default();
+                for s in [
+                    "appointmentscheduled",
+                    "qualifiedtobuy",
+                    "closedwon",
+                    "closedlost",
+                ] {
+                    m.to_hubspot.insert(s.into(), s.into());
+                    m.to_partner.insert(s.into(), s.into());
+                }
+                m
+            })]),
+            batch_size: 100,
+            workers: 2,
+            max_attempts: 4,
+            retry_base: Duration::from_millis(50),
+            retry_max: Duration::from_millis(400),
+            dead_letter_path: dir.join("dl.jsonl"),
+            mass_deletion: Default::default(),
+            messages: Default::default(),
+            closed_stages: Default::default(),
+            registration: HashMap::from([(
+                "partner-a".to_owned(),
+                dealsync::register::RegistrationSettings {
+                    capacity: 10,
+                    partner_pipeline: "default".into(),
+                    hubspot_pipeline: "default".into(),
+                    default_owner_id: None,
+                },
+            )]),
+        },
+        poll_interval: Duration::from_millis(200),
+        poll_overlap: Duration::from_secs(5),
+        sweep_interval: Duration::from_secs(3600),
+        retry: RetryPolicy::default(),
+        drain: Duration::from_secs(10),
+        webhooks: None,
+    })
+    .await
+    .expect("daemon")
+}
+
+/// HubSpot adds a partner to a HubSpot deal: nothing happens until the partner, its owner, a
+/// welcome note and the availability confirmation are all there (the deal says what is
+/// missing); then the partner deal is created, owned by that user, linked, and the welcome
+/// note arrives as its first shared message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_added_on_hubspots_side_gets_the_deal_once_everything_is_there() {
+    use common::notes::{notes, prop};
+    use std::time::Duration;
+    let w = World::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon(&w, dir.path()).await;
+    let wait = Duration::from_secs(60);
+    let h = w
+        .hs
+        .create_deal(json!({"dealname": "Inbound: Initech", "dealsync_add_partner": "partner-a", "dealsync_welcome_note": "Welcome aboard — Initech wants Service Hub."}))
+        .await;
+    let status = common::eventually("the HubSpot deal says what is missing", wait, || async {
+        let a =
+            w.hs.get(&format!(
+                "/crm/v3/objects/deals/{h}?properties=dealsync_status"
+            ))
+            .await;
+        a.body["properties"]["dealsync_status"]
+            .as_str()
+            .map(str::to_owned)
+    })
+    .await;
+    assert!(status.starts_with("waiting for: "), "{status}");
+    assert!(
+        status.contains("partner user") && status.contains("availability"),
+        "{status}"
+    );
+    assert!(!status.contains("welcome"), "{status}");
+    let h2 = h.clone();
+    let linked = d
+        .store
+        .call(move |c| store::links_for_deals(c, store::Side::Hubspot, "hubspot", &[h2]))
+        .await
+        .unwrap();
+    assert!(
+        linked.is_empty(),
+        "nothing is created before everything is there"
+    );
+
+    let owners = w.pa.get("/crm/v3/owners").await;
+    let (owner_id, email) = (
+        owners.body["results"][0]["id"].as_str().unwrap().to_owned(),
+        owners.body["results"][0]["email"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    );
+    let a = w
+        .hs
+        .patch(
+            &format!("/crm/v3/objects/deals/{h}"),
+            json!({"properties": {"dealsync_partner_owner": email, "dealsync_availability_confirmed": "true"}}),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let link = common::eventually("the partner deal is created and linked", wait, || {
+        let (s, h) = (d.store.clone(), h.clone());
+        async move {
+            s.call(move |c| store::links_for_deals(c, store::Side::Hubspot, "hubspot", &[h]))
+                .await
+                .unwrap()
+                .into_iter()
+                .next()
+                .map(|(l, _)| l)
+        }
+    })
+    .await;
+    assert_eq!(link.partner, "partner-a");
+    let a = w
+        .pa
+        .get(&format!("/crm/v3/objects/deals/{}?properties=dealname,hubspot_owner_id,pipeline,dealsync_status", link.partner_deal_id))
+        .await;
+    assert_eq!(a.body["properties"]["dealname"], "Inbound: Initech");
+    assert_eq!(a.body["properties"]["hubspot_owner_id"], owner_id.as_str());
+    assert_eq!(a.body["properties"]["pipeline"], "default");
+    assert_eq!(a.body["properties"]["dealsync_status"], "active");
+    common::eventually(
+        "the welcome note arrives as a shared message",
+        wait,
+        || async {
+            notes(&w.pa)
+                .await
+                .iter()
+                .any(|n| {
+                    prop(n, "hs_note_body") == Some("Welcome aboard — Initech wants Service Hub.")
+                        && prop(n, "dealsync_origin").is_some_and(|o| o.starts_with("hubspot:"))
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    d.shutdown().await;
 }

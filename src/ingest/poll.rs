@@ -82,6 +82,14 @@ pub struct Poller {
     webhooks_healthy: Option<bool>,
     /// For a partner's deal poller: registrations started in its CRM (`dealsync_register`).
     enrolment: Option<Enrolment>,
+    /// For HubSpot's deal poller: partners added to HubSpot deals (see [`crate::invite`]).
+    invitations: Option<Invitations>,
+}
+
+/// What HubSpot's deal poller needs to act on partners added to HubSpot deals.
+#[derive(Clone)]
+pub struct Invitations {
+    pub partners: std::sync::Arc<HashMap<String, (Client, crate::register::RegistrationSettings)>>,
 }
 
 /// What a partner's deal poller needs to register deals marked in the partner's CRM.
@@ -138,7 +146,27 @@ impl Poller {
             pace: None,
             webhooks_healthy: None,
             enrolment: None,
+            invitations: None,
         }
+    }
+
+    /// Acts on HubSpot deals that name a partner to add (HubSpot's deal poller only).
+    pub fn with_invitations(mut self, invitations: Invitations) -> Poller {
+        self.invitations = Some(invitations);
+        self
+    }
+
+    /// The properties a search page carries.
+    fn search_props(&self) -> Vec<String> {
+        let mut v = vec!["hs_lastmodifieddate".to_owned()];
+        if self.enrolment.is_some() {
+            v.push(crate::register::REGISTER.into());
+        }
+        if self.invitations.is_some() {
+            v.extend(crate::invite::props());
+            v.push(crate::lifecycle::STATUS.into());
+        }
+        v
     }
 
     /// Registers unlinked deals the partner marks with `dealsync_register` (partner deal
@@ -375,7 +403,7 @@ impl Poller {
         }
     }
 
-    fn query(lower_ms: i64, lower_id: Option<&str>, register: bool) -> Value {
+    fn query(lower_ms: i64, lower_id: Option<&str>, props: &[String]) -> Value {
         let ts = |op: &str| json!({ "propertyName": "hs_lastmodifieddate", "operator": op, "value": lower_ms.to_string() });
         let groups = match lower_id {
             None => json!([{ "filters": [ts("GTE")] }]),
@@ -387,11 +415,7 @@ impl Poller {
         json!({
             "filterGroups": groups,
             "sorts": [{ "propertyName": "hs_lastmodifieddate", "direction": "ASCENDING" }],
-            "properties": if register {
-                json!(["hs_lastmodifieddate", crate::register::REGISTER])
-            } else {
-                json!(["hs_lastmodifieddate"])
-            },
+            "properties": props,
             "limit": SEARCH_PAGE,
         })
     }
@@ -419,7 +443,7 @@ impl Poller {
                 .client
                 .search(
                     self.object,
-                    &Self::query(lower.0, lower.1.as_deref(), self.enrolment.is_some()),
+                    &Self::query(lower.0, lower.1.as_deref(), &self.search_props()),
                 )
                 .await?;
             stats.records += page.records.len();
@@ -456,6 +480,27 @@ impl Poller {
                         .collect();
                     if !marked.is_empty() {
                         self.enroll(marked).await;
+                    }
+                }
+                if let Some(inv) = &self.invitations {
+                    // Unlinked HubSpot deals that name a partner to add.
+                    let fresh_ids: std::collections::HashSet<&str> =
+                        fresh.iter().map(|(id, _)| id.as_str()).collect();
+                    for r in page.records.iter().filter(|r| {
+                        fresh_ids.contains(r.id.as_str())
+                            && r.get(crate::invite::ADD_PARTNER).is_some()
+                            && !links.iter().any(|(l, _)| l.hubspot_deal_id == r.id)
+                    }) {
+                        match crate::invite::invite(&self.store, &self.client, &inv.partners, r)
+                            .await
+                        {
+                            Ok(outcome) => {
+                                tracing::info!(deal = %r.id, outcome = ?outcome, "partner added on HubSpot's side")
+                            }
+                            Err(e) => {
+                                tracing::warn!(deal = %r.id, error = %e, "cannot add the partner yet; tried again when the deal changes")
+                            }
+                        }
                     }
                 }
                 let ts_of: HashMap<String, i64> = fresh.iter().cloned().collect();

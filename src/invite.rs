@@ -1,0 +1,230 @@
+//! HubSpot adds a partner to a HubSpot deal (SPEC §1.1 item 3; issue 7 item 3): a CAM on a
+//! channel deal, or a direct rep on a "Do Inbound For Me" deal, fills in on the HubSpot deal
+//! the partner (`dealsync_add_partner`), the partner user who will own it
+//! (`dealsync_partner_owner`, their email in the partner's portal), a welcome note
+//! (`dealsync_welcome_note`) and ticks "I have reached out to this partner to confirm
+//! availability" (`dealsync_availability_confirmed`). Until all are there, the HubSpot deal's
+//! `dealsync_status` says what is missing and nothing is created. Then the partner deal is
+//! created in the partner's default pipeline at its first stage, owned by that user, linked,
+//! and the welcome note is written on the HubSpot deal as a shared message, which message sync
+//! carries to the partner as the deal's first shared message.
+//!
+//! The partner deal is written by upsert on the unique `dealsync_registration`
+//! (`hubspot:<deal id>`), so a retry after a crash finds it instead of making a second one.
+
+use serde_json::{json, Map, Value};
+
+use crate::crm::{Client, CrmError, Record};
+use crate::lifecycle::{ACTIVE_REGISTRATIONS, STATUS};
+use crate::register::{RegistrationSettings, REGISTRATION};
+use crate::store::{self, Store, StoreError};
+
+pub const ADD_PARTNER: &str = "dealsync_add_partner";
+pub const PARTNER_OWNER: &str = "dealsync_partner_owner";
+pub const WELCOME_NOTE: &str = "dealsync_welcome_note";
+pub const CONFIRMED: &str = "dealsync_availability_confirmed";
+
+/// The HubSpot deal properties an invitation is read from.
+pub fn props() -> Vec<String> {
+    [
+        ADD_PARTNER,
+        PARTNER_OWNER,
+        WELCOME_NOTE,
+        CONFIRMED,
+        "dealname",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
+}
+
+/// What is still missing from an invitation (empty: complete). Pure.
+pub fn missing(deal: &Record, known_partner: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut out = Vec::new();
+    match deal.get(ADD_PARTNER) {
+        Some(p) if known_partner(p) => {}
+        Some(p) => out.push(format!(
+            "a partner dealsync knows ({p:?} is not configured)"
+        )),
+        None => out.push("the partner".into()),
+    }
+    if deal.get(PARTNER_OWNER).is_none() {
+        out.push("the partner user who will own the deal".into());
+    }
+    if deal.get(WELCOME_NOTE).is_none() {
+        out.push("a welcome note".into());
+    }
+    if deal.get(CONFIRMED) != Some("true") {
+        out.push("the confirmation that the partner's availability was checked".into());
+    }
+    out
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InviteError {
+    #[error(transparent)]
+    Crm(#[from] CrmError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("no user with email {email} in {partner}'s portal; set the partner owner to one of its users")]
+    UnknownOwner { partner: String, email: String },
+}
+
+/// What an invitation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invited {
+    /// Still missing these; shown on the HubSpot deal.
+    Waiting(Vec<String>),
+    /// The partner deal now exists and is linked.
+    Linked {
+        partner: String,
+        partner_deal_id: String,
+    },
+}
+
+/// Acts on one HubSpot deal that names a partner to add.
+pub async fn invite(
+    store: &Store,
+    hubspot: &Client,
+    partners: &std::collections::HashMap<String, (Client, RegistrationSettings)>,
+    deal: &Record,
+) -> Result<Invited, InviteError> {
+    let lacking = missing(deal, |p| partners.contains_key(p));
+    if !lacking.is_empty() {
+        let text = format!("waiting for: {}", lacking.join(", "));
+        if deal.get(STATUS) != Some(text.as_str()) {
+            let mut m = Map::new();
+            m.insert(STATUS.into(), json!(text));
+            hubspot.update("deals", &deal.id, &m).await?;
+        }
+        return Ok(Invited::Waiting(lacking));
+    }
+    let partner = deal.get(ADD_PARTNER).unwrap_or_default().to_owned();
+    let Some((client, settings)) = partners.get(&partner) else {
+        return Ok(Invited::Waiting(vec!["a configured partner".into()]));
+    };
+    let email = deal.get(PARTNER_OWNER).unwrap_or_default().to_owned();
+    let owners = client
+        .call(
+            reqwest::Method::GET,
+            &format!(
+                "/crm/v3/owners?email={}",
+                form_urlencoded::byte_serialize(email.as_bytes()).collect::<String>()
+            ),
+            None,
+            crate::crm::CallKind::Ordinary,
+        )
+        .await?;
+    let owner = owners
+        .get("results")
+        .and_then(Value::as_array)
+        .and_then(|r| {
+            r.iter()
+                .find(|o| o.get("email").and_then(Value::as_str) == Some(email.as_str()))
+        })
+        .and_then(|o| o.get("id").and_then(Value::as_str))
+        .map(str::to_owned)
+        .ok_or_else(|| InviteError::UnknownOwner {
+            partner: partner.clone(),
+            email: email.clone(),
+        })?;
+    let mut props = Map::new();
+    props.insert(
+        "dealname".into(),
+        json!(deal.get("dealname").unwrap_or("Shared deal")),
+    );
+    props.insert("pipeline".into(), json!(settings.partner_pipeline));
+    if let Some(stage) = crate::register::first_stage(client, &settings.partner_pipeline).await? {
+        props.insert("dealstage".into(), json!(stage));
+    }
+    props.insert("hubspot_owner_id".into(), json!(owner));
+    props.insert(STATUS.into(), json!("active"));
+    props.insert(ACTIVE_REGISTRATIONS.into(), json!("1"));
+    let made = client
+        .batch_upsert(
+            "deals",
+            REGISTRATION,
+            &[(format!("{}:{}", hubspot.portal(), deal.id), props)],
+        )
+        .await?;
+    let partner_deal = made
+        .first()
+        .map(|r| r.id.clone())
+        .ok_or_else(|| CrmError::Decode {
+            portal: partner.clone(),
+            call: "batch upsert".into(),
+            detail: "no deal in the answer".into(),
+        })?;
+    // The welcome note, as a shared message on HubSpot's side: message sync carries it over.
+    let mut note = Map::new();
+    note.insert(
+        "hs_note_body".into(),
+        json!(deal.get(WELCOME_NOTE).unwrap_or_default()),
+    );
+    note.insert(
+        "hs_timestamp".into(),
+        json!(crate::sandbox::model::iso(store::now_ms())),
+    );
+    note.insert(crate::setup::VISIBILITY.into(), json!("shared"));
+    note.insert(crate::setup::TARGET.into(), json!(partner));
+    hubspot
+        .create(
+            "notes",
+            &note,
+            json!([{ "to": { "id": deal.id }, "types": [{ "associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 214 }] }]),
+        )
+        .await?;
+    let (p2, pd, hd) = (partner.clone(), partner_deal.clone(), deal.id.clone());
+    let link = store
+        .call(move |c| store::insert_link(c, &p2, &pd, &hd, "channel"))
+        .await?;
+    let id = link.id;
+    store
+        .call(move |c| store::enqueue_now(c, &[id], "invitation"))
+        .await?;
+    let mut m = Map::new();
+    m.insert(STATUS.into(), json!(format!("partner {partner} added")));
+    hubspot.update("deals", &deal.id, &m).await?;
+    Ok(Invited::Linked {
+        partner,
+        partner_deal_id: partner_deal,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deal(props: &[(&str, &str)]) -> Record {
+        let mut r = Record::default();
+        for (k, v) in props {
+            r.properties.insert((*k).into(), Some((*v).into()));
+        }
+        r
+    }
+
+    #[test]
+    fn every_missing_piece_is_named() {
+        let known = |p: &str| p == "partner-a";
+        assert_eq!(missing(&deal(&[]), known).len(), 4);
+        let full = [
+            (ADD_PARTNER, "partner-a"),
+            (PARTNER_OWNER, "ana@partner.example"),
+            (WELCOME_NOTE, "Welcome!"),
+            (CONFIRMED, "true"),
+        ];
+        assert!(missing(&deal(&full), known).is_empty());
+        for i in 0..full.len() {
+            let mut some = full.to_vec();
+            some.remove(i);
+            let m = missing(&deal(&some), known);
+            assert_eq!(m.len(), 1, "{m:?}");
+        }
+        let mut unconfirmed = full.to_vec();
+        unconfirmed[3] = (CONFIRMED, "false");
+        assert!(missing(&deal(&unconfirmed), known)[0].contains("availability"));
+        let mut unknown = full.to_vec();
+        unknown[0] = (ADD_PARTNER, "partner-z");
+        assert!(missing(&deal(&unknown), known)[0].contains("not configured"));
+    }
+}
