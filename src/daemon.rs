@@ -146,6 +146,16 @@ impl DaemonHandle {
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let mut webhook_addr = None;
+        // Per portal, a poke for its deal poller from the listener (unlinked deals, where
+        // registrations and invitations start); used only when those are on.
+        let nudges: HashMap<String, Arc<Notify>> = if parts.settings.registration.is_empty() {
+            HashMap::new()
+        } else {
+            std::iter::once(parts.hubspot.name.clone())
+                .chain(parts.partners.iter().map(|p| p.name.clone()))
+                .map(|n| (n, Arc::new(Notify::new())))
+                .collect()
+        };
         if let Some(w) = &parts.webhooks {
             let side_of = |name: &str| {
                 if name == parts.hubspot.name {
@@ -172,6 +182,7 @@ impl DaemonHandle {
                 wake: wake.clone(),
                 in_flight: engine.in_flight.clone(),
                 engine: Some(engine.clone()),
+                nudges: nudges.clone(),
             };
             let (addr, task) = webhook::serve(listener, w.listen, cancel.clone()).await?;
             webhook_addr = Some(addr);
@@ -205,7 +216,10 @@ impl DaemonHandle {
             )
         };
         let poller = |name: &str, side, c: Client| {
-            let p = base(name, side, c).with_in_flight(engine.in_flight.clone());
+            let mut p = base(name, side, c).with_in_flight(engine.in_flight.clone());
+            if let Some(n) = nudges.get(name) {
+                p = p.with_nudge(n.clone());
+            }
             match &parts.webhooks {
                 Some(w) if w.secrets.contains_key(name) => p.with_webhook_pace(WebhookPace {
                     healthy_interval: w.healthy_poll_interval,

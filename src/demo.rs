@@ -3,9 +3,7 @@
 //! through what partners and reps do with a shared deal, verifying every step against the
 //! portals, and ending with the status table. Nothing leaves 127.0.0.1.
 //!
-//! The step that needs a feature still being built (HubSpot adding a partner to a deal — issue
-//! 7) is listed as not available yet rather than pretended; every step that runs is verified,
-//! and the demo exits non-zero if one fails.
+//! Every step is verified, and the demo exits non-zero if one fails.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -254,6 +252,13 @@ pub async fn run() -> Result<(), DemoError> {
     let client = |c: &crate::daemon::PortalConn| c.client(RetryPolicy::default()).map_err(setup);
     let hubspot = client(&parts.hubspot)?;
     let partner = client(&parts.partners[0])?;
+    let partner_b = client(
+        parts
+            .partners
+            .iter()
+            .find(|p| p.name == "partner-b")
+            .ok_or_else(|| setup("config/sandbox.toml has no partner-b"))?,
+    )?;
     println!(
         "dealsync demo — sandbox at {} (nothing leaves this machine)",
         sb.base_url
@@ -389,6 +394,98 @@ pub async fn run() -> Result<(), DemoError> {
             return Err(demo.fail("the first sync did not run"));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    demo.say("A HubSpot rep adds partner-b to an inbound deal: nothing happens until the availability is confirmed");
+    let owners = crate::crm::Client::call(
+        &partner_b,
+        reqwest::Method::GET,
+        "/crm/v3/owners",
+        None,
+        crate::crm::CallKind::Ordinary,
+    )
+    .await
+    .map_err(|e| demo.fail(e.to_string()))?;
+    let email = owners
+        .pointer("/results/0/email")
+        .and_then(Value::as_str)
+        .ok_or_else(|| demo.fail("partner-b has no users"))?
+        .to_owned();
+    let inbound = demo
+        .hubspot
+        .create(
+            "deals",
+            &props(
+                json!({"dealname": "Inbound: Globex service desk", "pipeline": "default",
+                "dealsync_add_partner": "partner-b", "dealsync_partner_owner": email,
+                "dealsync_welcome_note": "Welcome! Globex asked for a Service Hub partner."}),
+            ),
+            json!([]),
+        )
+        .await
+        .map_err(|e| demo.fail(e.to_string()))?
+        .id;
+    demo.until(
+        true,
+        &inbound,
+        "dealsync_status",
+        "waiting for: the confirmation that the partner's availability was checked",
+    )
+    .await?;
+    demo.set(true, &inbound, "dealsync_availability_confirmed", "true")
+        .await?;
+    let t0 = Instant::now();
+    let added = loop {
+        let id = inbound.clone();
+        let found = d
+            .store
+            .call(move |c| store::links_for_deals(c, store::Side::Hubspot, "hubspot", &[id]))
+            .await
+            .map_err(|e| demo.fail(e.to_string()))?;
+        if let Some((l, _)) = found.into_iter().find(|(l, _)| l.partner == "partner-b") {
+            break l;
+        }
+        if t0.elapsed() > STEP_BOUND {
+            return Err(demo.fail("partner-b's deal was not created"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!(
+        "   ✔ partner-b's deal {} created and linked after {} ms, owned by {email}",
+        added.partner_deal_id,
+        t0.elapsed().as_millis()
+    );
+    let t0 = Instant::now();
+    loop {
+        let ids = partner_b
+            .associations(
+                "deals",
+                "notes",
+                std::slice::from_ref(&added.partner_deal_id),
+            )
+            .await
+            .map(|m| m.into_values().flatten().collect::<Vec<_>>())
+            .unwrap_or_default();
+        let welcome = partner_b
+            .batch_read("notes", &ids, &["hs_note_body".to_owned()], false)
+            .await
+            .unwrap_or_default()
+            .iter()
+            .any(|n| {
+                n.get("hs_note_body")
+                    .is_some_and(|b| b.starts_with("Welcome!"))
+            });
+        if welcome {
+            println!(
+                "   ✔ the welcome note is its first shared message, after {} ms",
+                t0.elapsed().as_millis()
+            );
+            break;
+        }
+        if t0.elapsed() > STEP_BOUND {
+            return Err(demo.fail("the welcome note did not reach partner-b"));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 
     demo.say("The partner renames the deal in their CRM");
@@ -539,8 +636,6 @@ pub async fn run() -> Result<(), DemoError> {
     }
     demo.until(true, &h, "dealstage", "decisionmakerboughtin")
         .await?;
-
-    println!("\nNot in this demo yet (being built, issue 7): HubSpot adding a partner to a deal.");
 
     let status = {
         let (db, dl) = (db.clone(), dl.clone());

@@ -16,14 +16,14 @@ fn demo_verifies_every_step_and_exits_zero() {
         "demo failed: {stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for step in 1..=9 {
+    for step in 1..=10 {
         assert!(
             stdout.contains(&format!("\n{step}. ")),
             "step {step} missing: {stdout}"
         );
     }
     assert!(!stdout.contains("failed"), "{stdout}");
-    assert!(stdout.matches("   ✔ ").count() >= 14, "{stdout}");
+    assert!(stdout.matches("   ✔ ").count() >= 17, "{stdout}");
     // Shared messages both ways, with files and the thread, and a private note kept home.
     assert!(stdout.contains("HubSpot shows the message"), "{stdout}");
     assert!(
@@ -45,6 +45,10 @@ fn demo_verifies_every_step_and_exits_zero() {
         "{stdout}"
     );
     assert!(stdout.contains("✔ registered: partner deal"), "{stdout}");
+    // HubSpot adding a partner: held until confirmed, then the deal and the welcome note.
+    assert!(stdout.contains("partner-b's deal"), "{stdout}");
+    assert!(stdout.contains("the welcome note is its first shared message"), "{stdout}");
+    assert!(!stdout.contains("Not in this demo yet"), "{stdout}");
     assert!(stdout.contains("DEAD LETTERS  0 open of "), "{stdout}");
-    assert!(stdout.contains("9 steps verified"), "{stdout}");
+    assert!(stdout.contains("10 steps verified"), "{stdout}");
 }

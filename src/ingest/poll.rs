@@ -84,6 +84,8 @@ pub struct Poller {
     enrolment: Option<Enrolment>,
     /// For HubSpot's deal poller: partners added to HubSpot deals (see [`crate::invite`]).
     invitations: Option<Invitations>,
+    /// Woken by the webhook listener when an event concerns an unlinked deal: poll now.
+    nudge: Option<Arc<Notify>>,
 }
 
 /// What HubSpot's deal poller needs to act on partners added to HubSpot deals.
@@ -147,7 +149,14 @@ impl Poller {
             webhooks_healthy: None,
             enrolment: None,
             invitations: None,
+            nudge: None,
         }
+    }
+
+    /// Polls at once when `nudge` is notified (see [`crate::ingest::webhook::Listener::nudges`]).
+    pub fn with_nudge(mut self, nudge: Arc<Notify>) -> Poller {
+        self.nudge = Some(nudge);
+        self
     }
 
     /// Acts on HubSpot deals that name a partner to add (HubSpot's deal poller only).
@@ -396,9 +405,16 @@ impl Poller {
                 }
             }
             let wait = self.next_interval().await;
+            let nudged = async {
+                match &self.nudge {
+                    Some(n) => n.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
+                _ = nudged => {}
             }
         }
     }

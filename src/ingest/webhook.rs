@@ -75,6 +75,9 @@ pub struct Listener {
     pub in_flight: InFlight,
     /// The running engine, for `/metrics` and `/readyz` (absent when the listener runs alone).
     pub engine: Option<Arc<Engine>>,
+    /// Per portal: woken when an event is about a deal no link knows, so that portal's deal
+    /// poller looks at once (registrations and invitations start on unlinked deals).
+    pub nudges: HashMap<String, Arc<Notify>>,
 }
 
 impl Listener {
@@ -92,6 +95,7 @@ impl Listener {
             wake: Arc::new(Notify::new()),
             in_flight: InFlight::default(),
             engine: None,
+            nudges: HashMap::new(),
         }
     }
 }
@@ -222,12 +226,16 @@ fn classify(e: &Value, kind: &str, side: Side, fields: &[FieldSpec]) -> Classifi
         Side::Hubspot => f.hubspot_property == prop,
     });
     match field {
-        // HubSpot's side deciding the lifecycle (an exclusion, a close): always a job.
+        // HubSpot's side deciding the lifecycle (an exclusion, a close, a partner added), or a
+        // partner marking a deal for registration: always looked at.
         None if side == Side::Hubspot
-            && (prop == crate::lifecycle::EXCLUDED || prop == "dealstage") =>
+            && (prop == crate::lifecycle::EXCLUDED
+                || prop == "dealstage"
+                || crate::invite::props().iter().any(|p| p == prop)) =>
         {
             (deal, None, true)
         }
+        None if side == Side::Partner && prop == crate::register::REGISTER => (deal, None, true),
         // A property dealsync does not sync changes nothing it must carry over.
         None => (deal, None, false),
         Some(f) => {
@@ -487,6 +495,11 @@ async fn receive(
         Ok(o) => {
             if o.queued > 0 {
                 s.listener.wake.notify_waiters();
+            }
+            if o.unlinked > 0 {
+                if let Some(n) = s.listener.nudges.get(&p.name) {
+                    n.notify_one();
+                }
             }
             tracing::debug!(portal = %p.name, accepted = o.accepted, duplicates = o.duplicates, queued = o.queued, echoes = o.echoes, "webhook accepted");
             StatusCode::NO_CONTENT.into_response()

@@ -797,6 +797,8 @@ pub struct InboxOutcome {
     pub duplicates: usize,
     pub queued: usize,
     pub echoes: usize,
+    /// Deal events about deals no link knows (a registration or an invitation may be starting).
+    pub unlinked: usize,
 }
 
 /// Accepts a delivery into the inbox in one transaction: drops events already accepted (same
@@ -883,6 +885,9 @@ pub fn inbox_accept(
             }
             if outcome == "echo" {
                 out.echoes += 1;
+            }
+            if outcome == "unlinked" {
+                out.unlinked += 1;
             }
             mark.execute(params![portal, e.event_id, outcome])?;
         }
