@@ -38,7 +38,7 @@ fn demo_verifies_every_step_and_exits_zero() {
         stdout.contains("the partner's deal has no trace of it"),
         "{stdout}"
     );
-    assert!(stdout.contains("MESSAGES  active 2"), "{stdout}");
+    assert!(stdout.contains("MESSAGES  active 3"), "{stdout}");
     // A registration: refused with the reason, then accepted and linked.
     assert!(
         stdout.contains("refused, and the deal says why: the deal has no associated contact"),
