@@ -42,6 +42,10 @@ pub fn deal_properties() -> Vec<Value> {
             "HubSpot quotes (title | amount | status | link)",
         ),
         text(
+            crate::quotes::REQUEST,
+            "Request a quote from the HubSpot rep",
+        ),
+        text(
             crate::invite::ADD_PARTNER,
             "Add partner (its name in dealsync)",
         ),
@@ -125,6 +129,14 @@ pub async fn ensure(client: &Client, dry_run: bool) -> Result<Vec<Action>, CrmEr
         ("deals", "deal", deal_properties()),
         ("notes", "note", note_properties()),
         ("companies", "company", company),
+        (
+            "tasks",
+            "task",
+            vec![json!({
+                "name": crate::quotes::TASK_KEY, "label": "dealsync request", "type": "string",
+                "fieldType": "text", "groupName": GROUP, "hasUniqueValue": true,
+            })],
+        ),
     ] {
         actions.extend(ensure_object(client, object, label, props, dry_run).await?);
     }

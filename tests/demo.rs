@@ -47,7 +47,10 @@ fn demo_verifies_every_step_and_exits_zero() {
     assert!(stdout.contains("✔ registered: partner deal"), "{stdout}");
     // HubSpot adding a partner: held until confirmed, then the deal and the welcome note.
     assert!(stdout.contains("partner-b's deal"), "{stdout}");
-    assert!(stdout.contains("the welcome note is its first shared message"), "{stdout}");
+    assert!(
+        stdout.contains("the welcome note is its first shared message"),
+        "{stdout}"
+    );
     assert!(!stdout.contains("Not in this demo yet"), "{stdout}");
     assert!(stdout.contains("DEAD LETTERS  0 open of "), "{stdout}");
     assert!(stdout.contains("10 steps verified"), "{stdout}");

@@ -353,3 +353,78 @@ async fn quotes_on_the_hubspot_deal_appear_on_the_partner_deal_and_stay_current(
     assert_eq!(deal_prop(&w.hs, &h, "dealsync_quotes").await, None);
     d.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quote_request_becomes_a_shared_message_and_a_task_for_the_deal_owner() {
+    let w = World::new().await;
+    let d = w.start().await;
+    let (p, h, _) = w.pair(&d.store).await;
+    let owners = w.hs.get("/crm/v3/owners").await;
+    let owner = owners.body["results"][0]["id"].as_str().unwrap().to_owned();
+    set(&w.hs, &h, json!({"hubspot_owner_id": owner})).await;
+    set(
+        &w.pa,
+        &p,
+        json!({"dealsync_quote_request": "50 seats of Sales Hub Pro, annual"}),
+    )
+    .await;
+    // The request is handled and cleared on the partner deal.
+    common::eventually("the request is cleared", WAIT, || async {
+        (deal_prop(&w.pa, &p, "dealsync_quote_request")
+            .await
+            .is_none()
+            && deal_prop(&w.pa, &p, "dealsync_status").await.is_none())
+        .then_some(())
+    })
+    .await;
+    // One task on the HubSpot deal, for its owner.
+    let a =
+        w.hs.get(&format!("/crm/v4/objects/deals/{h}/associations/tasks"))
+            .await;
+    let tasks: Vec<String> = a.body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            t["toObjectId"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| t["toObjectId"].to_string())
+        })
+        .collect();
+    assert_eq!(tasks.len(), 1, "{}", a.text);
+    let t =
+        w.hs.get(&format!(
+            "/crm/v3/objects/tasks/{}?properties=hs_task_subject,hs_task_body,hubspot_owner_id",
+            tasks[0]
+        ))
+        .await;
+    assert_eq!(
+        t.body["properties"]["hs_task_subject"],
+        "Quote requested by partner-a"
+    );
+    assert_eq!(
+        t.body["properties"]["hs_task_body"],
+        "50 seats of Sales Hub Pro, annual"
+    );
+    assert_eq!(t.body["properties"]["hubspot_owner_id"], owner.as_str());
+    // A shared message on both sides.
+    let want = "Quote request from partner-a: 50 seats of Sales Hub Pro, annual";
+    common::eventually(
+        "the request shows as a shared message on both sides",
+        WAIT,
+        || async {
+            let on_hs = notes(&w.hs)
+                .await
+                .iter()
+                .any(|n| prop(n, "hs_note_body") == Some(want));
+            let on_pa = notes(&w.pa)
+                .await
+                .iter()
+                .any(|n| prop(n, "hs_note_body") == Some(want));
+            (on_hs && on_pa).then_some(())
+        },
+    )
+    .await;
+    d.shutdown().await;
+}

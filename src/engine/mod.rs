@@ -172,8 +172,9 @@ impl Engine {
             .map(|f| f.hubspot_property.clone())
             .collect();
         v.push("hs_lastmodifieddate".into());
-        // What the lifecycle is decided from.
+        // What the lifecycle is decided from, and who gets quote-request tasks.
         v.push(lifecycle::EXCLUDED.into());
+        v.push("hubspot_owner_id".into());
         if !v.iter().any(|p| p == "dealstage") {
             v.push("dealstage".into());
         }
@@ -191,6 +192,8 @@ impl Engine {
         v.extend([
             lifecycle::STATUS.into(),
             lifecycle::ACTIVE_REGISTRATIONS.into(),
+            crate::quotes::PROPERTY.into(),
+            crate::quotes::REQUEST.into(),
         ]);
         v
     }
@@ -577,6 +580,23 @@ impl Engine {
 
         // Messages, for the links whose fields went through and that stay active.
         fields_done.retain(|l| !lives.contains_key(&l.id));
+        // Quote requests the partners wrote on their deals.
+        for l in &fields_done {
+            let request = partner_reads
+                .get(&l.partner)
+                .and_then(|r| r.as_ref().ok())
+                .and_then(|m| m.get(&l.partner_deal_id))
+                .and_then(|r| r.get(crate::quotes::REQUEST))
+                .map(str::to_owned);
+            let Some(text) = request else { continue };
+            let owner = hs
+                .get(&l.hubspot_deal_id)
+                .and_then(|r| r.get("hubspot_owner_id"))
+                .map(str::to_owned);
+            if let Err(e) = self.quote_request(l, &text, owner.as_deref()).await {
+                outcomes.insert(l.id, failed(&e));
+            }
+        }
         if self.settings.messages.enabled && !fields_done.is_empty() {
             self.heartbeat.beat();
             let results = self.sync_messages(&fields_done, &by_id).await?;
@@ -770,6 +790,82 @@ impl Engine {
                 outcomes.insert(l.id, Outcome::Done(commit));
             }
         }
+        Ok(())
+    }
+
+    /// A partner's quote request: a shared message on the HubSpot deal (targeted at the partner,
+    /// so message sync shows it on the partner's side too) and a task for the HubSpot deal's
+    /// owner, then the request field is cleared. The task is written by upsert on a key of the
+    /// request, and the message only when that task is new, so a retry does not repeat either
+    /// (a crash between the message and the task can leave a second message).
+    async fn quote_request(
+        &self,
+        l: &Link,
+        text: &str,
+        owner: Option<&str>,
+    ) -> Result<(), CrmError> {
+        let hs = &self.portals.hubspot;
+        let key = crate::quotes::request_key(&l.partner, &l.partner_deal_id, text);
+        let known = hs
+            .get_by("tasks", &key, crate::quotes::TASK_KEY, &[])
+            .await?
+            .is_some();
+        let to_deal = |type_id: u32| serde_json::json!([{ "to": { "id": l.hubspot_deal_id }, "types": [{ "associationCategory": "HUBSPOT_DEFINED", "associationTypeId": type_id }] }]);
+        if !known {
+            let mut note = Map::new();
+            note.insert(
+                "hs_note_body".into(),
+                Value::String(format!("Quote request from {}: {text}", l.partner)),
+            );
+            note.insert(
+                "hs_timestamp".into(),
+                Value::String(crate::sandbox::model::iso(store::now_ms())),
+            );
+            note.insert(crate::setup::VISIBILITY.into(), "shared".into());
+            note.insert(crate::setup::TARGET.into(), l.partner.clone().into());
+            hs.create("notes", &note, to_deal(214)).await?;
+            let mut task = Map::new();
+            task.insert(
+                "hs_task_subject".into(),
+                Value::String(format!("Quote requested by {}", l.partner)),
+            );
+            task.insert("hs_task_body".into(), Value::String(text.to_owned()));
+            task.insert(
+                "hs_timestamp".into(),
+                Value::String(crate::sandbox::model::iso(store::now_ms())),
+            );
+            task.insert("hs_task_status".into(), "NOT_STARTED".into());
+            if let Some(o) = owner {
+                task.insert("hubspot_owner_id".into(), o.into());
+            }
+            let made = hs
+                .batch_upsert("tasks", crate::quotes::TASK_KEY, &[(key.clone(), task)])
+                .await?;
+            if let Some(t) = made.first() {
+                hs.associate_default(
+                    "tasks",
+                    "deals",
+                    &[(t.id.clone(), l.hubspot_deal_id.clone())],
+                )
+                .await?;
+            }
+            tracing::info!(link = l.id, partner = %l.partner, "quote request sent to the HubSpot deal's owner");
+        }
+        let mut clear = Map::new();
+        clear.insert(crate::quotes::REQUEST.into(), "".into());
+        let partner = self
+            .portals
+            .partners
+            .get(&l.partner)
+            .ok_or_else(|| CrmError::Http {
+                portal: l.partner.clone(),
+                call: "configuration".into(),
+                status: 400,
+                category: "NOT_CONFIGURED".into(),
+                message: format!("partner {} is not in the configuration", l.partner),
+                retry_after: None,
+            })?;
+        partner.update("deals", &l.partner_deal_id, &clear).await?;
         Ok(())
     }
 
