@@ -90,6 +90,14 @@ pub async fn invite(
     deal: &Record,
 ) -> Result<Invited, InviteError> {
     let lacking = missing(deal, |p| partners.contains_key(p));
+    let (id, named, l2) = (
+        deal.id.clone(),
+        deal.get(ADD_PARTNER).map(str::to_owned),
+        lacking.clone(),
+    );
+    store
+        .call(move |c| store::record_invitation(c, &id, named.as_deref(), &l2))
+        .await?;
     if !lacking.is_empty() {
         let text = format!("waiting for: {}", lacking.join(", "));
         if deal.get(STATUS) != Some(text.as_str()) {

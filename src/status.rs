@@ -49,6 +49,15 @@ pub struct Status {
     pub dead_letters: DeadLetters,
     pub conflicts: Conflicts,
     pub messages: Messages,
+    /// Partners added on HubSpot's side whose invitation is incomplete: what is missing.
+    pub invitations_waiting: Vec<InvitationStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InvitationStatus {
+    pub hubspot_deal_id: String,
+    pub partner: Option<String>,
+    pub missing: String,
 }
 
 /// Shared messages and their files, by state.
@@ -347,7 +356,21 @@ pub fn overview(
         total: c.query_row("SELECT COUNT(*) FROM conflicts", [], |r| r.get(0))?,
         recent: conflicts_where(c, "1 = 1", params![], 10)?,
     };
+    let invitations_waiting = {
+        let mut st = c.prepare(
+            "SELECT hubspot_deal_id, partner, missing FROM invitations ORDER BY updated_at DESC LIMIT 20",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(InvitationStatus {
+                hubspot_deal_id: r.get(0)?,
+                partner: r.get(1)?,
+                missing: r.get(2)?,
+            })
+        })?;
+        rows.collect::<Result<Vec<_>, _>>()?
+    };
     Ok(Status {
+        invitations_waiting,
         format: FORMAT,
         generated_at: iso(now_ms),
         links,
@@ -587,6 +610,15 @@ pub fn render(s: &Status) -> String {
             "  needs a target: note {} on HubSpot deal {} (set dealsync_target)",
             cut(&n.note_id, 12),
             cut(&n.hubspot_deal_id, 12)
+        );
+    }
+    for i in &s.invitations_waiting {
+        let _ = writeln!(
+            o,
+            "  waiting: deal {} for {}: {}",
+            cut(&i.hubspot_deal_id, 12),
+            cut(i.partner.as_deref().unwrap_or("?"), 12),
+            cut(&i.missing, 30)
         );
     }
     let _ = writeln!(

@@ -617,6 +617,36 @@ async fn a_partner_added_on_hubspots_side_gets_the_deal_once_everything_is_there
         linked.is_empty(),
         "nothing is created before everything is there"
     );
+    // `dealsync status` lists the invitation and what it lacks.
+    let overview = |dir: std::path::PathBuf| async move {
+        tokio::task::spawn_blocking(move || {
+            let c = dealsync::status::open(&dir.join("dealsync.db")).unwrap();
+            dealsync::status::overview(
+                &c,
+                &dir.join("dl.jsonl"),
+                Duration::from_secs(600),
+                store::now_ms(),
+            )
+            .unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    let st = overview(dir.path().to_owned()).await;
+    assert_eq!(
+        st.invitations_waiting.len(),
+        1,
+        "{:?}",
+        st.invitations_waiting
+    );
+    assert_eq!(st.invitations_waiting[0].hubspot_deal_id, h);
+    assert!(st.invitations_waiting[0].missing.contains("availability"));
+    let table = dealsync::status::render(&st);
+    assert!(
+        table.contains(&format!("waiting: deal {h} for partner-a")),
+        "{table}"
+    );
+    assert!(table.lines().all(|l| l.chars().count() <= 80), "{table}");
 
     let owners = w.pa.get("/crm/v3/owners").await;
     let (owner_id, email) = (
@@ -647,6 +677,13 @@ async fn a_partner_added_on_hubspots_side_gets_the_deal_once_everything_is_there
     })
     .await;
     assert_eq!(link.partner, "partner-a");
+    assert!(
+        overview(dir.path().to_owned())
+            .await
+            .invitations_waiting
+            .is_empty(),
+        "a complete invitation is no longer listed"
+    );
     let a = w
         .pa
         .get(&format!("/crm/v3/objects/deals/{}?properties=dealname,hubspot_owner_id,pipeline,dealsync_status", link.partner_deal_id))

@@ -1157,3 +1157,26 @@ pub fn deletion_guards(c: &Connection) -> Result<Vec<(String, i64, String)>, Sto
     let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
+
+/// Records (or, with `missing` empty, forgets) an incomplete invitation on a HubSpot deal.
+pub fn record_invitation(
+    c: &Connection,
+    hubspot_deal_id: &str,
+    partner: Option<&str>,
+    missing: &[String],
+) -> Result<(), StoreError> {
+    if missing.is_empty() {
+        c.execute(
+            "DELETE FROM invitations WHERE hubspot_deal_id = ?1",
+            [hubspot_deal_id],
+        )?;
+    } else {
+        c.execute(
+            "INSERT INTO invitations (hubspot_deal_id, partner, missing, updated_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (hubspot_deal_id) DO UPDATE SET partner = excluded.partner,
+                missing = excluded.missing, updated_at = excluded.updated_at",
+            params![hubspot_deal_id, partner, missing.join(", "), now_ms()],
+        )?;
+    }
+    Ok(())
+}
