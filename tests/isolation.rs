@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use common::notes::{note, notes, prop};
 use dealsync::crm::{Budget, Client, RetryPolicy};
-use dealsync::daemon::{DaemonHandle, DaemonParts, PortalConn};
-use dealsync::engine::{FieldKind, FieldSpec, Settings};
+use dealsync::daemon::DaemonHandle;
 use dealsync::sandbox::{PortalSpec, SandboxConfig};
 use dealsync::store;
 use serde_json::json;
@@ -37,13 +36,7 @@ async fn three_partners_each_reach_hubspot_and_never_each_other() {
     })
     .await;
     let portal = |n: &str| common::portal(&sb, n);
-    let conn = |n: &str| PortalConn {
-        name: n.into(),
-        base_url: sb.base_url.clone(),
-        token: portal(n).info.token.clone(),
-        rate_limit_per_10s: 100,
-        search_per_s: 4,
-    };
+    let conn = |n: &str| common::conn(&sb, n);
     for n in std::iter::once("hubspot").chain(PARTNERS) {
         let c = conn(n);
         let client = Client::new(
@@ -59,36 +52,12 @@ async fn three_partners_each_reach_hubspot_and_never_each_other() {
             .expect("setup");
     }
     let dir = tempfile::tempdir().unwrap();
-    let d = DaemonHandle::start(DaemonParts {
-        store_path: dir.path().join("dealsync.db"),
-        hubspot: conn("hubspot"),
-        partners: PARTNERS.iter().map(|p| conn(p)).collect(),
-        settings: Settings {
-            fields: vec![FieldSpec::both_ways(
-                "dealname",
-                "dealname",
-                "dealname",
-                FieldKind::Text,
-            )],
-            stage_maps: HashMap::new(),
-            batch_size: 100,
-            workers: 2,
-            max_attempts: 4,
-            retry_base: Duration::from_millis(50),
-            retry_max: Duration::from_millis(400),
-            dead_letter_path: dir.path().join("dl.jsonl"),
-            mass_deletion: Default::default(),
-            messages: Default::default(),
-            closed_stages: Default::default(),
-            registration: Default::default(),
-        },
-        poll_interval: Duration::from_millis(200),
-        poll_overlap: Duration::from_secs(5),
-        sweep_interval: Duration::from_secs(3600),
-        retry: RetryPolicy::default(),
-        drain: Duration::from_secs(10),
-        webhooks: None,
-    })
+    let d = DaemonHandle::start(common::parts(
+        dir.path(),
+        conn("hubspot"),
+        PARTNERS.iter().map(|p| conn(p)).collect(),
+        common::settings(dir.path()),
+    ))
     .await
     .expect("daemon");
     let hs = portal("hubspot");

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use common::notes::{note, notes, prop};
 use dealsync::crm::{Budget, Client, RetryPolicy};
-use dealsync::daemon::{DaemonHandle, DaemonParts, PortalConn};
-use dealsync::engine::{Settings, StageMap};
+use dealsync::daemon::DaemonHandle;
+use dealsync::engine::StageMap;
 use dealsync::store::{self, Store};
 use serde_json::json;
 
@@ -48,16 +48,6 @@ impl World {
         w
     }
 
-    fn conn(&self, p: &common::Portal) -> PortalConn {
-        PortalConn {
-            name: p.info.name.clone(),
-            base_url: self.sb.base_url.clone(),
-            token: p.info.token.clone(),
-            rate_limit_per_10s: 100,
-            search_per_s: 4,
-        }
-    }
-
     async fn start(&self) -> DaemonHandle {
         let mut stages = StageMap::default();
         for s in [
@@ -69,31 +59,15 @@ impl World {
             stages.to_hubspot.insert(s.into(), s.into());
             stages.to_partner.insert(s.into(), s.into());
         }
-        DaemonHandle::start(DaemonParts {
-            store_path: self.dir.path().join("dealsync.db"),
-            hubspot: self.conn(&self.hs),
-            partners: vec![self.conn(&self.pa)],
-            settings: Settings {
-                fields: dealsync::config::default_fields(),
-                stage_maps: HashMap::from([("partner-a".to_owned(), stages)]),
-                batch_size: 100,
-                workers: 2,
-                max_attempts: 4,
-                retry_base: Duration::from_millis(50),
-                retry_max: Duration::from_millis(400),
-                dead_letter_path: self.dir.path().join("dead-letters.jsonl"),
-                mass_deletion: Default::default(),
-                messages: Default::default(),
-                closed_stages: Default::default(),
-                registration: Default::default(),
-            },
-            poll_interval: Duration::from_millis(200),
-            poll_overlap: Duration::from_secs(5),
-            sweep_interval: Duration::from_secs(3600),
-            retry: RetryPolicy::default(),
-            drain: Duration::from_secs(10),
-            webhooks: None,
-        })
+        let mut settings = common::settings(self.dir.path());
+        settings.fields = dealsync::config::default_fields();
+        settings.stage_maps = HashMap::from([("partner-a".to_owned(), stages)]);
+        DaemonHandle::start(common::parts(
+            self.dir.path(),
+            common::conn(&self.sb, "hubspot"),
+            vec![common::conn(&self.sb, "partner-a")],
+            settings,
+        ))
         .await
         .expect("daemon")
     }

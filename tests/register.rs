@@ -517,59 +517,36 @@ async fn a_lead_nobody_owns_goes_to_the_configured_default_rep() {
 /// add a partner.
 async fn daemon(w: &World, dir: &std::path::Path) -> dealsync::daemon::DaemonHandle {
     use std::collections::HashMap;
-    use std::time::Duration;
-    let conn = |p: &common::Portal| dealsync::daemon::PortalConn {
-        name: p.info.name.clone(),
-        base_url: w.hs.base.clone(),
-        token: p.info.token.clone(),
-        rate_limit_per_10s: 100,
-        search_per_s: 4,
-    };
-    dealsync::daemon::DaemonHandle::start(dealsync::daemon::DaemonParts {
-        store_path: dir.join("dealsync.db"),
-        hubspot: conn(&w.hs),
-        partners: vec![conn(&w.pa)],
-        settings: dealsync::engine::Settings {
-            fields: dealsync::config::default_fields(),
-            stage_maps: HashMap::from([("partner-a".to_owned(), {
-                let mut m = dealsync::engine::StageMap::default();
-                for s in [
-                    "appointmentscheduled",
-                    "qualifiedtobuy",
-                    "closedwon",
-                    "closedlost",
-                ] {
-                    m.to_hubspot.insert(s.into(), s.into());
-                    m.to_partner.insert(s.into(), s.into());
-                }
-                m
-            })]),
-            batch_size: 100,
-            workers: 2,
-            max_attempts: 4,
-            retry_base: Duration::from_millis(50),
-            retry_max: Duration::from_millis(400),
-            dead_letter_path: dir.join("dl.jsonl"),
-            mass_deletion: Default::default(),
-            messages: Default::default(),
-            closed_stages: Default::default(),
-            registration: HashMap::from([(
-                "partner-a".to_owned(),
-                dealsync::register::RegistrationSettings {
-                    capacity: 10,
-                    partner_pipeline: "default".into(),
-                    hubspot_pipeline: "default".into(),
-                    default_owner_id: None,
-                },
-            )]),
+    let mut settings = common::settings(dir);
+    settings.fields = dealsync::config::default_fields();
+    settings.stage_maps = HashMap::from([("partner-a".to_owned(), {
+        let mut m = dealsync::engine::StageMap::default();
+        for s in [
+            "appointmentscheduled",
+            "qualifiedtobuy",
+            "closedwon",
+            "closedlost",
+        ] {
+            m.to_hubspot.insert(s.into(), s.into());
+            m.to_partner.insert(s.into(), s.into());
+        }
+        m
+    })]);
+    settings.registration = HashMap::from([(
+        "partner-a".to_owned(),
+        dealsync::register::RegistrationSettings {
+            capacity: 10,
+            partner_pipeline: "default".into(),
+            hubspot_pipeline: "default".into(),
+            default_owner_id: None,
         },
-        poll_interval: Duration::from_millis(200),
-        poll_overlap: Duration::from_secs(5),
-        sweep_interval: Duration::from_secs(3600),
-        retry: RetryPolicy::default(),
-        drain: Duration::from_secs(10),
-        webhooks: None,
-    })
+    )]);
+    dealsync::daemon::DaemonHandle::start(common::parts(
+        dir,
+        common::conn(&w._sb, "hubspot"),
+        vec![common::conn(&w._sb, "partner-a")],
+        settings,
+    ))
     .await
     .expect("daemon")
 }

@@ -202,3 +202,65 @@ pub fn assert_error(a: &Answer, status: u16, category: &str) {
         a.text
     );
 }
+
+/// A portal of a sandbox as the daemon connects to it (HubSpot's default budget).
+pub fn conn(sb: &SandboxHandle, name: &str) -> dealsync::daemon::PortalConn {
+    dealsync::daemon::PortalConn {
+        name: name.to_owned(),
+        base_url: sb.base_url.clone(),
+        token: sb.portal(name).token.clone(),
+        rate_limit_per_10s: 100,
+        search_per_s: 4,
+    }
+}
+
+/// Engine settings for daemon tests: `dealname` both ways, fast retries, dead letters in
+/// `dir`, everything else at its default. Tests change what they need.
+pub fn settings(dir: &std::path::Path) -> dealsync::engine::Settings {
+    dealsync::engine::Settings {
+        fields: vec![dealsync::engine::FieldSpec::both_ways(
+            "dealname",
+            "dealname",
+            "dealname",
+            dealsync::engine::FieldKind::Text,
+        )],
+        stage_maps: Default::default(),
+        batch_size: 100,
+        workers: 2,
+        max_attempts: 4,
+        retry_base: Duration::from_millis(50),
+        retry_max: Duration::from_millis(400),
+        dead_letter_path: dir.join("dl.jsonl"),
+        mass_deletion: Default::default(),
+        messages: Default::default(),
+        closed_stages: Default::default(),
+        registration: Default::default(),
+    }
+}
+
+/// Daemon parts for tests: the store in `dir`, polling every 200 ms, no sweep to speak of,
+/// no webhooks. Tests change what they need.
+pub fn parts(
+    dir: &std::path::Path,
+    hubspot: dealsync::daemon::PortalConn,
+    partners: Vec<dealsync::daemon::PortalConn>,
+    settings: dealsync::engine::Settings,
+) -> dealsync::daemon::DaemonParts {
+    dealsync::daemon::DaemonParts {
+        store_path: dir.join("dealsync.db"),
+        hubspot,
+        partners,
+        settings,
+        poll_interval: Duration::from_millis(200),
+        poll_overlap: Duration::from_secs(5),
+        sweep_interval: Duration::from_secs(3600),
+        retry: dealsync::crm::RetryPolicy {
+            max_retries: 2,
+            min_delay: Duration::from_millis(20),
+            max_delay: Duration::from_millis(200),
+            timeout: Duration::from_secs(10),
+        },
+        drain: Duration::from_secs(10),
+        webhooks: None,
+    }
+}
