@@ -36,7 +36,8 @@ async fn setup_is_idempotent_and_a_dry_run_writes_nothing() {
         let expected = dealsync::setup::deal_properties().len()
             + dealsync::setup::note_properties().len()
             + 1 // the company property
-            + 3; // a group per object
+            + 1 // the task property
+            + 4; // a group per object
         assert_eq!(planned.len(), expected, "{planned:?}");
 
         let done = dealsync::setup::ensure(&c, false).await.expect("setup");
@@ -48,6 +49,9 @@ async fn setup_is_idempotent_and_a_dry_run_writes_nothing() {
             ("notes", "dealsync_origin", true),
             ("notes", "dealsync_visibility", false),
             ("companies", "dealsync_partner", false),
+            ("tasks", "dealsync_request", true),
+            ("deals", "dealsync_quote_request", false),
+            ("deals", "dealsync_add_partner", false),
         ] {
             let a = p.get(&format!("/crm/v3/properties/{object}/{name}")).await;
             assert_eq!(a.status, 200, "{object}.{name}: {}", a.text);
