@@ -341,11 +341,18 @@ impl Engine {
         });
         // Quotes are read alongside, not between the reads and the writes: every call in that
         // window (retried under faults) widens HubSpot's lost-update race.
+        // Quotes only for jobs not queued by deal changes alone (quote changes queue their own).
+        let quote_ids: Vec<String> = unique(
+            active
+                .iter()
+                .filter(|l| by_id.get(&l.id).is_some_and(|j| !deal_only(&j.reason)))
+                .map(|l| l.hubspot_deal_id.clone()),
+        );
         let quotes_fut = async {
-            if hs_ids.is_empty() {
+            if quote_ids.is_empty() {
                 Ok(HashMap::new())
             } else {
-                self.quote_summaries(&hs_ids).await
+                self.quote_summaries(&quote_ids).await
             }
         };
         let (hs_read, partner_list, quotes_read) = tokio::join!(
@@ -433,10 +440,13 @@ impl Engine {
             match planned.map(|mut plan| {
                 if life.syncs_fields() {
                     // HubSpot's quotes, shown on the partner deal (only a difference is written).
-                    let want = quotes.get(&l.hubspot_deal_id).map_or("", String::as_str);
-                    if p.get(crate::quotes::PROPERTY).unwrap_or("") != want {
-                        plan.partner_writes
-                            .insert(crate::quotes::PROPERTY.into(), Value::String(want.into()));
+                    if let Some(want) = quotes.get(&l.hubspot_deal_id) {
+                        if p.get(crate::quotes::PROPERTY).unwrap_or("") != want {
+                            plan.partner_writes.insert(
+                                crate::quotes::PROPERTY.into(),
+                                Value::String(want.clone()),
+                            );
+                        }
                     }
                 }
                 if life != Lifecycle::Active {
@@ -597,9 +607,16 @@ impl Engine {
                 outcomes.insert(l.id, failed(&e));
             }
         }
-        if self.settings.messages.enabled && !fields_done.is_empty() {
+        // Messages only for jobs not queued by deal changes alone: note changes queue their own
+        // (note pollers, note webhooks), and the sweep covers the rest.
+        let message_links: Vec<&Link> = fields_done
+            .iter()
+            .copied()
+            .filter(|l| by_id.get(&l.id).is_some_and(|j| !deal_only(&j.reason)))
+            .collect();
+        if self.settings.messages.enabled && !message_links.is_empty() {
             self.heartbeat.beat();
-            let results = self.sync_messages(&fields_done, &by_id).await?;
+            let results = self.sync_messages(&message_links, &by_id).await?;
             for (id, r) in results {
                 match r {
                     Ok(m) => {
@@ -875,10 +892,15 @@ impl Engine {
         deal_ids: &[String],
     ) -> Result<HashMap<String, String>, CrmError> {
         let c = &self.portals.hubspot;
-        let assoc = c.associations("deals", "quotes", deal_ids).await?;
+        let mut assoc = c.associations("deals", "quotes", deal_ids).await?;
+        // Every deal read gets an entry ("" without quotes): a deal missing from the map was
+        // not read at all, and its partner deal is left as it is.
+        for d in deal_ids {
+            assoc.entry(d.clone()).or_default();
+        }
         let ids = unique(assoc.values().flatten().cloned());
         if ids.is_empty() {
-            return Ok(HashMap::new());
+            return Ok(assoc.into_keys().map(|d| (d, String::new())).collect());
         }
         let read: HashMap<String, Record> = c
             .batch_read("quotes", &ids, &crate::quotes::props(), false)
@@ -1176,6 +1198,12 @@ fn failed(e: &CrmError) -> Outcome {
         class: e.class(),
         fine_class: "permanent",
     }
+}
+
+/// Whether a job was queued only because deals changed (`poll`, `webhook`, or both
+/// coalesced): it needs no message or quote reads.
+fn deal_only(reason: &str) -> bool {
+    reason.split('+').all(|r| r == "poll" || r == "webhook")
 }
 
 fn unique(it: impl Iterator<Item = String>) -> Vec<String> {

@@ -533,8 +533,14 @@ impl Poller {
             stats.queued += queue.len();
             let portal = self.key.clone();
             let n = queue.len();
+            // Deal changes queue `poll`; notes and quotes say so, for the job to read them.
+            let reason = if self.object == "deals" {
+                "poll"
+            } else {
+                self.object
+            };
             self.store
-                .call(move |c| store::poll_commit(c, &portal, max_ts, &queue))
+                .call(move |c| store::poll_commit_for(c, &portal, max_ts, &queue, reason))
                 .await?;
             if n > 0 {
                 self.wake.notify_waiters();

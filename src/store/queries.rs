@@ -495,6 +495,10 @@ pub fn enqueue(
         "INSERT INTO jobs (link_id, state, rerun, reason, enqueued_at, due_at) VALUES (?1, 'pending', 0, ?2, ?3, ?4)
          ON CONFLICT (link_id) DO UPDATE SET
             rerun = CASE WHEN jobs.state = 'running' THEN 1 ELSE jobs.rerun END,
+            -- Why the job runs, every reason kept (`poll+notes`): a job queued only by deal
+            -- changes skips the message and quote reads.
+            reason = CASE WHEN instr('+' || jobs.reason || '+', '+' || excluded.reason || '+') > 0
+                          THEN jobs.reason ELSE jobs.reason || '+' || excluded.reason END,
             due_at = CASE WHEN jobs.attempts > 0 THEN jobs.due_at ELSE MIN(jobs.due_at, excluded.due_at) END",
     )?;
     let mut n = 0;
@@ -610,9 +614,20 @@ pub fn poll_commit(
     cursor_ms: i64,
     link_ids: &[i64],
 ) -> Result<(), StoreError> {
+    poll_commit_for(c, portal, cursor_ms, link_ids, "poll")
+}
+
+/// [`poll_commit`] with the jobs' reason (`poll` for deals, `notes`, `quotes`).
+pub fn poll_commit_for(
+    c: &mut Connection,
+    portal: &str,
+    cursor_ms: i64,
+    link_ids: &[i64],
+    reason: &str,
+) -> Result<(), StoreError> {
     let now = now_ms();
     let tx = c.transaction()?;
-    enqueue(&tx, link_ids, "poll", now)?;
+    enqueue(&tx, link_ids, reason, now)?;
     tx.execute(
         "INSERT INTO cursors (portal, value_ms, updated_at) VALUES (?1, ?2, ?3)
          ON CONFLICT (portal) DO UPDATE SET value_ms = MAX(cursors.value_ms, excluded.value_ms), updated_at = excluded.updated_at",
@@ -895,6 +910,7 @@ pub fn inbox_accept(
     // Note events: the links of known messages (a deletion can only be seen this way or by
     // the sweep: archived notes leave search and their associations). An event at exactly the
     // time our last sync recorded for the note is our own write.
+    let mut note_queue: Vec<i64> = Vec::new();
     {
         let (col, ms_col) = match side {
             Side::Partner => ("partner_object_id", "partner_ms"),
@@ -917,6 +933,7 @@ pub fn inbox_accept(
                 .collect::<Result<_, _>>()?;
             let mut outcome = "unlinked";
             for (link, ms) in found {
+                let queue = &mut note_queue;
                 if e.occurred_at.is_some()
                     && ms == e.occurred_at
                     && !e.subscription_type.ends_with("deletion")
@@ -936,6 +953,9 @@ pub fn inbox_accept(
     queue.sort_unstable();
     queue.dedup();
     out.queued = enqueue(&tx, &queue, "webhook", now)?;
+    note_queue.sort_unstable();
+    note_queue.dedup();
+    out.queued += enqueue(&tx, &note_queue, "notes", now)?;
     tx.execute(
         "INSERT INTO portal_health (portal, last_webhook, webhook_events) VALUES (?1, ?2, ?3)
          ON CONFLICT (portal) DO UPDATE SET last_webhook = excluded.last_webhook,
