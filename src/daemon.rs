@@ -215,8 +215,22 @@ impl DaemonHandle {
                 wake.clone(),
             )
         };
+        // Per portal: set while its deal poller scans (see `Poller::with_scan_flag`).
+        let scans: HashMap<String, Arc<std::sync::atomic::AtomicBool>> =
+            std::iter::once(parts.hubspot.name.clone())
+                .chain(parts.partners.iter().map(|p| p.name.clone()))
+                .map(|n| (n, Arc::new(std::sync::atomic::AtomicBool::new(false))))
+                .collect();
+        let flagged = |p: Poller, name: &str, owner: bool| match scans.get(name) {
+            Some(f) => p.with_scan_flag(f.clone(), owner),
+            None => p,
+        };
         let poller = |name: &str, side, c: Client| {
-            let mut p = base(name, side, c).with_in_flight(engine.in_flight.clone());
+            let mut p = flagged(
+                base(name, side, c).with_in_flight(engine.in_flight.clone()),
+                name,
+                true,
+            );
             if let Some(n) = nudges.get(name) {
                 p = p.with_nudge(n.clone());
             }
@@ -230,7 +244,8 @@ impl DaemonHandle {
         };
         // Notes (shared messages) are polled on their own cursor at the normal interval:
         // webhooks carry no note associations, so they cannot stand in for this poll.
-        let note_poller = |name: &str, side, c: Client| base(name, side, c).for_notes();
+        let note_poller =
+            |name: &str, side, c: Client| flagged(base(name, side, c).for_notes(), name, false);
         if parts.settings.messages.enabled {
             tasks.spawn(
                 note_poller(&parts.hubspot.name, Side::Hubspot, hubspot.clone())
@@ -242,9 +257,12 @@ impl DaemonHandle {
         }
         // Quotes live on HubSpot's side; a changed quote refreshes the partner deals that show it.
         tasks.spawn(
-            base(&parts.hubspot.name, Side::Hubspot, hubspot.clone())
-                .for_associated("quotes")
-                .run(cancel.clone()),
+            flagged(
+                base(&parts.hubspot.name, Side::Hubspot, hubspot.clone()).for_associated("quotes"),
+                &parts.hubspot.name,
+                false,
+            )
+            .run(cancel.clone()),
         );
         let mut hubspot_poller = poller(&parts.hubspot.name, Side::Hubspot, hubspot.clone());
         if !parts.settings.registration.is_empty() {

@@ -86,6 +86,9 @@ pub struct Poller {
     invitations: Option<Invitations>,
     /// Woken by the webhook listener when an event concerns an unlinked deal: poll now.
     nudge: Option<Arc<Notify>>,
+    /// Set while the portal's deal poller scans; its note and quote pollers skip a round then,
+    /// leaving the portal's search budget to the deal backlog.
+    scanning: Option<(Arc<std::sync::atomic::AtomicBool>, bool)>,
 }
 
 /// What HubSpot's deal poller needs to act on partners added to HubSpot deals.
@@ -150,7 +153,19 @@ impl Poller {
             enrolment: None,
             invitations: None,
             nudge: None,
+            scanning: None,
         }
+    }
+
+    /// Shares a "deal scan in progress" flag: the deal poller (`owner`) sets it while it
+    /// scans; the portal's other pollers skip their round while it is set.
+    pub fn with_scan_flag(
+        mut self,
+        flag: Arc<std::sync::atomic::AtomicBool>,
+        owner: bool,
+    ) -> Poller {
+        self.scanning = Some((flag, owner));
+        self
     }
 
     /// Polls at once when `nudge` is notified (see [`crate::ingest::webhook::Listener::nudges`]).
@@ -388,7 +403,22 @@ impl Poller {
     /// Polls every `interval` until cancelled. Failures are recorded in portal health and
     /// retried at the next tick; they never stop the loop.
     pub async fn run(mut self, cancel: CancellationToken) {
+        use std::sync::atomic::Ordering;
         loop {
+            let yielding = self
+                .scanning
+                .as_ref()
+                .is_some_and(|(f, owner)| !owner && f.load(Ordering::Relaxed));
+            if yielding {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(self.interval) => {}
+                }
+                continue;
+            }
+            if let Some((f, true)) = &self.scanning {
+                f.store(true, Ordering::Relaxed);
+            }
             let span = tracing::info_span!("poll", portal = %self.portal);
             match tracing::Instrument::instrument(self.poll_once(), span).await {
                 Ok(s) if s.queued > 0 => {
@@ -403,6 +433,9 @@ impl Poller {
                         .call(move |c| store::poll_failed(c, &portal, &msg))
                         .await;
                 }
+            }
+            if let Some((f, true)) = &self.scanning {
+                f.store(false, Ordering::Relaxed);
             }
             let wait = self.next_interval().await;
             let nudged = async {
