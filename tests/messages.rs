@@ -708,7 +708,7 @@ async fn isolation_between_partners_of_one_hubspot_deal() {
         w.hs.create_deal(json!({"dealname": "Best partner wins"}))
             .await;
     let pa = w.link(&d.store, &w.pa, &h).await;
-    let pb = w.link(&d.store, &w.pb, &h).await;
+    w.link(&d.store, &w.pb, &h).await;
 
     // Partner A's message reaches HubSpot and never partner B.
     let ma = note(&w.pa, &pa, "A's pitch", true, json!({})).await;
@@ -780,7 +780,6 @@ async fn isolation_between_partners_of_one_hubspot_deal() {
         !a_bodies.iter().any(|b| b == "for B" || b == "for whom?"),
         "{a_bodies:?}"
     );
-    let _ = pb;
     d.shutdown().await;
 }
 

@@ -525,7 +525,6 @@ impl From<CrmError> for MessageError {
 
 /// One link's side of the work: its client, deal and notes.
 pub struct SideView<'a> {
-    pub side: Side,
     pub portal: &'a str,
     pub client: &'a Client,
     pub deal_id: &'a str,

@@ -1127,7 +1127,6 @@ impl Engine {
                 }
             };
             let partner = messages::SideView {
-                side: Side::Partner,
                 portal: &l.partner,
                 client,
                 deal_id: &l.partner_deal_id,
@@ -1135,7 +1134,6 @@ impl Engine {
                 contents: pc,
             };
             let hubspot = messages::SideView {
-                side: Side::Hubspot,
                 portal: &hubspot_portal,
                 client: &self.portals.hubspot,
                 deal_id: &l.hubspot_deal_id,
