@@ -449,6 +449,7 @@ async fn run_replay(args: ReplayArgs) -> Result<(), CliError> {
         in_flight: Default::default(),
         heartbeat: Default::default(),
         metrics: Default::default(),
+        directory: Default::default(),
     };
     let tty = std::io::stderr().is_terminal();
     let outcomes = crate::replay::replay(&engine, &path, &entries, |done, total| {

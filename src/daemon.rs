@@ -142,6 +142,7 @@ impl DaemonHandle {
             in_flight: InFlight::default(),
             heartbeat: Default::default(),
             metrics: Default::default(),
+            directory: Default::default(),
         });
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();

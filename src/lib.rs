@@ -22,3 +22,4 @@ pub mod signature;
 pub mod status;
 pub mod store;
 pub mod systemd;
+pub mod team;

@@ -54,6 +54,16 @@ pub fn deal_properties() -> Vec<Value> {
             "Partner user who will own the deal (email)",
         ),
         text(crate::invite::WELCOME_NOTE, "Welcome note for the partner"),
+        text(crate::team::HUBSPOT_TEAM, "HubSpot's deal team (read-only)"),
+        text(
+            crate::team::PARTNER_TEAM,
+            "Partners' deal teams (read-only, a line per partner)",
+        ),
+        text(
+            crate::team::ADD,
+            "Add to the deal team (emails of your own users)",
+        ),
+        text(crate::team::ADD_STATUS, "Deal team request result"),
         json!({
             "name": crate::invite::CONFIRMED, "label": "I have reached out to this partner to confirm availability",
             "type": "enumeration", "fieldType": "booleancheckbox", "groupName": GROUP,

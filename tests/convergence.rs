@@ -171,6 +171,7 @@ async fn scenario(ops: Vec<Op>) -> Result<(), TestCaseError> {
         in_flight: Default::default(),
         heartbeat: Default::default(),
         metrics: Default::default(),
+        directory: Default::default(),
     };
     let mut deals = Vec::new();
     let mut models = Vec::new();

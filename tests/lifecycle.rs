@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::notes::{note, notes, prop};
+use common::{deal_prop, set_deal as set, wait_deal_prop as wait_prop};
 use dealsync::crm::{Budget, Client, RetryPolicy};
 use dealsync::daemon::DaemonHandle;
 use dealsync::engine::StageMap;
@@ -96,32 +97,6 @@ impl World {
         .await;
         (p, h, link.id)
     }
-}
-
-async fn deal_prop(p: &common::Portal, id: &str, name: &str) -> Option<String> {
-    let a = p
-        .get(&format!("/crm/v3/objects/deals/{id}?properties={name}"))
-        .await;
-    a.body["properties"][name].as_str().map(str::to_owned)
-}
-
-async fn set(p: &common::Portal, id: &str, props: serde_json::Value) {
-    let a = p
-        .patch(
-            &format!("/crm/v3/objects/deals/{id}"),
-            json!({ "properties": props }),
-        )
-        .await;
-    assert_eq!(a.status, 200, "{}", a.text);
-}
-
-async fn wait_prop(p: &common::Portal, id: &str, name: &str, want: &str) {
-    common::eventually(
-        &format!("{name} of {id} in {} becomes {want}", p.info.name),
-        WAIT,
-        || async { (deal_prop(p, id, name).await.as_deref() == Some(want)).then_some(()) },
-    )
-    .await;
 }
 
 async fn link_state(store: &Store, id: i64) -> String {

@@ -185,6 +185,7 @@ impl World {
             in_flight: Default::default(),
             heartbeat: Default::default(),
             metrics: Default::default(),
+            directory: Default::default(),
         }
     }
 

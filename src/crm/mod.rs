@@ -138,6 +138,28 @@ pub enum FileCopy {
     TooLarge(u64),
 }
 
+/// A portal's user, as its deal owner and deal team name them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub id: String,
+    pub email: String,
+    pub first_name: String,
+    pub last_name: String,
+}
+
+impl Owner {
+    /// "First Last <email>", or just the email when the name is blank.
+    pub fn label(&self) -> String {
+        let name = format!("{} {}", self.first_name, self.last_name);
+        let name = name.trim();
+        if name.is_empty() {
+            self.email.clone()
+        } else {
+            format!("{name} <{}>", self.email)
+        }
+    }
+}
+
 /// One page of search results.
 #[derive(Debug, Default)]
 pub struct SearchPage {
@@ -668,6 +690,46 @@ impl Client {
                     }
                 }
                 inputs = next;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every active user (owner) of the portal, 100 per page.
+    pub async fn owners(&self) -> Result<Vec<Owner>, CrmError> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        // A bound on pages: a paging loop in a broken answer must not spin forever.
+        for _ in 0..1_000 {
+            let path = match &after {
+                Some(a) => format!("/crm/v3/owners?limit=100&after={a}"),
+                None => "/crm/v3/owners?limit=100".to_owned(),
+            };
+            let v = self
+                .call(Method::GET, &path, None, CallKind::Ordinary)
+                .await?;
+            let results = v
+                .get("results")
+                .and_then(Value::as_array)
+                .ok_or_else(|| decode(&self.portal, "owners", "no results array"))?;
+            for o in results {
+                let text = |k: &str| o.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+                let Some(id) = o.get("id").and_then(id_text) else {
+                    continue;
+                };
+                if o.get("archived").and_then(Value::as_bool) == Some(true) {
+                    continue;
+                }
+                out.push(Owner {
+                    id,
+                    email: text("email"),
+                    first_name: text("firstName"),
+                    last_name: text("lastName"),
+                });
+            }
+            after = v.pointer("/paging/next/after").and_then(id_text);
+            if after.is_none() {
+                break;
             }
         }
         Ok(out)

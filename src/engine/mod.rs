@@ -23,10 +23,11 @@ use serde_json::{Map, Value};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::crm::{Client, CrmError, ErrorClass, Record};
+use crate::crm::{Client, CrmError, ErrorClass, Owner, Record};
 use crate::deadletter;
 use crate::lifecycle::{self, Lifecycle};
 use crate::store::{self, ClaimedJob, JobCommit, Link, Side, Store, StoreError};
+use crate::team;
 pub use plan::{FieldKind, FieldSpec, LinkPlan, PlanError, StageMap};
 
 /// What the engine needs to know, distilled from the configuration.
@@ -78,6 +79,8 @@ pub struct Engine {
     pub heartbeat: Heartbeat,
     /// Counters for `/metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Each portal's users, for the deal team (see [`crate::team`]).
+    pub directory: Arc<crate::team::Directory>,
 }
 
 /// A counter of worker progress (see [`Engine::heartbeat`]).
@@ -175,6 +178,11 @@ impl Engine {
         // What the lifecycle is decided from, and who gets quote-request tasks.
         v.push(lifecycle::EXCLUDED.into());
         v.push("hubspot_owner_id".into());
+        v.extend(
+            [team::COLLABORATORS, team::PARTNER_TEAM, team::ADD]
+                .into_iter()
+                .map(String::from),
+        );
         if !v.iter().any(|p| p == "dealstage") {
             v.push("dealstage".into());
         }
@@ -195,6 +203,16 @@ impl Engine {
             crate::quotes::PROPERTY.into(),
             crate::quotes::REQUEST.into(),
         ]);
+        v.extend(
+            [
+                "hubspot_owner_id",
+                team::COLLABORATORS,
+                team::HUBSPOT_TEAM,
+                team::ADD,
+            ]
+            .into_iter()
+            .map(String::from),
+        );
         v
     }
 
@@ -355,10 +373,11 @@ impl Engine {
                 self.quote_summaries(&quote_ids).await
             }
         };
-        let (hs_read, partner_list, quotes_read) = tokio::join!(
+        let (hs_read, partner_list, quotes_read, dirs) = tokio::join!(
             hs_fut,
             futures_util::future::join_all(partner_futs),
-            quotes_fut
+            quotes_fut,
+            self.directories(&active)
         );
         let partner_reads: HashMap<String, Result<HashMap<String, Record>, CrmError>> =
             partner_list.into_iter().collect();
@@ -439,6 +458,7 @@ impl Engine {
             };
             match planned.map(|mut plan| {
                 if life.syncs_fields() {
+                    self.plan_team(l, p, h, &dirs, &mut plan);
                     // HubSpot's quotes, shown on the partner deal (only a difference is written).
                     if let Some(want) = quotes.get(&l.hubspot_deal_id) {
                         if p.get(crate::quotes::PROPERTY).unwrap_or("") != want {
@@ -485,10 +505,19 @@ impl Engine {
         let mut p_updates: HashMap<String, HashMap<String, Map<String, Value>>> = HashMap::new();
         for (l, plan) in &plans {
             if !plan.hubspot_writes.is_empty() {
-                hs_updates
-                    .entry(l.hubspot_deal_id.clone())
-                    .or_default()
-                    .extend(plan.hubspot_writes.clone());
+                let update = hs_updates.entry(l.hubspot_deal_id.clone()).or_default();
+                for (k, v) in &plan.hubspot_writes {
+                    // Each link owns one line of the partner-team text.
+                    if let (true, Some(Value::String(before)), Value::String(mine)) =
+                        (k == team::PARTNER_TEAM, update.get(k), v)
+                    {
+                        let line = team::partner_line(mine, &l.partner);
+                        let merged = team::with_partner_line(before, &l.partner, &line);
+                        update.insert(k.clone(), Value::String(merged));
+                    } else {
+                        update.insert(k.clone(), v.clone());
+                    }
+                }
             }
             if !plan.partner_writes.is_empty() {
                 p_updates
@@ -604,6 +633,21 @@ impl Engine {
                 .and_then(|r| r.get("hubspot_owner_id"))
                 .map(str::to_owned);
             if let Err(e) = self.quote_request(l, &text, owner.as_deref()).await {
+                outcomes.insert(l.id, failed(&e));
+            }
+        }
+        // Team additions people asked for on either deal.
+        let mut asked: HashSet<String> = HashSet::new();
+        for l in &fields_done {
+            let p = partner_reads
+                .get(&l.partner)
+                .and_then(|r| r.as_ref().ok())
+                .and_then(|m| m.get(&l.partner_deal_id));
+            let h = hs.get(&l.hubspot_deal_id);
+            let (Some(p), Some(h)) = (p, h) else { continue };
+            // A HubSpot deal with several links answers its request once.
+            let h = asked.insert(l.hubspot_deal_id.clone()).then_some(h);
+            if let Err(e) = self.team_requests(l, p, h, &dirs).await {
                 outcomes.insert(l.id, failed(&e));
             }
         }
@@ -883,6 +927,116 @@ impl Engine {
                 retry_after: None,
             })?;
         partner.update("deals", &l.partner_deal_id, &clear).await?;
+        Ok(())
+    }
+
+    /// Each involved portal's users, from the directory. A portal whose listing fails is left
+    /// out: its team display waits for a later job, the sync does not.
+    async fn directories(&self, links: &[&Link]) -> HashMap<String, Arc<Vec<Owner>>> {
+        if links.is_empty() {
+            return HashMap::new();
+        }
+        let partners = unique(links.iter().map(|l| l.partner.clone()));
+        let clients = std::iter::once(&self.portals.hubspot)
+            .chain(partners.iter().filter_map(|p| self.portals.partners.get(p)));
+        let lists = futures_util::future::join_all(
+            clients.map(|c| async move { (c.portal().to_owned(), self.directory.owners(c).await) }),
+        )
+        .await;
+        lists
+            .into_iter()
+            .filter_map(|(portal, r)| match r {
+                Ok(list) => Some((portal, list)),
+                Err(e) => {
+                    tracing::warn!(portal = %portal, error = %e, "cannot list the portal's users; deal teams are shown later");
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// Shows each side the other side's team (only what differs is written).
+    fn plan_team(
+        &self,
+        l: &Link,
+        p: &Record,
+        h: &Record,
+        dirs: &HashMap<String, Arc<Vec<Owner>>>,
+        plan: &mut LinkPlan,
+    ) {
+        let (Some(hd), Some(pd)) = (
+            dirs.get(self.portals.hubspot.portal()),
+            dirs.get(&l.partner),
+        ) else {
+            return;
+        };
+        let hubspot_team = team::describe(h, hd);
+        if p.get(team::HUBSPOT_TEAM).unwrap_or("") != hubspot_team {
+            plan.partner_writes
+                .insert(team::HUBSPOT_TEAM.into(), Value::String(hubspot_team));
+        }
+        let line = team::describe(p, pd);
+        let shown = h.get(team::PARTNER_TEAM).unwrap_or("");
+        if team::partner_line(shown, &l.partner) != line {
+            plan.hubspot_writes.insert(
+                team::PARTNER_TEAM.into(),
+                Value::String(team::with_partner_line(shown, &l.partner, &line)),
+            );
+        }
+    }
+
+    /// Answers `dealsync_team_add` on the partner deal and (when `h` is given) on the HubSpot
+    /// deal: own users join, anyone else is refused with the reason.
+    async fn team_requests(
+        &self,
+        l: &Link,
+        p: &Record,
+        h: Option<&Record>,
+        dirs: &HashMap<String, Arc<Vec<Owner>>>,
+    ) -> Result<(), CrmError> {
+        let hs_portal = self.portals.hubspot.portal();
+        let (Some(hd), Some(pd)) = (dirs.get(hs_portal), dirs.get(&l.partner)) else {
+            return Ok(());
+        };
+        let partner_dirs: Vec<(&str, &[Owner])> = dirs
+            .iter()
+            .filter(|(k, _)| k.as_str() != hs_portal)
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect();
+        let sides = [
+            (
+                Some(p),
+                self.portals.partners.get(&l.partner),
+                &l.partner_deal_id,
+                pd,
+                vec![("HubSpot", hd.as_slice())],
+            ),
+            (
+                h,
+                Some(&self.portals.hubspot),
+                &l.hubspot_deal_id,
+                hd,
+                partner_dirs,
+            ),
+        ];
+        for (deal, client, id, own, others) in sides {
+            let (Some(deal), Some(client)) = (deal, client) else {
+                continue;
+            };
+            let Some(request) = deal.get(team::ADD).filter(|r| !r.trim().is_empty()) else {
+                continue;
+            };
+            let additions = team::decide_additions(request, &team::members(deal), own, &others);
+            let (collaborators, status) = team::apply_additions(deal, &additions);
+            let mut props = Map::new();
+            props.insert(team::ADD.into(), "".into());
+            props.insert(team::ADD_STATUS.into(), Value::String(status));
+            if let Some(c) = collaborators {
+                props.insert(team::COLLABORATORS.into(), Value::String(c));
+            }
+            client.update("deals", id, &props).await?;
+            tracing::info!(link = l.id, portal = %client.portal(), "deal team request answered");
+        }
         Ok(())
     }
 

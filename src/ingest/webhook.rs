@@ -235,7 +235,13 @@ fn classify(e: &Value, kind: &str, side: Side, fields: &[FieldSpec]) -> Classifi
         {
             (deal, None, true)
         }
-        None if side == Side::Partner && prop == crate::register::REGISTER => (deal, None, true),
+        None if side == Side::Partner
+            && (prop == crate::register::REGISTER || prop == crate::quotes::REQUEST) =>
+        {
+            (deal, None, true)
+        }
+        // Either side's deal team.
+        None if crate::team::watched().contains(&prop) => (deal, None, true),
         // A property dealsync does not sync changes nothing it must carry over.
         None => (deal, None, false),
         Some(f) => {

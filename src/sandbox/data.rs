@@ -139,6 +139,15 @@ fn seed_properties(t: ObjectType) -> Vec<PropertyDef> {
                 &[],
             )),
             prop("dealname", "Deal Name", "string", "text", g, &[]),
+            // The deal team beyond the owner ("Deal collaborator"), owner ids joined by `;`.
+            prop(
+                "hs_all_collaborator_owner_ids",
+                "Deal Collaborator",
+                "enumeration",
+                "checkbox",
+                g,
+                &[],
+            ),
             prop("amount", "Amount", "number", "number", g, &[]),
             prop("closedate", "Close Date", "datetime", "date", g, &[]),
             prop("pipeline", "Pipeline", "enumeration", "select", g, &[]),
@@ -615,6 +624,17 @@ impl PortalData {
                         format!("{value} is not a valid owner id"),
                     ))
                 }
+            }
+            (_, "hs_all_collaborator_owner_ids") => {
+                for part in value.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+                    if !self.owners.iter().any(|o| o.id == part) {
+                        return Err(bad(
+                            "INVALID_OWNER_ID",
+                            format!("{part} is not a valid owner id"),
+                        ));
+                    }
+                }
+                Ok(value.into())
             }
             (_, "pipeline" | "dealstage") if t == ObjectType::Deals => Ok(value.into()),
             (_, "hs_attachment_ids") => {

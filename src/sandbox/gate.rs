@@ -184,7 +184,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/files/v3/files/{file_id}/download", get(files::download))
         .route_layer(middleware::from_fn_with_state(shared.clone(), gate));
 
-    let sandbox = control::router();
+    let sandbox = control::router().merge(super::inbox::router());
 
     let limit = BodyLimit(shared.config.max_body_bytes);
     Router::new()

@@ -22,6 +22,7 @@ mod error;
 mod faults;
 mod files;
 mod gate;
+mod inbox;
 mod limits;
 pub mod model;
 mod objects;
@@ -186,6 +187,8 @@ pub(crate) struct Shared {
     pub http: reqwest::Client,
     /// Bumped on every mutation; the state saver writes when it moves.
     pub version: AtomicI64,
+    /// Outbound notifications dealsync sent to `/_sandbox/inbox`.
+    pub inbox: Mutex<inbox::Inbox>,
 }
 
 impl Shared {
@@ -426,6 +429,7 @@ pub async fn start(config: SandboxConfig) -> Result<SandboxHandle, SandboxError>
         recorder: config.record_responses.then(|| Mutex::new(Vec::new())),
         http,
         version: AtomicI64::new(0),
+        inbox: Mutex::new(Default::default()),
         portals,
         config,
     });

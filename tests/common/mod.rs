@@ -264,3 +264,32 @@ pub fn parts(
         webhooks: None,
     }
 }
+
+/// A deal property as the portal has it now.
+pub async fn deal_prop(p: &Portal, id: &str, name: &str) -> Option<String> {
+    let a = p
+        .get(&format!("/crm/v3/objects/deals/{id}?properties={name}"))
+        .await;
+    a.body["properties"][name].as_str().map(str::to_owned)
+}
+
+/// Sets deal properties, as a person would in the CRM.
+pub async fn set_deal(p: &Portal, id: &str, props: serde_json::Value) {
+    let a = p
+        .patch(
+            &format!("/crm/v3/objects/deals/{id}"),
+            serde_json::json!({ "properties": props }),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+}
+
+/// Waits until a deal property has the wanted value.
+pub async fn wait_deal_prop(p: &Portal, id: &str, name: &str, want: &str) {
+    eventually(
+        &format!("{name} of {id} in {} becomes {want}", p.info.name),
+        Duration::from_secs(60),
+        || async { (deal_prop(p, id, name).await.as_deref() == Some(want)).then_some(()) },
+    )
+    .await;
+}
