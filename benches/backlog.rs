@@ -143,6 +143,7 @@ fn main() {
             messages: Default::default(),
             closed_stages: Default::default(),
             registration: Default::default(),
+            notify: Default::default(),
         };
         let start = Instant::now();
         // The cursor starts before the changes: the changes are the backlog.

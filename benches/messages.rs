@@ -218,6 +218,7 @@ async fn throughput() -> (f64, f64, f64) {
             messages: MessageSettings::default(),
             closed_stages: Default::default(),
             registration: Default::default(),
+            notify: Default::default(),
         },
         poll_interval: Duration::from_secs(2),
         poll_overlap: Duration::from_secs(600),

@@ -92,6 +92,7 @@ fn main() {
             messages: Default::default(),
             closed_stages: Default::default(),
             registration: Default::default(),
+            notify: Default::default(),
         };
         let d = DaemonHandle::start(DaemonParts {
             store_path: dir.path().join("db"),

@@ -69,6 +69,7 @@ fn main() {
             attempts: 1,
             first_at: "2026-11-26T00:00:00.000Z".into(),
             last_at: "2026-11-26T00:00:00.000Z".into(),
+            notification: None,
         })
         .collect();
     deadletter::append(&dl, &entries).unwrap();

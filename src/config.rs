@@ -21,6 +21,11 @@ use crate::rules::{ConflictPolicy, Direction, Rule};
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a value read from somewhere other than the config (tests, embedding programs).
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -70,6 +75,60 @@ struct Raw {
     webhooks: Option<RawWebhooks>,
     #[serde(default)]
     messages: RawMessages,
+    notifications: Option<RawNotifications>,
+}
+
+/// `[notifications]`: the outbound webhook and optional email (see [`crate::notify`]).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotifications {
+    webhook_url: Option<String>,
+    webhook_secret_env: Option<String>,
+    webhook_secret_file: Option<PathBuf>,
+    webhook_secret_credential: Option<String>,
+    #[serde(default = "d_notify_attempts")]
+    max_attempts: i64,
+    #[serde(default = "d_notify_base")]
+    retry_base_ms: u64,
+    #[serde(default = "d_notify_max")]
+    retry_max_ms: u64,
+    #[serde(default = "d_notify_timeout")]
+    timeout_ms: u64,
+    smtp: Option<RawSmtp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSmtp {
+    host: String,
+    port: Option<u16>,
+    #[serde(default = "d_smtp_security")]
+    security: crate::notify::SmtpSecurity,
+    from: String,
+    username: Option<String>,
+    password_env: Option<String>,
+    password_file: Option<PathBuf>,
+    password_credential: Option<String>,
+}
+
+fn d_notify_attempts() -> i64 {
+    crate::notify::NotifySettings::default().max_attempts
+}
+fn d_notify_base() -> u64 {
+    crate::notify::NotifySettings::default()
+        .retry_base
+        .as_millis() as u64
+}
+fn d_notify_max() -> u64 {
+    crate::notify::NotifySettings::default()
+        .retry_max
+        .as_millis() as u64
+}
+fn d_notify_timeout() -> u64 {
+    crate::notify::NotifySettings::default().timeout.as_millis() as u64
+}
+fn d_smtp_security() -> crate::notify::SmtpSecurity {
+    crate::notify::SmtpSecurity::Starttls
 }
 
 /// `[messages]`: shared messages, comments and attachments.
@@ -163,6 +222,8 @@ struct RawPartner {
     capacity: u32,
     #[serde(default)]
     stage_map: BTreeMap<String, String>,
+    /// Who at the partner hears about every shared deal of this partner.
+    lead_email: Option<String>,
 }
 
 /// `RawPortal` for flattening (serde cannot combine flatten with deny_unknown_fields on the
@@ -279,6 +340,8 @@ pub struct PartnerConfig {
     pub capacity: u32,
     /// Partner stage id -> HubSpot stage id.
     pub stage_map: BTreeMap<String, String>,
+    /// The partner lead told of every shared deal's notifications.
+    pub lead_email: Option<String>,
 }
 
 impl PartnerConfig {
@@ -332,6 +395,8 @@ pub struct Config {
     pub messages: crate::engine::messages::MessageSettings,
     /// The rep who gets registrations whose lead has no owner in HubSpot's portal.
     pub default_owner_id: Option<String>,
+    /// `[notifications]`; disabled when absent.
+    pub notify: crate::notify::NotifySettings,
 }
 
 /// The fields synced when the config names none.
@@ -556,6 +621,14 @@ impl Config {
                     "must map at least one partner stage to a HubSpot stage",
                 ));
             }
+            if let Some(e) = &p.lead_email {
+                if !plausible_email(e) {
+                    return Err(invalid(
+                        format!("{key}.lead_email"),
+                        format!("{e:?} is not an email address like lead@partner.example"),
+                    ));
+                }
+            }
             let portal = portal(&key, &p.name, p.portal, env)?;
             partners.push(PartnerConfig {
                 default_pipeline: p
@@ -564,6 +637,7 @@ impl Config {
                 portal,
                 capacity: p.capacity,
                 stage_map: p.stage_map,
+                lead_email: p.lead_email,
             });
         }
         let fields = match raw.fields {
@@ -725,7 +799,9 @@ impl Config {
             folder: m.attachment_folder,
             ..Default::default()
         };
+        let notify = notifications(raw.notifications, &partners, env)?;
         Ok(Config {
+            notify,
             store_path: raw.store.path,
             dead_letter_path: raw.store.dead_letter_path,
             hubspot,
@@ -796,6 +872,7 @@ impl Config {
                         )
                     })
                     .collect(),
+                notify: self.notify.clone(),
             },
             poll_interval: self.poll_interval,
             poll_overlap: self.poll_overlap,
@@ -945,4 +1022,140 @@ fn secret(
         });
     }
     Ok(Some(Secret(v.to_owned())))
+}
+
+fn plausible_email(e: &str) -> bool {
+    matches!(e.split_once('@'), Some((user, host)) if !user.is_empty() && host.contains('.') && !e.contains(char::is_whitespace))
+}
+
+/// Resolves `[notifications]` and the partners' lead emails.
+fn notifications(
+    raw: Option<RawNotifications>,
+    partners: &[PartnerConfig],
+    env: &HashMap<String, String>,
+) -> Result<crate::notify::NotifySettings, ConfigError> {
+    use crate::notify::{NotifySettings, SmtpSecurity, SmtpTarget, WebhookTarget};
+    let Some(n) = raw else {
+        return Ok(NotifySettings::default());
+    };
+    let key = "notifications";
+    let signing = secret(
+        key,
+        "webhook_secret",
+        n.webhook_secret_env,
+        n.webhook_secret_file,
+        n.webhook_secret_credential,
+        env,
+    )?;
+    let webhook = match (n.webhook_url, signing) {
+        (None, None) => None,
+        (Some(url), Some(secret)) => {
+            let ok = reqwest::Url::parse(&url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+            if !ok {
+                return Err(invalid(
+                    "notifications.webhook_url",
+                    "must be an http(s) URL, e.g. https://hooks.example.com/dealsync",
+                ));
+            }
+            Some(WebhookTarget { url, secret })
+        }
+        (Some(_), None) => {
+            return Err(ConfigError::Secret {
+                key: "notifications.webhook_secret_env".into(),
+                why: "notifications are signed: set webhook_secret_env, webhook_secret_file or webhook_secret_credential".into(),
+            })
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                "notifications.webhook_url",
+                "a webhook secret is set but no webhook_url to send to",
+            ))
+        }
+    };
+    let smtp = match n.smtp {
+        None => None,
+        Some(s) => {
+            let k = "notifications.smtp";
+            if s.host.trim().is_empty() {
+                return Err(invalid(
+                    format!("{k}.host"),
+                    "names the mail relay, e.g. smtp.example.com",
+                ));
+            }
+            if s.security == SmtpSecurity::None
+                && !matches!(s.host.as_str(), "localhost" | "127.0.0.1" | "::1")
+            {
+                return Err(invalid(
+                    format!("{k}.security"),
+                    "\"none\" sends mail and passwords in clear text: use it only with a relay on this machine (localhost), else \"starttls\" or \"tls\"",
+                ));
+            }
+            if !plausible_email(&s.from) {
+                return Err(invalid(
+                    format!("{k}.from"),
+                    format!(
+                        "{:?} is not an email address like dealsync@example.com",
+                        s.from
+                    ),
+                ));
+            }
+            let password = secret(
+                k,
+                "password",
+                s.password_env,
+                s.password_file,
+                s.password_credential,
+                env,
+            )?;
+            if s.username.is_some() != password.is_some() {
+                return Err(invalid(
+                    k,
+                    "give both username and a password (password_env, password_file or password_credential), or neither",
+                ));
+            }
+            Some(SmtpTarget {
+                port: s.port.unwrap_or(match s.security {
+                    SmtpSecurity::Tls => 465,
+                    SmtpSecurity::Starttls => 587,
+                    SmtpSecurity::None => 25,
+                }),
+                host: s.host,
+                security: s.security,
+                from: s.from,
+                username: s.username,
+                password,
+            })
+        }
+    };
+    if webhook.is_none() && smtp.is_none() {
+        return Err(invalid(
+            key,
+            "the section is there but sends nothing: set webhook_url (with its secret) or [notifications.smtp], or remove the section",
+        ));
+    }
+    if n.max_attempts < 1 {
+        return Err(invalid("notifications.max_attempts", "must be at least 1"));
+    }
+    let ms = |k: &str, v: u64| {
+        if v == 0 {
+            Err(invalid(
+                format!("notifications.{k}"),
+                "must be greater than 0",
+            ))
+        } else {
+            Ok(Duration::from_millis(v))
+        }
+    };
+    Ok(NotifySettings {
+        webhook,
+        smtp,
+        partner_leads: partners
+            .iter()
+            .filter_map(|p| p.lead_email.clone().map(|e| (p.portal.name.clone(), e)))
+            .collect(),
+        max_attempts: n.max_attempts,
+        retry_base: ms("retry_base_ms", n.retry_base_ms)?,
+        retry_max: ms("retry_max_ms", n.retry_max_ms)?,
+        timeout: ms("timeout_ms", n.timeout_ms)?,
+    })
 }

@@ -301,6 +301,19 @@ impl DaemonHandle {
             }
             .run(cancel.clone()),
         );
+        if parts.settings.notify.enabled() {
+            tasks.spawn(
+                crate::notify::Notifier {
+                    store: store.clone(),
+                    settings: parts.settings.notify.clone(),
+                    hubspot: hubspot.clone(),
+                    partners: engine.portals.partners.clone(),
+                    directory: engine.directory.clone(),
+                    dead_letter_path: parts.settings.dead_letter_path.clone(),
+                }
+                .run(cancel.clone()),
+            );
+        }
         for _ in 0..parts.settings.workers.max(1) {
             tasks.spawn(engine.clone().worker(cancel.clone()));
         }

@@ -30,6 +30,10 @@ pub struct Entry {
     pub attempts: i64,
     pub first_at: String,
     pub last_at: String,
+    /// For a notification that could not be sent: its row in the store's outbox, which
+    /// `dealsync replay` puts back in the queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notification: Option<i64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -289,6 +293,7 @@ mod tests {
             attempts: 1,
             first_at: "2026-01-01T00:00:00.000Z".into(),
             last_at: "2026-01-01T00:00:00.000Z".into(),
+            notification: None,
         }
     }
 

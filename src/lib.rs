@@ -12,6 +12,7 @@ pub mod ingest;
 pub mod invite;
 pub mod lifecycle;
 pub mod metrics;
+pub mod notify;
 pub mod quotes;
 pub mod register;
 pub mod replay;

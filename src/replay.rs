@@ -84,8 +84,19 @@ pub async fn replay(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Vec<Outcome>, ReplayError> {
     let mut by_link: BTreeMap<i64, Vec<&Entry>> = BTreeMap::new();
+    // A notification is not a job: replaying it puts it back in the outbox.
+    let mut notified = Vec::new();
     for e in entries {
-        by_link.entry(e.link_id).or_default().push(e);
+        match e.notification {
+            Some(id) => {
+                let requeued = engine
+                    .store
+                    .call(move |c| store::notification_requeue(c, id))
+                    .await?;
+                notified.push((e, requeued));
+            }
+            None => by_link.entry(e.link_id).or_default().push(e),
+        }
     }
     let links: Vec<i64> = by_link.keys().copied().collect();
     let total = links.len();
@@ -154,6 +165,25 @@ pub async fn replay(
     let now = crate::sandbox::model::iso(store::now_ms());
     let mut marks = Vec::new();
     let mut out = Vec::new();
+    for (e, ok) in notified {
+        let text = if ok {
+            "notification queued again; the daemon sends it (with [notifications] configured)"
+        } else {
+            "the notification is no longer waiting in the store (sent or replayed already)"
+        };
+        marks.push(Replay {
+            replayed: e.id.clone(),
+            at: now.clone(),
+            ok,
+            outcome: text.into(),
+        });
+        out.push(Outcome {
+            entry_id: e.id.clone(),
+            link_id: e.link_id,
+            ok,
+            outcome: text.into(),
+        });
+    }
     for (link, es) in by_link {
         let (ok, text) = results
             .get(&link)

@@ -51,6 +51,17 @@ pub struct Status {
     pub messages: Messages,
     /// Partners added on HubSpot's side whose invitation is incomplete: what is missing.
     pub invitations_waiting: Vec<InvitationStatus>,
+    /// The notification outbox.
+    pub notifications: Notifications,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Notifications {
+    /// Waiting to be sent (or retried).
+    pub pending: i64,
+    /// Gave up on; each is in the dead-letter file as class `notification`.
+    pub dead: i64,
+    pub oldest_pending: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -369,8 +380,14 @@ pub fn overview(
         })?;
         rows.collect::<Result<Vec<_>, _>>()?
     };
+    let (pending, dead, oldest) = crate::store::notification_counts(c)?;
     Ok(Status {
         invitations_waiting,
+        notifications: Notifications {
+            pending,
+            dead,
+            oldest_pending: oldest.map(iso),
+        },
         format: FORMAT,
         generated_at: iso(now_ms),
         links,
@@ -621,6 +638,13 @@ pub fn render(s: &Status) -> String {
             cut(&i.missing, 30)
         );
     }
+    let _ = writeln!(
+        o,
+        "\nNOTIFY    {} waiting (oldest {}), {} given up (dead-lettered)",
+        s.notifications.pending,
+        s.notifications.oldest_pending.as_deref().unwrap_or("-"),
+        s.notifications.dead
+    );
     let _ = writeln!(
         o,
         "\nQUEUE     {} jobs ({} running, {} retrying), oldest {}",

@@ -115,6 +115,7 @@ fn settings(dir: &std::path::Path) -> Settings {
         messages: Default::default(),
         closed_stages: Default::default(),
         registration: Default::default(),
+        notify: Default::default(),
     }
 }
 

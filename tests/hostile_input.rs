@@ -1260,6 +1260,7 @@ fn entry() -> impl Strategy<Value = Entry> {
                 attempts,
                 first_at: first,
                 last_at: last,
+                notification: None,
             },
         )
 }
@@ -1277,6 +1278,7 @@ fn sample_entry(id: &str) -> Entry {
         attempts: 1,
         first_at: "2026-01-01T00:00:00.000Z".into(),
         last_at: "2026-01-01T00:00:00.000Z".into(),
+        notification: None,
     }
 }
 

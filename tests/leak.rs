@@ -129,6 +129,7 @@ async fn no_private_note_or_other_partners_message_leaks_anywhere() {
             messages: Default::default(),
             closed_stages: Default::default(),
             registration: Default::default(),
+            notify: Default::default(),
         },
         poll_interval: Duration::from_millis(200),
         poll_overlap: Duration::from_secs(5),

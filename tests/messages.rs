@@ -102,6 +102,7 @@ impl World {
                 messages,
                 closed_stages: Default::default(),
                 registration: Default::default(),
+                notify: Default::default(),
             },
             poll_interval: Duration::from_millis(200),
             poll_overlap: Duration::from_secs(5),

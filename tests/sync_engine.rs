@@ -152,6 +152,7 @@ impl World {
             messages: Default::default(),
             closed_stages: Default::default(),
             registration: Default::default(),
+            notify: Default::default(),
         }
     }
 

@@ -91,6 +91,7 @@ impl World {
                 messages: Default::default(),
                 closed_stages: Default::default(),
                 registration: Default::default(),
+                notify: Default::default(),
             },
             poll_interval,
             poll_overlap: Duration::from_secs(5),

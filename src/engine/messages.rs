@@ -499,6 +499,9 @@ pub struct MessageOutcome {
     pub waiting: Option<String>,
     /// More copies to make than one job makes: the job runs again at once.
     pub more: bool,
+    /// Copies made in this run: the side they arrived on, whether a comment, and the copy's id
+    /// there (what the receiving side is notified of).
+    pub arrivals: Vec<(Side, bool, String)>,
 }
 
 /// A failure of the message half of a job.
@@ -776,7 +779,7 @@ pub async fn execute(
                 .filter_map(|r| r.get(ORIGIN).map(|o| (o, r)))
                 .collect();
             let mut assoc = Vec::new();
-            for (mut pair, _) in items {
+            for (mut pair, props) in items {
                 let Some(r) = by_origin.get(pair.origin.as_str()) else {
                     return Err(CrmError::Decode {
                         portal: v.portal.to_owned(),
@@ -787,6 +790,8 @@ pub async fn execute(
                 };
                 set_id(&mut pair, to, Some(r.id.clone()));
                 set_ms(&mut pair, to, r.last_modified_ms());
+                out.arrivals
+                    .push((to, props.contains_key(REPLY_TO), r.id.clone()));
                 pair.state = "active".into();
                 pair.note = None;
                 assoc.push((r.id.clone(), v.deal_id.to_owned()));

@@ -50,6 +50,8 @@ pub struct Settings {
     /// Per partner: registrations started from its CRM (`dealsync_register`); a partner not
     /// here registers only through the CLI.
     pub registration: HashMap<String, crate::register::RegistrationSettings>,
+    /// Notifications to the receiving side (off when neither webhook nor SMTP is set).
+    pub notify: crate::notify::NotifySettings,
 }
 
 /// The portals' clients.
@@ -569,6 +571,11 @@ impl Engine {
             };
             let wrote = !plan.hubspot_writes.is_empty() || !plan.partner_writes.is_empty();
             let new_state = lives.get(&l.id).map(|life| life.link_state().to_owned());
+            let notices = if self.settings.notify.enabled() {
+                self.field_notices(l, &plan, lives.get(&l.id).copied())
+            } else {
+                Vec::new()
+            };
             fields_done.push(l);
             outcomes.insert(
                 l.id,
@@ -584,6 +591,7 @@ impl Engine {
                         None => "no change".into(),
                     },
                     new_state,
+                    notices,
                     ..Default::default()
                 }),
             );
@@ -607,6 +615,7 @@ impl Engine {
                         partner_written_ms: c.partner_written_ms.take(),
                         hubspot_written_ms: c.hubspot_written_ms.take(),
                         new_state: c.new_state.clone(),
+                        notices: std::mem::take(&mut c.notices),
                         ..Default::default()
                     });
                 }
@@ -669,6 +678,11 @@ impl Engine {
                         };
                         c.objects = m.objects;
                         c.conflicts.extend(m.conflicts);
+                        if self.settings.notify.enabled() {
+                            if let Some(l) = links.iter().find(|l| l.id == id) {
+                                c.notices.extend(self.message_notices(l, &m.arrivals));
+                            }
+                        }
                         if m.written > 0 {
                             c.outcome = "synced".into();
                         }
@@ -751,6 +765,7 @@ impl Engine {
                                 .map(crate::sandbox::model::iso)
                                 .unwrap_or_else(|| now.clone()),
                             last_at: now,
+                            notification: None,
                         });
                     }
                 }
@@ -928,6 +943,64 @@ impl Engine {
             })?;
         partner.update("deals", &l.partner_deal_id, &clear).await?;
         Ok(())
+    }
+
+    /// What the receiving sides hear about a link's field outcome: a status banner the
+    /// partner deal now shows, and a stage carried over to either side.
+    fn field_notices(&self, l: &Link, plan: &LinkPlan, life: Option<Lifecycle>) -> Vec<String> {
+        use crate::notify::{Event, Notice};
+        let mut out = Vec::new();
+        if let Some(life) = life {
+            let banner = life.partner_view().0.to_owned();
+            out.push(Notice::new(
+                Event::StatusChanged,
+                l,
+                Side::Partner,
+                &l.partner,
+                None,
+                Some(banner),
+            ));
+        }
+        for (side, writes, portal) in [
+            (Side::Partner, &plan.partner_writes, l.partner.as_str()),
+            (
+                Side::Hubspot,
+                &plan.hubspot_writes,
+                self.portals.hubspot.portal(),
+            ),
+        ] {
+            if let Some(stage) = writes.get("dealstage").and_then(Value::as_str) {
+                out.push(Notice::new(
+                    Event::StageChanged,
+                    l,
+                    side,
+                    portal,
+                    None,
+                    Some(stage.to_owned()),
+                ));
+            }
+        }
+        out.iter().map(Notice::to_json).collect()
+    }
+
+    /// What the receiving sides hear about copies that arrived.
+    fn message_notices(&self, l: &Link, arrivals: &[(Side, bool, String)]) -> Vec<String> {
+        use crate::notify::{Event, Notice};
+        arrivals
+            .iter()
+            .map(|(side, comment, id)| {
+                let event = if *comment {
+                    Event::CommentAdded
+                } else {
+                    Event::MessageShared
+                };
+                let portal = match side {
+                    Side::Partner => l.partner.as_str(),
+                    Side::Hubspot => self.portals.hubspot.portal(),
+                };
+                Notice::new(event, l, *side, portal, Some(id.clone()), None).to_json()
+            })
+            .collect()
     }
 
     /// Each involved portal's users, from the directory. A portal whose listing fails is left

@@ -29,7 +29,7 @@ impl Side {
 }
 
 /// One link between a partner deal and a HubSpot deal.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Link {
     pub id: i64,
     pub partner: String,
@@ -216,6 +216,8 @@ pub struct JobCommit {
     pub retry: Option<(i64, String)>,
     /// Work left that the job could not do in one run: it runs again at once.
     pub more: bool,
+    /// Notifications to send (JSON, see [`crate::notify::Notice`]), written with the outcome.
+    pub notices: Vec<String>,
 }
 
 /// A message or file linked across one link's two portals.
@@ -365,6 +367,14 @@ fn record_fields(tx: &Connection, j: &JobCommit, now: i64) -> Result<(), StoreEr
                           state = COALESCE(?4, state), updated_at = ?5
          WHERE id = ?1",
     )?;
+    if !j.notices.is_empty() {
+        let mut notice = tx.prepare_cached(
+            "INSERT INTO notifications (notice, created_at, due_at) VALUES (?1, ?2, ?2)",
+        )?;
+        for n in &j.notices {
+            notice.execute(params![n, now])?;
+        }
+    }
     for (field, value) in &j.shadows {
         shadow.execute(params![j.link_id, field, value, now])?;
     }
@@ -1199,4 +1209,90 @@ pub fn record_invitation(
         )?;
     }
     Ok(())
+}
+
+/// A notification waiting in the outbox.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub id: i64,
+    pub notice: String,
+    pub created_at: i64,
+    pub attempts: i64,
+    pub webhook_done: bool,
+    pub email_done: bool,
+}
+
+/// Pending notifications due by `now`, oldest first.
+pub fn due_notifications(
+    c: &Connection,
+    now: i64,
+    limit: usize,
+) -> Result<Vec<Outgoing>, StoreError> {
+    let mut st = c.prepare_cached(
+        "SELECT id, notice, created_at, attempts, webhook_done, email_done FROM notifications
+         WHERE state = 'pending' AND due_at <= ?1 ORDER BY due_at, id LIMIT ?2",
+    )?;
+    let rows = st.query_map(params![now, limit as i64], |r| {
+        Ok(Outgoing {
+            id: r.get(0)?,
+            notice: r.get(1)?,
+            created_at: r.get(2)?,
+            attempts: r.get(3)?,
+            webhook_done: r.get(4)?,
+            email_done: r.get(5)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Every channel took it: the notification is done.
+pub fn notification_sent(c: &Connection, id: i64) -> Result<(), StoreError> {
+    c.execute("DELETE FROM notifications WHERE id = ?1", [id])?;
+    Ok(())
+}
+
+/// A failed attempt: what went through is kept, the rest is tried again at `due`, or never
+/// again when `dead`.
+pub fn notification_failed(
+    c: &Connection,
+    n: &Outgoing,
+    due: i64,
+    error: &str,
+    dead: bool,
+) -> Result<(), StoreError> {
+    c.execute(
+        "UPDATE notifications SET attempts = attempts + 1, due_at = ?2, last_error = ?3,
+                webhook_done = ?4, email_done = ?5, state = ?6 WHERE id = ?1",
+        params![
+            n.id,
+            due,
+            error,
+            n.webhook_done,
+            n.email_done,
+            if dead { "dead" } else { "pending" }
+        ],
+    )?;
+    Ok(())
+}
+
+/// Puts a dead notification back in the queue (`dealsync replay`); false when it is not
+/// there or not dead.
+pub fn notification_requeue(c: &Connection, id: i64) -> Result<bool, StoreError> {
+    let n = c.execute(
+        "UPDATE notifications SET state = 'pending', attempts = 0, due_at = ?2
+         WHERE id = ?1 AND state = 'dead'",
+        params![id, now_ms()],
+    )?;
+    Ok(n == 1)
+}
+
+/// Notifications by state (`pending`, `dead`), with the oldest pending one's creation time.
+pub fn notification_counts(c: &Connection) -> Result<(i64, i64, Option<i64>), StoreError> {
+    Ok(c.query_row(
+        "SELECT COALESCE(SUM(state = 'pending'), 0), COALESCE(SUM(state = 'dead'), 0),
+                MIN(CASE WHEN state = 'pending' THEN created_at END)
+         FROM notifications",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?)
 }

@@ -235,6 +235,7 @@ pub fn settings(dir: &std::path::Path) -> dealsync::engine::Settings {
         messages: Default::default(),
         closed_stages: Default::default(),
         registration: Default::default(),
+        notify: Default::default(),
     }
 }
 
