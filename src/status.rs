@@ -53,6 +53,16 @@ pub struct Status {
     pub invitations_waiting: Vec<InvitationStatus>,
     /// The notification outbox.
     pub notifications: Notifications,
+    /// Registrations started in a partner's CRM and refused, newest first, with the reason.
+    pub registrations_refused: Vec<RefusalStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RefusalStatus {
+    pub partner: String,
+    pub partner_deal_id: String,
+    pub reason: String,
+    pub at: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -380,9 +390,24 @@ pub fn overview(
         })?;
         rows.collect::<Result<Vec<_>, _>>()?
     };
+    let registrations_refused = {
+        let mut st = c.prepare(
+            "SELECT partner, partner_deal_id, reason, at FROM refusals ORDER BY at DESC LIMIT 20",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(RefusalStatus {
+                partner: r.get(0)?,
+                partner_deal_id: r.get(1)?,
+                reason: r.get(2)?,
+                at: iso(r.get(3)?),
+            })
+        })?;
+        rows.collect::<Result<Vec<_>, _>>()?
+    };
     let (pending, dead, oldest) = crate::store::notification_counts(c)?;
     Ok(Status {
         invitations_waiting,
+        registrations_refused,
         notifications: Notifications {
             pending,
             dead,
@@ -627,6 +652,23 @@ pub fn render(s: &Status) -> String {
             "  needs a target: note {} on HubSpot deal {} (set dealsync_target)",
             cut(&n.note_id, 12),
             cut(&n.hubspot_deal_id, 12)
+        );
+    }
+    if !s.registrations_refused.is_empty() || !s.invitations_waiting.is_empty() {
+        let _ = writeln!(
+            o,
+            "\nREGISTER  {} refused (latest), {} invitations waiting",
+            s.registrations_refused.len(),
+            s.invitations_waiting.len()
+        );
+    }
+    for r in &s.registrations_refused {
+        let _ = writeln!(
+            o,
+            "  refused: {} deal {}: {}",
+            cut(&r.partner, 12),
+            cut(&r.partner_deal_id, 12),
+            cut(&r.reason, 40)
         );
     }
     for i in &s.invitations_waiting {

@@ -77,6 +77,8 @@ fn shipped_configs_load() {
         "hubspot-webhook-secret",
         "acme-token",
         "acme-webhook-secret",
+        "notify-webhook-secret",
+        "smtp-password",
     ] {
         std::fs::write(creds.path().join(name), format!("{MARKER}-{name}\n")).unwrap();
     }
@@ -94,6 +96,23 @@ fn shipped_configs_load() {
     assert!(
         !format!("{c:?}").contains(MARKER),
         "Debug must redact secrets"
+    );
+    // Notifications: signed webhook, email over STARTTLS, the partner lead.
+    let n = &c.notify;
+    assert!(n.enabled());
+    let w = n.webhook.as_ref().expect("webhook");
+    assert_eq!(w.url, "https://hooks.example.com/dealsync");
+    assert_eq!(w.secret.expose(), format!("{MARKER}-notify-webhook-secret"));
+    let smtp = n.smtp.as_ref().expect("smtp");
+    assert_eq!((smtp.host.as_str(), smtp.port), ("smtp.example.com", 587));
+    assert_eq!(
+        n.partner_leads.get("acme-partners").map(String::as_str),
+        Some("partner-lead@acme-partners.example")
+    );
+    assert_eq!(
+        c.daemon_parts().settings.notify.max_attempts,
+        8,
+        "the daemon gets them"
     );
     // setup tells the operator exactly what to configure in each app.
     let lines = dealsync::setup::webhook_instructions(&c).join("\n");
@@ -159,6 +178,15 @@ fn bad_inputs_name_their_key() {
         (MINIMAL.replace("token_env = \"PT\"", "token_file = \"/nonexistent/token\""), "partners[0].token_file"),
         (MINIMAL.replace("token_env = \"PT\"", "token_credential = \"t\""), "partners[0].token_credential"),
         (MINIMAL.replace("token_env = \"PT\"", "token_env = \"PT\"\ntoken_file = \"/x\""), "partners[0].token_"),
+        (MINIMAL.replace("token_env = \"PT\"", "token_env = \"PT\"\nlead_email = \"nobody\""), "partners[0].lead_email"),
+        (format!("{MINIMAL}\n[notifications]\nmax_attempts = 3\n"), "notifications"),
+        (format!("{MINIMAL}\n[notifications]\nwebhook_url = \"https://h.example/x\"\n"), "notifications.webhook_secret_env"),
+        (format!("{MINIMAL}\n[notifications]\nwebhook_secret_env = \"HS\"\n"), "notifications.webhook_url"),
+        (format!("{MINIMAL}\n[notifications]\nwebhook_url = \"ftp://h.example\"\nwebhook_secret_env = \"HS\"\n"), "notifications.webhook_url"),
+        (format!("{MINIMAL}\n[notifications.smtp]\nhost = \"smtp.example.com\"\nsecurity = \"none\"\nfrom = \"a@b.example\"\n"), "notifications.smtp.security"),
+        (format!("{MINIMAL}\n[notifications.smtp]\nhost = \"smtp.example.com\"\nfrom = \"not an address\"\n"), "notifications.smtp.from"),
+        (format!("{MINIMAL}\n[notifications.smtp]\nhost = \"smtp.example.com\"\nfrom = \"a@b.example\"\nusername = \"u\"\n"), "notifications.smtp"),
+        (format!("{MINIMAL}\n[notifications.smtp]\nhost = \"smtp.example.com\"\nfrom = \"a@b.example\"\npassword = \"x\"\n"), "notifications.smtp.password"),
     ];
     for (text, key) in cases {
         assert_names(&err(&text, &e), key);

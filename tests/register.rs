@@ -447,6 +447,67 @@ async fn marking_a_deal_in_the_partner_crm_registers_it_or_shows_why_not() {
     })
     .await;
     assert!(status.contains("no associated contact"), "{status}");
+    // `dealsync status` lists it with the reason.
+    let overview = |dir: std::path::PathBuf| async move {
+        tokio::task::spawn_blocking(move || {
+            let c = dealsync::status::open(&dir.join("dealsync.db")).unwrap();
+            dealsync::status::overview(&c, &dir.join("dl.jsonl"), wait, store::now_ms()).unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    let st = overview(dir.path().to_owned()).await;
+    assert_eq!(
+        st.registrations_refused.len(),
+        1,
+        "{:?}",
+        st.registrations_refused
+    );
+    assert_eq!(st.registrations_refused[0].partner_deal_id, bare);
+    assert!(st.registrations_refused[0]
+        .reason
+        .contains("no associated contact"));
+    let table = dealsync::status::render(&st);
+    assert!(
+        table.contains(&format!("refused: partner-a deal {bare}: ")),
+        "{table}"
+    );
+    let bare2 = bare.clone();
+    let none = d
+        .store
+        .call(move |c| store::links_for_deals(c, store::Side::Partner, "partner-a", &[bare2]))
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "the refused deal is not linked");
+    // Fixed (a contact added) and marked again: registered, and gone from the refusals.
+    let contact = create(&w.pa, "contacts", json!({"email": "fixed@acme.example"})).await;
+    associate(&w.pa, &bare, "contacts", &contact).await;
+    let a =
+        w.pa.patch(
+            &format!("/crm/v3/objects/deals/{bare}"),
+            json!({"properties": {"dealsync_register": "true"}}),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    common::eventually("the fixed deal is registered", wait, || {
+        let (s, bare) = (d.store.clone(), bare.clone());
+        async move {
+            let linked = s
+                .call(move |c| {
+                    store::links_for_deals(c, store::Side::Partner, "partner-a", &[bare])
+                })
+                .await
+                .unwrap();
+            (!linked.is_empty()).then_some(())
+        }
+    })
+    .await;
+    let st = overview(dir.path().to_owned()).await;
+    assert!(
+        st.registrations_refused.is_empty(),
+        "{:?}",
+        st.registrations_refused
+    );
     // Accepted: linked, the HubSpot deal exists, the mark cleared, the deal shows active.
     let ok = w.deal(Some("acme.example"), true).await;
     let a =
@@ -483,13 +544,6 @@ async fn marking_a_deal_in_the_partner_crm_registers_it_or_shows_why_not() {
         },
     )
     .await;
-    let bare2 = bare.clone();
-    let none = d
-        .store
-        .call(move |c| store::links_for_deals(c, store::Side::Partner, "partner-a", &[bare2]))
-        .await
-        .unwrap();
-    assert!(none.is_empty(), "the refused deal is not linked");
     d.shutdown().await;
 }
 

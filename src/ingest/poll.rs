@@ -214,7 +214,23 @@ impl Poller {
             default_owner_id: e.settings.default_owner_id.as_deref(),
         };
         for deal in deals {
-            match registrar.convert(&deal, false).await {
+            let converted = registrar.convert(&deal, false).await;
+            let refusal = match &converted {
+                Ok(_) => Some(None),
+                Err(crate::register::RegisterError::Refused(why)) => Some(Some(why.to_string())),
+                Err(_) => None,
+            };
+            if let Some(reason) = refusal {
+                let (partner, d) = (self.portal.clone(), deal.clone());
+                let recorded = self
+                    .store
+                    .call(move |c| store::record_refusal(c, &partner, &d, reason.as_deref()))
+                    .await;
+                if let Err(e) = recorded {
+                    tracing::warn!(partner = %self.portal, deal = %deal, error = %e, "cannot record the registration's outcome for status");
+                }
+            }
+            match converted {
                 Ok(r) => {
                     tracing::info!(partner = %self.portal, deal = %deal, hubspot_deal = ?r.hubspot_deal_id, deal_type = %r.deal_type, "registered from the partner's CRM")
                 }

@@ -1211,6 +1211,28 @@ pub fn record_invitation(
     Ok(())
 }
 
+/// Records why a registration started in the partner's CRM was refused, or (with `None`)
+/// forgets it once the deal registers.
+pub fn record_refusal(
+    c: &Connection,
+    partner: &str,
+    partner_deal_id: &str,
+    reason: Option<&str>,
+) -> Result<(), StoreError> {
+    match reason {
+        None => c.execute(
+            "DELETE FROM refusals WHERE partner = ?1 AND partner_deal_id = ?2",
+            params![partner, partner_deal_id],
+        )?,
+        Some(r) => c.execute(
+            "INSERT INTO refusals (partner, partner_deal_id, reason, at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (partner, partner_deal_id) DO UPDATE SET reason = excluded.reason, at = excluded.at",
+            params![partner, partner_deal_id, r, now_ms()],
+        )?,
+    };
+    Ok(())
+}
+
 /// A notification waiting in the outbox.
 #[derive(Debug, Clone)]
 pub struct Outgoing {

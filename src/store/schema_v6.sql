@@ -14,3 +14,13 @@ CREATE TABLE notifications (
     last_error TEXT
 );
 CREATE INDEX notifications_due ON notifications (state, due_at);
+
+-- Registrations a partner started from its CRM (`dealsync_register`) and dealsync refused:
+-- the reason, for `dealsync status`. Removed when the deal registers later.
+CREATE TABLE refusals (
+    partner TEXT NOT NULL,
+    partner_deal_id TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (partner, partner_deal_id)
+);
