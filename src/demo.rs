@@ -91,6 +91,87 @@ impl Demo {
         }
     }
 
+    /// Waits until `prop` of deal `id` contains `needle`; its value.
+    async fn until_contains(
+        &self,
+        on_hubspot: bool,
+        id: &str,
+        prop: &str,
+        needle: &str,
+    ) -> Result<String, DemoError> {
+        let t0 = Instant::now();
+        loop {
+            let got = self
+                .client(on_hubspot)
+                .get("deals", id, &[prop.to_owned()])
+                .await
+                .ok()
+                .flatten()
+                .and_then(|r| r.get(prop).map(str::to_owned));
+            if let Some(v) = got.filter(|v| v.contains(needle)) {
+                return Ok(v);
+            }
+            if t0.elapsed() > STEP_BOUND {
+                return Err(self.fail(format!(
+                    "{prop} of deal {id} does not mention {needle:?} after {STEP_BOUND:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits for the sandbox's catcher to hold a notification of `event` to `side`, checks its
+    /// signature, and describes it.
+    async fn notification(
+        &self,
+        http: &reqwest::Client,
+        base: &str,
+        secret: &str,
+        event: &str,
+        side: &str,
+    ) -> Result<String, DemoError> {
+        let t0 = Instant::now();
+        loop {
+            let inbox: Value = match http.get(format!("{base}/_sandbox/inbox")).send().await {
+                Ok(r) => r.json().await.unwrap_or(Value::Null),
+                Err(_) => Value::Null,
+            };
+            let found = inbox["results"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|d| d["body"]["event"] == event && d["body"]["side"] == side);
+            if let Some(d) = found {
+                let text = |k: &str| d[k].as_str().unwrap_or("");
+                if !crate::notify::verify(
+                    secret,
+                    text("timestamp"),
+                    text("raw").as_bytes(),
+                    text("signature"),
+                ) {
+                    return Err(self.fail("the notification's signature does not verify"));
+                }
+                let to: Vec<&str> = d["body"]["recipients"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|r| r["email"].as_str())
+                    .collect();
+                return Ok(format!(
+                    "\"{}\", signed, to {}",
+                    d["body"]["summary"].as_str().unwrap_or(""),
+                    to.join(", ")
+                ));
+            }
+            if t0.elapsed() > STEP_BOUND {
+                return Err(self.fail(format!(
+                    "no {event} notification to {side} after {STEP_BOUND:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     fn client(&self, on_hubspot: bool) -> &Client {
         if on_hubspot {
             &self.hubspot
@@ -229,6 +310,12 @@ pub async fn run() -> Result<(), DemoError> {
             p.webhook_secret.clone(),
         );
     }
+    // Notifications are signed with a secret of this run's own.
+    let notify_secret = uuid::Uuid::new_v4().to_string();
+    env.insert(
+        "DEALSYNC_SANDBOX_NOTIFY_SECRET".into(),
+        notify_secret.clone(),
+    );
     let db = dir.join("dealsync.db");
     let dl = dir.join("dead-letters.jsonl");
     // partner-a's map leaves `decisionmakerboughtin` out at first, so one step can show a
@@ -547,6 +634,50 @@ pub async fn run() -> Result<(), DemoError> {
         return Err(demo.fail("the comment lost its thread on the partner's side"));
     }
     println!("   ✔ it is a reply to the partner's original message {m}");
+
+    demo.say("Each receiving side is told: a signed webhook (caught by the sandbox) to the deal team and the partner lead");
+    for (event, side) in [("message_shared", "hubspot"), ("comment_added", "partner")] {
+        let got = demo
+            .notification(&http, &sb.base_url, &notify_secret, event, side)
+            .await?;
+        println!("   ✔ {event} → {side}: {got}");
+    }
+
+    demo.say("The partner adds a colleague to the deal team; adding HubSpot's rep is refused");
+    let (partner_users, hubspot_users) = (
+        demo.partner
+            .owners()
+            .await
+            .map_err(|e| demo.fail(e.to_string()))?,
+        demo.hubspot
+            .owners()
+            .await
+            .map_err(|e| demo.fail(e.to_string()))?,
+    );
+    let (Some(colleague), Some(rep)) = (partner_users.get(1), hubspot_users.first()) else {
+        return Err(demo.fail("the sandbox portals have no users"));
+    };
+    demo.set(
+        false,
+        &p,
+        crate::team::ADD,
+        &format!("{}, {}", colleague.email, rep.email),
+    )
+    .await?;
+    let answer = demo
+        .until_contains(false, &p, crate::team::ADD_STATUS, "refused")
+        .await?;
+    if !answer.contains("added") || !answer.contains("refused") {
+        return Err(demo.fail(format!("unexpected team answer: {answer}")));
+    }
+    println!("   ✔ the deal says: {answer}");
+    let line = demo
+        .until_contains(true, &h, crate::team::PARTNER_TEAM, &colleague.email)
+        .await?;
+    if !line.contains(&colleague.email) || line.contains(&rep.email) {
+        return Err(demo.fail(format!("HubSpot shows the partner team as {line:?}")));
+    }
+    println!("   ✔ HubSpot sees the partner's team: {line}");
 
     demo.say("The rep writes a private note: it stays in HubSpot");
     let secret = "Internal: floor price 18/seat";

@@ -6,8 +6,13 @@
 //! - **Durable and off the sync path.** The engine writes a [`Notice`] into the store's outbox
 //!   in the same transaction as the job outcome that caused it; a separate [`Notifier`] task
 //!   sends it. A slow or broken receiver never delays or fails a sync, and a notice is not
-//!   lost to a restart. (A crash between a write to a portal and the job's commit re-runs the
-//!   job; a copy it then adopts rather than creates is not announced again.)
+//!   lost to a restart. A crash between a write to a portal and the job's commit re-runs the
+//!   job, which announces what it writes again: a receiver may see an event twice (with two
+//!   delivery ids) but never miss one. A stop in the middle of a delivery leaves it queued,
+//!   and it goes out again under the same delivery id.
+//! - **Not news.** The first sync of a link announces no stage (the deal was just created
+//!   there), and messages last changed before the link existed (a converted deal's history)
+//!   are copied without a notice each.
 //! - **What is told.** Events are `message_shared`, `comment_added` (a copy arrived on the
 //!   receiving side), `status_changed` (the partner deal's banner: excluded, customer
 //!   purchased, deal lost) and `stage_changed` (a stage carried over to the receiving side).
@@ -51,10 +56,23 @@ use crate::store::{self, Link, Outgoing, Side, Store};
 use crate::team::{self, Directory};
 
 /// Where the webhook goes and the key it is signed with.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WebhookTarget {
     pub url: String,
     pub secret: Secret,
+}
+
+impl std::fmt::Debug for WebhookTarget {
+    // The URL may carry a token of the receiver's (many hook services put one in the path).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let host = reqwest::Url::parse(&self.url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .unwrap_or_default();
+        f.debug_struct("WebhookTarget")
+            .field("host", &host)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How the SMTP connection is secured.
@@ -316,7 +334,13 @@ impl Notifier {
                 return;
             }
         };
-        let mailer = match self.settings.smtp.as_ref().map(mailer).transpose() {
+        let mailer = match self
+            .settings
+            .smtp
+            .as_ref()
+            .map(|s| mailer(s, self.settings.timeout))
+            .transpose()
+        {
             Ok(m) => m,
             Err(e) => {
                 tracing::error!(error = %e.error, "cannot set up the SMTP relay; notifications stay queued");
@@ -342,10 +366,11 @@ impl Notifier {
                 }
             }
             for n in due {
-                if cancel.is_cancelled() {
-                    return;
+                // A stop mid-delivery leaves the notice queued; it goes out after the restart.
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = self.deliver(&http, mailer.as_ref(), n) => {}
                 }
-                self.deliver(&http, mailer.as_ref(), n).await;
             }
         }
     }
@@ -368,6 +393,11 @@ impl Notifier {
         };
         let (deal_name, recipients) = match self.recipients(&notice).await {
             Ok(r) => r,
+            // The last attempt goes out to the partner lead alone rather than to nobody.
+            Err(e) if n.attempts + 1 >= self.settings.max_attempts => {
+                tracing::warn!(notification = n.id, error = %e, "cannot look up the deal team; telling the partner lead only");
+                (None, self.lead(&notice).into_iter().collect())
+            }
             Err(e) => {
                 let f = Failure {
                     error: format!("cannot look up who to tell: {e}"),
@@ -396,7 +426,8 @@ impl Notifier {
         }
         match (mailer, &self.settings.smtp) {
             (Some(m), Some(s)) if !n.email_done && !recipients.is_empty() => {
-                match email(m, s, &notice, deal_name.as_deref(), &recipients).await {
+                let sent = email(m, s, &notice, deal_name.as_deref(), &recipients);
+                match sent.await {
                     Ok(()) => n.email_done = true,
                     Err(f) => {
                         failure = Some(match failure {
@@ -461,17 +492,28 @@ impl Notifier {
                 }
             }
         }
-        if let Some(lead) = self.settings.partner_leads.get(&notice.partner) {
-            if !out.iter().any(|r| r.email.eq_ignore_ascii_case(lead)) {
-                out.push(Recipient {
-                    email: lead.clone(),
-                    name: format!("{} partner lead", notice.partner),
-                    role: "partner_lead".into(),
-                });
+        if let Some(lead) = self.lead(notice) {
+            if !out
+                .iter()
+                .any(|r| r.email.eq_ignore_ascii_case(&lead.email))
+            {
+                out.push(lead);
             }
         }
         out.retain(|r| !r.email.is_empty());
         Ok((deal_name, out))
+    }
+
+    /// The partner's lead recipient, when configured.
+    fn lead(&self, notice: &Notice) -> Option<Recipient> {
+        self.settings
+            .partner_leads
+            .get(&notice.partner)
+            .map(|email| Recipient {
+                email: email.clone(),
+                name: format!("{} partner lead", notice.partner),
+                role: "partner_lead".into(),
+            })
     }
 
     /// Schedules the next try, or gives up and dead-letters the notice.
@@ -599,8 +641,14 @@ async fn post(
     .await
 }
 
-/// The SMTP transport for the relay.
-fn mailer(s: &SmtpTarget) -> Result<AsyncSmtpTransport<Tokio1Executor>, Failure> {
+/// The longest one email may take, all SMTP commands together.
+const EMAIL_BOUND: Duration = Duration::from_secs(120);
+
+/// The SMTP transport for the relay; `timeout` bounds each command.
+fn mailer(
+    s: &SmtpTarget,
+    timeout: Duration,
+) -> Result<AsyncSmtpTransport<Tokio1Executor>, Failure> {
     let bad = |e: lettre::transport::smtp::Error| Failure {
         error: format!("SMTP relay {}: {e}", s.host),
         permanent: true,
@@ -612,7 +660,8 @@ fn mailer(s: &SmtpTarget) -> Result<AsyncSmtpTransport<Tokio1Executor>, Failure>
         }
         SmtpSecurity::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&s.host),
     }
-    .port(s.port);
+    .port(s.port)
+    .timeout(Some(timeout));
     if let (Some(u), Some(p)) = (&s.username, &s.password) {
         b = b.credentials(Credentials::new(u.clone(), p.expose().to_owned()));
     }
@@ -664,7 +713,8 @@ async fn email(
             error: format!("cannot build the email: {e}"),
             permanent: true,
         })?;
-    let send = tokio::time::timeout(Duration::from_secs(60), mailer.send(message)).await;
+    // The transport has its own per-command timeout; this bounds the whole conversation.
+    let send = tokio::time::timeout(EMAIL_BOUND, mailer.send(message)).await;
     match send {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(Failure {

@@ -680,13 +680,15 @@ pub fn render(s: &Status) -> String {
             cut(&i.missing, 30)
         );
     }
-    let _ = writeln!(
-        o,
-        "\nNOTIFY    {} waiting (oldest {}), {} given up (dead-lettered)",
-        s.notifications.pending,
-        s.notifications.oldest_pending.as_deref().unwrap_or("-"),
-        s.notifications.dead
-    );
+    if s.notifications.pending + s.notifications.dead > 0 {
+        let _ = writeln!(
+            o,
+            "\nNOTIFY    {} waiting (oldest {}), {} given up (dead-lettered)",
+            s.notifications.pending,
+            s.notifications.oldest_pending.as_deref().unwrap_or("-"),
+            s.notifications.dead
+        );
+    }
     let _ = writeln!(
         o,
         "\nQUEUE     {} jobs ({} running, {} retrying), oldest {}",

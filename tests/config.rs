@@ -17,6 +17,10 @@ fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
 
 fn sandbox_env() -> HashMap<String, String> {
     let mut e = HashMap::new();
+    e.insert(
+        "DEALSYNC_SANDBOX_NOTIFY_SECRET".to_owned(),
+        format!("{MARKER}-notify"),
+    );
     for p in ["HUBSPOT", "PARTNER_A", "PARTNER_B"] {
         e.insert(
             format!("DEALSYNC_SANDBOX_{p}_TOKEN"),

@@ -16,7 +16,7 @@ fn demo_verifies_every_step_and_exits_zero() {
         "demo failed: {stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for step in 1..=10 {
+    for step in 1..=12 {
         assert!(
             stdout.contains(&format!("\n{step}. ")),
             "step {step} missing: {stdout}"
@@ -53,5 +53,16 @@ fn demo_verifies_every_step_and_exits_zero() {
     );
     assert!(!stdout.contains("Not in this demo yet"), "{stdout}");
     assert!(stdout.contains("DEAD LETTERS  0 open of "), "{stdout}");
-    assert!(stdout.contains("10 steps verified"), "{stdout}");
+    assert!(stdout.contains("12 steps verified"), "{stdout}");
+    // Notifications (signed, verified by the demo) and the deal team.
+    assert!(stdout.contains("✔ message_shared → hubspot: "), "{stdout}");
+    assert!(stdout.contains("✔ comment_added → partner: "), "{stdout}");
+    assert!(
+        stdout.contains("refused alex.rep@hubspot.example: a user of HubSpot's account"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("HubSpot sees the partner's team: partner-a: Blair Seller"),
+        "{stdout}"
+    );
 }

@@ -77,7 +77,12 @@ impl World {
 
     async fn start(&self, notify: NotifySettings) -> DaemonHandle {
         let mut stages = StageMap::default();
-        for s in ["qualifiedtobuy", "closedwon", "closedlost"] {
+        for s in [
+            "appointmentscheduled",
+            "qualifiedtobuy",
+            "closedwon",
+            "closedlost",
+        ] {
             stages.to_hubspot.insert(s.into(), s.into());
             stages.to_partner.insert(s.into(), s.into());
         }
@@ -95,7 +100,8 @@ impl World {
         .expect("daemon")
     }
 
-    /// A linked pair with an owner on each side, agreed on by a first sync.
+    /// A linked pair with an owner on each side and a shared message written before the
+    /// link, agreed on by a first sync (which carries the stage and the message over).
     async fn pair(&self, store: &Store) -> (String, String) {
         let owner = |p: &common::Portal| {
             let p = p.clone();
@@ -106,9 +112,16 @@ impl World {
                     .to_owned()
             }
         };
-        let props = |o: String| json!({"dealname": "Notified", "dealstage": "qualifiedtobuy", "hubspot_owner_id": o});
-        let p = self.pa.create_deal(props(owner(&self.pa).await)).await;
-        let h = self.hs.create_deal(props(owner(&self.hs).await)).await;
+        let props = |o: String, stage: &str| json!({"dealname": "Notified", "dealstage": stage, "hubspot_owner_id": o});
+        let p = self
+            .pa
+            .create_deal(props(owner(&self.pa).await, "appointmentscheduled"))
+            .await;
+        let h = self
+            .hs
+            .create_deal(props(owner(&self.hs).await, "qualifiedtobuy"))
+            .await;
+        note(&self.pa, &p, "history before the link", true, json!({})).await;
         let (p2, h2) = (p.clone(), h.clone());
         let link = store
             .call(move |c| store::insert_link(c, "partner-a", &p2, &h2, "channel"))
@@ -119,13 +132,29 @@ impl World {
             .call(move |c| store::enqueue_now(c, &[id], "test"))
             .await
             .unwrap();
-        common::eventually("first sync", WAIT, || async {
+        common::eventually("first sync, with the old message", WAIT, || async {
             let sh = store.call(move |c| store::shadows(c, &[id])).await.unwrap();
-            sh.get(&id)
-                .is_some_and(|m| m.contains_key("dealname"))
-                .then_some(())
+            let objects = store
+                .call(move |c| store::object_links(c, &[id]))
+                .await
+                .unwrap();
+            let copied = objects
+                .get(&id)
+                .is_some_and(|o| o.iter().any(|o| o.kind == "message" && o.state == "active"));
+            (sh.get(&id).is_some_and(|m| m.contains_key("dealstage")) && copied).then_some(())
         })
         .await;
+        // Neither the first sync's stage nor the old message is news: nothing was queued.
+        let (pending, dead, _) = store.call(|c| store::notification_counts(c)).await.unwrap();
+        let what = store
+            .call(|c| store::due_notifications(c, i64::MAX, 10))
+            .await
+            .unwrap();
+        assert_eq!(
+            (pending, dead),
+            (0, 0),
+            "the first sync announces nothing: {what:?}"
+        );
         (p, h)
     }
 
@@ -202,7 +231,19 @@ async fn the_receiving_side_hears_of_messages_comments_and_status_by_signed_webh
     assert_eq!(got["body"]["deal_id"], p.as_str());
     assert_eq!(emails(&got), [pa_owner, LEAD]);
 
-    // HubSpot closes the deal lost: the partner hears of the new status and the stage.
+    // The partner moves the deal on: HubSpot hears of the stage.
+    let now = common::deal_prop(&w.pa, &p, "dealstage").await.unwrap();
+    let next = if now == "qualifiedtobuy" {
+        "appointmentscheduled"
+    } else {
+        "qualifiedtobuy"
+    };
+    set_deal(&w.pa, &p, json!({ "dealstage": next })).await;
+    let got = w.delivered("stage_changed", "hubspot").await;
+    assert_eq!(got["body"]["status"], next);
+    assert!(signed(&got));
+
+    // HubSpot closes the deal lost: the partner hears of the new status.
     set_deal(&w.hs, &h, json!({"dealstage": "closedlost"})).await;
     wait_deal_prop(&w.pa, &p, "dealsync_status", "deal lost").await;
     let got = w.delivered("status_changed", "partner").await;
@@ -211,8 +252,6 @@ async fn the_receiving_side_hears_of_messages_comments_and_status_by_signed_webh
         .as_str()
         .unwrap()
         .contains("\"deal lost\""));
-    let got = w.delivered("stage_changed", "partner").await;
-    assert_eq!(got["body"]["status"], "closedlost");
 
     // Never a message's text, private or shared, and never the secret.
     for d in w.inbox().await {
@@ -221,14 +260,29 @@ async fn the_receiving_side_hears_of_messages_comments_and_status_by_signed_webh
             assert!(!raw.contains(marker), "{marker} in a notification: {raw}");
         }
     }
-    // Each event once: the echo of our own copy is not a second arrival.
-    let shared = w
+    // Each event once, to one side: the echo of our own copy is not a second arrival, and
+    // closing the deal is a status change, not also a stage change.
+    let mut seen: Vec<(String, String)> = w
         .inbox()
         .await
-        .into_iter()
-        .filter(|d| d["body"]["event"] == "message_shared")
-        .count();
-    assert_eq!(shared, 1);
+        .iter()
+        .map(|d| {
+            (
+                d["body"]["event"].as_str().unwrap_or("").to_owned(),
+                d["body"]["side"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("comment_added".to_owned(), "partner".to_owned()),
+            ("message_shared".to_owned(), "hubspot".to_owned()),
+            ("stage_changed".to_owned(), "hubspot".to_owned()),
+            ("status_changed".to_owned(), "partner".to_owned()),
+        ]
+    );
     d.shutdown().await;
 }
 

@@ -502,12 +502,15 @@ async fn marking_a_deal_in_the_partner_crm_registers_it_or_shows_why_not() {
         }
     })
     .await;
-    let st = overview(dir.path().to_owned()).await;
-    assert!(
-        st.registrations_refused.is_empty(),
-        "{:?}",
-        st.registrations_refused
-    );
+    // The refusal is forgotten just after the link is stored.
+    common::eventually("the refusal leaves status", wait, || async {
+        overview(dir.path().to_owned())
+            .await
+            .registrations_refused
+            .is_empty()
+            .then_some(())
+    })
+    .await;
     // Accepted: linked, the HubSpot deal exists, the mark cleared, the deal shows active.
     let ok = w.deal(Some("acme.example"), true).await;
     let a =

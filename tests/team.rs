@@ -119,21 +119,6 @@ async fn each_side_sees_the_other_team_and_adds_only_its_own_users() {
         a_users[0].1, b_users[2].1
     );
     wait_deal_prop(&hs, &h, team::PARTNER_TEAM, &both).await;
-    // Neither partner's deal names the other partner's people anywhere.
-    for (p, id, other) in [(&pa, &p_a, &b_users), (&pb, &p_b, &a_users)] {
-        let all = p
-            .get(&format!(
-                "/crm/v3/objects/deals/{id}?properties={},{},{}",
-                team::HUBSPOT_TEAM,
-                team::PARTNER_TEAM,
-                team::ADD_STATUS
-            ))
-            .await;
-        for (_, email) in other {
-            assert!(!all.text.contains(email.as_str()), "leak: {}", all.text);
-        }
-    }
-
     // Partner A adds one of its own users and, by mistake, HubSpot's rep.
     set_deal(
         &pa,
@@ -195,5 +180,20 @@ async fn each_side_sees_the_other_team_and_adds_only_its_own_users() {
     for (p, id) in [(&pa, &p_a), (&pb, &p_b)] {
         wait_deal_prop(p, id, team::HUBSPOT_TEAM, &hubspot_team).await;
     }
+    // At the end, neither partner's deal names the other partner's people anywhere.
+    for (p, id, other) in [(&pa, &p_a, &b_users), (&pb, &p_b, &a_users)] {
+        let all = p
+            .get(&format!(
+                "/crm/v3/objects/deals/{id}?properties={},{},{}",
+                team::HUBSPOT_TEAM,
+                team::PARTNER_TEAM,
+                team::ADD_STATUS
+            ))
+            .await;
+        for (_, email) in other {
+            assert!(!all.text.contains(email.as_str()), "leak: {}", all.text);
+        }
+    }
+
     d.shutdown().await;
 }

@@ -148,9 +148,13 @@ pub struct Owner {
 }
 
 impl Owner {
-    /// "First Last <email>", or just the email when the name is blank.
+    /// "First Last <email>", or just the email when the name is blank. Control characters
+    /// are dropped: a name with a line break must not pose as another line of a team list.
     pub fn label(&self) -> String {
-        let name = format!("{} {}", self.first_name, self.last_name);
+        let name: String = format!("{} {}", self.first_name, self.last_name)
+            .chars()
+            .filter(|c| !c.is_control())
+            .collect();
         let name = name.trim();
         if name.is_empty() {
             self.email.clone()
@@ -702,7 +706,10 @@ impl Client {
         // A bound on pages: a paging loop in a broken answer must not spin forever.
         for _ in 0..1_000 {
             let path = match &after {
-                Some(a) => format!("/crm/v3/owners?limit=100&after={a}"),
+                Some(a) => format!(
+                    "/crm/v3/owners?limit=100&after={}",
+                    form_urlencoded::byte_serialize(a.as_bytes()).collect::<String>()
+                ),
                 None => "/crm/v3/owners?limit=100".to_owned(),
             };
             let v = self

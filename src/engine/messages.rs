@@ -499,9 +499,20 @@ pub struct MessageOutcome {
     pub waiting: Option<String>,
     /// More copies to make than one job makes: the job runs again at once.
     pub more: bool,
-    /// Copies made in this run: the side they arrived on, whether a comment, and the copy's id
-    /// there (what the receiving side is notified of).
-    pub arrivals: Vec<(Side, bool, String)>,
+    /// Copies made in this run (what the receiving side is notified of).
+    pub arrivals: Vec<Arrival>,
+}
+
+/// A copy that arrived on one side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Arrival {
+    pub side: Side,
+    /// A comment (a reply), not a new message.
+    pub comment: bool,
+    /// The copy's id on that side.
+    pub id: String,
+    /// When the original was last changed (ms), when known.
+    pub original_ms: Option<i64>,
 }
 
 /// A failure of the message half of a job.
@@ -790,8 +801,15 @@ pub async fn execute(
                 };
                 set_id(&mut pair, to, Some(r.id.clone()));
                 set_ms(&mut pair, to, r.last_modified_ms());
-                out.arrivals
-                    .push((to, props.contains_key(REPLY_TO), r.id.clone()));
+                out.arrivals.push(Arrival {
+                    side: to,
+                    comment: props.contains_key(REPLY_TO),
+                    id: r.id.clone(),
+                    original_ms: match other(to) {
+                        Side::Partner => pair.partner_ms,
+                        Side::Hubspot => pair.hubspot_ms,
+                    },
+                });
                 pair.state = "active".into();
                 pair.note = None;
                 assoc.push((r.id.clone(), v.deal_id.to_owned()));
@@ -1084,6 +1102,7 @@ mod tests {
             hubspot_deal_id: "20".into(),
             deal_type: "channel".into(),
             state: "active".into(),
+            created_at: 0,
         }
     }
 

@@ -572,7 +572,8 @@ impl Engine {
             let wrote = !plan.hubspot_writes.is_empty() || !plan.partner_writes.is_empty();
             let new_state = lives.get(&l.id).map(|life| life.link_state().to_owned());
             let notices = if self.settings.notify.enabled() {
-                self.field_notices(l, &plan, lives.get(&l.id).copied())
+                let agreed = shadows.get(&l.id).unwrap_or(&empty);
+                self.field_notices(l, &plan, lives.get(&l.id).copied(), agreed)
             } else {
                 Vec::new()
             };
@@ -654,11 +655,10 @@ impl Engine {
                 .and_then(|m| m.get(&l.partner_deal_id));
             let h = hs.get(&l.hubspot_deal_id);
             let (Some(p), Some(h)) = (p, h) else { continue };
-            // A HubSpot deal with several links answers its request once.
+            // A HubSpot deal with several links answers its request once per batch (two
+            // workers answering it at once write the same result).
             let h = asked.insert(l.hubspot_deal_id.clone()).then_some(h);
-            if let Err(e) = self.team_requests(l, p, h, &dirs).await {
-                outcomes.insert(l.id, failed(&e));
-            }
+            self.team_requests(l, p, h, &dirs).await;
         }
         // Messages only for jobs not queued by deal changes alone: note changes queue their own
         // (note pollers, note webhooks), and the sweep covers the rest.
@@ -946,10 +946,23 @@ impl Engine {
     }
 
     /// What the receiving sides hear about a link's field outcome: a status banner the
-    /// partner deal now shows, and a stage carried over to either side.
-    fn field_notices(&self, l: &Link, plan: &LinkPlan, life: Option<Lifecycle>) -> Vec<String> {
+    /// partner deal now shows, or else a stage carried over to either side. The first sync's
+    /// stage (both sides agreeing for the first time, `agreed` holding no stage yet) is not
+    /// news: the deal was just created there.
+    fn field_notices(
+        &self,
+        l: &Link,
+        plan: &LinkPlan,
+        life: Option<Lifecycle>,
+        agreed: &HashMap<String, Option<String>>,
+    ) -> Vec<String> {
         use crate::notify::{Event, Notice};
         let mut out = Vec::new();
+        let stage = self
+            .settings
+            .fields
+            .iter()
+            .find(|f| f.kind == plan::FieldKind::Stage);
         if let Some(life) = life {
             let banner = life.partner_view().0.to_owned();
             out.push(Notice::new(
@@ -961,15 +974,24 @@ impl Engine {
                 Some(banner),
             ));
         }
-        for (side, writes, portal) in [
-            (Side::Partner, &plan.partner_writes, l.partner.as_str()),
+        let Some(stage) = stage.filter(|f| life.is_none() && agreed.contains_key(&f.name)) else {
+            return out.iter().map(Notice::to_json).collect();
+        };
+        for (side, writes, portal, prop) in [
+            (
+                Side::Partner,
+                &plan.partner_writes,
+                l.partner.as_str(),
+                &stage.partner_property,
+            ),
             (
                 Side::Hubspot,
                 &plan.hubspot_writes,
                 self.portals.hubspot.portal(),
+                &stage.hubspot_property,
             ),
         ] {
-            if let Some(stage) = writes.get("dealstage").and_then(Value::as_str) {
+            if let Some(stage) = writes.get(prop).and_then(Value::as_str) {
                 out.push(Notice::new(
                     Event::StageChanged,
                     l,
@@ -983,23 +1005,29 @@ impl Engine {
         out.iter().map(Notice::to_json).collect()
     }
 
-    /// What the receiving sides hear about copies that arrived.
-    fn message_notices(&self, l: &Link, arrivals: &[(Side, bool, String)]) -> Vec<String> {
+    /// What the receiving sides hear about copies that arrived. Messages last changed before
+    /// the link existed (a converted deal's history) are copied but not announced one by one.
+    fn message_notices(&self, l: &Link, arrivals: &[messages::Arrival]) -> Vec<String> {
         use crate::notify::{Event, Notice};
         arrivals
             .iter()
-            .map(|(side, comment, id)| {
-                let event = if *comment {
-                    Event::CommentAdded
-                } else {
-                    Event::MessageShared
-                };
-                let portal = match side {
-                    Side::Partner => l.partner.as_str(),
-                    Side::Hubspot => self.portals.hubspot.portal(),
-                };
-                Notice::new(event, l, *side, portal, Some(id.clone()), None).to_json()
-            })
+            .filter(|a| a.original_ms.is_none_or(|ms| ms > l.created_at))
+            .map(
+                |messages::Arrival {
+                     side, comment, id, ..
+                 }| {
+                    let event = if *comment {
+                        Event::CommentAdded
+                    } else {
+                        Event::MessageShared
+                    };
+                    let portal = match side {
+                        Side::Partner => l.partner.as_str(),
+                        Side::Hubspot => self.portals.hubspot.portal(),
+                    };
+                    Notice::new(event, l, *side, portal, Some(id.clone()), None).to_json()
+                },
+            )
             .collect()
     }
 
@@ -1059,23 +1087,48 @@ impl Engine {
     }
 
     /// Answers `dealsync_team_add` on the partner deal and (when `h` is given) on the HubSpot
-    /// deal: own users join, anyone else is refused with the reason.
+    /// deal: own users join, anyone else is refused with the reason. Never fails the job: a
+    /// request that cannot be answered now stays set for a later job, and one whose write the
+    /// portal refuses is cleared with the reason in `dealsync_team_status`.
     async fn team_requests(
         &self,
         l: &Link,
         p: &Record,
         h: Option<&Record>,
         dirs: &HashMap<String, Arc<Vec<Owner>>>,
-    ) -> Result<(), CrmError> {
+    ) {
         let hs_portal = self.portals.hubspot.portal();
         let (Some(hd), Some(pd)) = (dirs.get(hs_portal), dirs.get(&l.partner)) else {
-            return Ok(());
+            return;
         };
-        let partner_dirs: Vec<(&str, &[Owner])> = dirs
-            .iter()
-            .filter(|(k, _)| k.as_str() != hs_portal)
-            .map(|(k, v)| (k.as_str(), v.as_slice()))
-            .collect();
+        // On HubSpot's side, the other accounts are every partner linked to the deal.
+        let mut partner_dirs: Vec<(String, Arc<Vec<Owner>>)> = Vec::new();
+        if h.is_some_and(|h| h.get(team::ADD).is_some()) {
+            let id = l.hubspot_deal_id.clone();
+            let linked = self
+                .store
+                .call(move |c| store::links_for_deals(c, Side::Hubspot, "", &[id]))
+                .await;
+            let linked = match linked {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(link = l.id, error = %e, "cannot read the deal's links; its team request waits");
+                    return;
+                }
+            };
+            for partner in unique(linked.into_iter().map(|(x, _)| x.partner)) {
+                let Some(client) = self.portals.partners.get(&partner) else {
+                    continue;
+                };
+                match self.directory.owners(client).await {
+                    Ok(d) => partner_dirs.push((partner, d)),
+                    Err(e) => {
+                        tracing::warn!(portal = %partner, error = %e, "cannot list the partner's users; the team request waits");
+                        return;
+                    }
+                }
+            }
+        }
         let sides = [
             (
                 Some(p),
@@ -1089,7 +1142,10 @@ impl Engine {
                 Some(&self.portals.hubspot),
                 &l.hubspot_deal_id,
                 hd,
-                partner_dirs,
+                partner_dirs
+                    .iter()
+                    .map(|(n, d)| (n.as_str(), d.as_slice()))
+                    .collect(),
             ),
         ];
         for (deal, client, id, own, others) in sides {
@@ -1107,10 +1163,27 @@ impl Engine {
             if let Some(c) = collaborators {
                 props.insert(team::COLLABORATORS.into(), Value::String(c));
             }
-            client.update("deals", id, &props).await?;
-            tracing::info!(link = l.id, portal = %client.portal(), "deal team request answered");
+            match client.update("deals", id, &props).await {
+                Ok(_) => {
+                    tracing::info!(link = l.id, portal = %client.portal(), "deal team request answered")
+                }
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(link = l.id, portal = %client.portal(), error = %e, "cannot answer the deal team request now; a later job tries again")
+                }
+                Err(e) => {
+                    tracing::warn!(link = l.id, portal = %client.portal(), error = %e, "the portal refused the deal team change");
+                    let mut refused = Map::new();
+                    refused.insert(team::ADD.into(), "".into());
+                    refused.insert(
+                        team::ADD_STATUS.into(),
+                        Value::String(format!("could not change the deal team: {e}")),
+                    );
+                    if let Err(e) = client.update("deals", id, &refused).await {
+                        tracing::warn!(link = l.id, error = %e, "cannot write the deal team refusal");
+                    }
+                }
+            }
         }
-        Ok(())
     }
 
     /// Per HubSpot deal with quotes, the partner-facing summary (see [`crate::quotes`]).

@@ -21,7 +21,7 @@ use super::Shared;
 /// What the catcher has seen, and how many deliveries it still refuses.
 #[derive(Debug, Default)]
 pub struct Inbox {
-    pub received: Vec<Value>,
+    pub received: std::collections::VecDeque<Value>,
     pub fail_next: u64,
 }
 
@@ -57,9 +57,9 @@ async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
         "body": serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null),
     });
     if inbox.received.len() >= KEEP {
-        inbox.received.remove(0);
+        inbox.received.pop_front();
     }
-    inbox.received.push(entry);
+    inbox.received.push_back(entry);
     StatusCode::NO_CONTENT.into_response()
 }
 

@@ -37,9 +37,12 @@ pub struct Link {
     pub hubspot_deal_id: String,
     pub deal_type: String,
     pub state: String,
+    /// When the link was made (ms): what was there before it is not news to anyone.
+    pub created_at: i64,
 }
 
-pub const LINK_COLS: &str = "id, partner, partner_deal_id, hubspot_deal_id, deal_type, state";
+pub const LINK_COLS: &str =
+    "id, partner, partner_deal_id, hubspot_deal_id, deal_type, state, created_at";
 
 pub fn link_row(r: &rusqlite::Row) -> rusqlite::Result<Link> {
     Ok(Link {
@@ -49,6 +52,7 @@ pub fn link_row(r: &rusqlite::Row) -> rusqlite::Result<Link> {
         hubspot_deal_id: r.get(3)?,
         deal_type: r.get(4)?,
         state: r.get(5)?,
+        created_at: r.get(6)?,
     })
 }
 
@@ -133,7 +137,7 @@ pub fn links_for_deals(
             ),
         };
         let mut st = c.prepare(&sql)?;
-        let rows = st.query_map(params_from_iter(args), |r| Ok((link_row(r)?, r.get(6)?)))?;
+        let rows = st.query_map(params_from_iter(args), |r| Ok((link_row(r)?, r.get(7)?)))?;
         for r in rows {
             out.push(r?);
         }
