@@ -180,6 +180,14 @@ async fn each_side_sees_the_other_team_and_adds_only_its_own_users() {
     for (p, id) in [(&pa, &p_a), (&pb, &p_b)] {
         wait_deal_prop(p, id, team::HUBSPOT_TEAM, &hubspot_team).await;
     }
+    // HubSpot excludes partner B: its people leave HubSpot's view of the team.
+    set_deal(&hs, &h, json!({ "dealsync_excluded_partners": "partner-b" })).await;
+    let only_a = format!(
+        "partner-a: Alex Rep <{}> (owner), Blair Seller <{}>",
+        a_users[0].1, a_users[1].1
+    );
+    wait_deal_prop(&hs, &h, team::PARTNER_TEAM, &only_a).await;
+
     // At the end, neither partner's deal names the other partner's people anywhere.
     for (p, id, other) in [(&pa, &p_a, &b_users), (&pb, &p_b, &a_users)] {
         let all = p

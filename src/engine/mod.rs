@@ -471,6 +471,16 @@ impl Engine {
                         }
                     }
                 }
+                if life == Lifecycle::Excluded {
+                    // An excluded partner's people leave HubSpot's view of the deal team.
+                    let shown = h.get(team::PARTNER_TEAM).unwrap_or("");
+                    if !team::partner_line(shown, &l.partner).is_empty() {
+                        plan.hubspot_writes.insert(
+                            team::PARTNER_TEAM.into(),
+                            Value::String(team::with_partner_line(shown, &l.partner, "")),
+                        );
+                    }
+                }
                 if life != Lifecycle::Active {
                     // The partner deal shows what happened (only what differs is written).
                     let (banner, registrations) = life.partner_view();
