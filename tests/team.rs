@@ -181,7 +181,12 @@ async fn each_side_sees_the_other_team_and_adds_only_its_own_users() {
         wait_deal_prop(p, id, team::HUBSPOT_TEAM, &hubspot_team).await;
     }
     // HubSpot excludes partner B: its people leave HubSpot's view of the team.
-    set_deal(&hs, &h, json!({ "dealsync_excluded_partners": "partner-b" })).await;
+    set_deal(
+        &hs,
+        &h,
+        json!({ "dealsync_excluded_partners": "partner-b" }),
+    )
+    .await;
     let only_a = format!(
         "partner-a: Alex Rep <{}> (owner), Blair Seller <{}>",
         a_users[0].1, a_users[1].1

@@ -306,8 +306,17 @@ pub fn intend(
     for side in [Side::Partner, Side::Hubspot] {
         let mut list: Vec<&NoteHead> = notes(side).values().collect();
         list.sort_by(|a, b| a.id.cmp(&b.id));
+        // A copy the store recorded is never an original, even if someone cleared its
+        // `dealsync_origin`: it would be copied back as a second message otherwise.
+        let recorded_copy = |id: &str| {
+            pairs.iter().any(|o| {
+                o.kind == "message"
+                    && id_on(o, side) == Some(id)
+                    && o.origin.split_once(':').map(|(p, _)| p) == Some(portal_of(other(side)))
+            })
+        };
         for n in &list {
-            if n.origin.is_none() && n.shared {
+            if n.origin.is_none() && n.shared && !recorded_copy(&n.id) {
                 add(&origin_key(portal_of(side), &n.id), &mut keys);
             }
         }
@@ -383,11 +392,16 @@ pub fn intend(
             Some(o) => {
                 let reachable = match from {
                     Side::Partner => Reach::Here,
-                    Side::Hubspot => reach(
-                        thread_partner(o, hubspot, hubspot_portal).as_deref(),
-                        &link.partner,
-                        links_of_deal,
-                    ),
+                    Side::Hubspot => match thread_partner(o, hubspot, hubspot_portal) {
+                        Some(p) => reach(Some(&p), &link.partner, links_of_deal),
+                        // An untargeted message is decided once, by the partners the deal had
+                        // when it was first seen: a partner joining later must not pull back
+                        // a copy already shared, nor one leaving send out a message that was
+                        // held for a target. Naming a target decides it again.
+                        None if was_active => Reach::Here,
+                        None if pair.state == "needs_target" => Reach::NeedsTarget,
+                        None => reach(None, &link.partner, links_of_deal),
+                    },
                 };
                 match (reachable, copy) {
                     (Reach::NeedsTarget, None) if pair.state != "needs_target" => {
@@ -1296,6 +1310,41 @@ mod tests {
         assert_eq!(kinds(&i), vec!["create hubspot:2 from Hubspot"]);
         t.target = Some("partner-b".into());
         assert!(intend(&link(), "hubspot", 2, &map(&[]), &map(&[t]), &[]).is_empty());
+    }
+
+    #[test]
+    fn a_copy_whose_origin_was_cleared_is_still_the_copy() {
+        let h = map(&[note("2", true)]);
+        // The partner-side copy 7 lost its dealsync_origin; the store knows it.
+        let p = map(&[note("7", true)]);
+        let shared = [pair("hubspot:2", Some("7"), Some("2"), "active")];
+        let i = intend(&link(), "hubspot", 1, &p, &h, &shared);
+        assert_eq!(kinds(&i), vec!["sync hubspot:2"]);
+        // Without the record it would look like a partner original.
+        let i = intend(&link(), "hubspot", 1, &p, &h, &[]);
+        assert!(kinds(&i).contains(&"create partner-a:7 from Partner".to_owned()));
+    }
+
+    #[test]
+    fn an_untargeted_message_keeps_its_decision_when_partners_come_and_go() {
+        let h = map(&[note("2", true)]);
+        // Copied while partner-a was the only partner; partner-b joins: the copy stays.
+        let shared = [pair("hubspot:2", Some("7"), Some("2"), "active")];
+        let p = map(&[{
+            let mut c = note("7", true);
+            c.origin = Some("hubspot:2".into());
+            c
+        }]);
+        let i = intend(&link(), "hubspot", 2, &p, &h, &shared);
+        assert_eq!(kinds(&i), vec!["sync hubspot:2"]);
+        // Held for a target while there were two; down to one partner: still held.
+        let held = [pair("hubspot:2", None, Some("2"), "needs_target")];
+        assert!(intend(&link(), "hubspot", 1, &map(&[]), &h, &held).is_empty());
+        // New ones are decided by the partners the deal has now.
+        assert_eq!(
+            kinds(&intend(&link(), "hubspot", 1, &map(&[]), &h, &[])),
+            vec!["create hubspot:2 from Hubspot"]
+        );
     }
 
     #[test]
