@@ -125,6 +125,8 @@ pub struct Content {
     /// When the body itself last changed (its property history), for `latest_wins`.
     pub body_at: Option<i64>,
     pub shared: bool,
+    /// `dealsync_target` as of this read (HubSpot side).
+    pub target: Option<String>,
 }
 
 impl Content {
@@ -140,6 +142,7 @@ impl Content {
                 .copied()
                 .or_else(|| r.last_modified_ms()),
             shared: r.get(VISIBILITY) == Some("shared"),
+            target: r.get(TARGET).map(str::to_owned),
         }
     }
 }
@@ -648,8 +651,17 @@ pub async fn execute(
                 }
                 let to = other(from);
                 let orig_id = id_on(&pair, from).unwrap_or_default().to_owned();
-                let Some(content) = view(from).contents.get(&orig_id).filter(|c| c.shared) else {
-                    // Made private between the two reads: leave it for the next run.
+                let head_target = view(from)
+                    .heads
+                    .get(&orig_id)
+                    .and_then(|h| h.target.as_ref());
+                let Some(content) = view(from)
+                    .contents
+                    .get(&orig_id)
+                    .filter(|c| c.shared && c.target.as_ref() == head_target)
+                else {
+                    // Made private or retargeted between the two reads (the decision was made
+                    // on the first): leave it for the next run, which decides again.
                     continue;
                 };
                 let attachments = copy_new_files(
