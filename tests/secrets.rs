@@ -49,6 +49,17 @@ async fn no_secret_reaches_logs_status_metrics_dead_letters_or_the_store() {
         common::portal(&sb, "partner-a"),
     );
     assert!(hs.info.token.contains(MARKER), "the marker is in the token");
+    for p in [&hs, &pa] {
+        let c = dealsync::crm::Client::new(
+            &p.info.name,
+            &sb.base_url,
+            &p.info.token,
+            std::sync::Arc::new(dealsync::crm::Budget::new(100, 4)),
+            dealsync::crm::RetryPolicy::default(),
+        )
+        .unwrap();
+        dealsync::setup::ensure(&c, false).await.expect("setup");
+    }
     let dir = tempfile::tempdir().unwrap();
     let (db, dl) = (
         dir.path().join("dealsync.db"),
@@ -78,6 +89,10 @@ poll_overlap_ms = 5000
 retry_base_ms = 50
 [webhooks]
 listen = "127.0.0.1:0"
+[notifications]
+webhook_url = "{base}/_sandbox/no-receiver/{MARKER}-url-token"
+webhook_secret_env = "NOTIFY_SECRET"
+retry_base_ms = 50
 "#,
             db = db.display(),
             dl = dl.display(),
@@ -91,6 +106,7 @@ listen = "127.0.0.1:0"
         ("PA_TOKEN", pa.info.token.clone()),
         ("HS_SECRET", hs.info.webhook_secret.clone()),
         ("PA_SECRET", pa.info.webhook_secret.clone()),
+        ("NOTIFY_SECRET", format!("{MARKER}-notify-secret")),
     ];
     let mut daemon = Command::new(env!("CARGO_BIN_EXE_dealsync"))
         .args(["run", "--config"])
@@ -191,6 +207,15 @@ listen = "127.0.0.1:0"
     )
     .await;
     hs.control(reqwest::Method::DELETE, "/faults", None).await;
+    // A shared message: its notification goes to a receiver that refuses it (a URL holding
+    // a token of the receiver's) and is dead-lettered.
+    common::notes::note(&pa, &deals[0].0, "shared", true, json!({})).await;
+    common::eventually("the notification is dead-lettered", WAIT, || async {
+        std::fs::read_to_string(&dl)
+            .is_ok_and(|t| t.contains("\"class\":\"notification\""))
+            .then_some(())
+    })
+    .await;
 
     // Everything an operator or a scraper can see.
     let mut seen: Vec<(String, String)> = Vec::new();
