@@ -73,6 +73,9 @@ pub struct Scrape {
     pub portals: Vec<(String, u64, u64)>,
     /// Portals the mass-deletion guard holds.
     pub guarded: Vec<String>,
+    /// Notifications waiting to go out, and given up on (dead-lettered).
+    pub notifications_pending: i64,
+    pub notifications_dead: i64,
 }
 
 fn escape(label: &str) -> String {
@@ -160,6 +163,22 @@ pub fn render(m: &Metrics, s: &Scrape) -> String {
         "Age of the oldest queued job.",
     );
     let _ = writeln!(o, "dealsync_oldest_job_age_seconds {}", s.oldest_job_age_s);
+    family(
+        &mut o,
+        "dealsync_notifications",
+        "gauge",
+        "Notifications in the outbox by state (pending: waiting or retrying; dead: given up).",
+    );
+    let _ = writeln!(
+        o,
+        "dealsync_notifications{{state=\"pending\"}} {}",
+        s.notifications_pending
+    );
+    let _ = writeln!(
+        o,
+        "dealsync_notifications{{state=\"dead\"}} {}",
+        s.notifications_dead
+    );
     family(
         &mut o,
         "dealsync_api_calls_total",

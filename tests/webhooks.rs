@@ -315,6 +315,7 @@ async fn a_signed_webhook_carries_a_change_without_polling_and_its_echo_queues_n
         0.0
     );
     assert_eq!(samples["dealsync_queue_depth"], 0.0);
+    assert_eq!(samples["dealsync_notifications{state=\"dead\"}"], 0.0);
     assert_eq!(samples["dealsync_dead_letters_total"], 0.0);
     // /readyz: the store answers and both portals' polls succeed (search is only lagging).
     common::eventually("readyz", WAIT, || async {

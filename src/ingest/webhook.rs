@@ -387,10 +387,14 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
                 .into_iter()
                 .map(|(p, _, _)| p)
                 .collect();
-            Ok((store::queue_stats(c)?, guarded))
+            Ok((
+                store::queue_stats(c)?,
+                guarded,
+                store::notification_counts(c)?,
+            ))
         })
         .await;
-    let ((depth, oldest), guarded) = match read {
+    let ((depth, oldest), guarded, (pending, dead, _)) = match read {
         Ok(q) => q,
         Err(e) => {
             return refuse(
@@ -415,6 +419,8 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
         oldest_job_age_s: oldest.map_or(0.0, |t| (store::now_ms() - t).max(0) as f64 / 1000.0),
         portals,
         guarded,
+        notifications_pending: pending,
+        notifications_dead: dead,
     };
     (
         [(
