@@ -195,14 +195,25 @@ type Listing = (Instant, Arc<Vec<Owner>>);
 #[derive(Debug, Default)]
 pub struct Directory {
     cache: Mutex<HashMap<String, Listing>>,
+    /// Held while listing, so workers starting together list a portal once.
+    listing: tokio::sync::Mutex<()>,
 }
 
 impl Directory {
     pub async fn owners(&self, client: &Client) -> Result<Arc<Vec<Owner>>, CrmError> {
-        if let Some((at, list)) = self.cache.lock().get(client.portal()) {
-            if at.elapsed() < DIRECTORY_TTL {
-                return Ok(list.clone());
-            }
+        let cached = || {
+            self.cache
+                .lock()
+                .get(client.portal())
+                .filter(|(at, _)| at.elapsed() < DIRECTORY_TTL)
+                .map(|(_, list)| list.clone())
+        };
+        if let Some(list) = cached() {
+            return Ok(list);
+        }
+        let _one_at_a_time = self.listing.lock().await;
+        if let Some(list) = cached() {
+            return Ok(list);
         }
         let list = Arc::new(client.owners().await?);
         self.cache
