@@ -6,12 +6,10 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::notes::{note, notes, prop};
 use common::{deal_prop, set_deal as set, wait_deal_prop as wait_prop};
-use dealsync::crm::{Budget, Client, RetryPolicy};
 use dealsync::daemon::DaemonHandle;
 use dealsync::engine::StageMap;
 use dealsync::store::{self, Store};
@@ -35,17 +33,7 @@ impl World {
             sb,
             dir: tempfile::tempdir().unwrap(),
         };
-        for p in [&w.hs, &w.pa] {
-            let c = Client::new(
-                &p.info.name,
-                &w.sb.base_url,
-                &p.info.token,
-                Arc::new(Budget::new(100, 4)),
-                RetryPolicy::default(),
-            )
-            .unwrap();
-            dealsync::setup::ensure(&c, false).await.expect("setup");
-        }
+        common::setup_portals(&w.sb, &["hubspot", "partner-a"]).await;
         w
     }
 

@@ -13,7 +13,6 @@ use std::time::Duration;
 use common::notes::note;
 use common::{set_deal, wait_deal_prop};
 use dealsync::config::Secret;
-use dealsync::crm::{Budget, Client, RetryPolicy};
 use dealsync::daemon::DaemonHandle;
 use dealsync::engine::StageMap;
 use dealsync::notify::{NotifySettings, SmtpSecurity, SmtpTarget, WebhookTarget};
@@ -42,17 +41,7 @@ impl World {
             sb,
             dir: tempfile::tempdir().unwrap(),
         };
-        for p in [&w.hs, &w.pa] {
-            let c = Client::new(
-                &p.info.name,
-                &w.sb.base_url,
-                &p.info.token,
-                Arc::new(Budget::new(100, 4)),
-                RetryPolicy::default(),
-            )
-            .unwrap();
-            dealsync::setup::ensure(&c, false).await.expect("setup");
-        }
+        common::setup_portals(&w.sb, &["hubspot", "partner-a"]).await;
         w
     }
 

@@ -448,15 +448,7 @@ async fn marking_a_deal_in_the_partner_crm_registers_it_or_shows_why_not() {
     .await;
     assert!(status.contains("no associated contact"), "{status}");
     // `dealsync status` lists it with the reason.
-    let overview = |dir: std::path::PathBuf| async move {
-        tokio::task::spawn_blocking(move || {
-            let c = dealsync::status::open(&dir.join("dealsync.db")).unwrap();
-            dealsync::status::overview(&c, &dir.join("dl.jsonl"), wait, store::now_ms()).unwrap()
-        })
-        .await
-        .unwrap()
-    };
-    let st = overview(dir.path().to_owned()).await;
+    let st = common::overview(dir.path()).await;
     assert_eq!(
         st.registrations_refused.len(),
         1,
@@ -504,7 +496,7 @@ async fn marking_a_deal_in_the_partner_crm_registers_it_or_shows_why_not() {
     .await;
     // The refusal is forgotten just after the link is stored.
     common::eventually("the refusal leaves status", wait, || async {
-        overview(dir.path().to_owned())
+        common::overview(dir.path())
             .await
             .registrations_refused
             .is_empty()
@@ -652,21 +644,7 @@ async fn a_partner_added_on_hubspots_side_gets_the_deal_once_everything_is_there
         "nothing is created before everything is there"
     );
     // `dealsync status` lists the invitation and what it lacks.
-    let overview = |dir: std::path::PathBuf| async move {
-        tokio::task::spawn_blocking(move || {
-            let c = dealsync::status::open(&dir.join("dealsync.db")).unwrap();
-            dealsync::status::overview(
-                &c,
-                &dir.join("dl.jsonl"),
-                Duration::from_secs(600),
-                store::now_ms(),
-            )
-            .unwrap()
-        })
-        .await
-        .unwrap()
-    };
-    let st = overview(dir.path().to_owned()).await;
+    let st = common::overview(dir.path()).await;
     assert_eq!(
         st.invitations_waiting.len(),
         1,
@@ -712,7 +690,7 @@ async fn a_partner_added_on_hubspots_side_gets_the_deal_once_everything_is_there
     .await;
     assert_eq!(link.partner, "partner-a");
     assert!(
-        overview(dir.path().to_owned())
+        common::overview(dir.path())
             .await
             .invitations_waiting
             .is_empty(),

@@ -49,17 +49,7 @@ async fn no_secret_reaches_logs_status_metrics_dead_letters_or_the_store() {
         common::portal(&sb, "partner-a"),
     );
     assert!(hs.info.token.contains(MARKER), "the marker is in the token");
-    for p in [&hs, &pa] {
-        let c = dealsync::crm::Client::new(
-            &p.info.name,
-            &sb.base_url,
-            &p.info.token,
-            std::sync::Arc::new(dealsync::crm::Budget::new(100, 4)),
-            dealsync::crm::RetryPolicy::default(),
-        )
-        .unwrap();
-        dealsync::setup::ensure(&c, false).await.expect("setup");
-    }
+    common::setup_portals(&sb, &["hubspot", "partner-a"]).await;
     let dir = tempfile::tempdir().unwrap();
     let (db, dl) = (
         dir.path().join("dealsync.db"),

@@ -5,11 +5,9 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::{deal_prop, set_deal, wait_deal_prop};
-use dealsync::crm::{Budget, Client, RetryPolicy};
 use dealsync::store::{self, Store};
 use dealsync::team;
 use serde_json::{json, Value};
@@ -65,17 +63,7 @@ async fn each_side_sees_the_other_team_and_adds_only_its_own_users() {
         common::portal(&sb, "partner-a"),
         common::portal(&sb, "partner-b"),
     );
-    for p in [&hs, &pa, &pb] {
-        let c = Client::new(
-            &p.info.name,
-            &sb.base_url,
-            &p.info.token,
-            Arc::new(Budget::new(100, 4)),
-            RetryPolicy::default(),
-        )
-        .unwrap();
-        dealsync::setup::ensure(&c, false).await.expect("setup");
-    }
+    common::setup_portals(&sb, &["hubspot", "partner-a", "partner-b"]).await;
     let (hs_users, a_users, b_users) = (users(&hs).await, users(&pa).await, users(&pb).await);
 
     // A HubSpot deal worked by two partners (best partner wins), each with its own team.

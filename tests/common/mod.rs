@@ -294,3 +294,37 @@ pub async fn wait_deal_prop(p: &Portal, id: &str, name: &str, want: &str) {
     )
     .await;
 }
+
+/// Runs `dealsync setup` (its properties and groups) in each named portal of a sandbox.
+pub async fn setup_portals(sb: &SandboxHandle, names: &[&str]) {
+    for name in names {
+        let p = sb.portal(name);
+        let c = dealsync::crm::Client::new(
+            name,
+            &sb.base_url,
+            &p.token,
+            std::sync::Arc::new(dealsync::crm::Budget::new(100, 4)),
+            dealsync::crm::RetryPolicy::default(),
+        )
+        .expect("client");
+        dealsync::setup::ensure(&c, false).await.expect("setup");
+    }
+}
+
+/// `dealsync status` as the operator sees it, for a daemon whose store and dead letters are in
+/// `dir` (as [`parts`] and [`settings`] put them).
+pub async fn overview(dir: &std::path::Path) -> dealsync::status::Status {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let c = dealsync::status::open(&dir.join("dealsync.db")).expect("status opens the store");
+        dealsync::status::overview(
+            &c,
+            &dir.join("dl.jsonl"),
+            Duration::from_secs(600),
+            dealsync::store::now_ms(),
+        )
+        .expect("status")
+    })
+    .await
+    .expect("status task")
+}
