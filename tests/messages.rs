@@ -785,6 +785,55 @@ async fn isolation_between_partners_of_one_hubspot_deal() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_copied_by_a_run_that_then_failed_is_reused_not_uploaded_again() {
+    let w = World::new().await;
+    let d = w.start().await;
+    let h = w.hs.create_deal(json!({"dealname": "Shared deal"})).await;
+    let p = w.link(&d.store, &w.pa, &h).await;
+    // The copy's upsert fails (every try, in the client and then in the job) after the
+    // attachment went up.
+    w.hs.set_faults(json!({"rate_503": 1.0, "paths": ["/crm/v3/objects/notes/batch/upsert"]}))
+        .await;
+    let f = upload(&w.pa, "terms.pdf", b"%PDF terms".to_vec()).await;
+    let m = note(
+        &w.pa,
+        &p,
+        "with terms",
+        true,
+        json!({"hs_attachment_ids": f}),
+    )
+    .await;
+    let origin = format!("partner-a:{m}");
+    let file = wait_object(
+        &d.store,
+        "the uploaded copy recorded despite the failure",
+        |o| {
+            o.kind == "file"
+                && o.origin == format!("partner-a:{f}")
+                && o.hubspot_object_id.is_some()
+        },
+    )
+    .await;
+    w.hs.set_faults(json!({})).await;
+    wait_object(&d.store, "the message copied once the upsert works", |o| {
+        o.origin == origin && o.state == "active" && o.hubspot_object_id.is_some()
+    })
+    .await;
+    let copy = copies_of(&w.hs, &origin).await;
+    assert_eq!(copy.len(), 1);
+    assert_eq!(
+        prop(&copy[0], "hs_attachment_ids"),
+        file.hubspot_object_id.as_deref(),
+        "the copy carries the file uploaded by the failed run"
+    );
+    let uploads = w.hs.counters().await["endpoints"]["POST /files/v3/files"]
+        .as_u64()
+        .unwrap_or(0);
+    assert_eq!(uploads, 1, "uploaded once");
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_whose_create_answer_was_lost_is_not_duplicated() {
     let w = World::new().await;
     let d = w.start().await;

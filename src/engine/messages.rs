@@ -537,6 +537,9 @@ pub struct Arrival {
 pub struct MessageError {
     pub error: String,
     pub class: ErrorClass,
+    /// File copies made before the failure: recorded anyway, so the retry reuses them
+    /// instead of uploading a second copy (the files API has no idempotency key).
+    pub files: Vec<ObjectLink>,
 }
 
 impl From<CrmError> for MessageError {
@@ -550,6 +553,7 @@ impl From<CrmError> for MessageError {
                 e.class()
             },
             error: e.to_string(),
+            files: Vec::new(),
         }
     }
 }
@@ -585,16 +589,56 @@ pub async fn execute(
     recorded: &[ObjectLink],
     force: bool,
 ) -> Result<MessageOutcome, MessageError> {
-    let view = |side: Side| match side {
-        Side::Partner => &partner,
-        Side::Hubspot => &hubspot,
-    };
-    let mut out = MessageOutcome::default();
     let mut files: Vec<ObjectLink> = recorded
         .iter()
         .filter(|o| o.kind == "file")
         .cloned()
         .collect();
+    let mut file_changed: HashSet<String> = HashSet::new();
+    let run = execute_with(
+        link,
+        settings,
+        partner,
+        hubspot,
+        intents,
+        recorded,
+        force,
+        &mut files,
+        &mut file_changed,
+    )
+    .await;
+    let changed = files
+        .into_iter()
+        .filter(|f| file_changed.contains(&f.origin));
+    match run {
+        Ok(mut out) => {
+            out.objects.extend(changed);
+            Ok(out)
+        }
+        Err(mut e) => {
+            e.files = changed.collect();
+            Err(e)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn execute_with(
+    link: &Link,
+    settings: &MessageSettings,
+    partner: SideView<'_>,
+    hubspot: SideView<'_>,
+    intents: Vec<Intent>,
+    recorded: &[ObjectLink],
+    force: bool,
+    files: &mut Vec<ObjectLink>,
+    file_changed: &mut HashSet<String>,
+) -> Result<MessageOutcome, MessageError> {
+    let view = |side: Side| match side {
+        Side::Partner => &partner,
+        Side::Hubspot => &hubspot,
+    };
+    let mut out = MessageOutcome::default();
     // The side a file pair's original lives on; only the other side's file is ours to delete.
     let file_origin_side = |f: &ObjectLink| {
         if f.origin.split_once(':').map(|(p, _)| p) == Some(hubspot.portal) {
@@ -603,7 +647,6 @@ pub async fn execute(
             Side::Partner
         }
     };
-    let mut file_changed: HashSet<String> = HashSet::new();
     // Pairs whose copy is to be created, keyed by origin, with the copy's properties.
     let mut creates: Vec<PendingCopy> = Vec::new();
     let mut updates: HashMap<Side, Vec<(String, Props)>> = HashMap::new();
@@ -671,8 +714,8 @@ pub async fn execute(
                     view(from).client,
                     view(to).client,
                     content,
-                    &mut files,
-                    &mut file_changed,
+                    files,
+                    file_changed,
                     view(from).portal,
                 )
                 .await?;
@@ -743,8 +786,8 @@ pub async fn execute(
                     &pair,
                     [&partner, &hubspot],
                     [pc, hc],
-                    &mut files,
-                    &mut file_changed,
+                    files,
+                    file_changed,
                     &mut files_to_delete,
                     force,
                 )
@@ -901,11 +944,6 @@ pub async fn execute(
     for (side, id) in files_to_delete {
         view(side).client.delete_file(&id).await?;
     }
-    out.objects.extend(
-        files
-            .into_iter()
-            .filter(|f| file_changed.contains(&f.origin)),
-    );
     Ok(out)
 }
 

@@ -677,6 +677,8 @@ impl Engine {
             .copied()
             .filter(|l| by_id.get(&l.id).is_some_and(|j| !deal_only(&j.reason)))
             .collect();
+        // File copies made by message runs that then failed (see `MessageError::files`).
+        let mut partial_files: Vec<(i64, Vec<store::ObjectLink>)> = Vec::new();
         if self.settings.messages.enabled && !message_links.is_empty() {
             self.heartbeat.beat();
             let results = self.sync_messages(&message_links, &by_id).await?;
@@ -716,6 +718,9 @@ impl Engine {
                         }
                     }
                     Err(e) => {
+                        if !e.files.is_empty() {
+                            partial_files.push((id, e.files));
+                        }
                         outcomes.insert(
                             id,
                             Outcome::Failed {
@@ -805,6 +810,9 @@ impl Engine {
         let (n_retries, n_dead) = (retries.len(), dead.len());
         self.store
             .call(move |c| {
+                for (id, files) in &partial_files {
+                    store::record_file_copies(c, *id, files)?;
+                }
                 store::commit_jobs(c, &commits)?;
                 for (id, due, err) in &retries {
                     store::retry_job(c, *id, *due, err)?;

@@ -404,6 +404,19 @@ fn record_fields(tx: &Connection, j: &JobCommit, now: i64) -> Result<(), StoreEr
 }
 
 /// Upserts object links (by link, kind and origin).
+/// Records file pairs on their own, outside a job's commit: copies a failed run made, so its
+/// retry reuses them.
+pub fn record_file_copies(
+    c: &mut Connection,
+    link_id: i64,
+    files: &[ObjectLink],
+) -> Result<(), StoreError> {
+    let tx = c.transaction()?;
+    record_objects(&tx, link_id, files, now_ms())?;
+    tx.commit()?;
+    Ok(())
+}
+
 fn record_objects(
     tx: &Connection,
     link_id: i64,
