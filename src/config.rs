@@ -76,6 +76,15 @@ struct Raw {
     #[serde(default)]
     messages: RawMessages,
     notifications: Option<RawNotifications>,
+    metrics: Option<RawMetrics>,
+}
+
+/// `[metrics]`: where `/healthz`, `/readyz` and `/metrics` are served when there is no webhook
+/// listener to serve them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: String,
 }
 
 /// `[notifications]`: the outbound webhook and optional email (see [`crate::notify`]).
@@ -397,6 +406,8 @@ pub struct Config {
     pub default_owner_id: Option<String>,
     /// `[notifications]`; disabled when absent.
     pub notify: crate::notify::NotifySettings,
+    /// `[metrics] listen`: health and metrics without webhooks.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// The fields synced when the config names none.
@@ -800,8 +811,24 @@ impl Config {
             ..Default::default()
         };
         let notify = notifications(raw.notifications, &partners, env)?;
+        let metrics_listen = match (raw.metrics, &webhooks) {
+            (None, _) => None,
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "metrics",
+                    "with [webhooks], /healthz, /readyz and /metrics are served on the webhook listener; remove [metrics]",
+                ))
+            }
+            (Some(m), None) => Some(m.listen.parse().map_err(|_| {
+                invalid(
+                    "metrics.listen",
+                    format!("{:?} is not an address like 127.0.0.1:9187", m.listen),
+                )
+            })?),
+        };
         Ok(Config {
             notify,
+            metrics_listen,
             store_path: raw.store.path,
             dead_letter_path: raw.store.dead_letter_path,
             hubspot,
@@ -882,21 +909,37 @@ impl Config {
                 ..Default::default()
             },
             drain: self.drain,
-            webhooks: self.webhooks.as_ref().map(|w| crate::daemon::WebhookParts {
-                listen: w.listen,
-                public_url: w.public_url.clone(),
-                max_body: w.max_body,
-                secrets: std::iter::once(&self.hubspot)
-                    .chain(self.partners.iter().map(|p| &p.portal))
-                    .filter_map(|p| {
-                        p.webhook_secret
-                            .as_ref()
-                            .map(|s| (p.name.clone(), s.expose().to_owned()))
-                    })
-                    .collect(),
-                healthy_poll_interval: w.healthy_poll_interval,
-                quiet_after: w.quiet_after,
-            }),
+            webhooks: self
+                .webhooks
+                .as_ref()
+                .map(|w| crate::daemon::WebhookParts {
+                    listen: w.listen,
+                    public_url: w.public_url.clone(),
+                    max_body: w.max_body,
+                    secrets: std::iter::once(&self.hubspot)
+                        .chain(self.partners.iter().map(|p| &p.portal))
+                        .filter_map(|p| {
+                            p.webhook_secret
+                                .as_ref()
+                                .map(|s| (p.name.clone(), s.expose().to_owned()))
+                        })
+                        .collect(),
+                    healthy_poll_interval: w.healthy_poll_interval,
+                    quiet_after: w.quiet_after,
+                })
+                // Polling only: the same listener, taking no webhooks (every portal answers 404),
+                // serves health and metrics.
+                .or_else(|| {
+                    self.metrics_listen
+                        .map(|listen| crate::daemon::WebhookParts {
+                            listen,
+                            public_url: None,
+                            max_body: crate::ingest::webhook::DEFAULT_MAX_BODY,
+                            secrets: HashMap::new(),
+                            healthy_poll_interval: self.poll_interval,
+                            quiet_after: Duration::from_secs(600),
+                        })
+                }),
         }
     }
 }

@@ -191,6 +191,8 @@ fn bad_inputs_name_their_key() {
         (format!("{MINIMAL}\n[notifications.smtp]\nhost = \"smtp.example.com\"\nfrom = \"not an address\"\n"), "notifications.smtp.from"),
         (format!("{MINIMAL}\n[notifications.smtp]\nhost = \"smtp.example.com\"\nfrom = \"a@b.example\"\nusername = \"u\"\n"), "notifications.smtp"),
         (format!("{MINIMAL}\n[notifications.smtp]\nhost = \"smtp.example.com\"\nfrom = \"a@b.example\"\npassword = \"x\"\n"), "notifications.smtp.password"),
+        (format!("{MINIMAL}\n[metrics]\nlisten = \"localhost\"\n"), "metrics.listen"),
+        (format!("{}\n[webhooks]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n", MINIMAL.replace("token_env = \"HS\"", "token_env = \"HS\"\nwebhook_secret_env = \"HS\"")), "remove [metrics]"),
     ];
     for (text, key) in cases {
         assert_names(&err(&text, &e), key);
@@ -218,4 +220,14 @@ fn empty_secret_files_and_credentials_are_errors() {
     let c = Config::from_toml_str(&text, &e).unwrap();
     assert_eq!(c.partners[0].portal.token.expose(), MARKER);
     assert_eq!(format!("{}", c.partners[0].portal.token), "[redacted]");
+}
+
+#[test]
+fn metrics_without_webhooks_get_a_listener_that_takes_no_webhooks() {
+    let text = format!("{MINIMAL}\n[metrics]\nlisten = \"127.0.0.1:9187\"\n");
+    let c = Config::from_toml_str(&text, &minimal_env()).expect("config");
+    assert!(c.webhooks.is_none());
+    let w = c.daemon_parts().webhooks.expect("a listener");
+    assert_eq!(w.listen.to_string(), "127.0.0.1:9187");
+    assert!(w.secrets.is_empty(), "no portal takes webhooks");
 }

@@ -647,3 +647,35 @@ async fn dropped_webhooks_are_healed_by_polling_and_reordered_ones_are_harmless(
     );
     d.shutdown().await;
 }
+
+/// Polling only, with `[metrics] listen`: the listener serves health and metrics and takes no
+/// webhooks.
+#[tokio::test]
+async fn without_webhooks_the_listener_serves_health_and_metrics_only() {
+    let w = World::new().await;
+    let mut parts = w.parts(Duration::from_millis(200));
+    if let Some(l) = parts.webhooks.as_mut() {
+        l.secrets.clear();
+    }
+    let d = DaemonHandle::start(parts).await.unwrap();
+    let addr = d.webhook_addr.unwrap();
+    let metrics = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), 200);
+    let samples = parse_prometheus(&metrics.text().await.unwrap());
+    assert_eq!(samples["dealsync_queue_depth"], 0.0);
+    common::eventually("readyz once both portals were polled", WAIT, || async {
+        let r = reqwest::get(format!("http://{addr}/readyz")).await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    let posted = reqwest::Client::new()
+        .post(format!("http://{addr}/webhooks/hubspot"))
+        .body("[]")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 404, "no portal takes webhooks here");
+    d.shutdown().await;
+}
