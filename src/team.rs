@@ -38,6 +38,9 @@ pub const ADD_STATUS: &str = "dealsync_team_status";
 
 /// How long a portal's owner list is trusted.
 pub const DIRECTORY_TTL: Duration = Duration::from_secs(300);
+/// After a failed listing, how long before the portal is asked again (every batch would ask,
+/// and warn, otherwise).
+pub const DIRECTORY_RETRY: Duration = Duration::from_secs(30);
 
 /// Deal properties that change a team (webhooks on them queue the link).
 pub fn watched() -> [&'static str; 3] {
@@ -197,6 +200,8 @@ pub struct Directory {
     cache: Mutex<HashMap<String, Listing>>,
     /// Held while listing, so workers starting together list a portal once.
     listing: tokio::sync::Mutex<()>,
+    /// When each portal's last listing failed.
+    failed: Mutex<HashMap<String, Instant>>,
 }
 
 impl Directory {
@@ -215,7 +220,29 @@ impl Directory {
         if let Some(list) = cached() {
             return Ok(list);
         }
-        let list = Arc::new(client.owners().await?);
+        if let Some(at) = self.failed.lock().get(client.portal()) {
+            if at.elapsed() < DIRECTORY_RETRY {
+                return Err(CrmError::Connect {
+                    portal: client.portal().to_owned(),
+                    call: "GET /crm/v3/owners".into(),
+                    detail: format!(
+                        "listing the users failed {} s ago; asked again after {} s",
+                        at.elapsed().as_secs(),
+                        DIRECTORY_RETRY.as_secs()
+                    ),
+                });
+            }
+        }
+        let list = match client.owners().await {
+            Ok(l) => Arc::new(l),
+            Err(e) => {
+                self.failed
+                    .lock()
+                    .insert(client.portal().to_owned(), Instant::now());
+                return Err(e);
+            }
+        };
+        self.failed.lock().remove(client.portal());
         self.cache
             .lock()
             .insert(client.portal().to_owned(), (Instant::now(), list.clone()));

@@ -428,3 +428,40 @@ async fn email_goes_to_the_deal_team_and_the_partner_lead() {
     assert!(!data.contains("EMAIL-BODY-MARKER"), "{data}");
     d.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_hangs_times_out_is_dead_lettered_and_never_holds_up_sync() {
+    let w = World::new().await;
+    // Accepts connections and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", silent.local_addr().unwrap());
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let h2 = held.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = silent.accept().await {
+            h2.lock().push(sock);
+        }
+    });
+    let mut settings = w.notify(Some(url), None);
+    settings.timeout = Duration::from_millis(300);
+    settings.max_attempts = 2;
+    let d = w.start(settings).await;
+    let (p, h) = w.pair(&d.store).await;
+    note(&w.pa, &p, "shared", true, json!({})).await;
+    // Fields keep flowing while the notification hangs.
+    for i in 0..3 {
+        let name = format!("Renamed {i}");
+        set_deal(&w.pa, &p, json!({ "dealname": name })).await;
+        wait_deal_prop(&w.hs, &h, "dealname", &name).await;
+    }
+    let dl = w.dir.path().join("dl.jsonl");
+    let entry = common::eventually("the hanging delivery is dead-lettered", WAIT, || async {
+        let (entries, _) = dealsync::deadletter::read(&dl).ok()?;
+        entries.into_iter().find(|e| e.class == "notification")
+    })
+    .await;
+    assert_eq!(entry.attempts, 2);
+    assert!(entry.error.contains("cannot be reached"), "{}", entry.error);
+    assert!(!held.lock().is_empty(), "the receiver was called");
+    d.shutdown().await;
+}
