@@ -25,24 +25,18 @@ const WAIT: Duration = Duration::from_secs(60);
 const SECRET: &str = "notify-test-secret";
 const LEAD: &str = "lead@partner-a.example";
 
-struct World {
-    sb: dealsync::sandbox::SandboxHandle,
-    hs: common::Portal,
-    pa: common::Portal,
-    dir: tempfile::TempDir,
+struct World(common::Duo);
+
+impl std::ops::Deref for World {
+    type Target = common::Duo;
+    fn deref(&self) -> &common::Duo {
+        &self.0
+    }
 }
 
 impl World {
     async fn new() -> World {
-        let sb = common::unlimited_sandbox().await;
-        let w = World {
-            hs: common::portal(&sb, "hubspot"),
-            pa: common::portal(&sb, "partner-a"),
-            sb,
-            dir: tempfile::tempdir().unwrap(),
-        };
-        common::setup_portals(&w.sb, &["hubspot", "partner-a"]).await;
-        w
+        World(common::Duo::new().await)
     }
 
     fn inbox_url(&self) -> String {

@@ -328,3 +328,27 @@ pub async fn overview(dir: &std::path::Path) -> dealsync::status::Status {
     .await
     .expect("status task")
 }
+
+/// HubSpot's portal and partner-a in an unthrottled sandbox, with dealsync's properties set up,
+/// and a temporary directory for the store: what most daemon tests start from. A test's own
+/// world wraps it (and derefs to it) to add its steps.
+pub struct Duo {
+    pub sb: SandboxHandle,
+    pub hs: Portal,
+    pub pa: Portal,
+    pub dir: tempfile::TempDir,
+}
+
+impl Duo {
+    pub async fn new() -> Duo {
+        let sb = unlimited_sandbox().await;
+        let d = Duo {
+            hs: portal(&sb, "hubspot"),
+            pa: portal(&sb, "partner-a"),
+            sb,
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        setup_portals(&d.sb, &["hubspot", "partner-a"]).await;
+        d
+    }
+}
