@@ -5,13 +5,11 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use common::notes::{note, notes, prop};
 use common::{deal_prop, set_deal as set, wait_deal_prop as wait_prop};
 use dealsync::daemon::DaemonHandle;
-use dealsync::engine::StageMap;
 use dealsync::store::{self, Store};
 use serde_json::json;
 
@@ -32,27 +30,7 @@ impl World {
     }
 
     async fn start(&self) -> DaemonHandle {
-        let mut stages = StageMap::default();
-        for s in [
-            "appointmentscheduled",
-            "qualifiedtobuy",
-            "closedwon",
-            "closedlost",
-        ] {
-            stages.to_hubspot.insert(s.into(), s.into());
-            stages.to_partner.insert(s.into(), s.into());
-        }
-        let mut settings = common::settings(self.dir.path());
-        settings.fields = dealsync::config::default_fields();
-        settings.stage_maps = HashMap::from([("partner-a".to_owned(), stages)]);
-        DaemonHandle::start(common::parts(
-            self.dir.path(),
-            common::conn(&self.sb, "hubspot"),
-            vec![common::conn(&self.sb, "partner-a")],
-            settings,
-        ))
-        .await
-        .expect("daemon")
+        self.0.start(self.lifecycle_settings()).await
     }
 
     /// A linked pair, agreed on by a first sync.

@@ -14,7 +14,6 @@ use common::notes::note;
 use common::{set_deal, wait_deal_prop};
 use dealsync::config::Secret;
 use dealsync::daemon::DaemonHandle;
-use dealsync::engine::StageMap;
 use dealsync::notify::{NotifySettings, SmtpSecurity, SmtpTarget, WebhookTarget};
 use dealsync::store::{self, Store};
 use parking_lot::Mutex;
@@ -59,28 +58,9 @@ impl World {
     }
 
     async fn start(&self, notify: NotifySettings) -> DaemonHandle {
-        let mut stages = StageMap::default();
-        for s in [
-            "appointmentscheduled",
-            "qualifiedtobuy",
-            "closedwon",
-            "closedlost",
-        ] {
-            stages.to_hubspot.insert(s.into(), s.into());
-            stages.to_partner.insert(s.into(), s.into());
-        }
-        let mut settings = common::settings(self.dir.path());
-        settings.fields = dealsync::config::default_fields();
-        settings.stage_maps = HashMap::from([("partner-a".to_owned(), stages)]);
+        let mut settings = self.lifecycle_settings();
         settings.notify = notify;
-        DaemonHandle::start(common::parts(
-            self.dir.path(),
-            common::conn(&self.sb, "hubspot"),
-            vec![common::conn(&self.sb, "partner-a")],
-            settings,
-        ))
-        .await
-        .expect("daemon")
+        self.0.start(settings).await
     }
 
     /// A linked pair with an owner on each side and a shared message written before the

@@ -352,3 +352,38 @@ impl Duo {
         d
     }
 }
+
+impl Duo {
+    /// Daemon settings with the built-in fields and partner-a's stages mapped one to one.
+    pub fn lifecycle_settings(&self) -> dealsync::engine::Settings {
+        let mut stages = dealsync::engine::StageMap::default();
+        for s in [
+            "appointmentscheduled",
+            "qualifiedtobuy",
+            "closedwon",
+            "closedlost",
+        ] {
+            stages.to_hubspot.insert(s.into(), s.into());
+            stages.to_partner.insert(s.into(), s.into());
+        }
+        let mut settings = settings(self.dir.path());
+        settings.fields = dealsync::config::default_fields();
+        settings.stage_maps = std::collections::HashMap::from([("partner-a".to_owned(), stages)]);
+        settings
+    }
+
+    /// A daemon for hubspot ↔ partner-a with `settings`.
+    pub async fn start(
+        &self,
+        settings: dealsync::engine::Settings,
+    ) -> dealsync::daemon::DaemonHandle {
+        dealsync::daemon::DaemonHandle::start(parts(
+            self.dir.path(),
+            conn(&self.sb, "hubspot"),
+            vec![conn(&self.sb, "partner-a")],
+            settings,
+        ))
+        .await
+        .expect("daemon")
+    }
+}
