@@ -14,6 +14,9 @@
 //!   separated by `,` or `;`). A user of their own portal joins the collaborators; an email
 //!   that belongs to the other account is refused with the reason, as is one nobody in the
 //!   portal has. The answer goes to `dealsync_team_status` and the request is cleared.
+//! - `hs_all_collaborator_owner_ids` is HubSpot's "Deal collaborator" property. The shared
+//!   API notes do not confirm that every portal accepts writes to it; where a portal refuses,
+//!   the request is cleared and `dealsync_team_status` carries the portal's reason.
 //! - Owners are listed once per portal and kept for [`DIRECTORY_TTL`]; a failed listing skips
 //!   the team display for that job (it never fails the sync) and the next job tries again.
 
