@@ -668,7 +668,7 @@ pub fn render(s: &Status) -> String {
             "  refused: {} deal {}: {}",
             cut(&r.partner, 12),
             cut(&r.partner_deal_id, 12),
-            cut(&r.reason, 40)
+            cut(&r.reason, 36)
         );
     }
     for i in &s.invitations_waiting {
@@ -683,9 +683,9 @@ pub fn render(s: &Status) -> String {
     if s.notifications.pending + s.notifications.dead > 0 {
         let _ = writeln!(
             o,
-            "\nNOTIFY    {} waiting (oldest {}), {} given up (dead-lettered)",
+            "\nNOTIFY    {} waiting (oldest {}), {} given up (dead letters)",
             s.notifications.pending,
-            s.notifications.oldest_pending.as_deref().unwrap_or("-"),
+            short_time(&s.notifications.oldest_pending),
             s.notifications.dead
         );
     }

@@ -278,6 +278,14 @@ async fn failures_are_retried_dead_lettered_and_replayed_without_holding_up_sync
         .await
         .unwrap();
     assert_eq!((status.0, status.1), (0, 1), "none waiting, one dead");
+    let st = common::overview(w.dir.path()).await;
+    assert_eq!((st.notifications.pending, st.notifications.dead), (0, 1));
+    let table = dealsync::status::render(&st);
+    assert!(
+        table.contains("NOTIFY    0 waiting (oldest -), 1 given up"),
+        "{table}"
+    );
+    assert!(table.lines().all(|l| l.chars().count() <= 80), "{table}");
     d.shutdown().await;
 
     // Fixed configuration; a receiver that is briefly down (two 503s) gets it on a retry.

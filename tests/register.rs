@@ -464,6 +464,7 @@ async fn marking_a_deal_in_the_partner_crm_registers_it_or_shows_why_not() {
         table.contains(&format!("refused: partner-a deal {bare}: ")),
         "{table}"
     );
+    assert!(table.lines().all(|l| l.chars().count() <= 80), "{table}");
     let bare2 = bare.clone();
     let none = d
         .store
