@@ -33,7 +33,9 @@
 //!   failed.
 //! - **Dead letters.** A notice past `max_attempts` (or refused) is kept in the store as dead
 //!   and written to the dead-letter file with class `notification`; `dealsync replay` puts it
-//!   back in the outbox.
+//!   back in the outbox. After 30 days the store forgets it (the dead letter stays, and
+//!   replay then says it can no longer be sent), so a receiver gone for good cannot grow the
+//!   store without bound.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -319,6 +321,8 @@ pub struct Notifier {
 const ROUND: usize = 20;
 /// How often an idle notifier looks at the outbox.
 const IDLE: Duration = Duration::from_millis(500);
+/// How long a dead notification can still be replayed before the store forgets it.
+pub const DEAD_KEPT: Duration = Duration::from_secs(30 * 24 * 3600);
 
 impl Notifier {
     /// Runs until cancelled. Never returns an error: a failure is retried or dead-lettered.
@@ -347,7 +351,24 @@ impl Notifier {
                 return;
             }
         };
+        let mut pruned_at: Option<std::time::Instant> = None;
         loop {
+            if pruned_at.is_none_or(|t| t.elapsed() > Duration::from_secs(3600)) {
+                pruned_at = Some(std::time::Instant::now());
+                let before = store::now_ms() - DEAD_KEPT.as_millis() as i64;
+                match self
+                    .store
+                    .call(move |c| store::prune_dead_notifications(c, before))
+                    .await
+                {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(
+                        forgotten = n,
+                        "dead notifications older than 30 days forgotten (their dead letters stay)"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "cannot prune dead notifications"),
+                }
+            }
             let due = self
                 .store
                 .call(|c| store::due_notifications(c, store::now_ms(), ROUND))

@@ -169,7 +169,7 @@ pub async fn replay(
         let text = if ok {
             "notification queued again; the daemon sends it (with [notifications] configured)"
         } else {
-            "the notification is no longer waiting in the store (sent or replayed already)"
+            "the notification is no longer in the store (sent or replayed already, or given up more than 30 days ago)"
         };
         marks.push(Replay {
             replayed: e.id.clone(),

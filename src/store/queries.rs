@@ -720,6 +720,44 @@ mod tests {
     }
 
     #[test]
+    fn the_outbox_retries_gives_up_requeues_and_forgets() {
+        let mut c = mem();
+        let job = JobCommit {
+            link_id: 1,
+            notices: vec!["{\"event\":\"x\"}".into()],
+            ..Default::default()
+        };
+        commit_fields(&mut c, &[job]).unwrap();
+        let due = due_notifications(&c, i64::MAX, 10).unwrap();
+        assert_eq!(due.len(), 1);
+        let mut n = due[0].clone();
+        assert_eq!(
+            (n.attempts, n.webhook_done, n.email_done),
+            (0, false, false)
+        );
+        // The webhook went through, the email did not: retried later, webhook kept as done.
+        n.webhook_done = true;
+        notification_failed(&c, &n, 5_000, "smtp down", false).unwrap();
+        assert!(due_notifications(&c, 4_999, 10).unwrap().is_empty());
+        let again = &due_notifications(&c, 5_000, 10).unwrap()[0];
+        assert_eq!((again.attempts, again.webhook_done), (1, true));
+        assert_eq!(notification_counts(&c).unwrap().0, 1);
+        // Given up: not due any more, counted dead; replay puts it back once.
+        notification_failed(&c, again, 6_000, "smtp down", true).unwrap();
+        assert!(due_notifications(&c, i64::MAX, 10).unwrap().is_empty());
+        assert_eq!(notification_counts(&c).unwrap().1, 1);
+        assert!(notification_requeue(&c, n.id).unwrap());
+        assert!(!notification_requeue(&c, n.id).unwrap(), "only a dead one");
+        let back = &due_notifications(&c, i64::MAX, 10).unwrap()[0];
+        assert_eq!(back.attempts, 0);
+        // Dead long enough: forgotten; sent: gone.
+        notification_failed(&c, back, 6_000, "x", true).unwrap();
+        assert_eq!(prune_dead_notifications(&c, 6_000).unwrap(), 0);
+        assert_eq!(prune_dead_notifications(&c, 6_001).unwrap(), 1);
+        assert_eq!(notification_counts(&c).unwrap(), (0, 0, None));
+    }
+
+    #[test]
     fn jobs_coalesce_and_rerun_after_a_change_during_the_run() {
         let mut c = mem();
         let l = insert_link(&c, "partner-a", "1", "9", "channel").unwrap();
@@ -1323,6 +1361,15 @@ pub fn notification_requeue(c: &Connection, id: i64) -> Result<bool, StoreError>
         params![id, now_ms()],
     )?;
     Ok(n == 1)
+}
+
+/// Forgets dead notifications given up before `before` (ms); they stay in the dead-letter
+/// file, but `dealsync replay` can no longer send them. Returns how many went.
+pub fn prune_dead_notifications(c: &Connection, before: i64) -> Result<usize, StoreError> {
+    Ok(c.execute(
+        "DELETE FROM notifications WHERE state = 'dead' AND due_at < ?1",
+        [before],
+    )?)
 }
 
 /// Notifications by state (`pending`, `dead`), with the oldest pending one's creation time.
