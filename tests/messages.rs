@@ -833,6 +833,53 @@ async fn a_file_copied_by_a_run_that_then_failed_is_reused_not_uploaded_again() 
     d.shutdown().await;
 }
 
+/// Found by review: a file added to a message already synced, whose attach on the other side
+/// fails, must not look removed to the retry (which would delete the partner's own file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_added_to_a_synced_message_survives_a_failed_attach() {
+    let w = World::new().await;
+    let d = w.start().await;
+    let h = w.hs.create_deal(json!({"dealname": "Shared deal"})).await;
+    let p = w.link(&d.store, &w.pa, &h).await;
+    let m = note(&w.pa, &p, "plain", true, json!({})).await;
+    let origin = format!("partner-a:{m}");
+    wait_copy(&w.hs, &origin, "the copy", |_| true).await;
+    w.hs.set_faults(json!({"rate_503": 1.0, "paths": ["/crm/v3/objects/notes/batch/update"]}))
+        .await;
+    let f = upload(&w.pa, "terms.pdf", b"%PDF terms".to_vec()).await;
+    patch_note(&w.pa, &m, json!({"hs_attachment_ids": f})).await;
+    common::eventually("the attach failed, retries included", WAIT, || async {
+        let c = w.hs.counters().await;
+        (c["endpoints"]["POST /crm/v3/objects/notes/batch/update"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 3)
+            .then_some(())
+    })
+    .await;
+    w.hs.set_faults(json!({})).await;
+    wait_copy(&w.hs, &origin, "the copy with the file attached", |c| {
+        prop(c, "hs_attachment_ids").is_some()
+    })
+    .await;
+    assert!(
+        file_live(&w.pa, &f).await,
+        "the partner's own file is there"
+    );
+    let pn =
+        w.pa.get(&format!(
+            "/crm/v3/objects/notes/{m}?properties=hs_attachment_ids"
+        ))
+        .await;
+    assert_eq!(
+        pn.body["properties"]["hs_attachment_ids"].as_str(),
+        Some(f.as_str()),
+        "the partner's attachment stays: {}",
+        pn.text
+    );
+    d.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_whose_create_answer_was_lost_is_not_duplicated() {
     let w = World::new().await;

@@ -595,6 +595,7 @@ pub async fn execute(
         .cloned()
         .collect();
     let mut file_changed: HashSet<String> = HashSet::new();
+    let mut uploaded: HashSet<String> = HashSet::new();
     let run = execute_with(
         link,
         settings,
@@ -605,18 +606,27 @@ pub async fn execute(
         force,
         &mut files,
         &mut file_changed,
+        &mut uploaded,
     )
     .await;
-    let changed = files
-        .into_iter()
-        .filter(|f| file_changed.contains(&f.origin));
     match run {
         Ok(mut out) => {
-            out.objects.extend(changed);
+            out.objects.extend(
+                files
+                    .into_iter()
+                    .filter(|f| file_changed.contains(&f.origin)),
+            );
             Ok(out)
         }
         Err(mut e) => {
-            e.files = changed.collect();
+            // Only the copies uploaded for messages still to be created: their retry finds
+            // and attaches them. Anything else this run changed (a file added to a synced
+            // message, a removal) is left as stored, or the retry would read a copy it never
+            // attached as one someone removed.
+            e.files = files
+                .into_iter()
+                .filter(|f| uploaded.contains(&f.origin) && f.state == "active")
+                .collect();
             Err(e)
         }
     }
@@ -633,6 +643,7 @@ async fn execute_with(
     force: bool,
     files: &mut Vec<ObjectLink>,
     file_changed: &mut HashSet<String>,
+    uploaded: &mut HashSet<String>,
 ) -> Result<MessageOutcome, MessageError> {
     let view = |side: Side| match side {
         Side::Partner => &partner,
@@ -707,7 +718,8 @@ async fn execute_with(
                     // on the first): leave it for the next run, which decides again.
                     continue;
                 };
-                let attachments = copy_new_files(
+                let before: HashSet<String> = file_changed.clone();
+                let copied = copy_new_files(
                     settings,
                     &pair,
                     from,
@@ -718,7 +730,9 @@ async fn execute_with(
                     file_changed,
                     view(from).portal,
                 )
-                .await?;
+                .await;
+                uploaded.extend(file_changed.difference(&before).cloned());
+                let attachments = copied?;
                 let mut props = Map::new();
                 props.insert("hs_note_body".into(), Value::String(content.body.clone()));
                 props.insert(
