@@ -228,6 +228,23 @@ pub fn thread_partner(
     None
 }
 
+/// The ids of a note's thread: itself, then what it replies to, up to the first message.
+fn thread_ids(note: &NoteHead, hubspot: &HashMap<String, NoteHead>) -> Vec<String> {
+    let mut out = vec![note.id.clone()];
+    let mut cur = note;
+    // Bounded, like `thread_partner`.
+    for _ in 0..32 {
+        match cur.reply_to.as_deref().and_then(|r| hubspot.get(r)) {
+            Some(parent) => {
+                out.push(parent.id.clone());
+                cur = parent;
+            }
+            None => break,
+        }
+    }
+    out
+}
+
 /// Where a HubSpot-side original may go for the link of `partner`, given how many active links
 /// the HubSpot deal has (isolation, SPEC §1.2).
 pub fn reach(thread_partner: Option<&str>, partner: &str, links_of_deal: usize) -> Reach {
@@ -259,6 +276,50 @@ pub enum Intent {
     Record(ObjectLink),
 }
 
+/// What the HubSpot deal's other links know of its notes (isolation between the partners of
+/// one HubSpot deal).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DealContext {
+    /// Active links of the HubSpot deal, this one included.
+    pub links: usize,
+    /// HubSpot notes other links recorded as their copies (of their partner's messages).
+    pub other_copies: HashSet<String>,
+    /// Untargeted HubSpot originals another link shared with its partner: that partner's
+    /// thread, never news for this one.
+    pub other_originals: HashSet<String>,
+}
+
+impl DealContext {
+    /// From every link's recorded messages on the HubSpot deal (`pairs` by link id).
+    pub fn new<'a>(
+        link_id: i64,
+        links: usize,
+        hubspot_portal: &str,
+        pairs: impl IntoIterator<Item = (i64, &'a ObjectLink)>,
+    ) -> DealContext {
+        let mut c = DealContext {
+            links,
+            ..Default::default()
+        };
+        for (id, o) in pairs {
+            if id == link_id || o.kind != "message" {
+                continue;
+            }
+            let Some(hid) = o.hubspot_object_id.clone() else {
+                continue;
+            };
+            if o.origin.split_once(':').map(|(p, _)| p) == Some(hubspot_portal) {
+                if !matches!(o.state.as_str(), "needs_target" | "elsewhere" | "new") {
+                    c.other_originals.insert(hid);
+                }
+            } else {
+                c.other_copies.insert(hid);
+            }
+        }
+        c
+    }
+}
+
 /// Decides, from deciding properties only, what each message of one link needs. `partner`
 /// and `hubspot` are the notes of the link's two deals; `pairs` the link's recorded messages.
 ///
@@ -269,7 +330,7 @@ pub enum Intent {
 pub fn intend(
     link: &Link,
     hubspot_portal: &str,
-    links_of_deal: usize,
+    deal: &DealContext,
     partner: &HashMap<String, NoteHead>,
     hubspot: &HashMap<String, NoteHead>,
     pairs: &[ObjectLink],
@@ -318,8 +379,10 @@ pub fn intend(
                     && o.origin.split_once(':').map(|(p, _)| p) == Some(portal_of(other(side)))
             })
         };
+        // Nor is another link's copy on the HubSpot deal (its partner's message).
+        let others_copy = |id: &str| side == Side::Hubspot && deal.other_copies.contains(id);
         for n in &list {
-            if n.origin.is_none() && n.shared && !recorded_copy(&n.id) {
+            if n.origin.is_none() && n.shared && !recorded_copy(&n.id) && !others_copy(&n.id) {
                 add(&origin_key(portal_of(side), &n.id), &mut keys);
             }
         }
@@ -396,14 +459,21 @@ pub fn intend(
                 let reachable = match from {
                     Side::Partner => Reach::Here,
                     Side::Hubspot => match thread_partner(o, hubspot, hubspot_portal) {
-                        Some(p) => reach(Some(&p), &link.partner, links_of_deal),
+                        Some(p) => reach(Some(&p), &link.partner, deal.links),
                         // An untargeted message is decided once, by the partners the deal had
                         // when it was first seen: a partner joining later must not pull back
                         // a copy already shared, nor one leaving send out a message that was
                         // held for a target. Naming a target decides it again.
                         None if was_active => Reach::Here,
                         None if pair.state == "needs_target" => Reach::NeedsTarget,
-                        None => reach(None, &link.partner, links_of_deal),
+                        // Its thread was shared with another of the deal's partners.
+                        None if thread_ids(o, hubspot)
+                            .iter()
+                            .any(|id| deal.other_originals.contains(id)) =>
+                        {
+                            Reach::NeedsTarget
+                        }
+                        None => reach(None, &link.partner, deal.links),
                     },
                 };
                 match (reachable, copy) {
@@ -768,6 +838,14 @@ async fn execute_with(
                     id_on(&pair, Side::Partner).unwrap_or_default().to_owned(),
                     id_on(&pair, Side::Hubspot).unwrap_or_default().to_owned(),
                 );
+                // Retargeted between the two reads: this link may no longer be where it goes,
+                // so nothing is written; the next run decides again.
+                let retargeted = hubspot.contents.get(&hid).is_some_and(|c| {
+                    c.target.as_ref() != hubspot.heads.get(&hid).and_then(|h| h.target.as_ref())
+                });
+                if retargeted {
+                    continue;
+                }
                 let (Some(pc), Some(hc)) = (
                     partner.contents.get(&pid).filter(|c| c.shared),
                     hubspot.contents.get(&hid).filter(|c| c.shared),
@@ -1184,6 +1262,13 @@ mod tests {
         }
     }
 
+    fn deal(links: usize) -> DealContext {
+        DealContext {
+            links,
+            ..Default::default()
+        }
+    }
+
     fn note(id: &str, shared: bool) -> NoteHead {
         NoteHead {
             id: id.into(),
@@ -1233,7 +1318,7 @@ mod tests {
     fn private_notes_go_nowhere_and_leave_no_record() {
         let p = map(&[note("1", false)]);
         let h = map(&[note("2", false)]);
-        assert!(intend(&link(), "hubspot", 1, &p, &h, &[]).is_empty());
+        assert!(intend(&link(), "hubspot", &deal(1), &p, &h, &[]).is_empty());
     }
 
     #[test]
@@ -1241,7 +1326,7 @@ mod tests {
         let p = map(&[note("1", true)]);
         let h = map(&[note("2", true)]);
         assert_eq!(
-            kinds(&intend(&link(), "hubspot", 1, &p, &h, &[])),
+            kinds(&intend(&link(), "hubspot", &deal(1), &p, &h, &[])),
             vec![
                 "create partner-a:1 from Partner",
                 "create hubspot:2 from Hubspot"
@@ -1260,7 +1345,7 @@ mod tests {
         let h = map(&[ours, theirs]);
         let pairs = [pair("partner-a:1", Some("1"), Some("2"), "active")];
         assert_eq!(
-            kinds(&intend(&link(), "hubspot", 2, &p, &h, &pairs)),
+            kinds(&intend(&link(), "hubspot", &deal(2), &p, &h, &pairs)),
             vec!["sync partner-a:1"]
         );
     }
@@ -1271,23 +1356,30 @@ mod tests {
         copy.origin = Some("partner-a:1".into());
         let pairs = [pair("partner-a:1", Some("1"), Some("2"), "active")];
         // Original gone: archive the copy on HubSpot's side.
-        let i = intend(&link(), "hubspot", 1, &map(&[]), &map(&[copy]), &pairs);
+        let i = intend(
+            &link(),
+            "hubspot",
+            &deal(1),
+            &map(&[]),
+            &map(&[copy]),
+            &pairs,
+        );
         assert_eq!(kinds(&i), vec!["remove 2 on Hubspot (removed)"]);
         // Copy gone: archive the original.
         let i = intend(
             &link(),
             "hubspot",
-            1,
+            &deal(1),
             &map(&[note("1", true)]),
             &map(&[]),
             &pairs,
         );
         assert_eq!(kinds(&i), vec!["remove 1 on Partner (removed)"]);
         // Both gone: record only, and once recorded, nothing more.
-        let i = intend(&link(), "hubspot", 1, &map(&[]), &map(&[]), &pairs);
+        let i = intend(&link(), "hubspot", &deal(1), &map(&[]), &map(&[]), &pairs);
         assert_eq!(kinds(&i), vec!["record partner-a:1 removed"]);
         let done = [pair("partner-a:1", Some("1"), Some("2"), "removed")];
-        assert!(intend(&link(), "hubspot", 1, &map(&[]), &map(&[]), &done).is_empty());
+        assert!(intend(&link(), "hubspot", &deal(1), &map(&[]), &map(&[]), &done).is_empty());
     }
 
     #[test]
@@ -1298,7 +1390,7 @@ mod tests {
         let i = intend(
             &link(),
             "hubspot",
-            1,
+            &deal(1),
             &map(&[note("1", false)]),
             &map(&[copy.clone()]),
             &pairs,
@@ -1308,7 +1400,7 @@ mod tests {
         let i = intend(
             &link(),
             "hubspot",
-            1,
+            &deal(1),
             &map(&[note("1", true)]),
             &map(&[copy]),
             &pairs,
@@ -1323,14 +1415,21 @@ mod tests {
         let detached = [pair("partner-a:1", Some("1"), Some("2"), "detached")];
         // The original deleted, made private, or shared again: the private copy stays.
         for p in [map(&[]), map(&[note("1", false)]), map(&[note("1", true)])] {
-            let i = intend(&link(), "hubspot", 1, &p, &map(&[copy.clone()]), &detached);
+            let i = intend(
+                &link(),
+                "hubspot",
+                &deal(1),
+                &p,
+                &map(&[copy.clone()]),
+                &detached,
+            );
             assert!(i.is_empty(), "{:?}", kinds(&i));
         }
         // A private note carrying an origin the store never recorded is not adopted either.
         let i = intend(
             &link(),
             "hubspot",
-            1,
+            &deal(1),
             &map(&[note("1", true)]),
             &map(&[copy]),
             &[],
@@ -1344,7 +1443,7 @@ mod tests {
         let i = intend(
             &link(),
             "hubspot",
-            1,
+            &deal(1),
             &map(&[note("1", true)]),
             &map(&[]),
             &pairs,
@@ -1355,25 +1454,59 @@ mod tests {
     #[test]
     fn hubspot_messages_on_a_deal_with_several_partners_need_a_target() {
         let h = map(&[note("2", true)]);
-        let i = intend(&link(), "hubspot", 2, &map(&[]), &h, &[]);
+        let i = intend(&link(), "hubspot", &deal(2), &map(&[]), &h, &[]);
         assert_eq!(kinds(&i), vec!["record hubspot:2 needs_target"]);
         // Recorded once; not again.
         let recorded = [pair("hubspot:2", None, Some("2"), "needs_target")];
-        assert!(intend(&link(), "hubspot", 2, &map(&[]), &h, &recorded).is_empty());
+        assert!(intend(&link(), "hubspot", &deal(2), &map(&[]), &h, &recorded).is_empty());
         // Targeted at this partner: copied; at another: nothing.
         let mut t = note("2", true);
         t.target = Some("partner-a".into());
         let i = intend(
             &link(),
             "hubspot",
-            2,
+            &deal(2),
             &map(&[]),
             &map(&[t.clone()]),
             &recorded,
         );
         assert_eq!(kinds(&i), vec!["create hubspot:2 from Hubspot"]);
         t.target = Some("partner-b".into());
-        assert!(intend(&link(), "hubspot", 2, &map(&[]), &map(&[t]), &[]).is_empty());
+        assert!(intend(&link(), "hubspot", &deal(2), &map(&[]), &map(&[t]), &[]).is_empty());
+    }
+
+    #[test]
+    fn another_partners_messages_on_the_hubspot_deal_never_reach_this_one() {
+        // Link 2 (partner-b) shares the HubSpot deal. Note 5 is its copy of partner-b's
+        // message, whose dealsync_origin someone cleared; note 6 an untargeted HubSpot message
+        // partner-b got while it was the deal's only partner; note 7 a reply in that thread.
+        let b_pairs = [
+            pair("partner-b:40", None, Some("5"), "active"),
+            pair("hubspot:6", None, Some("6"), "active"),
+        ];
+        let ctx = DealContext::new(1, 1, "hubspot", b_pairs.iter().map(|o| (2, o)));
+        assert_eq!(ctx.other_copies, HashSet::from(["5".to_owned()]));
+        assert_eq!(ctx.other_originals, HashSet::from(["6".to_owned()]));
+        let mut reply = note("7", true);
+        reply.reply_to = Some("6".into());
+        let h = map(&[note("5", true), note("6", true), reply]);
+        let i = intend(&link(), "hubspot", &ctx, &map(&[]), &h, &[]);
+        assert_eq!(
+            kinds(&i),
+            vec![
+                "record hubspot:6 needs_target",
+                "record hubspot:7 needs_target"
+            ],
+            "partner-a gets none of partner-b's thread, even as the deal's only partner now"
+        );
+        // Named for partner-a, it goes.
+        let mut t = note("6", true);
+        t.target = Some("partner-a".into());
+        let i = intend(&link(), "hubspot", &ctx, &map(&[]), &map(&[t]), &[]);
+        assert_eq!(kinds(&i), vec!["create hubspot:6 from Hubspot"]);
+        // The link's own pairs never count as another link's.
+        let own = DealContext::new(1, 1, "hubspot", b_pairs.iter().map(|o| (1, o)));
+        assert_eq!(own, deal(1));
     }
 
     #[test]
@@ -1382,10 +1515,10 @@ mod tests {
         // The partner-side copy 7 lost its dealsync_origin; the store knows it.
         let p = map(&[note("7", true)]);
         let shared = [pair("hubspot:2", Some("7"), Some("2"), "active")];
-        let i = intend(&link(), "hubspot", 1, &p, &h, &shared);
+        let i = intend(&link(), "hubspot", &deal(1), &p, &h, &shared);
         assert_eq!(kinds(&i), vec!["sync hubspot:2"]);
         // Without the record it would look like a partner original.
-        let i = intend(&link(), "hubspot", 1, &p, &h, &[]);
+        let i = intend(&link(), "hubspot", &deal(1), &p, &h, &[]);
         assert!(kinds(&i).contains(&"create partner-a:7 from Partner".to_owned()));
     }
 
@@ -1399,14 +1532,14 @@ mod tests {
             c.origin = Some("hubspot:2".into());
             c
         }]);
-        let i = intend(&link(), "hubspot", 2, &p, &h, &shared);
+        let i = intend(&link(), "hubspot", &deal(2), &p, &h, &shared);
         assert_eq!(kinds(&i), vec!["sync hubspot:2"]);
         // Held for a target while there were two; down to one partner: still held.
         let held = [pair("hubspot:2", None, Some("2"), "needs_target")];
-        assert!(intend(&link(), "hubspot", 1, &map(&[]), &h, &held).is_empty());
+        assert!(intend(&link(), "hubspot", &deal(1), &map(&[]), &h, &held).is_empty());
         // New ones are decided by the partners the deal has now.
         assert_eq!(
-            kinds(&intend(&link(), "hubspot", 1, &map(&[]), &h, &[])),
+            kinds(&intend(&link(), "hubspot", &deal(1), &map(&[]), &h, &[])),
             vec!["create hubspot:2 from Hubspot"]
         );
     }
@@ -1420,12 +1553,19 @@ mod tests {
         let mut reply = note("6", true);
         reply.reply_to = Some("5".into());
         let h = map(&[from_b, reply.clone()]);
-        assert!(intend(&link(), "hubspot", 2, &map(&[]), &h, &[]).is_empty());
+        assert!(intend(&link(), "hubspot", &deal(2), &map(&[]), &h, &[]).is_empty());
         let mut from_a = note("5", true);
         from_a.origin = Some("partner-a:1".into());
         let h = map(&[from_a, reply]);
         let pairs = [pair("partner-a:1", Some("1"), Some("5"), "active")];
-        let i = intend(&link(), "hubspot", 2, &map(&[note("1", true)]), &h, &pairs);
+        let i = intend(
+            &link(),
+            "hubspot",
+            &deal(2),
+            &map(&[note("1", true)]),
+            &h,
+            &pairs,
+        );
         assert_eq!(
             kinds(&i),
             vec!["sync partner-a:1", "create hubspot:6 from Hubspot"]
@@ -1439,18 +1579,25 @@ mod tests {
         let mut copy = note("9", true);
         copy.origin = Some("partner-a:1".into());
         let h = map(&[copy.clone()]);
-        let i = intend(&link(), "hubspot", 1, &map(&[note("1", true)]), &h, &[]);
+        let i = intend(
+            &link(),
+            "hubspot",
+            &deal(1),
+            &map(&[note("1", true)]),
+            &h,
+            &[],
+        );
         assert_eq!(kinds(&i), vec!["create partner-a:1 from Partner"]);
         // The original was deleted meanwhile: the copy goes (the pair was recorded as being
         // created before the upsert).
         let creating = [pair("partner-a:1", Some("1"), None, "creating")];
-        let i = intend(&link(), "hubspot", 1, &map(&[]), &h, &creating);
+        let i = intend(&link(), "hubspot", &deal(1), &map(&[]), &h, &creating);
         assert_eq!(kinds(&i), vec!["remove 9 on Hubspot (removed)"]);
         // Made private meanwhile: the copy goes too.
         let i = intend(
             &link(),
             "hubspot",
-            1,
+            &deal(1),
             &map(&[note("1", false)]),
             &h,
             &creating,
@@ -1458,11 +1605,18 @@ mod tests {
         assert_eq!(kinds(&i), vec!["remove 9 on Hubspot (unshared)"]);
         // A copy this link knows nothing about, whose original is not on this link's deal,
         // belongs to another link of the same partner: left alone.
-        assert!(intend(&link(), "hubspot", 1, &map(&[]), &h, &[]).is_empty());
+        assert!(intend(&link(), "hubspot", &deal(1), &map(&[]), &h, &[]).is_empty());
         // A copy being created when the process died may exist without its association: it is
         // looked up by origin.
         let creating = [pair("partner-a:1", Some("1"), None, "creating")];
-        let i = intend(&link(), "hubspot", 1, &map(&[]), &map(&[]), &creating);
+        let i = intend(
+            &link(),
+            "hubspot",
+            &deal(1),
+            &map(&[]),
+            &map(&[]),
+            &creating,
+        );
         assert_eq!(
             kinds(&i),
             vec!["remove partner-a:1 by origin on Hubspot (removed)"]
@@ -1470,7 +1624,15 @@ mod tests {
         // Another partner's copy on the same HubSpot deal is none of this link's business.
         let mut theirs = copy;
         theirs.origin = Some("partner-b:1".into());
-        assert!(intend(&link(), "hubspot", 2, &map(&[]), &map(&[theirs]), &[]).is_empty());
+        assert!(intend(
+            &link(),
+            "hubspot",
+            &deal(2),
+            &map(&[]),
+            &map(&[theirs]),
+            &[]
+        )
+        .is_empty());
     }
 
     #[test]

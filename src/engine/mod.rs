@@ -1287,12 +1287,19 @@ impl Engine {
             .collect();
         let ids: Vec<i64> = links.iter().map(|l| l.id).collect();
         let hs_deals = unique(links.iter().map(|l| l.hubspot_deal_id.clone()));
-        let (recorded, counts) = self
+        // The HubSpot deals' other links too: what they share is not this link's (isolation).
+        let (recorded, counts, siblings) = self
             .store
             .call(move |c| {
+                let siblings = store::link_ids_of_hubspot_deals(c, &hs_deals)?;
+                let mut all: Vec<i64> = ids;
+                all.extend(siblings.values().flatten().copied());
+                all.sort_unstable();
+                all.dedup();
                 Ok((
-                    store::object_links(c, &ids)?,
+                    store::object_links(c, &all)?,
                     store::active_links_per_hubspot_deal(c, &hs_deals)?,
+                    siblings,
                 ))
             })
             .await?;
@@ -1327,14 +1334,17 @@ impl Engine {
                 .get(&l.id)
                 .is_some_and(|j| j.reason.contains("sweep") || j.reason.contains("replay"));
             let pairs = recorded.get(&l.id).unwrap_or(&empty);
-            let intents = messages::intend(
-                l,
-                &hubspot_portal,
+            let deal = messages::DealContext::new(
+                l.id,
                 counts.get(&l.hubspot_deal_id).copied().unwrap_or(1),
-                &p,
-                &h,
-                pairs,
+                &hubspot_portal,
+                siblings
+                    .get(&l.hubspot_deal_id)
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|id| recorded.get(id).into_iter().flatten().map(|o| (*id, o))),
             );
+            let intents = messages::intend(l, &hubspot_portal, &deal, &p, &h, pairs);
             for i in &intents {
                 let mut want = |side: Side, id: Option<&str>| {
                     let (portal, notes) = match side {

@@ -248,6 +248,28 @@ pub struct ObjectLink {
 const OBJECT_COLS: &str = "link_id, kind, origin, partner_object_id, hubspot_object_id, state, note, parent, shadow, partner_ms, hubspot_ms";
 
 /// The object links of several links: link id -> its messages and files.
+/// Every link (any state) of each HubSpot deal: the ids, by HubSpot deal.
+pub fn link_ids_of_hubspot_deals(
+    c: &Connection,
+    hubspot_deal_ids: &[String],
+) -> Result<HashMap<String, Vec<i64>>, StoreError> {
+    let mut out: HashMap<String, Vec<i64>> = HashMap::new();
+    for chunk in hubspot_deal_ids.chunks(500) {
+        let marks = vec!["?"; chunk.len()].join(",");
+        let mut st = c.prepare(&format!(
+            "SELECT hubspot_deal_id, id FROM links WHERE hubspot_deal_id IN ({marks})"
+        ))?;
+        let rows = st.query_map(params_from_iter(chunk.iter()), |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })?;
+        for r in rows {
+            let (h, id) = r?;
+            out.entry(h).or_default().push(id);
+        }
+    }
+    Ok(out)
+}
+
 pub fn object_links(
     c: &Connection,
     link_ids: &[i64],
