@@ -163,6 +163,13 @@ pub async fn invite(
             call: "batch upsert".into(),
             detail: "no deal in the answer".into(),
         })?;
+    // The link first, then the welcome note: the note is news for the partner (notifications
+    // announce only messages written after their link). A stop between the two leaves the
+    // link without its welcome note; the other order could write the note twice.
+    let (p2, pd, hd) = (partner.clone(), partner_deal.clone(), deal.id.clone());
+    let link = store
+        .call(move |c| store::insert_link(c, &p2, &pd, &hd, "channel"))
+        .await?;
     // The welcome note, as a shared message on HubSpot's side: message sync carries it over.
     let mut note = Map::new();
     note.insert(
@@ -181,10 +188,6 @@ pub async fn invite(
             &note,
             json!([{ "to": { "id": deal.id }, "types": [{ "associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 214 }] }]),
         )
-        .await?;
-    let (p2, pd, hd) = (partner.clone(), partner_deal.clone(), deal.id.clone());
-    let link = store
-        .call(move |c| store::insert_link(c, &p2, &pd, &hd, "channel"))
         .await?;
     let id = link.id;
     store

@@ -201,8 +201,9 @@ type Listing = (Instant, Arc<Vec<Owner>>);
 #[derive(Debug, Default)]
 pub struct Directory {
     cache: Mutex<HashMap<String, Listing>>,
-    /// Held while listing, so workers starting together list a portal once.
-    listing: tokio::sync::Mutex<()>,
+    /// Per portal, held while listing it, so workers starting together list a portal once
+    /// (and a slow portal holds up no other).
+    listing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// When each portal's last listing failed.
     failed: Mutex<HashMap<String, Instant>>,
 }
@@ -219,7 +220,13 @@ impl Directory {
         if let Some(list) = cached() {
             return Ok(list);
         }
-        let _one_at_a_time = self.listing.lock().await;
+        let gate = self
+            .listing
+            .lock()
+            .entry(client.portal().to_owned())
+            .or_default()
+            .clone();
+        let _one_at_a_time = gate.lock().await;
         if let Some(list) = cached() {
             return Ok(list);
         }

@@ -84,7 +84,22 @@ impl World {
             .hs
             .create_deal(props(owner(&self.hs).await, "qualifiedtobuy"))
             .await;
-        note(&self.pa, &p, "history before the link", true, json!({})).await;
+        let old = note(&self.pa, &p, "history before the link", true, json!({})).await;
+        // The link is made after the note's last change, to the millisecond.
+        let written = self
+            .pa
+            .get(&format!(
+                "/crm/v3/objects/notes/{old}?properties=hs_lastmodifieddate"
+            ))
+            .await
+            .body["properties"]["hs_lastmodifieddate"]
+            .as_str()
+            .and_then(dealsync::crm::parse_ms)
+            .expect("hs_lastmodifieddate");
+        common::eventually("the clock passes the note's time", WAIT, || async {
+            (store::now_ms() > written).then_some(())
+        })
+        .await;
         let (p2, h2) = (p.clone(), h.clone());
         let link = store
             .call(move |c| store::insert_link(c, "partner-a", &p2, &h2, "channel"))

@@ -591,6 +591,14 @@ async fn daemon(w: &World, dir: &std::path::Path) -> dealsync::daemon::DaemonHan
             default_owner_id: None,
         },
     )]);
+    // Notifications to the sandbox's catcher.
+    settings.notify = dealsync::notify::NotifySettings {
+        webhook: Some(dealsync::notify::WebhookTarget {
+            url: format!("{}/_sandbox/inbox", w._sb.base_url),
+            secret: dealsync::config::Secret::new("register-test"),
+        }),
+        ..Default::default()
+    };
     dealsync::daemon::DaemonHandle::start(common::parts(
         dir,
         common::conn(&w._sb, "hubspot"),
@@ -719,6 +727,27 @@ async fn a_partner_added_on_hubspots_side_gets_the_deal_once_everything_is_there
                 .then_some(())
         },
     )
+    .await;
+    // The partner's deal team hears of it: HubSpot shared a message (the welcome note).
+    let partner_deal = link.partner_deal_id.clone();
+    common::eventually("the partner is told of the welcome note", wait, || async {
+        let inbox = w.hs.get("/_sandbox/inbox").await;
+        inbox.body["results"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|d| {
+                d["body"]["event"] == "message_shared"
+                    && d["body"]["side"] == "partner"
+                    && d["body"]["deal_id"] == partner_deal.as_str()
+            })
+            .map(|d| {
+                assert!(
+                    d["body"]["recipients"][0]["email"] == email.as_str(),
+                    "the partner deal's owner: {d}"
+                )
+            })
+    })
     .await;
     d.shutdown().await;
 }

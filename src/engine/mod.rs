@@ -668,7 +668,17 @@ impl Engine {
             // A HubSpot deal with several links answers its request once per batch (two
             // workers answering it at once write the same result).
             let h = asked.insert(l.hubspot_deal_id.clone()).then_some(h);
-            self.team_requests(l, p, h, &dirs).await;
+            if !self.team_requests(l, p, h, &dirs).await {
+                continue;
+            }
+            // Not answered for a passing reason: the job comes back for it (without failing).
+            let job = by_id[&l.id];
+            if let Some(Outcome::Done(c)) = outcomes.get_mut(&l.id) {
+                if c.retry.is_none() && job.attempts + 1 < self.settings.max_attempts {
+                    let due = store::now_ms() + self.backoff(job.attempts).as_millis() as i64;
+                    c.retry = Some((due, "a deal team request waits for its portal".into()));
+                }
+            }
         }
         // Messages only for jobs not queued by deal changes alone: note changes queue their own
         // (note pollers, note webhooks), and the sweep covers the rest.
@@ -1029,7 +1039,7 @@ impl Engine {
         use crate::notify::{Event, Notice};
         arrivals
             .iter()
-            .filter(|a| a.original_ms.is_none_or(|ms| ms > l.created_at))
+            .filter(|a| a.original_ms.is_none_or(|ms| ms >= l.created_at))
             .map(
                 |messages::Arrival {
                      side, comment, id, ..
@@ -1106,18 +1116,23 @@ impl Engine {
 
     /// Answers `dealsync_team_add` on the partner deal and (when `h` is given) on the HubSpot
     /// deal: own users join, anyone else is refused with the reason. Never fails the job: a
-    /// request that cannot be answered now stays set for a later job, and one whose write the
-    /// portal refuses is cleared with the reason in `dealsync_team_status`.
+    /// request that cannot be answered now stays set, and `true` asks for the job to come
+    /// back for it; one whose write the portal refuses is cleared with the reason in
+    /// `dealsync_team_status`.
     async fn team_requests(
         &self,
         l: &Link,
         p: &Record,
         h: Option<&Record>,
         dirs: &HashMap<String, Arc<Vec<Owner>>>,
-    ) {
+    ) -> bool {
+        let asked = |d: Option<&Record>| d.is_some_and(|d| d.get(team::ADD).is_some());
+        if !asked(Some(p)) && !asked(h) {
+            return false;
+        }
         let hs_portal = self.portals.hubspot.portal();
         let (Some(hd), Some(pd)) = (dirs.get(hs_portal), dirs.get(&l.partner)) else {
-            return;
+            return true;
         };
         // On HubSpot's side, the other accounts are every partner linked to the deal.
         let mut partner_dirs: Vec<(String, Arc<Vec<Owner>>)> = Vec::new();
@@ -1131,7 +1146,7 @@ impl Engine {
                 Ok(v) => v,
                 Err(e) => {
                     tracing::warn!(link = l.id, error = %e, "cannot read the deal's links; its team request waits");
-                    return;
+                    return true;
                 }
             };
             for partner in unique(linked.into_iter().map(|(x, _)| x.partner)) {
@@ -1142,7 +1157,7 @@ impl Engine {
                     Ok(d) => partner_dirs.push((partner, d)),
                     Err(e) => {
                         tracing::warn!(portal = %partner, error = %e, "cannot list the partner's users; the team request waits");
-                        return;
+                        return true;
                     }
                 }
             }
@@ -1166,6 +1181,7 @@ impl Engine {
                     .collect(),
             ),
         ];
+        let mut again = false;
         for (deal, client, id, own, others) in sides {
             let (Some(deal), Some(client)) = (deal, client) else {
                 continue;
@@ -1186,7 +1202,8 @@ impl Engine {
                     tracing::info!(link = l.id, portal = %client.portal(), "deal team request answered")
                 }
                 Err(e) if e.is_transient() => {
-                    tracing::warn!(link = l.id, portal = %client.portal(), error = %e, "cannot answer the deal team request now; a later job tries again")
+                    again = true;
+                    tracing::warn!(link = l.id, portal = %client.portal(), error = %e, "cannot answer the deal team request now; the job comes back for it")
                 }
                 Err(e) => {
                     tracing::warn!(link = l.id, portal = %client.portal(), error = %e, "the portal refused the deal team change");
@@ -1202,6 +1219,7 @@ impl Engine {
                 }
             }
         }
+        again
     }
 
     /// Per HubSpot deal with quotes, the partner-facing summary (see [`crate::quotes`]).
