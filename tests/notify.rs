@@ -133,6 +133,9 @@ impl World {
             (0, 0),
             "the first sync announces nothing: {what:?}"
         );
+        // Nor was anything already sent (a sent notice leaves the outbox).
+        let sent = self.inbox().await;
+        assert!(sent.is_empty(), "sent on the first sync: {sent:?}");
         (p, h)
     }
 
@@ -445,6 +448,10 @@ async fn a_receiver_that_hangs_times_out_is_dead_lettered_and_never_holds_up_syn
     let d = w.start(settings).await;
     let (p, h) = w.pair(&d.store).await;
     note(&w.pa, &p, "shared", true, json!({})).await;
+    common::eventually("a delivery is hanging", WAIT, || async {
+        (!held.lock().is_empty()).then_some(())
+    })
+    .await;
     // Fields keep flowing while the notification hangs.
     for i in 0..3 {
         let name = format!("Renamed {i}");
@@ -459,6 +466,5 @@ async fn a_receiver_that_hangs_times_out_is_dead_lettered_and_never_holds_up_syn
     .await;
     assert_eq!(entry.attempts, 2);
     assert!(entry.error.contains("cannot be reached"), "{}", entry.error);
-    assert!(!held.lock().is_empty(), "the receiver was called");
     d.shutdown().await;
 }
