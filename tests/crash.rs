@@ -4,7 +4,8 @@
 //! shared messages deleted — restarted each time, and at the end both sides must agree on every
 //! synced field, each holding the last value written anywhere (no change lost); every live
 //! shared message has exactly one copy on the other side, a deleted one none; a removed
-//! attachment's copy is deleted; no private marker reached the other portal; no dead letters.
+//! attachment's copy is deleted; no private marker reached the other portal; every live copy
+//! was announced by a notification at least once; no dead letters.
 //!
 //! Short by default (30 kills, seeded, a few seconds of changes) so it runs in CI; set
 //! `DEALSYNC_SOAK_KILLS` (e.g. 500) and optionally `DEALSYNC_SOAK_SEED` for a long local run.
@@ -76,6 +77,12 @@ hubspot_property = "dealname"
 partner_property = "dealstage"
 hubspot_property = "dealstage"
 kind = "stage"
+[notifications]
+webhook_url = "{base}/_sandbox/inbox"
+webhook_secret_env = "NOTIFY_SECRET"
+max_attempts = 100
+retry_base_ms = 50
+retry_max_ms = 500
 {hooks}"#,
             db = dir.join("dealsync.db").display(),
             dl = dir.join("dead-letters.jsonl").display(),
@@ -99,6 +106,7 @@ fn start(cfg: &Path, hs: &common::Portal, pa: &common::Portal) -> Child {
         .env("PA_TOKEN", &pa.info.token)
         .env("HS_SECRET", &hs.info.webhook_secret)
         .env("PA_SECRET", &pa.info.webhook_secret)
+        .env("NOTIFY_SECRET", "crash-notify")
         .env("DEALSYNC_LOG", "error")
         .kill_on_drop(true)
         .spawn()
@@ -308,6 +316,7 @@ async fn soak(faults: bool) {
         }
     }
     msgs.converged(&hs, &pa, &db, seed).await;
+    msgs.announced(&hs, &pa, seed).await;
     let _ = daemon.start_kill();
     let _ = daemon.wait().await;
     let dead = dealsync::deadletter::read_all(&dir.path().join("dead-letters.jsonl")).unwrap();
@@ -586,6 +595,45 @@ impl Messages {
             }
         }
         None
+    }
+
+    /// Waits until the other side was told of every copy still there, at least once, however
+    /// often the daemon was killed (notices commit with the copy; delivery resumes after a
+    /// restart).
+    async fn announced(&self, hs: &common::Portal, pa: &common::Portal, seed: u64) {
+        common::eventually(
+            &format!("seed {seed}: every copy announced"),
+            Duration::from_secs(120),
+            || async {
+                // Reads may meet an injected fault: then this round says "not yet".
+                let (on_hs, on_pa) = (notes(hs).await?, notes(pa).await?);
+                let inbox = hs.get("/_sandbox/inbox").await;
+                let told: std::collections::HashSet<String> = inbox.body["results"]
+                    .as_array()?
+                    .iter()
+                    .filter(|d| d["body"]["event"] == "message_shared")
+                    .filter_map(|d| d["body"]["object_id"].as_str().map(str::to_owned))
+                    .collect();
+                self.shared
+                    .iter()
+                    .filter(|m| !m.deleted)
+                    .all(|m| {
+                        let origin = format!("{}:{}", m.portal, m.id);
+                        let there = if m.portal == "hubspot" {
+                            &on_pa
+                        } else {
+                            &on_hs
+                        };
+                        there
+                            .iter()
+                            .find(|n| note_prop(n, "dealsync_origin") == Some(origin.as_str()))
+                            .and_then(|n| n["id"].as_str())
+                            .is_some_and(|id| told.contains(id))
+                    })
+                    .then_some(())
+            },
+        )
+        .await;
     }
 
     /// Waits until every shared message has exactly the copy it should, then checks removed
