@@ -833,6 +833,70 @@ async fn a_file_copied_by_a_run_that_then_failed_is_reused_not_uploaded_again() 
     d.shutdown().await;
 }
 
+/// Isolation over time: an untargeted HubSpot message sent while partner A was the deal's only
+/// partner belongs to A's thread; partner B, linked after A was excluded (so again the deal's
+/// only active partner), never gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_linked_later_never_gets_an_earlier_partners_untargeted_thread() {
+    let w = World::new().await;
+    let d = w.start().await;
+    let h = w.hs.create_deal(json!({"dealname": "Shared deal"})).await;
+    let pa_deal = w.link(&d.store, &w.pa, &h).await;
+    let m = note(&w.hs, &h, "FOR-A-ONLY thread", true, json!({})).await;
+    let origin = format!("hubspot:{m}");
+    wait_copy(&w.pa, &origin, "partner A's copy", |_| true).await;
+    let a =
+        w.hs.patch(
+            &format!("/crm/v3/objects/deals/{h}"),
+            json!({"properties": {"dealsync_excluded_partners": "partner-a"}}),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    common::eventually("partner A is excluded", WAIT, || {
+        let (s, pd) = (d.store.clone(), pa_deal.clone());
+        async move {
+            let state: String = s
+                .call(move |c| {
+                    Ok(c.query_row(
+                        "SELECT state FROM links WHERE partner_deal_id = ?1",
+                        [&pd],
+                        |r| r.get(0),
+                    )?)
+                })
+                .await
+                .ok()?;
+            (state == "excluded").then_some(())
+        }
+    })
+    .await;
+    let pb_deal = w.link(&d.store, &w.pb, &h).await;
+    let pb2 = pb_deal.clone();
+    d.store
+        .call(move |c| {
+            let id: i64 = c.query_row(
+                "SELECT id FROM links WHERE partner_deal_id = ?1",
+                [&pb2],
+                |r| r.get(0),
+            )?;
+            store::enqueue_now(c, &[id], "test")
+        })
+        .await
+        .unwrap();
+    wait_object(
+        &d.store,
+        "partner B's link holds the message for a target",
+        |o| o.origin == origin && o.state == "needs_target",
+    )
+    .await;
+    let on_b = notes(&w.pb).await;
+    assert!(
+        on_b.iter()
+            .all(|n| !prop(n, "hs_note_body").unwrap_or("").contains("FOR-A-ONLY")),
+        "partner B got partner A's thread: {on_b:?}"
+    );
+    d.shutdown().await;
+}
+
 /// Found by review: a file added to a message already synced, whose attach on the other side
 /// fails, must not look removed to the retry (which would delete the partner's own file).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
