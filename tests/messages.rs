@@ -9,10 +9,9 @@ mod common;
 use common::notes::{attachments, file_content, file_live, note, notes, prop, upload};
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use dealsync::crm::{Budget, Client, RetryPolicy};
+use dealsync::crm::RetryPolicy;
 use dealsync::daemon::{DaemonHandle, DaemonParts, PortalConn, WebhookParts};
 use dealsync::engine::messages::MessageSettings;
 use dealsync::engine::{FieldKind, FieldSpec, Settings};
@@ -49,11 +48,7 @@ impl World {
             sb,
             dir: tempfile::tempdir().expect("tempdir"),
         };
-        for p in [&w.hs, &w.pa, &w.pb] {
-            dealsync::setup::ensure(&w.client(p), false)
-                .await
-                .expect("setup");
-        }
+        common::setup_portals(&w.sb, &["hubspot", "partner-a", "partner-b"]).await;
         w
     }
 
@@ -65,18 +60,6 @@ impl World {
             rate_limit_per_10s: 100,
             search_per_s: 4,
         }
-    }
-
-    fn client(&self, p: &common::Portal) -> Client {
-        let c = self.conn(p);
-        Client::new(
-            &c.name,
-            &c.base_url,
-            &c.token,
-            Arc::new(Budget::new(100, 4)),
-            fast_retry(),
-        )
-        .expect("client")
     }
 
     fn parts(&self, messages: MessageSettings, sweep: Duration, webhooks: bool) -> DaemonParts {
