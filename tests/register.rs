@@ -113,6 +113,23 @@ async fn associate(p: &common::Portal, deal: &str, object: &str, id: &str) {
     assert_eq!(a.status, 200, "associate: {}", a.text);
 }
 
+/// The active link of a deal on `side` (`portal` names the partner for the partner side).
+async fn link_of(
+    store: &Store,
+    side: store::Side,
+    portal: &'static str,
+    deal: &str,
+) -> Option<store::Link> {
+    let deal = deal.to_owned();
+    store
+        .call(move |c| store::links_for_deals(c, side, portal, &[deal]))
+        .await
+        .unwrap()
+        .into_iter()
+        .next()
+        .map(|(l, _)| l)
+}
+
 async fn status_of(p: &common::Portal, deal: &str) -> Option<String> {
     let a = p
         .get(&format!(
@@ -432,13 +449,7 @@ async fn marking_a_deal_in_the_partner_crm_registers_it_or_shows_why_not() {
     };
     // Refused: no contact. The reason shows on the deal and the mark is cleared.
     let bare = w.deal(Some("acme.example"), false).await;
-    let a =
-        w.pa.patch(
-            &format!("/crm/v3/objects/deals/{bare}"),
-            json!({"properties": {"dealsync_register": "true"}}),
-        )
-        .await;
-    assert_eq!(a.status, 200, "{}", a.text);
+    common::set_deal(&w.pa, &bare, json!({"dealsync_register": "true"})).await;
     let status = common::eventually("the refusal shows on the deal", wait, || async {
         let (mark, status) = flag(bare.clone()).await;
         (mark.as_deref() == Some("false"))
@@ -465,34 +476,18 @@ async fn marking_a_deal_in_the_partner_crm_registers_it_or_shows_why_not() {
         "{table}"
     );
     assert!(table.lines().all(|l| l.chars().count() <= 80), "{table}");
-    let bare2 = bare.clone();
-    let none = d
-        .store
-        .call(move |c| store::links_for_deals(c, store::Side::Partner, "partner-a", &[bare2]))
-        .await
-        .unwrap();
-    assert!(none.is_empty(), "the refused deal is not linked");
+    assert!(
+        link_of(&d.store, store::Side::Partner, "partner-a", &bare)
+            .await
+            .is_none(),
+        "the refused deal is not linked"
+    );
     // Fixed (a contact added) and marked again: registered, and gone from the refusals.
     let contact = create(&w.pa, "contacts", json!({"email": "fixed@acme.example"})).await;
     associate(&w.pa, &bare, "contacts", &contact).await;
-    let a =
-        w.pa.patch(
-            &format!("/crm/v3/objects/deals/{bare}"),
-            json!({"properties": {"dealsync_register": "true"}}),
-        )
-        .await;
-    assert_eq!(a.status, 200, "{}", a.text);
+    common::set_deal(&w.pa, &bare, json!({"dealsync_register": "true"})).await;
     common::eventually("the fixed deal is registered", wait, || {
-        let (s, bare) = (d.store.clone(), bare.clone());
-        async move {
-            let linked = s
-                .call(move |c| {
-                    store::links_for_deals(c, store::Side::Partner, "partner-a", &[bare])
-                })
-                .await
-                .unwrap();
-            (!linked.is_empty()).then_some(())
-        }
+        link_of(&d.store, store::Side::Partner, "partner-a", &bare)
     })
     .await;
     // The refusal is forgotten just after the link is stored.
@@ -506,23 +501,9 @@ async fn marking_a_deal_in_the_partner_crm_registers_it_or_shows_why_not() {
     .await;
     // Accepted: linked, the HubSpot deal exists, the mark cleared, the deal shows active.
     let ok = w.deal(Some("acme.example"), true).await;
-    let a =
-        w.pa.patch(
-            &format!("/crm/v3/objects/deals/{ok}"),
-            json!({"properties": {"dealsync_register": "true"}}),
-        )
-        .await;
-    assert_eq!(a.status, 200, "{}", a.text);
+    common::set_deal(&w.pa, &ok, json!({"dealsync_register": "true"})).await;
     let link = common::eventually("the marked deal is registered and linked", wait, || {
-        let (s, ok) = (d.store.clone(), ok.clone());
-        async move {
-            s.call(move |c| store::links_for_deals(c, store::Side::Partner, "partner-a", &[ok]))
-                .await
-                .unwrap()
-                .into_iter()
-                .next()
-                .map(|(l, _)| l)
-        }
+        link_of(&d.store, store::Side::Partner, "partner-a", &ok)
     })
     .await;
     assert_eq!(
@@ -642,14 +623,10 @@ async fn a_partner_added_on_hubspots_side_gets_the_deal_once_everything_is_there
         "{status}"
     );
     assert!(!status.contains("welcome"), "{status}");
-    let h2 = h.clone();
-    let linked = d
-        .store
-        .call(move |c| store::links_for_deals(c, store::Side::Hubspot, "hubspot", &[h2]))
-        .await
-        .unwrap();
     assert!(
-        linked.is_empty(),
+        link_of(&d.store, store::Side::Hubspot, "hubspot", &h)
+            .await
+            .is_none(),
         "nothing is created before everything is there"
     );
     // `dealsync status` lists the invitation and what it lacks.
@@ -677,24 +654,14 @@ async fn a_partner_added_on_hubspots_side_gets_the_deal_once_everything_is_there
             .unwrap()
             .to_owned(),
     );
-    let a = w
-        .hs
-        .patch(
-            &format!("/crm/v3/objects/deals/{h}"),
-            json!({"properties": {"dealsync_partner_owner": email, "dealsync_availability_confirmed": "true"}}),
-        )
-        .await;
-    assert_eq!(a.status, 200, "{}", a.text);
+    common::set_deal(
+        &w.hs,
+        &h,
+        json!({"dealsync_partner_owner": email, "dealsync_availability_confirmed": "true"}),
+    )
+    .await;
     let link = common::eventually("the partner deal is created and linked", wait, || {
-        let (s, h) = (d.store.clone(), h.clone());
-        async move {
-            s.call(move |c| store::links_for_deals(c, store::Side::Hubspot, "hubspot", &[h]))
-                .await
-                .unwrap()
-                .into_iter()
-                .next()
-                .map(|(l, _)| l)
-        }
+        link_of(&d.store, store::Side::Hubspot, "hubspot", &h)
     })
     .await;
     assert_eq!(link.partner, "partner-a");
