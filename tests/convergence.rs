@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dealsync::crm::{Budget, Client, RetryPolicy};
-use dealsync::engine::{Engine, FieldKind, FieldSpec, Portals, Settings, StageMap};
+use dealsync::engine::{Engine, Portals, Settings, StageMap};
 use dealsync::store::{self, Store};
 use proptest::prelude::*;
 use serde_json::json;
@@ -97,26 +97,14 @@ impl Model {
 }
 
 fn settings(dir: &std::path::Path) -> Settings {
-    Settings {
-        fields: vec![FieldSpec::both_ways(
-            "dealname",
-            "dealname",
-            "dealname",
-            FieldKind::Text,
-        )],
-        stage_maps: HashMap::from([("partner-a".to_owned(), StageMap::default())]),
-        batch_size: 100,
-        workers: 1,
-        max_attempts: 3,
-        retry_base: Duration::from_millis(10),
-        retry_max: Duration::from_millis(50),
-        dead_letter_path: dir.join("dl.jsonl"),
-        mass_deletion: Default::default(),
-        messages: Default::default(),
-        closed_stages: Default::default(),
-        registration: Default::default(),
-        notify: Default::default(),
-    }
+    // One worker and quick retries; the rest as every daemon test has it.
+    let mut s = common::settings(dir);
+    s.stage_maps = HashMap::from([("partner-a".to_owned(), StageMap::default())]);
+    s.workers = 1;
+    s.max_attempts = 3;
+    s.retry_base = Duration::from_millis(10);
+    s.retry_max = Duration::from_millis(50);
+    s
 }
 
 async fn value(p: &common::Portal, id: &str) -> String {
