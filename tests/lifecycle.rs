@@ -268,8 +268,7 @@ async fn a_quote_request_becomes_a_shared_message_and_a_task_for_the_deal_owner(
     let w = World::new().await;
     let d = w.start().await;
     let (p, h, _) = w.pair(&d.store).await;
-    let owners = w.hs.get("/crm/v3/owners").await;
-    let owner = owners.body["results"][0]["id"].as_str().unwrap().to_owned();
+    let owner = common::users(&w.hs).await.remove(0).0;
     set(&w.hs, &h, json!({"hubspot_owner_id": owner})).await;
     set(
         &w.pa,

@@ -68,12 +68,7 @@ impl World {
     async fn pair(&self, store: &Store) -> (String, String) {
         let owner = |p: &common::Portal| {
             let p = p.clone();
-            async move {
-                p.get("/crm/v3/owners").await.body["results"][0]["id"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned()
-            }
+            async move { common::users(&p).await.remove(0).0 }
         };
         let props = |o: String, stage: &str| json!({"dealname": "Notified", "dealstage": stage, "hubspot_owner_id": o});
         let p = self

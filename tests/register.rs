@@ -213,8 +213,7 @@ async fn a_dry_run_writes_nothing_anywhere() {
 async fn a_conversion_creates_the_hubspot_deal_with_the_leads_rep_and_links_it_once() {
     let w = World::new().await;
     // In HubSpot's portal the lead's company is owned by a sales rep.
-    let owners = w.hs.get("/crm/v3/owners").await;
-    let owner = owners.body["results"][0]["id"].as_str().unwrap().to_owned();
+    let owner = common::users(&w.hs).await.remove(0).0;
     create(
         &w.hs,
         "companies",
@@ -286,8 +285,7 @@ async fn a_lead_assigned_to_another_partner_makes_a_best_partner_wins_deal() {
 #[tokio::test]
 async fn a_new_lead_from_a_company_or_a_contact_becomes_a_linked_shared_deal() {
     let w = World::new().await;
-    let owners = w.hs.get("/crm/v3/owners").await;
-    let owner = owners.body["results"][1]["id"].as_str().unwrap().to_owned();
+    let owner = common::users(&w.hs).await.remove(1).0;
     create(
         &w.hs,
         "companies",
@@ -527,8 +525,7 @@ async fn marking_a_deal_in_the_partner_crm_registers_it_or_shows_why_not() {
 #[tokio::test]
 async fn a_lead_nobody_owns_goes_to_the_configured_default_rep() {
     let w = World::new().await;
-    let owners = w.hs.get("/crm/v3/owners").await;
-    let owner = owners.body["results"][2]["id"].as_str().unwrap().to_owned();
+    let owner = common::users(&w.hs).await.remove(2).0;
     let d = w.deal(Some("nobody.example"), true).await;
     let mut registrar = w.registrar(10);
     registrar.default_owner_id = Some(&owner);
@@ -646,14 +643,7 @@ async fn a_partner_added_on_hubspots_side_gets_the_deal_once_everything_is_there
     );
     assert!(table.lines().all(|l| l.chars().count() <= 80), "{table}");
 
-    let owners = w.pa.get("/crm/v3/owners").await;
-    let (owner_id, email) = (
-        owners.body["results"][0]["id"].as_str().unwrap().to_owned(),
-        owners.body["results"][0]["email"]
-            .as_str()
-            .unwrap()
-            .to_owned(),
-    );
+    let (owner_id, email) = common::users(&w.pa).await.remove(0);
     common::set_deal(
         &w.hs,
         &h,

@@ -10,25 +10,9 @@ use std::time::Duration;
 use common::{deal_prop, set_deal, wait_deal_prop};
 use dealsync::store::{self, Store};
 use dealsync::team;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// The sandbox portal's users: (id, email).
-async fn users(p: &common::Portal) -> Vec<(String, String)> {
-    let a = p.get("/crm/v3/owners").await;
-    a.body["results"]
-        .as_array()
-        .expect("owners")
-        .iter()
-        .map(|o: &Value| {
-            (
-                o["id"].as_str().unwrap().to_owned(),
-                o["email"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
-}
 
 /// Waits for dealsync to answer a team request: the status is set and the request cleared.
 async fn answered(p: &common::Portal, id: &str) -> String {
@@ -64,7 +48,11 @@ async fn each_side_sees_the_other_team_and_adds_only_its_own_users() {
         common::portal(&sb, "partner-b"),
     );
     common::setup_portals(&sb, &["hubspot", "partner-a", "partner-b"]).await;
-    let (hs_users, a_users, b_users) = (users(&hs).await, users(&pa).await, users(&pb).await);
+    let (hs_users, a_users, b_users) = (
+        common::users(&hs).await,
+        common::users(&pa).await,
+        common::users(&pb).await,
+    );
 
     // A HubSpot deal worked by two partners (best partner wins), each with its own team.
     let h = hs

@@ -387,3 +387,19 @@ impl Duo {
         .expect("daemon")
     }
 }
+
+/// A sandbox portal's users (owners), as (id, email), in the portal's order.
+pub async fn users(p: &Portal) -> Vec<(String, String)> {
+    let a = p.get("/crm/v3/owners").await;
+    a.body["results"]
+        .as_array()
+        .expect("owners")
+        .iter()
+        .map(|o| {
+            (
+                o["id"].as_str().expect("owner id").to_owned(),
+                o["email"].as_str().expect("owner email").to_owned(),
+            )
+        })
+        .collect()
+}
