@@ -28,6 +28,9 @@
 //!   message is one message seen in two CRMs. Turning the **original** private removes the copy;
 //!   turning the **copy** private detaches the pair (the copy stays, as that side's private
 //!   note, and the original is left alone).
+//! - A copy being made when a run failed or the process died (`creating`) is looked up by its
+//!   origin before it is written again: one a person deleted meanwhile stays deleted and its
+//!   original is deleted, as for any pair (see `recover_creating`).
 //! - A HubSpot-side message reaches a partner when its thread names that partner (its own
 //!   `dealsync_target`, or the message it replies to), or when the HubSpot deal has one link
 //!   only. Otherwise it goes nowhere and the pair is recorded as `needs_target` (SPEC §1.2).
@@ -41,7 +44,7 @@ use std::collections::{HashMap, HashSet};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::crm::{Client, CrmError, ErrorClass, FileCopy, Record};
+use crate::crm::{CallKind, Client, CrmError, ErrorClass, FileCopy, Record};
 use crate::rules::{self, ConflictPolicy, Direction, Observed, Rule};
 use crate::setup::{ORIGIN, REPLY_TO, TARGET, VISIBILITY};
 use crate::store::{ConflictRecord, Link, ObjectLink, Side};
@@ -735,6 +738,7 @@ async fn execute_with(
     let mut removals: Vec<(ObjectLink, Side, String)> = Vec::new();
     let mut files_to_delete: Vec<(Side, String)> = Vec::new();
 
+    let intents = recover_creating(intents, [&partner, &hubspot]).await?;
     for intent in intents {
         match intent {
             Intent::Record(p) => out.objects.push(p),
@@ -1037,6 +1041,104 @@ async fn execute_with(
         view(side).client.delete_file(&id).await?;
     }
     Ok(out)
+}
+
+/// Recovers the copies a failed run or a dead process left `creating` (the store says a copy
+/// may exist, the copy is not on the deal) before they are written again.
+///
+/// The decision: such a copy either never existed, exists without its association (the
+/// upsert went through, the association did not), or existed on the deal and a person deleted
+/// it. The first two are told from the third by the copy's unique `dealsync_origin`:
+/// - a live note holds it: the copy is adopted (the upsert rewrites it and associates it);
+/// - an archived note holds it that is not the copy the pair last recorded (a copy dealsync
+///   itself removed when the original was unshared, before it was shared again): a person
+///   deleted this copy, and a deletion wins as it does for an active pair — the original is
+///   deleted and no new copy is made;
+/// - neither: it never existed, and it is made.
+///
+/// Without this a deletion made while the pair was `creating` (while dealsync was down, or
+/// between a failed run and its retry) was undone by a new copy.
+async fn recover_creating(
+    intents: Vec<Intent>,
+    views: [&SideView<'_>; 2],
+) -> Result<Vec<Intent>, MessageError> {
+    let view = |side: Side| match side {
+        Side::Partner => views[0],
+        Side::Hubspot => views[1],
+    };
+    let mut out = Vec::with_capacity(intents.len());
+    for intent in intents {
+        let Intent::Create { mut pair, from } = intent else {
+            out.push(intent);
+            continue;
+        };
+        let to = other(from);
+        let on_deal = id_on(&pair, to).is_some_and(|id| view(to).heads.contains_key(id));
+        if pair.state != "creating" || on_deal {
+            out.push(Intent::Create { pair, from });
+            continue;
+        }
+        let client = view(to).client;
+        let live = client
+            .get_by("notes", &pair.origin, ORIGIN, &[ORIGIN.to_owned()])
+            .await?
+            .is_some();
+        let archived = if live {
+            None
+        } else {
+            archived_by_origin(client, &pair.origin).await?
+        };
+        match deleted_copy(&pair, to, live, archived.as_deref()) {
+            Some(copy) => {
+                let id = id_on(&pair, from).unwrap_or_default().to_owned();
+                set_id(&mut pair, to, Some(copy));
+                pair.state = "removed".into();
+                pair.note = Some("the copy was deleted".into());
+                out.push(Intent::Remove {
+                    pair,
+                    side: from,
+                    id,
+                });
+            }
+            None => out.push(Intent::Create { pair, from }),
+        }
+    }
+    Ok(out)
+}
+
+/// The copy of a `creating` pair a person deleted, if any: an archived note holding the
+/// pair's origin, unless a live one holds it (only one can: the upsert would have found it)
+/// or it is the copy the pair recorded before this creation (dealsync's own removal).
+pub fn deleted_copy(
+    pair: &ObjectLink,
+    to: Side,
+    live: bool,
+    archived: Option<&str>,
+) -> Option<String> {
+    archived
+        .filter(|a| !live && id_on(pair, to) != Some(*a))
+        .map(str::to_owned)
+}
+
+/// The archived note holding `origin` as its `dealsync_origin`, by an `archived=true` read on
+/// the unique property.
+async fn archived_by_origin(client: &Client, origin: &str) -> Result<Option<String>, CrmError> {
+    let value: String = form_urlencoded::byte_serialize(origin.as_bytes()).collect();
+    let path = format!(
+        "/crm/v3/objects/notes/{value}?idProperty={ORIGIN}&archived=true&properties={ORIGIN}"
+    );
+    match client
+        .call(reqwest::Method::GET, &path, None, CallKind::Ordinary)
+        .await
+    {
+        Ok(v) => Ok(v
+            .get("id")
+            .and_then(Value::as_str)
+            .filter(|_| v.get("archived").and_then(Value::as_bool) == Some(true))
+            .map(str::to_owned)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Copies the files of a new message's original to the other side; returns the copy's
@@ -1633,6 +1735,26 @@ mod tests {
             &[]
         )
         .is_empty());
+    }
+
+    #[test]
+    fn a_creating_copy_counts_as_deleted_only_when_archived_and_not_our_own_removal() {
+        let first = pair("hubspot:2", None, Some("2"), "creating");
+        // Never existed; or exists (live) without its association: made or adopted.
+        assert_eq!(deleted_copy(&first, Side::Partner, false, None), None);
+        assert_eq!(deleted_copy(&first, Side::Partner, true, None), None);
+        // Archived, and dealsync never recorded it: a person deleted it.
+        assert_eq!(
+            deleted_copy(&first, Side::Partner, false, Some("7")),
+            Some("7".into())
+        );
+        // Shared again after dealsync removed copy 7 on unsharing: 7 is not news.
+        let again = pair("hubspot:2", Some("7"), Some("2"), "creating");
+        assert_eq!(deleted_copy(&again, Side::Partner, false, Some("7")), None);
+        assert_eq!(
+            deleted_copy(&again, Side::Partner, false, Some("8")),
+            Some("8".into())
+        );
     }
 
     #[test]

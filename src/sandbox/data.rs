@@ -492,6 +492,32 @@ impl PortalData {
         }
     }
 
+    /// [`PortalData::resolve`] for an `archived=true` read: an archived record still holds its
+    /// unique values (the live index has let them go), so a value names the most recently
+    /// archived record holding it. (HubSpot's behaviour here is unconfirmed.)
+    pub fn resolve_archived(
+        &self,
+        t: ObjectType,
+        id: &str,
+        id_property: Option<&str>,
+    ) -> ApiResult<u64> {
+        let Some(p) = id_property.filter(|p| *p != "hs_object_id") else {
+            return self.resolve(t, id, id_property);
+        };
+        // Refuses a property that is not unique, as a live read does.
+        if let Err(e) = self.resolve(t, id, Some(p)) {
+            if e.status != axum::http::StatusCode::NOT_FOUND {
+                return Err(e);
+            }
+        }
+        self.objects[&t]
+            .values()
+            .filter(|o| o.is_archived() && o.get(p).as_deref() == Some(id))
+            .max_by_key(|o| o.archived_ms)
+            .map(|o| o.id)
+            .ok_or_else(|| not_found(t, id))
+    }
+
     /// Checks property values and turns them into the strings HubSpot stores.
     fn validate(
         &self,

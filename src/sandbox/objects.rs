@@ -359,7 +359,11 @@ pub async fn read(
     let view = View::from_query(&q)?;
     let archived = q.flag("archived")?;
     let data = ctx.portal.data.lock();
-    let id = data.resolve(t, &id, q.get("idProperty"))?;
+    let id = if archived {
+        data.resolve_archived(t, &id, q.get("idProperty"))?
+    } else {
+        data.resolve(t, &id, q.get("idProperty"))?
+    };
     let obj = data
         .objects(t)
         .get(&id)
