@@ -2791,3 +2791,51 @@ async fn state_file_keeps_data_and_credentials_across_restarts() {
     assert_ne!(newer, deal);
     sb.shutdown().await;
 }
+
+/// HubSpot's PATCH takes `archived` only to restore an archived pipeline: on a live one (even
+/// the default) it is a 400 and archives nothing; `archived: false` on an archived one restores
+/// it.
+#[tokio::test]
+async fn pipeline_patch_takes_archived_only_to_restore() {
+    let (_sb, p) = unlimited("partner-a").await;
+    for archived in [true, false] {
+        let a = p
+            .patch(
+                "/crm/v3/pipelines/deals/default",
+                json!({ "archived": archived }),
+            )
+            .await;
+        assert_error(&a, 400, "VALIDATION_ERROR");
+        assert!(a.text.contains("restore"), "says why: {}", a.text);
+    }
+    let still = p.get("/crm/v3/pipelines/deals/default").await;
+    assert_eq!(
+        still.status, 200,
+        "default pipeline still live: {}",
+        still.text
+    );
+
+    let made = p
+        .post(
+            "/crm/v3/pipelines/deals",
+            json!({ "label": "Seasonal", "stages": [
+                { "label": "Open", "metadata": { "probability": "0.5" } }
+            ] }),
+        )
+        .await;
+    assert_eq!(made.status, 201, "{}", made.text);
+    let pid = id_text(&made.body["id"]);
+    let path = format!("/crm/v3/pipelines/deals/{pid}");
+    let gone = p.delete(&path).await;
+    assert_eq!(gone.status, 204, "{}", gone.text);
+    assert_error(
+        &p.patch(&path, json!({ "archived": true })).await,
+        400,
+        "VALIDATION_ERROR",
+    );
+    let back = p.patch(&path, json!({ "archived": false })).await;
+    assert_eq!(back.status, 200, "restore: {}", back.text);
+    assert_eq!(back.body["archived"], false, "{}", back.text);
+    let read = p.get(&path).await;
+    assert_eq!(read.status, 200, "restored pipeline reads: {}", read.text);
+}

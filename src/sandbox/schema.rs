@@ -742,20 +742,36 @@ pub async fn update_pipeline(
         .get_mut(&t)
         .and_then(|v| v.iter_mut().find(|p| p.id == id))
         .ok_or_else(|| pipeline_missing(&id))?;
+    check_restore(p, u.archived)?;
     if let Some(l) = u.label {
         p.label = l;
     }
     if let Some(o) = u.display_order {
         p.display_order = o;
     }
-    if let Some(a) = u.archived {
-        p.archived = a;
+    if u.archived == Some(false) {
+        p.archived = false;
     }
     p.updated_ms = now;
     let body = pipeline_json(p);
     drop(data);
     shared.touched();
     Ok(reply(StatusCode::OK, body))
+}
+
+/// HubSpot's PATCH takes `archived` only to restore an archived pipeline (`archived: false`);
+/// anything else with `archived` is a 400, so archiving goes through DELETE and its checks.
+fn check_restore(p: &Pipeline, archived: Option<bool>) -> ApiResult<()> {
+    let state = match archived {
+        None => return Ok(()),
+        Some(false) if p.archived => return Ok(()),
+        Some(_) if p.archived => "already archived",
+        Some(_) => "not archived; archive it with DELETE instead",
+    };
+    Err(ApiError::validation(format!(
+        "archived is accepted only as false, to restore an archived pipeline; pipeline {} is {state}",
+        p.id
+    )))
 }
 
 pub async fn archive_pipeline(
