@@ -192,7 +192,8 @@ async fn throughput() -> (f64, f64, f64) {
         base_url: sb.base_url.clone(),
         token: token.into(),
         rate_limit_per_10s: 100,
-        search_per_s: 4,
+        search_per_s: 5,
+        api: Default::default(),
     };
     let before = counted(&sb, &sb.base_url, &http).await;
     let started = Instant::now();

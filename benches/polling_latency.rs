@@ -46,7 +46,8 @@ fn main() {
                 base_url: base.clone(),
                 token: p.token.clone(),
                 rate_limit_per_10s: 100,
-                search_per_s: 4,
+                search_per_s: 5,
+                api: Default::default(),
             }
         };
         // The bench's own client: unthrottled on our side too.

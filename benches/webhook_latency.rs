@@ -437,6 +437,7 @@ fn main() {
                 // Latency, not pacing, is measured: the budget never holds a call back.
                 rate_limit_per_10s: 100_000,
                 search_per_s: 100,
+                api: Default::default(),
             }
         };
         let client = |c: &PortalConn| {

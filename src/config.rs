@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::crm::{ApiVersion, ApiVersions};
 use crate::daemon::{DaemonParts, PortalConn};
 use crate::engine::{FieldKind, FieldSpec, Settings, StageMap};
 use crate::rules::{ConflictPolicy, Direction, Rule};
@@ -216,6 +217,9 @@ struct RawPortal {
     search_per_s: u32,
     #[serde(default = "d_pipeline")]
     pipeline: String,
+    api_version: Option<String>,
+    #[serde(default)]
+    api_versions: BTreeMap<String, String>,
     /// HubSpot owner id of the rep who gets registrations whose lead has no owner.
     default_owner_id: Option<String>,
 }
@@ -252,6 +256,11 @@ struct RawPortalFlat {
     search_per_s: u32,
     #[serde(default = "d_pipeline")]
     pipeline: String,
+    /// `2026-09` (default), `2026-03` or `legacy` (the v3/v4 paths, for a migration window).
+    api_version: Option<String>,
+    /// Per-surface overrides: `{ files = "2026-03", associations = "legacy" }`.
+    #[serde(default)]
+    api_versions: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -319,8 +328,10 @@ enum RawKind {
 fn d_rate() -> u32 {
     100
 }
+/// HubSpot's CRM search limit: 5 requests per second per account (HubSpot's search guide,
+/// see HUBSPOT-API.md §0; older pages said 4 per token).
 fn d_search() -> u32 {
-    4
+    5
 }
 fn d_pipeline() -> String {
     "default".into()
@@ -339,6 +350,8 @@ pub struct PortalConfig {
     pub rate_limit_per_10s: u32,
     pub search_per_s: u32,
     pub pipeline: String,
+    /// The API version each surface is called at.
+    pub api: ApiVersions,
 }
 
 #[derive(Debug, Clone)]
@@ -598,6 +611,8 @@ impl Config {
                 rate_limit_per_10s: raw.hubspot.rate_limit_per_10s,
                 search_per_s: raw.hubspot.search_per_s,
                 pipeline: raw.hubspot.pipeline,
+                api_version: raw.hubspot.api_version,
+                api_versions: raw.hubspot.api_versions,
             },
             env,
         )?;
@@ -863,6 +878,7 @@ impl Config {
             token: p.token.expose().to_owned(),
             rate_limit_per_10s: p.rate_limit_per_10s,
             search_per_s: p.search_per_s,
+            api: p.api,
         };
         DaemonParts {
             store_path: self.store_path.clone(),
@@ -895,6 +911,10 @@ impl Config {
                                 partner_pipeline: p.default_pipeline.clone(),
                                 hubspot_pipeline: self.hubspot.pipeline.clone(),
                                 default_owner_id: self.default_owner_id.clone(),
+                                synced: crate::register::Synced {
+                                    fields: self.fields.clone(),
+                                    stages: p.stage_maps(),
+                                },
                             },
                         )
                     })
@@ -981,6 +1001,7 @@ fn portal(
             "rate budgets must be greater than 0",
         ));
     }
+    let api = api_versions(key, p.api_version.as_deref(), &p.api_versions)?;
     Ok(PortalConfig {
         name: name.to_owned(),
         base_url: p.base_url.trim_end_matches('/').to_owned(),
@@ -989,7 +1010,28 @@ fn portal(
         rate_limit_per_10s: p.rate_limit_per_10s,
         search_per_s: p.search_per_s,
         pipeline: p.pipeline,
+        api,
     })
+}
+
+/// A portal's `api_version` and `api_versions` settings, resolved per surface.
+fn api_versions(
+    key: &str,
+    version: Option<&str>,
+    overrides: &BTreeMap<String, String>,
+) -> Result<ApiVersions, ConfigError> {
+    let base = match version {
+        None => ApiVersion::V2026_09,
+        Some(text) => ApiVersion::parse(text).ok_or_else(|| {
+            invalid(
+                format!("{key}.api_version"),
+                format!(
+                    "unknown API version {text:?}; use 2026-09 (HubSpot's current version), 2026-03, or legacy (the v3/v4 paths HubSpot stops supporting in 2027)"
+                ),
+            )
+        })?,
+    };
+    ApiVersions::resolve(base, overrides).map_err(|e| invalid(format!("{key}.{}", e.key), e.why))
 }
 
 fn secret(

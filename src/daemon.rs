@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::crm::{Budget, Client, CrmError, RetryPolicy};
+use crate::crm::{ApiVersions, Budget, Client, CrmError, RetryPolicy};
 use crate::engine::{Engine, InFlight, Portals, Settings};
 use crate::ingest::poll::{Poller, WebhookPace};
 use crate::ingest::sweep::Sweep;
@@ -32,6 +32,8 @@ pub struct PortalConn {
     pub token: String,
     pub rate_limit_per_10s: u32,
     pub search_per_s: u32,
+    /// The API version each surface is called at.
+    pub api: ApiVersions,
 }
 
 impl std::fmt::Debug for PortalConn {
@@ -118,6 +120,7 @@ impl PortalConn {
             Arc::new(Budget::new(self.rate_limit_per_10s, self.search_per_s)),
             retry,
         )
+        .map(|c| c.with_versions(self.api))
     }
 }
 

@@ -404,7 +404,9 @@ pub async fn run() -> Result<(), DemoError> {
     let partner_config = config
         .partner("partner-a")
         .ok_or_else(|| setup("config/sandbox.toml has no partner-a"))?;
+    let synced = parts.settings.registration.get("partner-a");
     let registrar = crate::register::Registrar {
+        synced: &synced.map(|r| r.synced.clone()).unwrap_or_default(),
         store: &d.store,
         hubspot: &demo.hubspot,
         partner: &demo.partner,
@@ -487,7 +489,7 @@ pub async fn run() -> Result<(), DemoError> {
     let owners = crate::crm::Client::call(
         &partner_b,
         reqwest::Method::GET,
-        "/crm/v3/owners",
+        &partner_b.path(crate::crm::Op::Owners),
         None,
         crate::crm::CallKind::Ordinary,
     )

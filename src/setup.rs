@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use crate::crm::{Client, CrmError};
+use crate::crm::{Client, CrmError, Op};
 use crate::store::Side;
 
 /// The property group dealsync's properties live in.
@@ -180,8 +180,8 @@ async fn ensure_object(
             .filter_map(|p| p.get("name").and_then(Value::as_str).map(str::to_owned))
             .collect()
     };
-    let names = names_in(&list(format!("/crm/v3/properties/{object}")).await?);
-    let groups = names_in(&list(format!("/crm/v3/properties/{object}/groups")).await?);
+    let names = names_in(&list(client.path(Op::Properties { object })).await?);
+    let groups = names_in(&list(client.path(Op::PropertyGroups { object })).await?);
     if !groups.iter().any(|g| g == GROUP) {
         if !dry_run {
             client.ensure_group(object, GROUP, "dealsync").await?;

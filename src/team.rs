@@ -234,7 +234,7 @@ impl Directory {
             if at.elapsed() < DIRECTORY_RETRY {
                 return Err(CrmError::Connect {
                     portal: client.portal().to_owned(),
-                    call: "GET /crm/v3/owners".into(),
+                    call: format!("GET {}", client.path(crate::crm::Op::Owners)),
                     detail: format!(
                         "listing the users failed {} s ago; asked again after {} s",
                         at.elapsed().as_secs(),

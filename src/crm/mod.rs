@@ -7,6 +7,7 @@
 
 mod budget;
 mod error;
+mod paths;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,10 +19,13 @@ use serde_json::{json, Map, Value};
 
 pub use budget::{Budget, CallKind};
 pub use error::{CrmError, ErrorClass};
+pub use paths::{ApiVersion, ApiVersions, AssocAction, BatchAction, Op, Surface, VersionError};
 
 /// HubSpot's batch size.
 pub const BATCH: usize = 100;
-/// Ids per associations v4 batch read.
+/// Inputs per batch read that asks for `propertiesWithHistory`.
+pub const HISTORY_BATCH: usize = 50;
+/// Ids per associations batch read.
 pub const ASSOC_BATCH: usize = 1_000;
 /// HubSpot's search page size.
 pub const SEARCH_PAGE: usize = 200;
@@ -181,6 +185,7 @@ pub struct Client {
     http: reqwest::Client,
     budget: Arc<Budget>,
     retry: RetryPolicy,
+    versions: ApiVersions,
 }
 
 impl std::fmt::Debug for Client {
@@ -217,7 +222,23 @@ impl Client {
             http,
             budget,
             retry,
+            versions: ApiVersions::default(),
         })
+    }
+
+    /// The same client calling each surface at `versions` (default: [`ApiVersions::default`]).
+    pub fn with_versions(mut self, versions: ApiVersions) -> Client {
+        self.versions = versions;
+        self
+    }
+
+    pub fn versions(&self) -> &ApiVersions {
+        &self.versions
+    }
+
+    /// The path of `op` at this portal's configured version.
+    pub fn path(&self, op: Op<'_>) -> String {
+        self.versions.path(&op)
     }
 
     pub fn portal(&self) -> &str {
@@ -380,7 +401,14 @@ impl Client {
         history: &[String],
     ) -> Result<Vec<Record>, CrmError> {
         let mut out = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(BATCH) {
+        // HubSpot refuses more than 50 inputs when histories are asked for ("The maximum
+        // number of inputs supported in a batch request for property histories is 50").
+        let size = if history.is_empty() {
+            BATCH
+        } else {
+            HISTORY_BATCH
+        };
+        for chunk in ids.chunks(size) {
             let mut body = json!({
                 "inputs": chunk.iter().map(|id| json!({ "id": id })).collect::<Vec<_>>(),
                 "properties": props,
@@ -391,7 +419,10 @@ impl Client {
             let v = self
                 .call(
                     Method::POST,
-                    &format!("/crm/v3/objects/{object}/batch/read"),
+                    &self.path(Op::Batch {
+                        object,
+                        action: BatchAction::Read,
+                    }),
                     Some(&body),
                     CallKind::Ordinary,
                 )
@@ -416,7 +447,10 @@ impl Client {
             match self
                 .call(
                     Method::POST,
-                    &format!("/crm/v3/objects/{object}/batch/update"),
+                    &self.path(Op::Batch {
+                        object,
+                        action: BatchAction::Update,
+                    }),
                     Some(&body),
                     CallKind::Ordinary,
                 )
@@ -481,7 +515,7 @@ impl Client {
         let v = self
             .call(
                 Method::POST,
-                &format!("/crm/v3/objects/{object}/search"),
+                &self.path(Op::Search { object }),
                 Some(body),
                 CallKind::Search,
             )
@@ -507,7 +541,7 @@ impl Client {
         let v = self
             .call(
                 Method::POST,
-                &format!("/crm/v3/objects/{object}"),
+                &self.path(Op::Objects { object }),
                 Some(&body),
                 CallKind::Ordinary,
             )
@@ -525,7 +559,7 @@ impl Client {
         let v = self
             .call(
                 Method::PATCH,
-                &format!("/crm/v3/objects/{object}/{id}"),
+                &self.path(Op::Object { object, id }),
                 Some(&body),
                 CallKind::Ordinary,
             )
@@ -541,7 +575,8 @@ impl Client {
         props: &[String],
     ) -> Result<Option<Record>, CrmError> {
         let path = format!(
-            "/crm/v3/objects/{object}/{id}?properties={}",
+            "{}?properties={}",
+            self.path(Op::Object { object, id }),
             props.join(",")
         );
         match self
@@ -564,7 +599,8 @@ impl Client {
     ) -> Result<Option<Record>, CrmError> {
         let value: String = form_urlencoded::byte_serialize(value.as_bytes()).collect();
         let path = format!(
-            "/crm/v3/objects/{object}/{value}?idProperty={id_property}&properties={}",
+            "{}?idProperty={id_property}&properties={}",
+            self.path(Op::Object { object, id: &value }),
             props.join(",")
         );
         match self
@@ -580,7 +616,7 @@ impl Client {
     pub async fn archive(&self, object: &str, id: &str) -> Result<(), CrmError> {
         self.call(
             Method::DELETE,
-            &format!("/crm/v3/objects/{object}/{id}"),
+            &self.path(Op::Object { object, id }),
             None,
             CallKind::Ordinary,
         )
@@ -604,7 +640,10 @@ impl Client {
             let v = self
                 .call(
                     Method::POST,
-                    &format!("/crm/v3/objects/{object}/batch/upsert"),
+                    &self.path(Op::Batch {
+                        object,
+                        action: BatchAction::Upsert,
+                    }),
                     Some(&body),
                     CallKind::Ordinary,
                 )
@@ -628,7 +667,10 @@ impl Client {
                 json!({ "inputs": chunk.iter().map(|id| json!({ "id": id })).collect::<Vec<_>>() });
             self.call(
                 Method::POST,
-                &format!("/crm/v3/objects/{object}/batch/archive"),
+                &self.path(Op::Batch {
+                    object,
+                    action: BatchAction::Archive,
+                }),
                 Some(&body),
                 CallKind::Ordinary,
             )
@@ -637,7 +679,7 @@ impl Client {
         Ok(())
     }
 
-    /// The ids of the `to` objects associated with each `from` id (associations v4 batch
+    /// The ids of the `to` objects associated with each `from` id (associations batch
     /// read, 1,000 ids per call). Ids without associations are absent.
     pub async fn associations(
         &self,
@@ -665,7 +707,11 @@ impl Client {
                 let v = self
                     .call(
                         Method::POST,
-                        &format!("/crm/v4/associations/{from}/{to}/batch/read"),
+                        &self.path(Op::AssociationBatch {
+                            from,
+                            to,
+                            action: AssocAction::Read,
+                        }),
                         Some(&body),
                         CallKind::Ordinary,
                     )
@@ -707,10 +753,11 @@ impl Client {
         for _ in 0..1_000 {
             let path = match &after {
                 Some(a) => format!(
-                    "/crm/v3/owners?limit=100&after={}",
+                    "{}?limit=100&after={}",
+                    self.path(Op::Owners),
                     form_urlencoded::byte_serialize(a.as_bytes()).collect::<String>()
                 ),
-                None => "/crm/v3/owners?limit=100".to_owned(),
+                None => format!("{}?limit=100", self.path(Op::Owners)),
             };
             let v = self
                 .call(Method::GET, &path, None, CallKind::Ordinary)
@@ -755,7 +802,11 @@ impl Client {
             });
             self.call(
                 Method::POST,
-                &format!("/crm/v4/associations/{from}/{to}/batch/associate/default"),
+                &self.path(Op::AssociationBatch {
+                    from,
+                    to,
+                    action: AssocAction::AssociateDefault,
+                }),
                 Some(&body),
                 CallKind::Ordinary,
             )
@@ -769,7 +820,7 @@ impl Client {
         match self
             .call(
                 Method::GET,
-                &format!("/files/v3/files/{id}"),
+                &self.path(Op::File { id }),
                 None,
                 CallKind::Ordinary,
             )
@@ -786,7 +837,7 @@ impl Client {
         match self
             .call(
                 Method::DELETE,
-                &format!("/files/v3/files/{id}"),
+                &self.path(Op::File { id }),
                 None,
                 CallKind::Ordinary,
             )
@@ -810,7 +861,10 @@ impl Client {
         let signed = match self
             .call(
                 Method::GET,
-                &format!("/files/v3/files/{id}/signed-url?expirationSeconds=600"),
+                &format!(
+                    "{}?expirationSeconds=600",
+                    self.path(Op::FileSignedUrl { id })
+                ),
                 None,
                 CallKind::Ordinary,
             )
@@ -895,11 +949,12 @@ impl Client {
             .text("fileName", name.to_owned())
             .text("folderPath", folder.to_owned())
             .text("options", r#"{"access":"PRIVATE"}"#);
-        let call = "POST /files/v3/files";
+        let path = self.path(Op::Files);
+        let call = &format!("POST {path}");
         let slot = self.budget.acquire(CallKind::Ordinary).await;
         let resp = self
             .http
-            .post(format!("{}/files/v3/files", self.base))
+            .post(format!("{}{path}", self.base))
             .bearer_auth(&*self.token)
             .timeout(self.retry.timeout.max(Duration::from_secs(300)))
             .multipart(form)
@@ -926,7 +981,7 @@ impl Client {
         match self
             .call(
                 Method::GET,
-                &format!("/crm/v3/properties/{object}/{name}"),
+                &self.path(Op::Property { object, name }),
                 None,
                 CallKind::Ordinary,
             )
@@ -939,7 +994,7 @@ impl Client {
         match self
             .call(
                 Method::POST,
-                &format!("/crm/v3/properties/{object}"),
+                &self.path(Op::Properties { object }),
                 Some(definition),
                 CallKind::Ordinary,
             )
@@ -962,7 +1017,7 @@ impl Client {
         match self
             .call(
                 Method::POST,
-                &format!("/crm/v3/properties/{object}/groups"),
+                &self.path(Op::PropertyGroups { object }),
                 Some(&body),
                 CallKind::Ordinary,
             )

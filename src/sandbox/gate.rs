@@ -80,107 +80,115 @@ pub fn is_write(method: &Method, path: &str) -> bool {
     *method != Method::GET && !path.ends_with("/search") && !path.ends_with("/batch/read")
 }
 
+/// The date versions the sandbox serves beside the legacy v3/v4 paths, over the same state
+/// (HubSpot's 2026-03 and 2026-09 specs; see `../shared/hubspot-openapi/2026-09/README.md`).
+pub const DATED_VERSIONS: [&str; 2] = ["2026-03", "2026-09"];
+
+/// A surface's path prefixes: the legacy one, then one per date version.
+fn prefixes(legacy: &str, dated: impl Fn(&str) -> String) -> Vec<String> {
+    std::iter::once(legacy.to_owned())
+        .chain(DATED_VERSIONS.iter().map(|v| dated(v)))
+        .collect()
+}
+
 pub fn router(shared: Arc<Shared>) -> Router {
-    let api = Router::new()
-        .route(
-            "/crm/v3/objects/{object_type}",
-            get(objects::list).post(objects::create),
-        )
-        .route(
-            "/crm/v3/objects/{object_type}/search",
-            post(objects::search),
-        )
-        .route(
-            "/crm/v3/objects/{object_type}/batch/{op}",
-            post(objects::batch),
-        )
-        .route(
-            "/crm/v3/objects/{object_type}/{object_id}",
-            get(objects::read)
-                .patch(objects::update)
-                .delete(objects::archive),
-        )
-        .route(
-            "/crm/v4/objects/{object_type}/{object_id}/associations/default/{to_type}/{to_id}",
-            put(assoc::put_default),
-        )
-        .route(
-            "/crm/v4/objects/{object_type}/{object_id}/associations/{to_type}",
-            get(assoc::list),
-        )
-        .route(
-            "/crm/v4/objects/{object_type}/{object_id}/associations/{to_type}/{to_id}",
-            put(assoc::put_typed).delete(assoc::remove),
-        )
-        .route(
-            "/crm/v4/associations/{from_type}/{to_type}/batch/{op}",
-            post(assoc::batch),
-        )
-        .route(
-            "/crm/v4/associations/{from_type}/{to_type}/batch/associate/default",
-            post(assoc::batch_default),
-        )
-        .route(
-            "/crm/associations/v4/{from_type}/{to_type}/labels",
-            get(assoc::labels),
-        )
-        .route(
-            "/crm/v4/associations/{from_type}/{to_type}/labels",
-            get(assoc::labels),
-        )
-        .route(
-            "/crm/v3/properties/{object_type}",
-            get(schema::list_properties).post(schema::create_property),
-        )
-        .route(
-            "/crm/v3/properties/{object_type}/batch/{op}",
-            post(schema::batch_properties),
-        )
-        .route(
-            "/crm/v3/properties/{object_type}/groups",
-            get(schema::list_groups).post(schema::create_group),
-        )
-        .route(
-            "/crm/v3/properties/{object_type}/groups/{group}",
-            get(schema::read_group)
-                .patch(schema::update_group)
-                .delete(schema::archive_group),
-        )
-        .route(
-            "/crm/v3/properties/{object_type}/{name}",
-            get(schema::read_property)
-                .patch(schema::update_property)
-                .delete(schema::archive_property),
-        )
-        .route(
-            "/crm/v3/pipelines/{object_type}",
-            get(schema::list_pipelines).post(schema::create_pipeline),
-        )
-        .route(
-            "/crm/v3/pipelines/{object_type}/{pipeline_id}",
-            get(schema::read_pipeline)
-                .patch(schema::update_pipeline)
-                .delete(schema::archive_pipeline),
-        )
-        .route(
-            "/crm/v3/pipelines/{object_type}/{pipeline_id}/stages",
-            get(schema::list_stages).post(schema::create_stage),
-        )
-        .route(
-            "/crm/v3/pipelines/{object_type}/{pipeline_id}/stages/{stage_id}",
-            get(schema::read_stage).patch(schema::update_stage),
-        )
-        .route("/crm/v3/owners", get(schema::list_owners))
-        .route("/crm/v3/owners/{owner_id}", get(schema::read_owner))
-        .route("/files/v3/files", post(files::upload))
-        .route(
-            "/files/v3/files/{file_id}",
-            get(files::read).delete(files::archive),
-        )
-        .route(
-            "/files/v3/files/{file_id}/signed-url",
-            get(files::signed_url),
-        )
+    let mut api = Router::new();
+    for p in prefixes("/crm/v3/objects", |v| format!("/crm/objects/{v}")) {
+        api = api
+            .route(
+                &format!("{p}/{{object_type}}"),
+                get(objects::list).post(objects::create),
+            )
+            .route(
+                &format!("{p}/{{object_type}}/search"),
+                post(objects::search),
+            )
+            .route(
+                &format!("{p}/{{object_type}}/batch/{{op}}"),
+                post(objects::batch),
+            )
+            .route(
+                &format!("{p}/{{object_type}}/{{object_id}}"),
+                get(objects::read)
+                    .patch(objects::update)
+                    .delete(objects::archive),
+            );
+    }
+    api = association_routes(api);
+    for p in prefixes("/crm/v3/properties", |v| format!("/crm/properties/{v}")) {
+        api = api
+            .route(
+                &format!("{p}/{{object_type}}"),
+                get(schema::list_properties).post(schema::create_property),
+            )
+            .route(
+                &format!("{p}/{{object_type}}/batch/{{op}}"),
+                post(schema::batch_properties),
+            )
+            .route(
+                &format!("{p}/{{object_type}}/groups"),
+                get(schema::list_groups).post(schema::create_group),
+            )
+            .route(
+                &format!("{p}/{{object_type}}/groups/{{group}}"),
+                get(schema::read_group)
+                    .patch(schema::update_group)
+                    .delete(schema::archive_group),
+            )
+            .route(
+                &format!("{p}/{{object_type}}/{{name}}"),
+                get(schema::read_property)
+                    .patch(schema::update_property)
+                    .delete(schema::archive_property),
+            );
+    }
+    for p in prefixes("/crm/v3/pipelines", |v| format!("/crm/pipelines/{v}")) {
+        api = api
+            .route(
+                &format!("{p}/{{object_type}}"),
+                get(schema::list_pipelines).post(schema::create_pipeline),
+            )
+            .route(
+                &format!("{p}/{{object_type}}/{{pipeline_id}}"),
+                get(schema::read_pipeline)
+                    .patch(schema::update_pipeline)
+                    .delete(schema::archive_pipeline),
+            )
+            .route(
+                &format!("{p}/{{object_type}}/{{pipeline_id}}/stages"),
+                get(schema::list_stages).post(schema::create_stage),
+            )
+            .route(
+                &format!("{p}/{{object_type}}/{{pipeline_id}}/stages/{{stage_id}}"),
+                get(schema::read_stage).patch(schema::update_stage),
+            );
+    }
+    for p in prefixes("/crm/v3/owners", |v| format!("/crm/owners/{v}")) {
+        // HubSpot answers the list with a trailing slash too (the official Python client
+        // calls `GET /crm/v3/owners/`).
+        api = api
+            .route(&p, get(schema::list_owners))
+            .route(&format!("{p}/"), get(schema::list_owners))
+            .route(&format!("{p}/{{owner_id}}"), get(schema::read_owner));
+    }
+    // Files: 2026-09 has no upload, read, delete or signed URL (only files-2026-03.json does),
+    // so they are served at v3 and 2026-03 alone.
+    for p in [
+        "/files/v3/files".to_owned(),
+        "/files/2026-03/files".to_owned(),
+    ] {
+        api = api
+            .route(&p, post(files::upload))
+            .route(
+                &format!("{p}/{{file_id}}"),
+                get(files::read).delete(files::archive),
+            )
+            .route(
+                &format!("{p}/{{file_id}}/signed-url"),
+                get(files::signed_url),
+            );
+    }
+    let api = api
         .route("/files/v3/files/{file_id}/download", get(files::download))
         .route_layer(middleware::from_fn_with_state(shared.clone(), gate));
 
@@ -206,6 +214,42 @@ pub fn router(shared: Arc<Shared>) -> Router {
             shared.config.max_file_bytes,
         ))
         .with_state(shared)
+}
+
+/// Associations: per-record links under the objects prefix, batch calls and labels under the
+/// associations prefix. The per-record listing exists at v4 and 2026-03 only (the 2026-09
+/// spec has none).
+fn association_routes(mut api: Router<Arc<Shared>>) -> Router<Arc<Shared>> {
+    let per_record = prefixes("/crm/v4/objects", |v| format!("/crm/objects/{v}"));
+    for (i, p) in per_record.iter().enumerate() {
+        let rec = format!("{p}/{{object_type}}/{{object_id}}/associations");
+        api = api
+            .route(
+                &format!("{rec}/default/{{to_type}}/{{to_id}}"),
+                put(assoc::put_default),
+            )
+            .route(
+                &format!("{rec}/{{to_type}}/{{to_id}}"),
+                put(assoc::put_typed).delete(assoc::remove),
+            );
+        if i == 0 || DATED_VERSIONS.get(i - 1) == Some(&"2026-03") {
+            api = api.route(&format!("{rec}/{{to_type}}"), get(assoc::list));
+        }
+    }
+    for p in prefixes("/crm/v4/associations", |v| format!("/crm/associations/{v}")) {
+        let pair = format!("{p}/{{from_type}}/{{to_type}}");
+        api = api
+            .route(&format!("{pair}/batch/{{op}}"), post(assoc::batch))
+            .route(
+                &format!("{pair}/batch/associate/default"),
+                post(assoc::batch_default),
+            )
+            .route(&format!("{pair}/labels"), get(assoc::labels));
+    }
+    api.route(
+        "/crm/associations/v4/{from_type}/{to_type}/labels",
+        get(assoc::labels),
+    )
 }
 
 async fn unknown_path(req: Request) -> ApiError {

@@ -60,7 +60,7 @@ pub struct SandboxConfig {
     pub rate_limit_per_10s: Option<u32>,
     /// Requests per day per portal; `None` disables the limit.
     pub daily_limit: Option<u64>,
-    /// Search requests per second per token; `None` disables the limit.
+    /// Search requests per second per portal (HubSpot counts search per account); `None` disables the limit.
     pub search_per_s: Option<u32>,
     /// Where state is loaded from at start and saved to while running; `None` keeps it in memory.
     pub state_file: Option<PathBuf>,
@@ -86,7 +86,7 @@ impl Default for SandboxConfig {
                 .collect(),
             rate_limit_per_10s: Some(100),
             daily_limit: Some(250_000),
-            search_per_s: Some(4),
+            search_per_s: Some(5),
             state_file: None,
             webhook_targets: Vec::new(),
             seed: None,

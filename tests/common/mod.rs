@@ -210,7 +210,8 @@ pub fn conn(sb: &SandboxHandle, name: &str) -> dealsync::daemon::PortalConn {
         base_url: sb.base_url.clone(),
         token: sb.portal(name).token.clone(),
         rate_limit_per_10s: 100,
-        search_per_s: 4,
+        search_per_s: 5,
+        api: Default::default(),
     }
 }
 
