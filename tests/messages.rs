@@ -58,7 +58,8 @@ impl World {
             base_url: self.sb.base_url.clone(),
             token: p.info.token.clone(),
             rate_limit_per_10s: 100,
-            search_per_s: 4,
+            search_per_s: 5,
+            api: Default::default(),
         }
     }
 
@@ -775,7 +776,7 @@ async fn a_file_copied_by_a_run_that_then_failed_is_reused_not_uploaded_again() 
     let p = w.link(&d.store, &w.pa, &h).await;
     // The copy's upsert fails (every try, in the client and then in the job) after the
     // attachment went up.
-    w.hs.set_faults(json!({"rate_503": 1.0, "paths": ["/crm/v3/objects/notes/batch/upsert"]}))
+    w.hs.set_faults(json!({"rate_503": 1.0, "paths": ["/crm/objects/2026-09/notes/batch/upsert"]}))
         .await;
     let f = upload(&w.pa, "terms.pdf", b"%PDF terms".to_vec()).await;
     let m = note(
@@ -809,7 +810,7 @@ async fn a_file_copied_by_a_run_that_then_failed_is_reused_not_uploaded_again() 
         file.hubspot_object_id.as_deref(),
         "the copy carries the file uploaded by the failed run"
     );
-    let uploads = w.hs.counters().await["endpoints"]["POST /files/v3/files"]
+    let uploads = w.hs.counters().await["endpoints"]["POST /files/2026-03/files"]
         .as_u64()
         .unwrap_or(0);
     assert_eq!(uploads, 1, "uploaded once");
@@ -891,13 +892,13 @@ async fn a_file_added_to_a_synced_message_survives_a_failed_attach() {
     let m = note(&w.pa, &p, "plain", true, json!({})).await;
     let origin = format!("partner-a:{m}");
     wait_copy(&w.hs, &origin, "the copy", |_| true).await;
-    w.hs.set_faults(json!({"rate_503": 1.0, "paths": ["/crm/v3/objects/notes/batch/update"]}))
+    w.hs.set_faults(json!({"rate_503": 1.0, "paths": ["/crm/objects/2026-09/notes/batch/update"]}))
         .await;
     let f = upload(&w.pa, "terms.pdf", b"%PDF terms".to_vec()).await;
     patch_note(&w.pa, &m, json!({"hs_attachment_ids": f})).await;
     common::eventually("the attach failed, retries included", WAIT, || async {
         let c = w.hs.counters().await;
-        (c["endpoints"]["POST /crm/v3/objects/notes/batch/update"]
+        (c["endpoints"]["POST /crm/objects/2026-09/notes/batch/update"]
             .as_u64()
             .unwrap_or(0)
             >= 3)
@@ -936,7 +937,7 @@ async fn a_copy_whose_create_answer_was_lost_is_not_duplicated() {
     // Every upsert on HubSpot's side is applied and then answered 500: dealsync cannot know
     // its copy exists, and retries (in the client, then the job).
     w.hs.set_faults(
-        json!({"error_after_write": 1.0, "paths": ["/crm/v3/objects/notes/batch/upsert"]}),
+        json!({"error_after_write": 1.0, "paths": ["/crm/objects/2026-09/notes/batch/upsert"]}),
     )
     .await;
     let m = note(&w.pa, &p, "written once", true, json!({})).await;
@@ -946,7 +947,7 @@ async fn a_copy_whose_create_answer_was_lost_is_not_duplicated() {
         WAIT,
         || async {
             let c = w.hs.counters().await;
-            let upserts = c["endpoints"]["POST /crm/v3/objects/notes/batch/upsert"]
+            let upserts = c["endpoints"]["POST /crm/objects/2026-09/notes/batch/upsert"]
                 .as_u64()
                 .unwrap_or(0);
             (upserts >= 3).then_some(())
