@@ -1516,6 +1516,60 @@ async fn every_answer_matches_hubspots_openapi_specs() {
     }
 }
 
+/// Every call the scenario makes has its operation in the spec files, body or no body.
+///
+/// The test above reports a *JSON* answer on an undocumented path, but counts a body-less one
+/// (a 204 DELETE, a download) without looking further; so an operation dropped from the
+/// reduced extract in `fixtures/` would go unnoticed there. This test notices it.
+#[tokio::test]
+async fn every_call_of_the_scenario_is_in_the_specs() {
+    let specs = Specs::load(&spec_dir());
+    let sb = common::sandbox_with(SandboxConfig {
+        record_responses: true,
+        rate_limit_per_10s: None,
+        daily_limit: None,
+        search_per_s: None,
+        seed: Some(7),
+        ..SandboxConfig::default()
+    })
+    .await;
+    let mut run = Run {
+        p: common::portal(&sb, "hubspot"),
+        surprises: Vec::new(),
+    };
+    scenario(&mut run).await;
+    let recorded = sb.recorded();
+    sb.shutdown().await;
+
+    let calls: BTreeSet<(String, String)> = recorded
+        .iter()
+        .map(|r| (r.method.clone(), r.path.clone()))
+        .collect();
+    let bodyless = recorded.iter().filter(|r| r.body.is_none()).count();
+    let missing: Vec<String> = calls
+        .iter()
+        .filter_map(|(method, path)| {
+            let twin = alias_target(method, path);
+            specs
+                .find(method, twin.as_deref().unwrap_or(path))
+                .err()
+                .map(|why| format!("{method} {path}: {why}"))
+        })
+        .collect();
+    assert!(
+        bodyless > 0,
+        "the scenario made no body-less call, so this test checks nothing the other does not"
+    );
+    assert!(
+        missing.is_empty(),
+        "{} call(s) of the scenario have no operation in {} (refresh the extract with \
+         scripts/extract-openapi.py, keeping the operation):\n  {}",
+        missing.len(),
+        spec_dir().display(),
+        missing.join("\n  ")
+    );
+}
+
 /// `base` with the value at `pointer` replaced (`Some`) or removed (`None`).
 fn edited(base: &Value, pointer: &str, to: Option<Value>) -> Value {
     let mut v = base.clone();
