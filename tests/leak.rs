@@ -88,7 +88,8 @@ async fn no_private_note_or_other_partners_message_leaks_anywhere() {
         base_url: sb.base_url.clone(),
         token: p.info.token.clone(),
         rate_limit_per_10s: 100,
-        search_per_s: 4,
+        search_per_s: 5,
+        api: Default::default(),
     };
     for p in portals.values() {
         let c = conn(p);

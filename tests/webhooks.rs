@@ -62,7 +62,8 @@ impl World {
             base_url: self.sb.base_url.clone(),
             token: p.info.token.clone(),
             rate_limit_per_10s: 100,
-            search_per_s: 4,
+            search_per_s: 5,
+            api: Default::default(),
         }
     }
 

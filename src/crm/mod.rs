@@ -589,6 +589,26 @@ impl Client {
         }
     }
 
+    /// The id of the archived record (recycle bin) holding a unique property's value, if any:
+    /// how a retry tells "my copy never existed" from "a person deleted it".
+    pub async fn archived_id_by(
+        &self,
+        object: &str,
+        value: &str,
+        id_property: &str,
+    ) -> Result<Option<String>, CrmError> {
+        let value: String = form_urlencoded::byte_serialize(value.as_bytes()).collect();
+        let path = format!(
+            "{}?idProperty={id_property}&archived=true&properties={id_property}",
+            self.path(Op::Object { object, id: &value }),
+        );
+        match self.call(Method::GET, &path, None, CallKind::Ordinary).await {
+            Ok(v) => Ok(Record::parse(&v).filter(|r| r.archived).map(|r| r.id)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Reads one record by a unique property's value; `None` when none holds it.
     pub async fn get_by(
         &self,

@@ -44,7 +44,7 @@ use std::collections::{HashMap, HashSet};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::crm::{CallKind, Client, CrmError, ErrorClass, FileCopy, Record};
+use crate::crm::{Client, CrmError, ErrorClass, FileCopy, Record};
 use crate::rules::{self, ConflictPolicy, Direction, Observed, Rule};
 use crate::setup::{ORIGIN, REPLY_TO, TARGET, VISIBILITY};
 use crate::store::{ConflictRecord, Link, ObjectLink, Side};
@@ -1123,22 +1123,7 @@ pub fn deleted_copy(
 /// The archived note holding `origin` as its `dealsync_origin`, by an `archived=true` read on
 /// the unique property.
 async fn archived_by_origin(client: &Client, origin: &str) -> Result<Option<String>, CrmError> {
-    let value: String = form_urlencoded::byte_serialize(origin.as_bytes()).collect();
-    let path = format!(
-        "/crm/v3/objects/notes/{value}?idProperty={ORIGIN}&archived=true&properties={ORIGIN}"
-    );
-    match client
-        .call(reqwest::Method::GET, &path, None, CallKind::Ordinary)
-        .await
-    {
-        Ok(v) => Ok(v
-            .get("id")
-            .and_then(Value::as_str)
-            .filter(|_| v.get("archived").and_then(Value::as_bool) == Some(true))
-            .map(str::to_owned)),
-        Err(e) if e.is_not_found() => Ok(None),
-        Err(e) => Err(e),
-    }
+    client.archived_id_by("notes", origin, ORIGIN).await
 }
 
 /// Copies the files of a new message's original to the other side; returns the copy's
