@@ -102,7 +102,9 @@ enum Dialect {
 }
 
 impl Dialect {
-    fn object_specs(self) -> &'static [(&'static [&'static str], &'static str, Option<&'static str>); 6] {
+    fn object_specs(
+        self,
+    ) -> &'static [(&'static [&'static str], &'static str, Option<&'static str>); 6] {
         match self {
             Dialect::Legacy => &OBJECT_SPECS,
             Dialect::Dated => &DATED_OBJECT_SPECS,
@@ -165,7 +167,10 @@ impl Dialect {
         let rules: [(&str, String); 8] = [
             (
                 "/crm/v4/objects/",
-                format!("/crm/objects/{}/", if listing { "2026-03" } else { "2026-09" }),
+                format!(
+                    "/crm/objects/{}/",
+                    if listing { "2026-03" } else { "2026-09" }
+                ),
             ),
             ("/crm/v3/objects/", "/crm/objects/2026-09/".into()),
             ("/crm/v4/associations/", "/crm/associations/2026-09/".into()),
@@ -1614,7 +1619,10 @@ async fn answers_match(dialect: Dialect) {
             .map(|r| r.path.as_str())
             .filter(|p| (p.contains("/v3/") || p.contains("/v4/")) && !p.ends_with("/download"))
             .collect();
-        assert!(legacy.is_empty(), "dated run called legacy paths: {legacy:?}");
+        assert!(
+            legacy.is_empty(),
+            "dated run called legacy paths: {legacy:?}"
+        );
     }
 
     let report = check(&specs, &recorded);
@@ -1649,7 +1657,11 @@ async fn answers_match(dialect: Dialect) {
     let statuses_wanted: &[u16] = match dialect {
         Dialect::Legacy => &STATUSES,
         // The dated specs document no 207: partial failures come back in a 200 or 201.
-        Dialect::Dated => &STATUSES[..2].iter().chain(&STATUSES[3..]).copied().collect::<Vec<_>>(),
+        Dialect::Dated => &STATUSES[..2]
+            .iter()
+            .chain(&STATUSES[3..])
+            .copied()
+            .collect::<Vec<_>>(),
     };
     let missing: Vec<u16> = statuses_wanted
         .iter()

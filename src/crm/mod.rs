@@ -602,7 +602,10 @@ impl Client {
             "{}?idProperty={id_property}&archived=true&properties={id_property}",
             self.path(Op::Object { object, id: &value }),
         );
-        match self.call(Method::GET, &path, None, CallKind::Ordinary).await {
+        match self
+            .call(Method::GET, &path, None, CallKind::Ordinary)
+            .await
+        {
             Ok(v) => Ok(Record::parse(&v).filter(|r| r.archived).map(|r| r.id)),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),
