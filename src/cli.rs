@@ -185,6 +185,9 @@ pub struct SandboxArgs {
     /// Seed for generated credentials and fault injection, for repeatable runs.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Lifetime of an OAuth access token in seconds (HubSpot's is 1800).
+    #[arg(long, default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..))]
+    pub oauth_token_ttl_s: u64,
 }
 
 fn parse_target(s: &str) -> Result<(String, String), String> {
@@ -704,6 +707,7 @@ async fn run_sandbox(args: SandboxArgs) -> Result<(), CliError> {
         state_file: args.state,
         webhook_targets: args.webhook_targets,
         seed: args.seed,
+        oauth_token_ttl: std::time::Duration::from_secs(args.oauth_token_ttl_s),
         ..SandboxConfig::default()
     };
     let handle = sandbox::start(config).await.map_err(|e| CliError {

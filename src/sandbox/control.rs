@@ -1,13 +1,13 @@
 //! Test-only controls under `/_sandbox/` (documented in docs/sandbox.md): reset, state dumps,
 //! fault injection, request counters, webhook settings and delivery log, restoring archived
-//! records, and signed file downloads. HubSpot's own paths never carry any of these.
+//! records, signed file downloads, and the OAuth app's (handlers in `oauth`). HubSpot's own paths never carry any of these.
 
 use std::sync::Arc;
 
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use serde_json::{json, Value};
 
@@ -18,7 +18,7 @@ use super::model::{PortalData, Source};
 use super::objects::reply;
 use super::params::{object_type, Json, Query};
 use super::webhooks::WebhookSettings;
-use super::{files, Portal, Shared};
+use super::{files, oauth, Portal, Shared};
 
 pub fn router() -> Router<Arc<Shared>> {
     Router::new()
@@ -51,6 +51,16 @@ pub fn router() -> Router<Arc<Shared>> {
             "/_sandbox/signed/{portal_id}/{file_id}",
             get(files::signed_download),
         )
+        .route("/_sandbox/oauth", get(oauth::control_summary))
+        .route("/_sandbox/oauth/authorize", post(oauth::control_authorize))
+        .route(
+            "/_sandbox/oauth/faults",
+            put(oauth::control_put_faults).delete(oauth::control_clear_faults),
+        )
+        .route(
+            "/_sandbox/portals/{portal}/oauth/revoke",
+            post(oauth::control_uninstall),
+        )
 }
 
 fn portal<'a>(shared: &'a Shared, name: &str) -> ApiResult<&'a Arc<Portal>> {
@@ -73,6 +83,7 @@ async fn info(State(shared): State<Arc<Shared>>) -> Response {
         json!({
             "base_url": shared.base_url,
             "portals": shared.portals.iter().map(|p| &p.info).collect::<Vec<_>>(),
+            "oauth": shared.oauth.info(&shared.base_url),
         }),
     )
 }

@@ -261,9 +261,7 @@ fn association_routes(mut api: Router<Arc<Shared>>) -> Router<Arc<Shared>> {
 /// property batch creates as 200 rather than 201. Handlers answer as v3/v4 do; a dated path
 /// gets its version's status here, in one place.
 fn dated_status(path: &str, status: StatusCode) -> StatusCode {
-    let dated = path
-        .split('/')
-        .any(|seg| DATED_VERSIONS.contains(&seg));
+    let dated = path.split('/').any(|seg| DATED_VERSIONS.contains(&seg));
     let object_create = path.starts_with("/crm/objects/") && path.ends_with("/batch/create");
     match status {
         _ if !dated => status,

@@ -25,6 +25,7 @@ mod gate;
 mod inbox;
 mod limits;
 pub mod model;
+mod oauth;
 mod objects;
 mod params;
 mod schema;
@@ -48,6 +49,7 @@ pub use data::Change;
 pub use error::ApiError;
 pub use faults::Faults;
 pub use model::{ObjectType, PortalData};
+pub use oauth::{OAuthApp, OAuthInfo};
 pub use webhooks::WebhookSettings;
 
 /// What to start. `Default` gives the three default portals, HubSpot's default rate limits and
@@ -74,6 +76,11 @@ pub struct SandboxConfig {
     pub max_body_bytes: usize,
     /// Largest file upload accepted.
     pub max_file_bytes: usize,
+    /// Lifetime of an OAuth access token (HubSpot: 30 minutes).
+    pub oauth_token_ttl: Duration,
+    /// Each refresh returns a new refresh token and the old one stops working (HubSpot keeps
+    /// it; this proves a client stores the rotated one).
+    pub oauth_rotate_refresh: bool,
 }
 
 impl Default for SandboxConfig {
@@ -93,6 +100,8 @@ impl Default for SandboxConfig {
             record_responses: false,
             max_body_bytes: 3 * 1024 * 1024,
             max_file_bytes: 512 * 1024 * 1024,
+            oauth_token_ttl: Duration::from_secs(1800),
+            oauth_rotate_refresh: false,
         }
     }
 }
@@ -129,6 +138,8 @@ pub struct PortalInfo {
 pub struct Startup {
     pub base_url: String,
     pub portals: Vec<PortalInfo>,
+    /// The OAuth app every portal can install.
+    pub oauth: OAuthInfo,
 }
 
 /// One API answer kept for conformance checks.
@@ -189,6 +200,8 @@ pub(crate) struct Shared {
     pub version: AtomicI64,
     /// Outbound notifications dealsync sent to `/_sandbox/inbox`.
     pub inbox: Mutex<inbox::Inbox>,
+    /// The OAuth app, its codes and tokens.
+    pub oauth: oauth::OAuth,
 }
 
 impl Shared {
@@ -237,7 +250,13 @@ impl SandboxHandle {
         Startup {
             base_url: self.base_url.clone(),
             portals: self.portals.clone(),
+            oauth: self.shared.oauth.info(&self.base_url),
         }
+    }
+
+    /// The OAuth app's credentials (also in [`SandboxHandle::startup`]).
+    pub fn oauth_app(&self) -> OAuthApp {
+        self.shared.oauth.app.clone()
     }
 
     /// The portal with this name. Panics only on a name the caller configured itself.
@@ -294,6 +313,11 @@ fn random_token(rng: &mut StdRng, prefix: &str) -> String {
 pub async fn start(config: SandboxConfig) -> Result<SandboxHandle, SandboxError> {
     if config.portals.is_empty() {
         return Err(SandboxError::Config("at least one portal is needed".into()));
+    }
+    if config.oauth_token_ttl < Duration::from_secs(1) {
+        return Err(SandboxError::Config(
+            "oauth_token_ttl must be at least one second".into(),
+        ));
     }
     let mut seen = std::collections::HashSet::new();
     for p in &config.portals {
@@ -430,6 +454,11 @@ pub async fn start(config: SandboxConfig) -> Result<SandboxHandle, SandboxError>
         http,
         version: AtomicI64::new(0),
         inbox: Mutex::new(Default::default()),
+        oauth: oauth::OAuth::new(
+            config.seed,
+            config.oauth_token_ttl,
+            config.oauth_rotate_refresh,
+        ),
         portals,
         config,
     });
