@@ -48,14 +48,25 @@ fn labels_between(from: ObjKey, to: ObjKey, types: &[(AssocCategory, i32)]) -> V
 }
 
 fn default_types(from: ObjectType, to: ObjectType) -> ApiResult<Vec<(AssocCategory, i32)>> {
-    let d = default_assoc(from, to).ok_or_else(|| {
-        ApiError::validation(format!(
-            "{} and {} cannot be associated",
-            from.name(),
-            to.name()
-        ))
-    })?;
+    let d = default_assoc(from, to).ok_or_else(|| no_default(from, to))?;
     Ok(vec![(AssocCategory::HubspotDefined, d.type_id)])
+}
+
+/// Pairs with only labeled types (parent/child companies) need the caller to pick one.
+fn no_default(from: ObjectType, to: ObjectType) -> ApiError {
+    let labeled: Vec<String> = ASSOC_DEFS
+        .iter()
+        .filter(|d| d.from == from && d.to == to)
+        .map(|d| format!("{} ({})", d.type_id, d.label.unwrap_or("unlabeled")))
+        .collect();
+    let (f, t) = (from.name(), to.name());
+    if labeled.is_empty() {
+        return ApiError::validation(format!("{f} and {t} cannot be associated"));
+    }
+    ApiError::validation(format!(
+        "{f} and {t} have no default association type; PUT a HUBSPOT_DEFINED type: {}",
+        labeled.join(", ")
+    ))
 }
 
 fn parse_types(inputs: &[AssocTypeInput]) -> ApiResult<Vec<(AssocCategory, i32)>> {

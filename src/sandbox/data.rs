@@ -1034,6 +1034,14 @@ impl PortalData {
     ) -> ApiResult<()> {
         self.live(from.0, from.1)?;
         self.live(to.0, to.1)?;
+        if from == to {
+            // A company cannot be its own parent; the one pair of a type with itself.
+            return Err(ApiError::validation(format!(
+                "{} {} cannot be associated with itself",
+                from.0.singular(),
+                from.1
+            )));
+        }
         let mut pairs = Vec::new();
         for (cat, type_id) in types {
             let def = match cat {

@@ -177,7 +177,7 @@ pub struct AssocDef {
 }
 
 use ObjectType as T;
-/// HubSpot's own type ids, per direction. The first entry for a pair is its default type.
+/// HubSpot's own type ids, per direction. The first unlabeled entry for a pair is its default type.
 pub const ASSOC_DEFS: &[AssocDef] = &[
     AssocDef {
         from: T::Contacts,
@@ -375,6 +375,22 @@ pub const ASSOC_DEFS: &[AssocDef] = &[
         inverse: 71,
         label: None,
     },
+    // Within one type (changelog 2018-09-11): 13 leads from a parent to its child, 14 back.
+    // The label names what the target is to the source, as HubSpot's labels endpoint does.
+    AssocDef {
+        from: T::Companies,
+        to: T::Companies,
+        type_id: 13,
+        inverse: 14,
+        label: Some("Child Company"),
+    },
+    AssocDef {
+        from: T::Companies,
+        to: T::Companies,
+        type_id: 14,
+        inverse: 13,
+        label: Some("Parent Company"),
+    },
 ];
 
 pub fn assoc_def(from: ObjectType, to: ObjectType, type_id: i32) -> Option<&'static AssocDef> {
@@ -383,8 +399,11 @@ pub fn assoc_def(from: ObjectType, to: ObjectType, type_id: i32) -> Option<&'sta
         .find(|d| d.from == from && d.to == to && d.type_id == type_id)
 }
 
+/// The unlabeled type of a pair; parent/child companies have none, so no default either.
 pub fn default_assoc(from: ObjectType, to: ObjectType) -> Option<&'static AssocDef> {
-    ASSOC_DEFS.iter().find(|d| d.from == from && d.to == to)
+    ASSOC_DEFS
+        .iter()
+        .find(|d| d.from == from && d.to == to && d.label.is_none())
 }
 
 /// The `deal_to_note` style name HubSpot uses in v3 association listings.
