@@ -338,11 +338,8 @@ fn grant_code(shared: &Shared, req: &AuthorizeRequest) -> Result<(String, String
             "client_id is not this sandbox's app",
         ));
     }
-    let mut location = redirect_target(required(
-        &req.redirect_uri,
-        "BAD_REDIRECT_URI",
-        "redirect_uri",
-    )?)?;
+    let redirect_uri = required(&req.redirect_uri, "BAD_REDIRECT_URI", "redirect_uri")?;
+    let mut location = redirect_target(redirect_uri)?;
     let scopes = split_scopes(required(&req.scope, "BAD_SCOPE", "scope")?);
     let name = required(
         &req.portal,
@@ -370,7 +367,7 @@ fn grant_code(shared: &Shared, req: &AuthorizeRequest) -> Result<(String, String
             code.clone(),
             Code {
                 client_id: client_id.to_owned(),
-                redirect_uri: req.redirect_uri.clone().unwrap_or_default(),
+                redirect_uri: redirect_uri.to_owned(),
                 challenge: challenge.to_owned(),
                 portal,
                 scopes,
