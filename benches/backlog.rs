@@ -90,7 +90,7 @@ fn main() {
         let base = sb.base_url.clone();
         let conn = |name: &str| {
             let p = sb.portal(name);
-            PortalConn { name: name.into(), base_url: base.clone(), token: p.token.clone(), rate_limit_per_10s: 100, search_per_s: 5, api: Default::default() }
+            PortalConn { name: name.into(), base_url: base.clone(), token: p.token.clone(), rate_limit_per_10s: 100, search_per_s: 5, api: Default::default(), oauth: None }
         };
         let client = |c: &PortalConn| Client::new(&c.name, &c.base_url, &c.token, Arc::new(Budget::new(100, 4)), RetryPolicy::default()).unwrap();
         let (hs_conn, pa_conn) = (conn("hubspot"), conn("partner-a"));

@@ -194,6 +194,7 @@ async fn throughput() -> (f64, f64, f64) {
         rate_limit_per_10s: 100,
         search_per_s: 5,
         api: Default::default(),
+        oauth: None,
     };
     let before = counted(&sb, &sb.base_url, &http).await;
     let started = Instant::now();
@@ -276,7 +277,7 @@ fn status_kb(pid: u32, key: &str) -> f64 {
 
 async fn memory() -> f64 {
     let bin = env!("CARGO_BIN_EXE_dealsync");
-    let (mut sb, base, tokens) = support::spawn_sandbox("hubspot,partner-a");
+    let (_sb, base, tokens) = support::spawn_sandbox("hubspot,partner-a");
     let token = |i: usize| tokens[i].clone();
     let (hs, pa) = (
         client("hubspot", &base, &token(0)),
@@ -297,26 +298,19 @@ async fn memory() -> f64 {
     );
     let cfg = dir.path().join("dealsync.toml");
     std::fs::write(&cfg, config).unwrap();
-    let mut daemon = Command::new(bin)
-        .args(["run", "--config", cfg.to_str().unwrap()])
-        .env("HS_TOKEN", token(0))
-        .env("PA_TOKEN", token(1))
-        .env("DEALSYNC_LOG", "warn")
-        .spawn()
-        .expect("daemon");
-    // Idle: a few poll rounds of every poller.
-    let t0 = store::now_ms();
-    let polled = |after: i64| {
-        let conn = store::open_read_only(&db).unwrap();
-        conn.query_row(
-            "SELECT COUNT(*) FROM portal_health WHERE last_poll_ok > ?1",
-            [after],
-            |r| r.get::<_, i64>(0),
-        )
-        .unwrap_or(0)
-    };
+    let mut daemon = support::Reaped::spawn(
+        Command::new(bin)
+            .args(["run", "--config", cfg.to_str().unwrap()])
+            .env("HS_TOKEN", token(0))
+            .env("PA_TOKEN", token(1))
+            .env("DEALSYNC_LOG", "warn"),
+        "daemon",
+    );
+    // Idle: both deal pollers have polled again well after start, i.e. a few rounds.
+    let after = store::now_ms() + 3_000;
     let deadline = Instant::now() + Duration::from_secs(120);
-    while polled(t0 + 3_000) < 4 {
+    while !support::deal_pollers_polled_since(&db, &["hubspot", "partner-a"], after) {
+        daemon.assert_running();
         assert!(Instant::now() < deadline, "daemon did not poll");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -348,10 +342,6 @@ async fn memory() -> f64 {
         assert!(Instant::now() < deadline, "the big file was not copied");
     }
     let peak = status_kb(daemon.id(), "VmHWM:");
-    let _ = daemon.kill();
-    let _ = daemon.wait();
-    let _ = sb.kill();
-    let _ = sb.wait();
     eprintln!(
         "memory: idle {:.1} MB, peak {:.1} MB",
         idle / 1024.0,

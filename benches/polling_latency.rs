@@ -48,6 +48,7 @@ fn main() {
                 rate_limit_per_10s: 100,
                 search_per_s: 5,
                 api: Default::default(),
+                oauth: None,
             }
         };
         // The bench's own client: unthrottled on our side too.

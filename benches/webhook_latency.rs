@@ -438,6 +438,7 @@ fn main() {
                 rate_limit_per_10s: 100_000,
                 search_per_s: 100,
                 api: Default::default(),
+                oauth: None,
             }
         };
         let client = |c: &PortalConn| {

@@ -8,11 +8,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::crm::{ApiVersion, ApiVersions};
+use crate::oauth::OAuthApp;
 use crate::daemon::{DaemonParts, PortalConn};
 use crate::engine::{FieldKind, FieldSpec, Settings, StageMap};
 use crate::rules::{ConflictPolicy, Direction, Rule};
@@ -78,6 +80,25 @@ struct Raw {
     messages: RawMessages,
     notifications: Option<RawNotifications>,
     metrics: Option<RawMetrics>,
+    oauth: Option<RawOAuth>,
+}
+
+/// `[oauth]`: the operator's project app, for portals with `auth = "oauth"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOAuth {
+    client_id: String,
+    client_secret_env: Option<String>,
+    client_secret_file: Option<PathBuf>,
+    client_secret_credential: Option<String>,
+    redirect_url: String,
+    #[serde(default = "d_authorize_url")]
+    authorize_url: String,
+    scopes: Option<Vec<String>>,
+}
+
+fn d_authorize_url() -> String {
+    "https://app.hubspot.com/oauth/authorize".into()
 }
 
 /// `[metrics]`: where `/healthz`, `/readyz` and `/metrics` are served when there is no webhook
@@ -220,6 +241,7 @@ struct RawPortal {
     api_version: Option<String>,
     #[serde(default)]
     api_versions: BTreeMap<String, String>,
+    auth: Option<String>,
     /// HubSpot owner id of the rep who gets registrations whose lead has no owner.
     default_owner_id: Option<String>,
 }
@@ -261,6 +283,8 @@ struct RawPortalFlat {
     /// Per-surface overrides: `{ files = "2026-03", associations = "legacy" }`.
     #[serde(default)]
     api_versions: BTreeMap<String, String>,
+    /// `static` (default: `token_*`) or `oauth` (the `[oauth]` app's install).
+    auth: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -340,12 +364,22 @@ fn d_capacity() -> u32 {
     100
 }
 
+/// How a portal authenticates.
+#[derive(Debug, Clone)]
+pub enum PortalAuth {
+    /// A static token: a static-auth app installed in one account, or a service key (no
+    /// webhooks) for a polling-only portal.
+    Static(Secret),
+    /// The `[oauth]` app's install in this portal (its refresh token lives in the store).
+    OAuth,
+}
+
 /// One portal, resolved.
 #[derive(Debug, Clone)]
 pub struct PortalConfig {
     pub name: String,
     pub base_url: String,
-    pub token: Secret,
+    pub auth: PortalAuth,
     pub webhook_secret: Option<Secret>,
     pub rate_limit_per_10s: u32,
     pub search_per_s: u32,
@@ -421,6 +455,8 @@ pub struct Config {
     pub notify: crate::notify::NotifySettings,
     /// `[metrics] listen`: health and metrics without webhooks.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `[oauth]`: the project app installed in the portals with `auth = "oauth"`.
+    pub oauth: Option<Arc<OAuthApp>>,
 }
 
 /// The fields synced when the config names none.
@@ -613,6 +649,7 @@ impl Config {
                 pipeline: raw.hubspot.pipeline,
                 api_version: raw.hubspot.api_version,
                 api_versions: raw.hubspot.api_versions,
+                auth: raw.hubspot.auth,
             },
             env,
         )?;
@@ -841,7 +878,9 @@ impl Config {
                 )
             })?),
         };
+        let oauth = oauth_app(raw.oauth, &hubspot, &partners, webhooks.as_ref(), env)?;
         Ok(Config {
+            oauth,
             notify,
             metrics_listen,
             store_path: raw.store.path,
@@ -866,6 +905,14 @@ impl Config {
         })
     }
 
+    /// A portal by its name: "hubspot" or a partner's.
+    pub fn portal(&self, name: &str) -> Option<&PortalConfig> {
+        if name == self.hubspot.name {
+            return Some(&self.hubspot);
+        }
+        self.partner(name).map(|p| &p.portal)
+    }
+
     pub fn partner(&self, name: &str) -> Option<&PartnerConfig> {
         self.partners.iter().find(|p| p.portal.name == name)
     }
@@ -875,7 +922,13 @@ impl Config {
         let conn = |p: &PortalConfig| PortalConn {
             name: p.name.clone(),
             base_url: p.base_url.clone(),
-            token: p.token.expose().to_owned(),
+            token: match &p.auth {
+                PortalAuth::Static(t) => t.expose().to_owned(),
+                PortalAuth::OAuth => String::new(),
+            },
+            oauth: matches!(p.auth, PortalAuth::OAuth)
+                .then(|| self.oauth.clone())
+                .flatten(),
             rate_limit_per_10s: p.rate_limit_per_10s,
             search_per_s: p.search_per_s,
             api: p.api,
@@ -982,11 +1035,23 @@ fn portal(
             "must be an http or https URL",
         ));
     }
-    let token = secret(key, "token", p.token_env, p.token_file, p.token_credential, env)?
-        .ok_or_else(|| ConfigError::Secret {
+    let token = secret(key, "token", p.token_env, p.token_file, p.token_credential, env)?;
+    let auth = match (p.auth.as_deref(), token) {
+        (None | Some("static"), Some(t)) => PortalAuth::Static(t),
+        (None | Some("static"), None) => return Err(ConfigError::Secret {
             key: format!("{key}.token_env"),
-            why: "the portal's private-app token is needed: set token_env, token_file or token_credential".into(),
-        })?;
+            why: "the portal needs a static token (token_env, token_file or token_credential) or auth = \"oauth\" with an [oauth] app".into(),
+        }),
+        (Some("oauth"), None) => PortalAuth::OAuth,
+        (Some("oauth"), Some(_)) => return Err(invalid(
+            format!("{key}.auth"),
+            "this portal has auth = \"oauth\" and a static token; keep one: remove token_* to use the OAuth install, or auth to use the token",
+        )),
+        (Some(other), _) => return Err(invalid(
+            format!("{key}.auth"),
+            format!("{other:?} is not a way to authenticate; use \"static\" (token_*) or \"oauth\""),
+        )),
+    };
     let webhook_secret = secret(
         key,
         "webhook_secret",
@@ -1005,13 +1070,81 @@ fn portal(
     Ok(PortalConfig {
         name: name.to_owned(),
         base_url: p.base_url.trim_end_matches('/').to_owned(),
-        token,
+        auth,
         webhook_secret,
         rate_limit_per_10s: p.rate_limit_per_10s,
         search_per_s: p.search_per_s,
         pipeline: p.pipeline,
         api,
     })
+}
+
+/// `[oauth]`, checked against the portals that use it and the listener that must serve its
+/// redirect URL.
+fn oauth_app(
+    raw: Option<RawOAuth>,
+    hubspot: &PortalConfig,
+    partners: &[PartnerConfig],
+    webhooks: Option<&WebhookConfig>,
+    env: &HashMap<String, String>,
+) -> Result<Option<Arc<OAuthApp>>, ConfigError> {
+    let users: Vec<&str> = std::iter::once(hubspot)
+        .chain(partners.iter().map(|p| &p.portal))
+        .filter(|p| matches!(p.auth, PortalAuth::OAuth))
+        .map(|p| p.name.as_str())
+        .collect();
+    let Some(raw) = raw else {
+        return match users.first() {
+            Some(p) => Err(invalid(
+                "oauth",
+                format!("{p} has auth = \"oauth\" but there is no [oauth] section with the app's client_id, client_secret_* and redirect_url"),
+            )),
+            None => Ok(None),
+        };
+    };
+    let secret = secret(
+        "oauth",
+        "client_secret",
+        raw.client_secret_env,
+        raw.client_secret_file,
+        raw.client_secret_credential,
+        env,
+    )?
+    .ok_or_else(|| ConfigError::Secret {
+        key: "oauth.client_secret_env".into(),
+        why: "the app's client secret is needed: set client_secret_env, client_secret_file or client_secret_credential".into(),
+    })?;
+    let redirect = reqwest::Url::parse(&raw.redirect_url).map_err(|e| {
+        invalid("oauth.redirect_url", format!("{:?} is not a URL ({e})", raw.redirect_url))
+    })?;
+    if webhooks.is_none() {
+        return Err(invalid(
+            "oauth.redirect_url",
+            "dealsync serves the OAuth redirect on its webhook listener; add [webhooks] listen (and public_url) so HubSpot can send installers back",
+        ));
+    }
+    if let Some(public) = webhooks.and_then(|w| w.public_url.as_deref()) {
+        let public = reqwest::Url::parse(public).ok();
+        if public.as_ref().map(|u| u.origin()) != Some(redirect.origin()) {
+            return Err(invalid(
+                "oauth.redirect_url",
+                format!("{} is not on the listener's public_url; the redirect must reach dealsync's listener", raw.redirect_url),
+            ));
+        }
+    }
+    if raw.client_id.trim().is_empty() {
+        return Err(invalid("oauth.client_id", "the app's client id is empty"));
+    }
+    Ok(Some(Arc::new(OAuthApp {
+        client_id: raw.client_id,
+        client_secret: secret,
+        redirect_url: raw.redirect_url,
+        authorize_url: raw.authorize_url,
+        token_base_url: hubspot.base_url.clone(),
+        scopes: raw
+            .scopes
+            .unwrap_or_else(|| crate::oauth::SCOPES.iter().map(|s| s.to_string()).collect()),
+    })))
 }
 
 /// A portal's `api_version` and `api_versions` settings, resolved per surface.

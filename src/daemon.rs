@@ -17,7 +17,8 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::crm::{ApiVersions, Budget, Client, CrmError, RetryPolicy};
+use crate::crm::{ApiVersions, Auth, Budget, Client, CrmError, RetryPolicy};
+use crate::oauth::OAuthApp;
 use crate::engine::{Engine, InFlight, Portals, Settings};
 use crate::ingest::poll::{Poller, WebhookPace};
 use crate::ingest::sweep::Sweep;
@@ -34,6 +35,9 @@ pub struct PortalConn {
     pub search_per_s: u32,
     /// The API version each surface is called at.
     pub api: ApiVersions,
+    /// The operator's OAuth app, when this portal authenticates through an install (then
+    /// `token` is empty).
+    pub oauth: Option<Arc<OAuthApp>>,
 }
 
 impl std::fmt::Debug for PortalConn {
@@ -110,17 +114,40 @@ pub struct DaemonHandle {
     drain: Duration,
 }
 
+/// The HTTP client for HubSpot's token endpoint.
+fn oauth_http() -> Result<reqwest::Client, CrmError> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .user_agent(concat!("dealsync/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| CrmError::Connect {
+            portal: "oauth".into(),
+            call: "client setup".into(),
+            detail: e.to_string(),
+        })
+}
+
 impl PortalConn {
-    /// A client for this portal with its own rate budget.
-    pub fn client(&self, retry: RetryPolicy) -> Result<Client, CrmError> {
-        Client::new(
+    /// A client for this portal with its own rate budget. An OAuth portal needs the store
+    /// its install is kept in.
+    pub fn client(&self, retry: RetryPolicy, store: Option<&Store>) -> Result<Client, CrmError> {
+        let client = Client::new(
             &self.name,
             &self.base_url,
             &self.token,
             Arc::new(Budget::new(self.rate_limit_per_10s, self.search_per_s)),
             retry,
-        )
-        .map(|c| c.with_versions(self.api))
+        )?
+        .with_versions(self.api);
+        let Some(app) = &self.oauth else {
+            return Ok(client);
+        };
+        let store = store.ok_or_else(|| CrmError::AuthRevoked {
+            portal: self.name.clone(),
+            detail: format!("{} authenticates through its OAuth install, which only the daemon reads; run this while `dealsync run` is set up for it", self.name),
+        })?;
+        let session = crate::oauth::Session::new(&self.name, app.clone(), oauth_http()?, store.clone());
+        Ok(client.with_auth(Auth::OAuth(Arc::new(session))))
     }
 }
 
@@ -128,10 +155,10 @@ impl DaemonHandle {
     /// Opens the store and starts pollers, sweep and workers.
     pub async fn start(parts: DaemonParts) -> Result<DaemonHandle, DaemonError> {
         let store = Store::open(&parts.store_path).await?;
-        let hubspot = parts.hubspot.client(parts.retry)?;
+        let hubspot = parts.hubspot.client(parts.retry, Some(&store))?;
         let mut partners = HashMap::new();
         for p in &parts.partners {
-            partners.insert(p.name.clone(), p.client(parts.retry)?);
+            partners.insert(p.name.clone(), p.client(parts.retry, Some(&store))?);
         }
         let wake = Arc::new(Notify::new());
         let engine = Arc::new(Engine {
@@ -187,6 +214,11 @@ impl DaemonHandle {
                 in_flight: engine.in_flight.clone(),
                 engine: Some(engine.clone()),
                 nudges: nudges.clone(),
+                oauth: parts
+                    .hubspot
+                    .oauth
+                    .clone()
+                    .or_else(|| parts.partners.iter().find_map(|p| p.oauth.clone())),
             };
             let (addr, task) = webhook::serve(listener, w.listen, cancel.clone()).await?;
             webhook_addr = Some(addr);

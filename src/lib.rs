@@ -13,6 +13,7 @@ pub mod invite;
 pub mod lifecycle;
 pub mod metrics;
 pub mod notify;
+pub mod oauth;
 pub mod quotes;
 pub mod register;
 pub mod replay;

@@ -90,6 +90,7 @@ async fn no_private_note_or_other_partners_message_leaks_anywhere() {
         rate_limit_per_10s: 100,
         search_per_s: 5,
         api: Default::default(),
+        oauth: None,
     };
     for p in portals.values() {
         let c = conn(p);

@@ -124,6 +124,7 @@ impl World {
             rate_limit_per_10s: 100,
             search_per_s: 5,
             api: Default::default(),
+            oauth: None,
         }
     }
 

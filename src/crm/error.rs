@@ -11,6 +11,9 @@ use serde::Serialize;
 pub enum ErrorClass {
     Transient,
     Permanent,
+    /// Waiting for an operator, not failing: the portal's OAuth install is missing or was
+    /// revoked. Work is kept and retried slowly, never dead-lettered.
+    Held,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -40,6 +43,9 @@ pub enum CrmError {
         call: String,
         detail: String,
     },
+    /// The portal's OAuth install is missing or revoked (the detail says what to do).
+    #[error("{detail}")]
+    AuthRevoked { portal: String, detail: String },
 }
 
 impl CrmError {
@@ -56,6 +62,7 @@ impl CrmError {
             CrmError::Timeout { .. } | CrmError::Connect { .. } => ErrorClass::Transient,
             // A garbled body is usually a proxy's error page: worth another try.
             CrmError::Decode { .. } => ErrorClass::Transient,
+            CrmError::AuthRevoked { .. } => ErrorClass::Held,
         }
     }
 

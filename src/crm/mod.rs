@@ -176,12 +176,29 @@ pub struct SearchPage {
     pub next_after: Option<String>,
 }
 
+/// How a client authenticates: a static token (a static-auth app installed in one account, or
+/// a service key for a polling-only portal) or an OAuth install's access tokens.
+#[derive(Clone)]
+pub enum Auth {
+    Static(Arc<str>),
+    OAuth(Arc<crate::oauth::Session>),
+}
+
+impl Auth {
+    async fn token(&self) -> Result<String, CrmError> {
+        match self {
+            Auth::Static(t) => Ok(t.to_string()),
+            Auth::OAuth(s) => s.access_token().await,
+        }
+    }
+}
+
 /// A client for one portal.
 #[derive(Clone)]
 pub struct Client {
     portal: String,
     base: String,
-    token: Arc<str>,
+    auth: Auth,
     http: reqwest::Client,
     budget: Arc<Budget>,
     retry: RetryPolicy,
@@ -218,12 +235,27 @@ impl Client {
         Ok(Client {
             portal: portal.to_owned(),
             base: base_url.trim_end_matches('/').to_owned(),
-            token: Arc::from(token),
+            auth: Auth::Static(Arc::from(token)),
             http,
             budget,
             retry,
             versions: ApiVersions::default(),
         })
+    }
+
+    /// The same client authenticating with `auth` instead of the static token it was made
+    /// with.
+    pub fn with_auth(mut self, auth: Auth) -> Client {
+        self.auth = auth;
+        self
+    }
+
+    /// The OAuth session, when the portal uses one.
+    pub fn oauth(&self) -> Option<&Arc<crate::oauth::Session>> {
+        match &self.auth {
+            Auth::OAuth(s) => Some(s),
+            Auth::Static(_) => None,
+        }
     }
 
     /// The same client calling each surface at `versions` (default: [`ApiVersions::default`]).
@@ -280,6 +312,8 @@ impl Client {
             .await
     }
 
+    /// One request; with OAuth, a 401 drops the access token and the request is made once
+    /// more with a fresh one (HubSpot may retire a token before the expiry it announced).
     async fn once(
         &self,
         method: Method,
@@ -288,11 +322,37 @@ impl Client {
         kind: CallKind,
         call: &str,
     ) -> Result<Value, CrmError> {
+        let token = self.auth.token().await?;
+        match self
+            .send(method.clone(), path, body, kind, call, &token)
+            .await
+        {
+            Err(e) if e.status() == Some(401) => match &self.auth {
+                Auth::OAuth(session) => {
+                    session.invalidate(&token).await;
+                    let token = self.auth.token().await?;
+                    self.send(method, path, body, kind, call, &token).await
+                }
+                Auth::Static(_) => Err(e),
+            },
+            other => other,
+        }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        kind: CallKind,
+        call: &str,
+        token: &str,
+    ) -> Result<Value, CrmError> {
         let slot = self.budget.acquire(kind).await;
         let mut rb = self
             .http
             .request(method, format!("{}{}", self.base, path))
-            .bearer_auth(&*self.token);
+            .bearer_auth(token);
         if let Some(b) = body {
             rb = rb.json(b);
         }
@@ -974,11 +1034,12 @@ impl Client {
             .text("options", r#"{"access":"PRIVATE"}"#);
         let path = self.path(Op::Files);
         let call = &format!("POST {path}");
+        let token = self.auth.token().await?;
         let slot = self.budget.acquire(CallKind::Ordinary).await;
         let resp = self
             .http
             .post(format!("{}{path}", self.base))
-            .bearer_auth(&*self.token)
+            .bearer_auth(token)
             .timeout(self.retry.timeout.max(Duration::from_secs(300)))
             .multipart(form)
             .send()

@@ -758,7 +758,10 @@ impl Engine {
                 } => {
                     let job = by_id[&id];
                     let exhausted = job.attempts + 1 >= self.settings.max_attempts;
-                    if class == ErrorClass::Transient && !exhausted {
+                    if class == ErrorClass::Held {
+                        // A portal waiting for its install: keep the job, look again later.
+                        retries.push((id, store::now_ms() + HELD_RETRY_MS, error));
+                    } else if class == ErrorClass::Transient && !exhausted {
                         retries.push((
                             id,
                             store::now_ms() + self.backoff(job.attempts).as_millis() as i64,
@@ -1535,6 +1538,9 @@ impl Engine {
         Duration::from_millis((capped * jitter) as u64)
     }
 }
+
+/// How often a job held by a missing or revoked OAuth install is looked at again.
+const HELD_RETRY_MS: i64 = 30_000;
 
 fn failed(e: &CrmError) -> Outcome {
     Outcome::Failed {

@@ -36,6 +36,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{plan, Engine, FieldSpec, InFlight, StageMap};
+use crate::oauth::{self, OAuthApp, OAuthError};
 use crate::signature;
 use crate::store::{self, InboxEvent, Side, Store};
 
@@ -78,6 +79,8 @@ pub struct Listener {
     /// Per portal: woken when an event is about a deal no link knows, so that portal's deal
     /// poller looks at once (registrations and invitations start on unlinked deals).
     pub nudges: HashMap<String, Arc<Notify>>,
+    /// The OAuth app whose redirect this listener serves (installs land here).
+    pub oauth: Option<Arc<OAuthApp>>,
 }
 
 impl Listener {
@@ -96,6 +99,7 @@ impl Listener {
             in_flight: InFlight::default(),
             engine: None,
             nudges: HashMap::new(),
+            oauth: None,
         }
     }
 }
@@ -261,6 +265,8 @@ fn classify(e: &Value, kind: &str, side: Side, fields: &[FieldSpec]) -> Classifi
 struct Shared {
     listener: Listener,
     portals: HashMap<String, WebhookPortal>,
+    /// For HubSpot's token endpoint (OAuth installs).
+    http: reqwest::Client,
 }
 
 /// Binds the listener and serves until `cancel`. Returns the bound address (useful with port 0)
@@ -283,9 +289,17 @@ pub async fn serve(
             .iter()
             .map(|p| (p.name.clone(), p.clone()))
             .collect(),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap_or_default(),
         listener,
     });
-    let app = Router::new()
+    let mut app = Router::new();
+    if let Some(o) = &shared.listener.oauth {
+        app = app.route(&o.callback_path(), get(oauth_callback));
+    }
+    let app = app
         .route("/webhooks/{portal}", post(receive))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -302,6 +316,56 @@ pub async fn serve(
     });
     tracing::info!(%bound, "listening for webhooks");
     Ok((bound, task))
+}
+
+/// HubSpot sends the admin who installed the app back here with `code` and `state` (or
+/// `error`). The answer is a page a person reads: what happened and what to do.
+async fn oauth_callback(
+    State(s): State<Arc<Shared>>,
+    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
+) -> Response {
+    let Some(app) = &s.listener.oauth else {
+        return refuse(StatusCode::NOT_FOUND, "no OAuth app is configured".into());
+    };
+    if let Some(e) = q.get("error") {
+        let detail = q.get("error_description").map(String::as_str).unwrap_or("");
+        return page(
+            StatusCode::BAD_REQUEST,
+            format!("HubSpot did not install the app ({e}: {detail}). Ask the operator for a new install link."),
+        );
+    }
+    let (Some(state), Some(code)) = (q.get("state"), q.get("code")) else {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "This page needs the code and state HubSpot adds when it sends you back; open the install link again.".into(),
+        );
+    };
+    let store = &s.listener.store;
+    match oauth::complete_install(app, &s.http, store, state, code).await {
+        Ok(i) => {
+            if let Some(n) = s.listener.nudges.get(&i.portal) {
+                n.notify_one();
+            }
+            page(
+                StatusCode::OK,
+                format!("dealsync: {} is installed (HubSpot portal {}). You can close this page.", i.portal, i.hub_id),
+            )
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "OAuth install refused");
+            let status = match e {
+                OAuthError::Unavailable { .. } => StatusCode::BAD_GATEWAY,
+                OAuthError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+                OAuthError::Bind(_) => StatusCode::CONFLICT,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            page(status, format!("The install did not complete: {e}"))
+        }
+    }
+}
+
+fn page(status: StatusCode, text: String) -> Response {
+    (status, [(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
 }
 
 async fn healthz(State(s): State<Arc<Shared>>) -> Response {

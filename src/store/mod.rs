@@ -6,8 +6,11 @@
 //! `dealsync status` can read while the daemon writes. Schema changes are versioned
 //! migrations keyed on `PRAGMA user_version`.
 //!
-//! The store never holds message bodies of private notes, tokens or secrets.
+//! The store never holds message bodies of private notes, access tokens or secrets; the one
+//! exception is an OAuth install's refresh token (`oauth_installs`), which must survive a
+//! restart, and never leaves the store except to HubSpot's token endpoint.
 
+mod installs;
 mod queries;
 
 use std::path::{Path, PathBuf};
@@ -16,6 +19,7 @@ use std::sync::mpsc;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
+pub use installs::*;
 pub use queries::*;
 
 /// Store failures. All of them are permanent for the job at hand except `Busy`, which the
@@ -72,6 +76,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v4.sql"),
     include_str!("schema_v5.sql"),
     include_str!("schema_v6.sql"),
+    include_str!("schema_v7.sql"),
 ];
 
 impl Store {

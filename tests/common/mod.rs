@@ -212,6 +212,7 @@ pub fn conn(sb: &SandboxHandle, name: &str) -> dealsync::daemon::PortalConn {
         rate_limit_per_10s: 100,
         search_per_s: 5,
         api: Default::default(),
+        oauth: None,
     }
 }
 
