@@ -602,7 +602,9 @@ async fn run_register(args: RegisterArgs) -> Result<(), CliError> {
     let store = crate::store::Store::open_alongside(&config.store_path)
         .await
         .map_err(unavailable)?;
+    let synced = parts.settings.registration.get(&args.partner);
     let registrar = crate::register::Registrar {
+        synced: &synced.map(|r| r.synced.clone()).unwrap_or_default(),
         store: &store,
         hubspot: &hubspot,
         partner: &partner_client,

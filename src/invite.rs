@@ -5,9 +5,17 @@
 //! (`dealsync_welcome_note`) and ticks "I have reached out to this partner to confirm
 //! availability" (`dealsync_availability_confirmed`). Until all are there, the HubSpot deal's
 //! `dealsync_status` says what is missing and nothing is created. Then the partner deal is
-//! created in the partner's default pipeline at its first stage, owned by that user, linked,
-//! and the welcome note is written on the HubSpot deal as a shared message, which message sync
-//! carries to the partner as the deal's first shared message.
+//! created in the partner's default pipeline, owned by that user, linked, and the welcome note
+//! is written on the HubSpot deal as a shared message, which message sync carries to the
+//! partner as the deal's first shared message.
+//!
+//! The partner deal starts from the HubSpot deal's values of every synced field that may flow
+//! to the partner ([`crate::register::Synced::seed`]), its stage mapped back through the
+//! partner's stage map, so the link's first sync finds both sides equal and records them as
+//! agreed. A HubSpot stage with no partner mapping (or mapped to a stage the partner's pipeline
+//! lacks) leaves the partner deal at its pipeline's first stage, as before the seeding existed;
+//! the first sync then sees two stages and no shadow and settles them as a `dealstage`
+//! conflict under the field's rule.
 //!
 //! The partner deal is written by upsert on the unique `dealsync_registration`
 //! (`hubspot:<deal id>`), so a retry after a crash finds it instead of making a second one.
@@ -142,9 +150,11 @@ pub async fn invite(
         json!(deal.get("dealname").unwrap_or("Shared deal")),
     );
     props.insert("pipeline".into(), json!(settings.partner_pipeline));
-    if let Some(stage) = crate::register::first_stage(client, &settings.partner_pipeline).await? {
-        props.insert("dealstage".into(), json!(stage));
+    let stages = crate::register::pipeline_stages(client, &settings.partner_pipeline).await?;
+    if let Some(first) = stages.first() {
+        props.insert("dealstage".into(), json!(first));
     }
+    props.extend(seed(hubspot, deal, settings, &stages).await?);
     props.insert("hubspot_owner_id".into(), json!(owner));
     props.insert(STATUS.into(), json!("active"));
     props.insert(ACTIVE_REGISTRATIONS.into(), json!("1"));
@@ -200,6 +210,24 @@ pub async fn invite(
         partner,
         partner_deal_id: partner_deal,
     })
+}
+
+/// The partner deal's synced values from the HubSpot deal. The poller's record carries only
+/// the invitation's properties, so the synced ones are read here; a deal gone meanwhile falls
+/// back to that record (the next sync sees what became of it).
+async fn seed(
+    hubspot: &Client,
+    deal: &Record,
+    settings: &RegistrationSettings,
+    stages: &[String],
+) -> Result<Map<String, Value>, CrmError> {
+    let props = settings.synced.source_props(store::Side::Partner);
+    if props.is_empty() {
+        return Ok(Map::new());
+    }
+    let current = hubspot.get("deals", &deal.id, &props).await?;
+    let source = current.as_ref().unwrap_or(deal);
+    Ok(settings.synced.seed(store::Side::Partner, source, stages))
 }
 
 #[cfg(test)]

@@ -13,14 +13,24 @@
 //! The HubSpot deal is written by upsert on the unique `dealsync_registration`
 //! (`partner:deal id`), so a retry after a crash finds it instead of making a second one; it
 //! carries the deal name, product interest and the three qualifying texts, lands in HubSpot's
-//! configured pipeline at its first stage, and is owned by the lead's rep when there is one.
+//! configured pipeline, and is owned by the lead's rep when there is one.
 //! The link is stored and the partner deal shows `active` with 1 active registration.
+//!
+//! The new deal starts from the partner deal's values of every synced field that may flow to
+//! HubSpot ([`Synced::seed`]), its stage mapped through the partner's stage map, so the link's
+//! first sync finds both sides equal and simply records them as agreed: registering never
+//! rewinds the partner's own pipeline. A partner stage with no mapping (or mapped to a stage
+//! HubSpot's pipeline lacks) leaves the new deal at the pipeline's first stage, as before the
+//! seeding existed; the first sync then stops on the unmapped stage (`unmapped_stage`) until
+//! the map has it.
 
 use serde_json::{json, Map, Value};
 
-use crate::crm::{Client, CrmError};
+use crate::crm::{Client, CrmError, Record};
+use crate::engine::{FieldKind, FieldSpec, StageMap};
 use crate::lifecycle::{ACTIVE_REGISTRATIONS, STATUS};
-use crate::store::{self, Store, StoreError};
+use crate::rules::Direction;
+use crate::store::{self, Side, Store, StoreError};
 
 /// Unique HubSpot deal property: the partner deal a registration came from.
 pub const REGISTRATION: &str = "dealsync_registration";
@@ -36,6 +46,74 @@ pub struct RegistrationSettings {
     pub hubspot_pipeline: String,
     /// The rep for leads nobody owns in HubSpot's portal (`[hubspot] default_owner_id`).
     pub default_owner_id: Option<String>,
+    /// What a new shared deal (registered or invited) starts from.
+    pub synced: Synced,
+}
+
+/// The synced fields and one partner's stage map: what a deal created for a new link starts
+/// from, so that the link's first sync finds nothing to resolve.
+#[derive(Debug, Clone, Default)]
+pub struct Synced {
+    pub fields: Vec<FieldSpec>,
+    pub stages: StageMap,
+}
+
+impl Synced {
+    /// The properties of the existing deal that [`Synced::seed`] reads for a new deal on
+    /// `target`.
+    pub fn source_props(&self, target: Side) -> Vec<String> {
+        self.flowing(target)
+            .map(|(from, _, _)| from.to_owned())
+            .collect()
+    }
+
+    /// The values a new deal on `target` starts from, read from the existing deal on the other
+    /// side (pure): every synced field whose direction lets it flow to `target`, under the
+    /// target's property name. A stage goes through the stage map and is kept only when
+    /// `pipeline_stages` (the target pipeline's) has it; otherwise it is left out and the
+    /// caller's default stands. Blank values are left out: a blank side is never news.
+    pub fn seed(
+        &self,
+        target: Side,
+        source: &Record,
+        pipeline_stages: &[String],
+    ) -> Map<String, Value> {
+        let map = match target {
+            Side::Hubspot => &self.stages.to_hubspot,
+            Side::Partner => &self.stages.to_partner,
+        };
+        let mut out = Map::new();
+        for (from, to, kind) in self.flowing(target) {
+            let Some(v) = source.get(from) else { continue };
+            let v = match kind {
+                FieldKind::Stage => match map.get(v).filter(|s| pipeline_stages.contains(s)) {
+                    Some(s) => s.clone(),
+                    None => continue,
+                },
+                _ => v.to_owned(),
+            };
+            out.insert(to.to_owned(), Value::String(v));
+        }
+        out
+    }
+
+    /// (source property, target property, kind) of the fields that flow to `target`.
+    fn flowing(&self, target: Side) -> impl Iterator<Item = (&str, &str, FieldKind)> {
+        self.fields.iter().filter_map(move |f| {
+            let flows = match f.rule.direction {
+                Direction::Both => true,
+                Direction::ToHubspot => target == Side::Hubspot,
+                Direction::ToPartner => target == Side::Partner,
+                Direction::None => false,
+            };
+            let (p, h) = (f.partner_property.as_str(), f.hubspot_property.as_str());
+            let (from, to) = match target {
+                Side::Hubspot => (p, h),
+                Side::Partner => (h, p),
+            };
+            flows.then_some((from, to, f.kind))
+        })
+    }
 }
 
 /// HubSpot company property naming the partner a lead is assigned to.
@@ -101,6 +179,8 @@ pub struct Registrar<'a> {
     pub partner_pipeline: &'a str,
     /// The rep for leads nobody owns in HubSpot's portal.
     pub default_owner_id: Option<&'a str>,
+    /// The synced fields and this partner's stage map, which the HubSpot deal starts from.
+    pub synced: &'a Synced,
 }
 
 /// A lead registered from a contact or a company (SPEC §1.1 item 1).
@@ -247,7 +327,8 @@ impl Registrar<'_> {
                 hubspot_deal: l.hubspot_deal_id.clone(),
             }));
         }
-        let props: Vec<String> = CARRIED.iter().map(|s| (*s).to_owned()).collect();
+        let mut props: Vec<String> = CARRIED.iter().map(|s| (*s).to_owned()).collect();
+        props.extend(self.synced.source_props(Side::Hubspot));
         let Some(deal) = self.partner.get("deals", deal_id, &props).await? else {
             return Err(RegisterError::Refused(Refusal::NoSuchDeal(
                 deal_id.to_owned(),
@@ -319,9 +400,11 @@ impl Registrar<'_> {
             }
         }
         out.insert("pipeline".into(), json!(self.hubspot_pipeline));
-        if let Some(stage) = first_stage(self.hubspot, self.hubspot_pipeline).await? {
-            out.insert("dealstage".into(), json!(stage));
+        let stages = pipeline_stages(self.hubspot, self.hubspot_pipeline).await?;
+        if let Some(first) = stages.first() {
+            out.insert("dealstage".into(), json!(first));
         }
+        out.extend(self.synced.seed(Side::Hubspot, &deal, &stages));
         if let Some(o) = &owner {
             out.insert("hubspot_owner_id".into(), json!(o));
         }
@@ -389,6 +472,14 @@ pub(crate) async fn first_stage(
     client: &Client,
     pipeline: &str,
 ) -> Result<Option<String>, CrmError> {
+    Ok(pipeline_stages(client, pipeline).await?.into_iter().next())
+}
+
+/// The stages of a deal pipeline, in display order.
+pub(crate) async fn pipeline_stages(
+    client: &Client,
+    pipeline: &str,
+) -> Result<Vec<String>, CrmError> {
     let v = client
         .call(
             reqwest::Method::GET,
@@ -410,13 +501,12 @@ pub(crate) async fn first_stage(
         })
         .collect();
     stages.sort();
-    Ok(stages.into_iter().next().map(|(_, id)| id))
+    Ok(stages.into_iter().map(|(_, id)| id).collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crm::Record;
 
     #[test]
     fn every_refusal_names_its_condition() {
@@ -467,5 +557,107 @@ mod tests {
             deal_type(Some(&company(None, Some("7"))), "a"),
             ("partner_collaboration", Some("7".into()))
         );
+    }
+
+    fn record(props: &[(&str, &str)]) -> Record {
+        let mut r = Record::default();
+        for (k, v) in props {
+            r.properties.insert((*k).into(), Some((*v).into()));
+        }
+        r
+    }
+
+    /// The default fields, with partner `qualifiedtobuy` shown in HubSpot as
+    /// `presentationscheduled`.
+    fn synced() -> Synced {
+        let mut stages = StageMap::default();
+        for (p, h) in [
+            ("appointmentscheduled", "appointmentscheduled"),
+            ("qualifiedtobuy", "presentationscheduled"),
+        ] {
+            stages.to_hubspot.insert(p.into(), h.into());
+            stages.to_partner.insert(h.into(), p.into());
+        }
+        Synced {
+            fields: crate::config::default_fields(),
+            stages,
+        }
+    }
+
+    fn pipeline() -> Vec<String> {
+        [
+            "appointmentscheduled",
+            "qualifiedtobuy",
+            "presentationscheduled",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    #[test]
+    fn a_registered_deal_starts_from_the_partners_mapped_stage_and_synced_values() {
+        let partner = record(&[
+            ("dealname", "Acme"),
+            ("dealstage", "qualifiedtobuy"),
+            ("dealsync_intro_note", "Met at INBOUND"),
+            ("dealsync_compensation_eligible", "yes"),
+        ]);
+        let seed = synced().seed(Side::Hubspot, &partner, &pipeline());
+        assert_eq!(seed["dealstage"], "presentationscheduled");
+        assert_eq!(seed["dealname"], "Acme");
+        assert_eq!(seed["dealsync_intro_note"], "Met at INBOUND");
+        // HubSpot owns compensation eligibility: the partner's value never seeds it.
+        assert!(
+            !seed.contains_key("dealsync_compensation_eligible"),
+            "{seed:?}"
+        );
+        // Blank values seed nothing.
+        assert!(!seed.contains_key("dealsync_next_steps"), "{seed:?}");
+    }
+
+    #[test]
+    fn an_invited_deal_starts_from_hubspots_stage_mapped_back() {
+        let hubspot = record(&[
+            ("dealstage", "presentationscheduled"),
+            ("dealsync_compensation_eligible", "yes"),
+            ("dealsync_intro_note", "HubSpot's own"),
+        ]);
+        let seed = synced().seed(Side::Partner, &hubspot, &pipeline());
+        assert_eq!(seed["dealstage"], "qualifiedtobuy");
+        assert_eq!(seed["dealsync_compensation_eligible"], "yes");
+        // The partner owns the intro note: HubSpot's value never seeds it.
+        assert!(!seed.contains_key("dealsync_intro_note"), "{seed:?}");
+    }
+
+    #[test]
+    fn an_unmapped_stage_or_one_outside_the_pipeline_leaves_the_default_stage() {
+        let s = synced();
+        let unmapped = record(&[("dealstage", "contractsent")]);
+        assert!(!s
+            .seed(Side::Hubspot, &unmapped, &pipeline())
+            .contains_key("dealstage"));
+        let mapped = record(&[("dealstage", "qualifiedtobuy")]);
+        let other_pipeline = ["appointmentscheduled".to_owned()];
+        assert!(!s
+            .seed(Side::Hubspot, &mapped, &other_pipeline)
+            .contains_key("dealstage"));
+    }
+
+    #[test]
+    fn a_field_named_differently_on_each_side_seeds_the_targets_property() {
+        let s = Synced {
+            fields: vec![FieldSpec::both_ways(
+                "title",
+                "deal_title",
+                "dealname",
+                FieldKind::Text,
+            )],
+            stages: StageMap::default(),
+        };
+        assert_eq!(s.source_props(Side::Hubspot), ["deal_title"]);
+        assert_eq!(s.source_props(Side::Partner), ["dealname"]);
+        let seed = s.seed(Side::Hubspot, &record(&[("deal_title", "Acme")]), &[]);
+        assert_eq!(seed.get("dealname"), Some(&json!("Acme")));
+        assert!(!seed.contains_key("deal_title"));
     }
 }

@@ -1,14 +1,16 @@
 //! Converting an existing partner deal (issue 7, item 2) against the sandbox: every refusal
 //! names its condition, shows on the deal and creates nothing; a dry run writes nothing
 //! anywhere; a conversion creates the HubSpot deal (owned by the lead's rep, deal type from who
-//! owns the lead), links it, and a second attempt is refused as already registered.
+//! owns the lead), links it, and a second attempt is refused as already registered. A
+//! registered or invited deal starts from the other side's mapped stage, so the first sync
+//! has nothing to resolve.
 
 mod common;
 
 use std::sync::Arc;
 
 use dealsync::crm::{Budget, Client, RetryPolicy};
-use dealsync::register::{Refusal, RegisterError, Registrar};
+use dealsync::register::{Refusal, RegisterError, Registrar, Synced};
 use dealsync::store::{self, Store};
 use serde_json::{json, Value};
 
@@ -19,7 +21,34 @@ struct World {
     hs_client: Client,
     pa_client: Client,
     store: Store,
+    synced: Synced,
     _dir: tempfile::TempDir,
+}
+
+/// Partner stage -> HubSpot stage. The partner's `qualifiedtobuy` is HubSpot's
+/// `presentationscheduled`, so a stage copied instead of mapped shows.
+const STAGE_MAP: &[(&str, &str)] = &[
+    ("appointmentscheduled", "appointmentscheduled"),
+    ("qualifiedtobuy", "presentationscheduled"),
+    ("closedwon", "closedwon"),
+    ("closedlost", "closedlost"),
+];
+
+fn stage_map() -> dealsync::engine::StageMap {
+    let mut m = dealsync::engine::StageMap::default();
+    for (p, h) in STAGE_MAP {
+        m.to_hubspot.insert((*p).into(), (*h).into());
+        m.to_partner.insert((*h).into(), (*p).into());
+    }
+    m
+}
+
+/// The default synced fields and [`STAGE_MAP`], as the config would give them.
+fn synced() -> Synced {
+    Synced {
+        fields: dealsync::config::default_fields(),
+        stages: stage_map(),
+    }
 }
 
 impl World {
@@ -52,6 +81,7 @@ impl World {
             hs_client,
             pa_client,
             store,
+            synced: synced(),
             _dir: dir,
         }
     }
@@ -65,6 +95,7 @@ impl World {
             hubspot_pipeline: "default",
             partner_pipeline: "default",
             default_owner_id: None,
+            synced: &self.synced,
         }
     }
 
@@ -366,37 +397,55 @@ async fn a_new_lead_from_a_company_or_a_contact_becomes_a_linked_shared_deal() {
     assert_eq!(writes(&w.pa.counters().await), before, "nothing created");
 }
 
+/// A config for the CLI with its store in `dir` (where [`daemon`] keeps its own) and
+/// [`STAGE_MAP`].
+fn write_config(w: &World, dir: &std::path::Path) -> std::path::PathBuf {
+    let cfg = dir.join("dealsync.toml");
+    let stage_map: String = STAGE_MAP
+        .iter()
+        .map(|(p, h)| format!("{p} = \"{h}\"\n"))
+        .collect();
+    std::fs::write(
+        &cfg,
+        format!(
+            "[store]\npath = \"{}\"\ndead_letter_path = \"{}\"\n[hubspot]\nbase_url = \"{base}\"\ntoken_env = \"HS_TOKEN\"\n[[partners]]\nname = \"partner-a\"\nbase_url = \"{base}\"\ntoken_env = \"PA_TOKEN\"\n[partners.stage_map]\n{stage_map}",
+            dir.join("dealsync.db").display(),
+            dir.join("dl.jsonl").display(),
+            base = w.hs.base,
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+/// Runs `dealsync register --deal` against the World's portals.
+async fn register_cli(
+    w: &World,
+    cfg: &std::path::Path,
+    deal: &str,
+    dry_run: bool,
+) -> std::process::Output {
+    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_dealsync"));
+    c.args(["register", "--config"])
+        .arg(cfg)
+        .args(["--partner", "partner-a", "--deal", deal])
+        .env("HS_TOKEN", &w.hs.info.token)
+        .env("PA_TOKEN", &w.pa.info.token)
+        .env("DEALSYNC_LOG", "warn");
+    if dry_run {
+        c.arg("--dry-run");
+    }
+    c.output().await.expect("the dealsync binary runs")
+}
+
 /// The CLI: a refusal exits 65 naming the condition; a dry run exits 0 and writes nothing.
 #[tokio::test]
 async fn the_cli_exits_65_on_a_refusal_and_writes_nothing_on_a_dry_run() {
     let w = World::new().await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("dealsync.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[store]\npath = \"{}\"\ndead_letter_path = \"{}\"\n[hubspot]\nbase_url = \"{base}\"\ntoken_env = \"HS_TOKEN\"\n[[partners]]\nname = \"partner-a\"\nbase_url = \"{base}\"\ntoken_env = \"PA_TOKEN\"\n[partners.stage_map]\nappointmentscheduled = \"appointmentscheduled\"\n",
-            dir.path().join("dealsync.db").display(),
-            dir.path().join("dl.jsonl").display(),
-            base = w.hs.base,
-        ),
-    )
-    .unwrap();
-    let run = |deal: String, dry: bool| {
-        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_dealsync"));
-        c.args(["register", "--config"])
-            .arg(&cfg)
-            .args(["--partner", "partner-a", "--deal", &deal])
-            .env("HS_TOKEN", &w.hs.info.token)
-            .env("PA_TOKEN", &w.pa.info.token)
-            .env("DEALSYNC_LOG", "warn");
-        if dry {
-            c.arg("--dry-run");
-        }
-        c.output()
-    };
+    let cfg = write_config(&w, dir.path());
     let bare = w.deal(Some("acme.example"), false).await;
-    let out = run(bare, false).await.unwrap();
+    let out = register_cli(&w, &cfg, &bare, false).await;
     assert_eq!(out.status.code(), Some(65), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no associated contact"), "{err}");
@@ -405,7 +454,7 @@ async fn the_cli_exits_65_on_a_refusal_and_writes_nothing_on_a_dry_run() {
         writes(&w.hs.counters().await),
         writes(&w.pa.counters().await),
     );
-    let out = run(ok, true).await.unwrap();
+    let out = register_cli(&w, &cfg, &ok, true).await;
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("would register"));
     assert_eq!(
@@ -547,19 +596,7 @@ async fn daemon(w: &World, dir: &std::path::Path) -> dealsync::daemon::DaemonHan
     use std::collections::HashMap;
     let mut settings = common::settings(dir);
     settings.fields = dealsync::config::default_fields();
-    settings.stage_maps = HashMap::from([("partner-a".to_owned(), {
-        let mut m = dealsync::engine::StageMap::default();
-        for s in [
-            "appointmentscheduled",
-            "qualifiedtobuy",
-            "closedwon",
-            "closedlost",
-        ] {
-            m.to_hubspot.insert(s.into(), s.into());
-            m.to_partner.insert(s.into(), s.into());
-        }
-        m
-    })]);
+    settings.stage_maps = HashMap::from([("partner-a".to_owned(), stage_map())]);
     settings.registration = HashMap::from([(
         "partner-a".to_owned(),
         dealsync::register::RegistrationSettings {
@@ -567,6 +604,7 @@ async fn daemon(w: &World, dir: &std::path::Path) -> dealsync::daemon::DaemonHan
             partner_pipeline: "default".into(),
             hubspot_pipeline: "default".into(),
             default_owner_id: None,
+            synced: synced(),
         },
     )]);
     // Notifications to the sandbox's catcher.
@@ -705,6 +743,145 @@ async fn a_partner_added_on_hubspots_side_gets_the_deal_once_everything_is_there
                 )
             })
     })
+    .await;
+    d.shutdown().await;
+}
+
+/// Waits for a link's first sync (its `dealstage` shadow), then checks that it found nothing to
+/// resolve: no conflict recorded and each side still at the stage it started from.
+async fn first_sync_agrees(
+    w: &World,
+    store: &Store,
+    link: &store::Link,
+    partner_stage: &str,
+    hubspot_stage: &str,
+) {
+    let id = link.id;
+    let shadow = common::eventually(
+        "the link's first sync records a stage",
+        std::time::Duration::from_secs(60),
+        || async {
+            store
+                .call(move |c| store::shadows(c, &[id]))
+                .await
+                .unwrap()
+                .remove(&id)?
+                .remove("dealstage")
+        },
+    )
+    .await;
+    let conflicts = store
+        .call(move |c| store::conflicts_for(c, id))
+        .await
+        .unwrap();
+    assert!(
+        conflicts.is_empty(),
+        "the first sync had to resolve {conflicts:?}"
+    );
+    assert_eq!(shadow.as_deref(), Some(hubspot_stage));
+    let (p, h) = (&link.partner_deal_id, &link.hubspot_deal_id);
+    assert_eq!(
+        common::deal_prop(&w.pa, p, "dealstage").await.as_deref(),
+        Some(partner_stage),
+        "the partner deal's stage"
+    );
+    assert_eq!(
+        common::deal_prop(&w.hs, h, "dealstage").await.as_deref(),
+        Some(hubspot_stage),
+        "the HubSpot deal's stage"
+    );
+}
+
+/// `dealsync register` on a partner deal at `qualifiedtobuy`: the HubSpot deal starts at that
+/// stage's mapping, so the first sync agrees and the partner's pipeline is not rewound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_registers_a_deal_at_its_mapped_stage_and_the_first_sync_keeps_it() {
+    let w = World::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon(&w, dir.path()).await;
+    let cfg = write_config(&w, dir.path());
+    let deal = w.deal(Some("acme.example"), true).await;
+    common::set_deal(&w.pa, &deal, json!({"dealstage": "qualifiedtobuy"})).await;
+    let out = register_cli(&w, &cfg, &deal, false).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let link = common::eventually(
+        "the registered deal is linked",
+        std::time::Duration::from_secs(60),
+        || link_of(&d.store, store::Side::Partner, "partner-a", &deal),
+    )
+    .await;
+    first_sync_agrees(
+        &w,
+        &d.store,
+        &link,
+        "qualifiedtobuy",
+        "presentationscheduled",
+    )
+    .await;
+    d.shutdown().await;
+}
+
+/// The same registration from the partner's CRM (`dealsync_register`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deal_marked_in_the_partner_crm_keeps_its_stage_through_the_first_sync() {
+    let w = World::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon(&w, dir.path()).await;
+    let deal = w.deal(Some("acme.example"), true).await;
+    common::set_deal(
+        &w.pa,
+        &deal,
+        json!({"dealstage": "qualifiedtobuy", "dealsync_register": "true"}),
+    )
+    .await;
+    let link = common::eventually(
+        "the marked deal is linked",
+        std::time::Duration::from_secs(60),
+        || link_of(&d.store, store::Side::Partner, "partner-a", &deal),
+    )
+    .await;
+    first_sync_agrees(
+        &w,
+        &d.store,
+        &link,
+        "qualifiedtobuy",
+        "presentationscheduled",
+    )
+    .await;
+    d.shutdown().await;
+}
+
+/// A partner invited to a HubSpot deal at `presentationscheduled` gets its deal at that stage's
+/// partner mapping, so the first sync agrees and HubSpot's deal keeps its stage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invited_partner_deal_starts_at_hubspots_mapped_stage() {
+    let w = World::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon(&w, dir.path()).await;
+    let (_, email) = common::users(&w.pa).await.remove(0);
+    let h =
+        w.hs.create_deal(json!({
+            "dealname": "Inbound: Initech",
+            "dealstage": "presentationscheduled",
+            "dealsync_add_partner": "partner-a",
+            "dealsync_partner_owner": email,
+            "dealsync_welcome_note": "Welcome aboard.",
+            "dealsync_availability_confirmed": "true",
+        }))
+        .await;
+    let link = common::eventually(
+        "the partner deal is created and linked",
+        std::time::Duration::from_secs(60),
+        || link_of(&d.store, store::Side::Hubspot, "hubspot", &h),
+    )
+    .await;
+    first_sync_agrees(
+        &w,
+        &d.store,
+        &link,
+        "qualifiedtobuy",
+        "presentationscheduled",
+    )
     .await;
     d.shutdown().await;
 }

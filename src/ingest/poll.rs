@@ -212,6 +212,7 @@ impl Poller {
             hubspot_pipeline: &e.settings.hubspot_pipeline,
             partner_pipeline: &e.settings.partner_pipeline,
             default_owner_id: e.settings.default_owner_id.as_deref(),
+            synced: &e.settings.synced,
         };
         for deal in deals {
             let converted = registrar.convert(&deal, false).await;
