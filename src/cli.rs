@@ -44,6 +44,9 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Release a portal held by the mass-deletion guard, after checking the portal and token.
     Resume(ResumeArgs),
+    /// Print the link that installs the operator's OAuth app in a portal (send it to the
+    /// partner's HubSpot admin; it works once, within a week).
+    InstallLink(ResumeArgs),
     /// Register an existing partner deal as a shared deal (refused, with the reason, unless
     /// the partner is under capacity and the deal has a company and a contact).
     Register(RegisterArgs),
@@ -176,8 +179,8 @@ pub struct SandboxArgs {
     /// Requests per day per portal; 0 turns the limit off.
     #[arg(long, default_value_t = 250_000)]
     pub daily_limit: u64,
-    /// Search requests per second per portal; 0 turns the limit off.
-    #[arg(long, default_value_t = 4)]
+    /// Search requests per second per portal (account, as HubSpot counts it); 0 turns the limit off.
+    #[arg(long, default_value_t = 5)]
     pub search_rate_limit: u32,
     /// Keep state in this JSON file across restarts (default: in memory only).
     #[arg(long)]
@@ -250,6 +253,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             }
             Ok(())
         }
+        Command::InstallLink(args) => run_install_link(args).await,
         Command::Sandbox(args) => run_sandbox(args).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;
@@ -268,6 +272,13 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
+fn usage(message: String) -> CliError {
+    CliError {
+        code: exit::USAGE,
+        message,
+    }
+}
+
 fn unavailable(e: impl std::fmt::Display) -> CliError {
     CliError {
         code: exit::UNAVAILABLE,
@@ -282,11 +293,39 @@ fn software(e: impl std::fmt::Display) -> CliError {
     }
 }
 
+async fn run_install_link(args: ResumeArgs) -> Result<(), CliError> {
+    let config = load_config(&args.config)?;
+    let portal = config.portal(&args.portal).ok_or_else(|| {
+        usage(format!(
+            "{}: no such portal in the config; use \"hubspot\" or a [[partners]] name",
+            args.portal
+        ))
+    })?;
+    let (crate::config::PortalAuth::OAuth, Some(app)) = (&portal.auth, &config.oauth) else {
+        return Err(usage(format!(
+            "{}: this portal uses a static token; set auth = \"oauth\" for it (and an [oauth] app) to install by OAuth",
+            args.portal
+        )));
+    };
+    let store = crate::store::Store::open_alongside(&config.store_path)
+        .await
+        .map_err(unavailable)?;
+    let link = crate::oauth::install_link(app, &store, &args.portal)
+        .await
+        .map_err(unavailable)?;
+    println!("{link}");
+    eprintln!(
+        "Send this link to {}'s HubSpot admin. It installs the app in the account they pick; dealsync binds that account to {} when HubSpot sends them back to {}.",
+        args.portal, args.portal, app.redirect_url
+    );
+    Ok(())
+}
+
 fn client_for(
     p: &crate::daemon::PortalConn,
     retry: crate::crm::RetryPolicy,
 ) -> Result<crate::crm::Client, CliError> {
-    p.client(retry).map_err(unavailable)
+    p.client(retry, None).map_err(unavailable)
 }
 
 async fn run_status(args: StatusArgs) -> Result<(), CliError> {

@@ -14,9 +14,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::crm::{ApiVersion, ApiVersions};
-use crate::oauth::OAuthApp;
 use crate::daemon::{DaemonParts, PortalConn};
 use crate::engine::{FieldKind, FieldSpec, Settings, StageMap};
+use crate::oauth::OAuthApp;
 use crate::rules::{ConflictPolicy, Direction, Rule};
 
 /// A secret value. Debug and Display never show it.
@@ -362,6 +362,16 @@ fn d_pipeline() -> String {
 }
 fn d_capacity() -> u32 {
     100
+}
+
+impl PortalConfig {
+    /// The static token, when the portal uses one.
+    pub fn token(&self) -> Option<&Secret> {
+        match &self.auth {
+            PortalAuth::Static(t) => Some(t),
+            PortalAuth::OAuth => None,
+        }
+    }
 }
 
 /// How a portal authenticates.
@@ -1035,7 +1045,14 @@ fn portal(
             "must be an http or https URL",
         ));
     }
-    let token = secret(key, "token", p.token_env, p.token_file, p.token_credential, env)?;
+    let token = secret(
+        key,
+        "token",
+        p.token_env,
+        p.token_file,
+        p.token_credential,
+        env,
+    )?;
     let auth = match (p.auth.as_deref(), token) {
         (None | Some("static"), Some(t)) => PortalAuth::Static(t),
         (None | Some("static"), None) => return Err(ConfigError::Secret {
@@ -1115,7 +1132,10 @@ fn oauth_app(
         why: "the app's client secret is needed: set client_secret_env, client_secret_file or client_secret_credential".into(),
     })?;
     let redirect = reqwest::Url::parse(&raw.redirect_url).map_err(|e| {
-        invalid("oauth.redirect_url", format!("{:?} is not a URL ({e})", raw.redirect_url))
+        invalid(
+            "oauth.redirect_url",
+            format!("{:?} is not a URL ({e})", raw.redirect_url),
+        )
     })?;
     if webhooks.is_none() {
         return Err(invalid(

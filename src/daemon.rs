@@ -18,11 +18,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::crm::{ApiVersions, Auth, Budget, Client, CrmError, RetryPolicy};
-use crate::oauth::OAuthApp;
 use crate::engine::{Engine, InFlight, Portals, Settings};
 use crate::ingest::poll::{Poller, WebhookPace};
 use crate::ingest::sweep::Sweep;
 use crate::ingest::webhook::{self, ListenError, Listener, WebhookPortal};
+use crate::oauth::OAuthApp;
 use crate::store::{self, Side, Store, StoreError};
 
 /// How to reach one portal.
@@ -146,7 +146,8 @@ impl PortalConn {
             portal: self.name.clone(),
             detail: format!("{} authenticates through its OAuth install, which only the daemon reads; run this while `dealsync run` is set up for it", self.name),
         })?;
-        let session = crate::oauth::Session::new(&self.name, app.clone(), oauth_http()?, store.clone());
+        let session =
+            crate::oauth::Session::new(&self.name, app.clone(), oauth_http()?, store.clone());
         Ok(client.with_auth(Auth::OAuth(Arc::new(session))))
     }
 }

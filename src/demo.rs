@@ -336,7 +336,7 @@ pub async fn run() -> Result<(), DemoError> {
     };
     let config = Config::from_toml_str(&text(false), &env).map_err(setup)?;
     let parts = config.daemon_parts();
-    let client = |c: &crate::daemon::PortalConn| c.client(RetryPolicy::default()).map_err(setup);
+    let client = |c: &crate::daemon::PortalConn| c.client(RetryPolicy::default(), None).map_err(setup);
     let hubspot = client(&parts.hubspot)?;
     let partner = client(&parts.partners[0])?;
     let partner_b = client(

@@ -124,7 +124,8 @@ pub async fn invite(
         .call(
             reqwest::Method::GET,
             &format!(
-                "/crm/v3/owners?email={}",
+                "{}?email={}",
+                client.path(crate::crm::Op::Owners),
                 form_urlencoded::byte_serialize(email.as_bytes()).collect::<String>()
             ),
             None,

@@ -483,7 +483,10 @@ pub(crate) async fn pipeline_stages(
     let v = client
         .call(
             reqwest::Method::GET,
-            &format!("/crm/v3/pipelines/deals/{pipeline}"),
+            &client.path(crate::crm::Op::Pipeline {
+                object: "deals",
+                id: pipeline,
+            }),
             None,
             crate::crm::CallKind::Ordinary,
         )

@@ -89,7 +89,7 @@ fn shipped_configs_load() {
     let e = env(&[("CREDENTIALS_DIRECTORY", creds.path().to_str().unwrap())]);
     let c = Config::load_with(&root.join("config/example.toml"), &e).expect("example.toml");
     assert_eq!(
-        c.hubspot.token.expose(),
+        c.hubspot.token().expect("static token").expose(),
         format!("{MARKER}-hubspot-token"),
         "credential trimmed"
     );
@@ -218,8 +218,14 @@ fn empty_secret_files_and_credentials_are_errors() {
         dir.path().to_str().unwrap().into(),
     );
     let c = Config::from_toml_str(&text, &e).unwrap();
-    assert_eq!(c.partners[0].portal.token.expose(), MARKER);
-    assert_eq!(format!("{}", c.partners[0].portal.token), "[redacted]");
+    assert_eq!(
+        c.partners[0].portal.token().expect("static token").expose(),
+        MARKER
+    );
+    assert_eq!(
+        format!("{}", c.partners[0].portal.token().expect("static token")),
+        "[redacted]"
+    );
 }
 
 #[test]

@@ -348,7 +348,10 @@ async fn oauth_callback(
             }
             page(
                 StatusCode::OK,
-                format!("dealsync: {} is installed (HubSpot portal {}). You can close this page.", i.portal, i.hub_id),
+                format!(
+                    "dealsync: {} is installed (HubSpot portal {}). You can close this page.",
+                    i.portal, i.hub_id
+                ),
             )
         }
         Err(e) => {
@@ -365,7 +368,15 @@ async fn oauth_callback(
 }
 
 fn page(status: StatusCode, text: String) -> Response {
-    (status, [(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
+    (
+        status,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 async fn healthz(State(s): State<Arc<Shared>>) -> Response {
