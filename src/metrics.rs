@@ -73,6 +73,8 @@ pub struct Scrape {
     pub portals: Vec<(String, u64, u64)>,
     /// Portals the mass-deletion guard holds.
     pub guarded: Vec<String>,
+    /// Portals whose OAuth install HubSpot refused (their work is held).
+    pub auth_revoked: Vec<String>,
     /// Notifications waiting to go out, and given up on (dead-lettered).
     pub notifications_pending: i64,
     pub notifications_dead: i64,
@@ -217,6 +219,20 @@ pub fn render(m: &Metrics, s: &Scrape) -> String {
             "dealsync_mass_deletion_guard{{portal=\"{}\"}} {}",
             escape(p),
             u8::from(s.guarded.contains(p))
+        );
+    }
+    family(
+        &mut o,
+        "dealsync_auth_revoked",
+        "gauge",
+        "1 while a portal's OAuth install is revoked and its work waits (send its install link again).",
+    );
+    for (p, _, _) in &s.portals {
+        let _ = writeln!(
+            o,
+            "dealsync_auth_revoked{{portal=\"{}\"}} {}",
+            escape(p),
+            u8::from(s.auth_revoked.contains(p))
         );
     }
     o

@@ -127,6 +127,11 @@ pub struct PortalStatus {
     pub webhook_events: i64,
     /// Set when the mass-deletion guard holds this portal (why, and what to do).
     pub deletion_guard: Option<String>,
+    /// `oauth` (installed), `auth_revoked` (HubSpot refused its install: work waits), or
+    /// absent for a static token.
+    pub auth: Option<String>,
+    /// The HubSpot portal id an OAuth install is bound to.
+    pub hub_id: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -349,6 +354,8 @@ pub fn overview(
                 changes_seen: r.get(7)?,
                 webhook_events: r.get(8)?,
                 deletion_guard: None,
+                auth: None,
+                hub_id: None,
             })
         })?;
         for r in rows {
@@ -370,7 +377,19 @@ pub fn overview(
                 changes_seen: 0,
                 webhook_events: 0,
                 deletion_guard: Some(text),
+                auth: None,
+                hub_id: None,
             }),
+        }
+    }
+    for i in store::installs(c)? {
+        let auth = match i.state {
+            store::InstallState::Active => "oauth",
+            store::InstallState::Revoked => "auth_revoked",
+        };
+        if let Some(p) = portals.iter_mut().find(|p| p.name == i.portal) {
+            p.auth = Some(auth.into());
+            p.hub_id = Some(i.hub_id);
         }
     }
     let conflicts = Conflicts {
@@ -714,6 +733,22 @@ pub fn render(s: &Status) -> String {
             short_time(&p.last_poll_ok),
             p.webhooks,
             cut(&or_dash(&p.last_poll_error), 20)
+        );
+    }
+    for p in s
+        .portals
+        .iter()
+        .filter(|p| p.auth.as_deref() == Some("auth_revoked"))
+    {
+        let _ = writeln!(
+            o,
+            "  ! {}: OAuth install revoked; its work waits",
+            cut(&p.name, 20)
+        );
+        let _ = writeln!(
+            o,
+            "    send the link again: dealsync install-link --portal {}",
+            cut(&p.name, 20)
         );
     }
     for p in &s.portals {

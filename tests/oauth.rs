@@ -248,6 +248,33 @@ async fn a_revoked_install_holds_the_partners_work_until_it_is_installed_again()
         .map(|f| f.entries.len())
         .unwrap_or(0);
     assert_eq!(dead, 0, "held, not dead-lettered");
+    // The operator sees it, and what to do, in status and metrics.
+    let status = common::overview(w.dir.path()).await;
+    let pa = status
+        .portals
+        .iter()
+        .find(|p| p.name == "partner-a")
+        .expect("partner-a in status");
+    assert_eq!(pa.auth.as_deref(), Some("auth_revoked"));
+    let table = dealsync::status::render(&status);
+    assert!(
+        table.contains("dealsync install-link --portal partner-a"),
+        "{table}"
+    );
+    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", w.port))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("dealsync_auth_revoked{portal=\"partner-a\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("dealsync_auth_revoked{portal=\"hubspot\"} 0"),
+        "{metrics}"
+    );
     assert_eq!(
         common::deal_prop(&w.pa, &p, "dealname").await.as_deref(),
         Some("Over OAuth")

@@ -462,14 +462,19 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
                 .into_iter()
                 .map(|(p, _, _)| p)
                 .collect();
+            let revoked: Vec<String> = store::installs(c)?
+                .into_iter()
+                .filter(|i| i.state == store::InstallState::Revoked)
+                .map(|i| i.portal)
+                .collect();
             Ok((
                 store::queue_stats(c)?,
-                guarded,
+                (guarded, revoked),
                 store::notification_counts(c)?,
             ))
         })
         .await;
-    let ((depth, oldest), guarded, (pending, dead, _)) = match read {
+    let ((depth, oldest), (guarded, auth_revoked), (pending, dead, _)) = match read {
         Ok(q) => q,
         Err(e) => {
             return refuse(
@@ -494,6 +499,7 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
         oldest_job_age_s: oldest.map_or(0.0, |t| (store::now_ms() - t).max(0) as f64 / 1000.0),
         portals,
         guarded,
+        auth_revoked,
         notifications_pending: pending,
         notifications_dead: dead,
     };
