@@ -2,18 +2,29 @@
 //! links in its store. The sandbox and the daemon run as separate processes of the real
 //! binary; the daemon polls both portals (nothing changes) and its VmRSS is read from /proc
 //! after several idle poll rounds. Target: under 60 MB.
+//! `FOOTPRINT_LINKS=1000` runs it at a smaller size (default 100,000).
 //! Last line: `{"idle_rss_mb":…,"links":100000}`.
 
 #[path = "support/mod.rs"]
 mod support;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dealsync::store::{self, Store};
 use serde_json::json;
 
 const LINKS: usize = 100_000;
+
+/// The store's size: `FOOTPRINT_LINKS` if set (to try the benchmark quickly), else `LINKS`.
+fn links() -> usize {
+    match std::env::var("FOOTPRINT_LINKS") {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("FOOTPRINT_LINKS={v} is not a number of links")),
+        Err(_) => LINKS,
+    }
+}
 
 fn rss_mb(pid: u32) -> f64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -27,7 +38,8 @@ fn rss_mb(pid: u32) -> f64 {
 
 fn main() {
     let bin = env!("CARGO_BIN_EXE_dealsync");
-    let (mut sb, base, tokens) = support::spawn_sandbox("hubspot,partner-a");
+    let links = links();
+    let (_sb, base, tokens) = support::spawn_sandbox("hubspot,partner-a");
     let base = base.as_str();
     let token = |i: usize| tokens[i].clone();
 
@@ -37,9 +49,9 @@ fn main() {
     rt.block_on(async {
         let store = Store::open(&db).await.unwrap();
         store
-            .call(|c| {
+            .call(move |c| {
                 let tx = c.transaction()?;
-                for i in 0..LINKS {
+                for i in 0..links {
                     let l = store::insert_link(&tx, "partner-a", &format!("{}", 20_000_000_000u64 + i as u64), &format!("{}", 10_000_000_000u64 + i as u64), "channel")?;
                     tx.execute("INSERT INTO shadows (link_id, field, value, updated_at) VALUES (?1, 'dealname', 'x', 0)", [l.id])?;
                 }
@@ -71,41 +83,27 @@ sweep_interval_ms = 86400000
     );
     let cfg = dir.path().join("dealsync.toml");
     std::fs::write(&cfg, config).unwrap();
-    let mut daemon = Command::new(bin)
-        .args(["run", "--config", cfg.to_str().unwrap()])
-        .env("HS_TOKEN", token(0))
-        .env("PA_TOKEN", token(1))
-        .env("DEALSYNC_LOG", "warn")
-        .spawn()
-        .expect("daemon");
-    // Idle: wait for several poll rounds on both portals (cursor rows and health advance).
-    let t0 = Instant::now();
-    let start_ms = store::now_ms();
-    loop {
-        std::thread::sleep(Duration::from_millis(250));
-        let conn = store::open_read_only(&db).unwrap();
-        let polled: i64 = conn
-            .query_row(
-                "SELECT COUNT(*) FROM portal_health WHERE last_poll_ok > ?1",
-                [start_ms + 3_000],
-                |r| r.get(0),
-            )
-            .unwrap_or(0);
-        if polled == 2 {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "daemon did not poll"
-        );
-    }
+    let mut daemon = support::Reaped::spawn(
+        Command::new(bin)
+            .args(["run", "--config", cfg.to_str().unwrap()])
+            .env("HS_TOKEN", token(0))
+            .env("PA_TOKEN", token(1))
+            .env("DEALSYNC_LOG", "warn"),
+        "daemon",
+    );
+    // Idle: both deal pollers have polled again well after start, i.e. several rounds.
+    let after = store::now_ms() + 3_000;
+    support::wait_for(
+        "every portal's deal poller polled 3 s after start",
+        Duration::from_secs(120),
+        || {
+            daemon.assert_running();
+            support::deal_pollers_polled_since(&db, &["hubspot", "partner-a"], after)
+        },
+    );
     let rss = rss_mb(daemon.id());
-    let _ = daemon.kill();
-    let _ = daemon.wait();
-    let _ = sb.kill();
-    let _ = sb.wait();
     println!(
         "{}",
-        json!({ "idle_rss_mb": (rss * 10.0).round() / 10.0, "links": LINKS })
+        json!({ "idle_rss_mb": (rss * 10.0).round() / 10.0, "links": links })
     );
 }

@@ -7,8 +7,8 @@
 //! `{"requests_per_s":…,"rss_mb_100k_deals":…,…}`.
 //! Targets (issue: sandbox): at least 5,000 requests/s on 2 cores; under 300 MB for 100,000 deals.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+mod support;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,36 +31,9 @@ fn rss_mb(pid: u32) -> f64 {
 }
 
 fn main() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dealsync"))
-        .args([
-            "sandbox",
-            "--listen",
-            "127.0.0.1:0",
-            "--portals",
-            "hubspot",
-            "--rate-limit",
-            "0",
-            "--daily-limit",
-            "0",
-            "--search-rate-limit",
-            "0",
-        ])
-        .env("DEALSYNC_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start dealsync sandbox");
+    let (child, base, tokens) = support::spawn_sandbox("hubspot");
     let pid = child.id();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("startup line");
-    let startup: Value = serde_json::from_str(&line).expect("startup JSON");
-    let base = startup["base_url"].as_str().expect("base_url").to_owned();
-    let token = startup["portals"][0]["token"]
-        .as_str()
-        .expect("token")
-        .to_owned();
+    let token = tokens[0].clone();
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -163,7 +136,6 @@ fn main() {
             "load_100k_s": (load_s * 100.0).round() / 100.0,
         })
     });
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     println!("{result}");
 }

@@ -2,7 +2,10 @@
 //! benchmark: cargo only discovers `benches/*.rs` and `benches/*/main.rs`).
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use dealsync::crm::{CallKind, Client};
 use dealsync::store::{self, Store};
@@ -66,31 +69,95 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// A child process that is killed and reaped when dropped, so a benchmark that panics (a
+/// failed assertion, a timeout) leaves no sandbox or daemon running behind it.
+pub struct Reaped {
+    child: Child,
+    what: &'static str,
+}
+
+impl Reaped {
+    /// Spawns `cmd`; `what` names the process in panics.
+    pub fn spawn(cmd: &mut Command, what: &'static str) -> Reaped {
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("start {what}: {e}"));
+        Reaped { child, what }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Panics if the process has already exited: a wait on it would only time out.
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("{} exited early: {status}", self.what);
+        }
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `done` every 100 ms until it holds; panics naming `what` after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Whether the deal poller of every portal in `portals` (its `portal_health` row is keyed by
+/// the portal's name; other pollers use `portal/notes` and the like) has polled successfully
+/// after `after_ms`. Counting rows instead breaks whenever a new poller lands.
+pub fn deal_pollers_polled_since(db: &Path, portals: &[&str], after_ms: i64) -> bool {
+    let Ok(conn) = store::open_read_only(db) else {
+        return false; // the daemon has not created the store yet
+    };
+    portals.iter().all(|p| {
+        conn.query_row(
+            "SELECT last_poll_ok FROM portal_health WHERE portal = ?1",
+            [p],
+            |r| r.get::<_, Option<i64>>(0),
+        )
+        .ok()
+        .flatten()
+        .is_some_and(|t| t > after_ms)
+    })
+}
+
 /// Starts the real `dealsync sandbox` binary (rate limits off) as its own process, for
 /// benchmarks that measure another process's memory; the child, its base URL and the portals'
 /// tokens in order.
-pub fn spawn_sandbox(portals: &str) -> (std::process::Child, String, Vec<String>) {
-    use std::io::{BufRead, BufReader};
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dealsync"))
-        .args([
-            "sandbox",
-            "--listen",
-            "127.0.0.1:0",
-            "--portals",
-            portals,
-            "--rate-limit",
-            "0",
-            "--search-rate-limit",
-            "0",
-            "--daily-limit",
-            "0",
-        ])
-        .env("DEALSYNC_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("sandbox");
+pub fn spawn_sandbox(portals: &str) -> (Reaped, String, Vec<String>) {
+    let mut child = Reaped::spawn(
+        Command::new(env!("CARGO_BIN_EXE_dealsync"))
+            .args([
+                "sandbox",
+                "--listen",
+                "127.0.0.1:0",
+                "--portals",
+                portals,
+                "--rate-limit",
+                "0",
+                "--search-rate-limit",
+                "0",
+                "--daily-limit",
+                "0",
+            ])
+            .env("DEALSYNC_LOG", "warn")
+            .stdout(Stdio::piped()),
+        "sandbox",
+    );
     let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
+    BufReader::new(child.child.stdout.take().expect("stdout"))
         .read_line(&mut line)
         .expect("startup line");
     let startup: Value = serde_json::from_str(&line).expect("startup JSON");
