@@ -232,8 +232,7 @@ struct RawPortal {
     webhook_secret_env: Option<String>,
     webhook_secret_file: Option<PathBuf>,
     webhook_secret_credential: Option<String>,
-    #[serde(default = "d_rate")]
-    rate_limit_per_10s: u32,
+    rate_limit_per_10s: Option<u32>,
     #[serde(default = "d_search")]
     search_per_s: u32,
     #[serde(default = "d_pipeline")]
@@ -242,6 +241,7 @@ struct RawPortal {
     #[serde(default)]
     api_versions: BTreeMap<String, String>,
     auth: Option<String>,
+    portal_id: Option<u64>,
     /// HubSpot owner id of the rep who gets registrations whose lead has no owner.
     default_owner_id: Option<String>,
 }
@@ -272,8 +272,8 @@ struct RawPortalFlat {
     webhook_secret_env: Option<String>,
     webhook_secret_file: Option<PathBuf>,
     webhook_secret_credential: Option<String>,
-    #[serde(default = "d_rate")]
-    rate_limit_per_10s: u32,
+    /// Defaults to [`d_rate`], or [`D_RATE_OAUTH`] with `auth = "oauth"`.
+    rate_limit_per_10s: Option<u32>,
     #[serde(default = "d_search")]
     search_per_s: u32,
     #[serde(default = "d_pipeline")]
@@ -285,6 +285,9 @@ struct RawPortalFlat {
     api_versions: BTreeMap<String, String>,
     /// `static` (default: `token_*`) or `oauth` (the `[oauth]` app's install).
     auth: Option<String>,
+    /// The HubSpot portal id of a static-token portal, which routes the app's single webhook
+    /// target (`POST /webhooks`) to it; an OAuth portal's id is learned at install.
+    portal_id: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -352,6 +355,8 @@ enum RawKind {
 fn d_rate() -> u32 {
     100
 }
+/// HubSpot's burst limit for a public OAuth app, per installing account (HUBSPOT-API.md §3).
+const D_RATE_OAUTH: u32 = 110;
 /// HubSpot's CRM search limit: 5 requests per second per account (HubSpot's search guide,
 /// see HUBSPOT-API.md §0; older pages said 4 per token).
 fn d_search() -> u32 {
@@ -396,6 +401,9 @@ pub struct PortalConfig {
     pub pipeline: String,
     /// The API version each surface is called at.
     pub api: ApiVersions,
+    /// The HubSpot portal id of a static-token portal, when configured (routes the app's
+    /// single webhook target to it).
+    pub portal_id: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -660,6 +668,7 @@ impl Config {
                 api_version: raw.hubspot.api_version,
                 api_versions: raw.hubspot.api_versions,
                 auth: raw.hubspot.auth,
+                portal_id: raw.hubspot.portal_id,
             },
             env,
         )?;
@@ -703,6 +712,18 @@ impl Config {
                 }
             }
             let portal = portal(&key, &p.name, p.portal, env)?;
+            // One id routes the app's webhook target to one portal.
+            if let Some(id) = portal.portal_id {
+                let taken = std::iter::once(&hubspot)
+                    .chain(partners.iter().map(|q| &q.portal))
+                    .find(|q| q.portal_id == Some(id));
+                if let Some(q) = taken {
+                    return Err(invalid(
+                        format!("{key}.portal_id"),
+                        format!("{id} is already {}'s portal id; each portal has its own", q.name),
+                    ));
+                }
+            }
             partners.push(PartnerConfig {
                 default_pipeline: p
                     .default_pipeline
@@ -828,10 +849,11 @@ impl Config {
                     .chain(partners.iter().map(|p| &p.portal))
                     .filter(|p| p.webhook_secret.is_some())
                     .count();
-                if with_secret == 0 {
+                // An OAuth app signs its deliveries with its client secret.
+                if with_secret == 0 && raw.oauth.is_none() {
                     return Err(invalid(
                         "webhooks",
-                        "the listener is configured but no portal has a webhook secret; set webhook_secret_env, webhook_secret_file or webhook_secret_credential on the portals whose app sends webhooks",
+                        "the listener is configured but no portal has a webhook secret and there is no [oauth] app; set webhook_secret_env, webhook_secret_file or webhook_secret_credential on the portals whose app sends webhooks",
                     ));
                 }
                 let ms = |k: &str, v: u64| {
@@ -1007,6 +1029,13 @@ impl Config {
                                 .map(|s| (p.name.clone(), s.expose().to_owned()))
                         })
                         .collect(),
+                    app: crate::daemon::AppWebhooks {
+                        oauth: self.oauth.clone(),
+                        portal_ids: std::iter::once(&self.hubspot)
+                            .chain(self.partners.iter().map(|p| &p.portal))
+                            .filter_map(|p| p.portal_id.map(|id| (p.name.clone(), id)))
+                            .collect(),
+                    },
                     healthy_poll_interval: w.healthy_poll_interval,
                     quiet_after: w.quiet_after,
                 })
@@ -1019,6 +1048,7 @@ impl Config {
                             public_url: None,
                             max_body: crate::ingest::webhook::DEFAULT_MAX_BODY,
                             secrets: HashMap::new(),
+                            app: Default::default(),
                             healthy_poll_interval: self.poll_interval,
                             quiet_after: Duration::from_secs(600),
                         })
@@ -1077,7 +1107,23 @@ fn portal(
         p.webhook_secret_credential,
         env,
     )?;
-    if p.rate_limit_per_10s == 0 || p.search_per_s == 0 {
+    let rate_limit_per_10s = p.rate_limit_per_10s.unwrap_or(match auth {
+        PortalAuth::OAuth => D_RATE_OAUTH,
+        PortalAuth::Static(_) => d_rate(),
+    });
+    if matches!(auth, PortalAuth::OAuth) && p.portal_id.is_some() {
+        return Err(invalid(
+            format!("{key}.portal_id"),
+            "an OAuth portal's id is learned when it installs the app; remove portal_id",
+        ));
+    }
+    if p.portal_id == Some(0) {
+        return Err(invalid(
+            format!("{key}.portal_id"),
+            "0 is not a HubSpot portal id (see Settings > Account details in the portal)",
+        ));
+    }
+    if rate_limit_per_10s == 0 || p.search_per_s == 0 {
         return Err(invalid(
             format!("{key}.rate_limit_per_10s"),
             "rate budgets must be greater than 0",
@@ -1089,10 +1135,11 @@ fn portal(
         base_url: p.base_url.trim_end_matches('/').to_owned(),
         auth,
         webhook_secret,
-        rate_limit_per_10s: p.rate_limit_per_10s,
+        rate_limit_per_10s,
         search_per_s: p.search_per_s,
         pipeline: p.pipeline,
         api,
+        portal_id: p.portal_id,
     })
 }
 
