@@ -16,6 +16,7 @@ pub mod exit {
     pub const DATAERR: u8 = 65;
     pub const UNAVAILABLE: u8 = 69;
     pub const SOFTWARE: u8 = 70;
+    pub const CANTCREAT: u8 = 73;
     pub const CONFIG: u8 = 78;
 }
 
@@ -191,6 +192,10 @@ pub struct SandboxArgs {
     /// Lifetime of an OAuth access token in seconds (HubSpot's is 1800).
     #[arg(long, default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..))]
     pub oauth_token_ttl_s: u64,
+    /// Once listening, write `export DEALSYNC_SANDBOX_<PORTAL>_TOKEN=…` and `…_WEBHOOK_SECRET=…`
+    /// lines to this file (owner-only: they are secrets), for a shell to source.
+    #[arg(long)]
+    pub env_file: Option<PathBuf>,
 }
 
 fn parse_target(s: &str) -> Result<(String, String), String> {
@@ -764,11 +769,76 @@ async fn run_sandbox(args: SandboxArgs) -> Result<(), CliError> {
         message: e.to_string(),
     })?;
     println!("{line}");
+    if let Some(path) = &args.env_file {
+        if let Err(e) = write_env_file(path, &handle.startup()) {
+            handle.shutdown().await;
+            return Err(CliError {
+                code: exit::CANTCREAT,
+                message: format!(
+                    "cannot write the sandbox's env file {}: {e}; pick a writable path for --env-file",
+                    path.display()
+                ),
+            });
+        }
+    }
     tracing::info!(base_url = %handle.base_url, "sandbox serving; Ctrl-C or SIGTERM stops it");
     shutdown_signal().await;
     tracing::info!("stopping sandbox");
     handle.shutdown().await;
     Ok(())
+}
+
+/// The shell lines that export each portal's token and webhook secret, named as
+/// `config/sandbox.toml` expects (`partner-a` → `DEALSYNC_SANDBOX_PARTNER_A_TOKEN`).
+pub fn sandbox_env(startup: &sandbox::Startup) -> String {
+    let mut out = String::new();
+    for p in &startup.portals {
+        let name = env_name(&p.name);
+        for (what, value) in [("TOKEN", &p.token), ("WEBHOOK_SECRET", &p.webhook_secret)] {
+            let value = shell_quote(value);
+            out.push_str(&format!("export DEALSYNC_SANDBOX_{name}_{what}={value}\n"));
+        }
+    }
+    out
+}
+
+/// A portal name as part of a variable name: upper case, anything else than A-Z0-9 as `_`.
+fn env_name(portal: &str) -> String {
+    let keep = |c: char| c.is_ascii_alphanumeric();
+    portal
+        .chars()
+        .map(|c| if keep(c) { c.to_ascii_uppercase() } else { '_' })
+        .collect()
+}
+
+/// Single-quoted for POSIX shells; a `'` inside becomes `'\''`.
+fn shell_quote(v: &str) -> String {
+    format!("'{}'", v.replace('\'', r"'\''"))
+}
+
+/// Writes the env file owner-only and whole: into a temporary file beside it, renamed over
+/// it, so a script waiting for the file never reads half of it or an earlier run's tokens.
+fn write_env_file(path: &std::path::Path, startup: &sandbox::Startup) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp-{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let mut open = std::fs::OpenOptions::new();
+    // create_new: a leftover file could carry a wider mode than ours.
+    open.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+    let written = open.open(&tmp).and_then(|mut f| {
+        f.write_all(sandbox_env(startup).as_bytes())?;
+        f.sync_all()
+    });
+    match written.and_then(|()| std::fs::rename(&tmp, path)) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.
