@@ -3,17 +3,24 @@
 //! through what partners and reps do with a shared deal, verifying every step against the
 //! portals, and ending with the status table. Nothing leaves 127.0.0.1.
 //!
+//! partner-a is installed the way a real partner installs dealsync: by OAuth, from an install
+//! link, with the sandbox as HubSpot's OAuth server; HubSpot's portal and partner-b keep static
+//! tokens. Every call goes to HubSpot's date-versioned paths, which the last step checks in the
+//! sandbox's counters.
+//!
 //! Every step is verified, and the demo exits non-zero if one fails.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
 use crate::config::Config;
 use crate::crm::{Client, RetryPolicy};
-use crate::daemon::DaemonHandle;
-use crate::sandbox::{self, SandboxConfig};
+use crate::daemon::{DaemonHandle, PortalConn};
+use crate::oauth::OAuthApp;
+use crate::sandbox::{self, SandboxConfig, SandboxHandle};
 use crate::store;
 
 /// The shipped sandbox config, compiled in so the demo runs from any directory.
@@ -21,6 +28,12 @@ const SANDBOX_TOML: &str = include_str!("../config/sandbox.toml");
 
 /// How long one step may take before it counts as failed.
 const STEP_BOUND: Duration = Duration::from_secs(20);
+
+/// The portal the demo installs by OAuth.
+const OAUTH_PORTAL: &str = "partner-a";
+
+/// Where the demo's config finds the sandbox app's client secret.
+const CLIENT_SECRET_ENV: &str = "DEALSYNC_SANDBOX_OAUTH_CLIENT_SECRET";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -310,6 +323,7 @@ pub async fn run() -> Result<(), DemoError> {
             p.webhook_secret.clone(),
         );
     }
+    env.insert(CLIENT_SECRET_ENV.into(), sb.oauth_app().client_secret);
     // Notifications are signed with a secret of this run's own.
     let notify_secret = uuid::Uuid::new_v4().to_string();
     env.insert(
@@ -318,27 +332,14 @@ pub async fn run() -> Result<(), DemoError> {
     );
     let db = dir.join("dealsync.db");
     let dl = dir.join("dead-letters.jsonl");
-    // partner-a's map leaves `decisionmakerboughtin` out at first, so one step can show a
-    // dead letter and its replay once the map is fixed.
-    let text = |fixed: bool| {
-        let mut t = SANDBOX_TOML
-            .replace("http://127.0.0.1:8990", &sb.base_url)
-            .replace("/tmp/dealsync-sandbox.db", &db.display().to_string())
-            .replace(
-                "/tmp/dealsync-sandbox-dead-letters.jsonl",
-                &dl.display().to_string(),
-            )
-            .replace("listen = \"127.0.0.1:8991\"", "listen = \"127.0.0.1:0\"");
-        if !fixed {
-            t = t.replacen("decisionmakerboughtin = \"decisionmakerboughtin\"\n", "", 1);
-        }
-        t
-    };
-    let config = Config::from_toml_str(&text(false), &env).map_err(setup)?;
+    // The OAuth redirect URL names the listener's port, so the port is chosen up front.
+    let port = free_port()?;
+    let text = |fixed: bool| demo_toml(&sb, port, &db, &dl, fixed);
+    let config = Config::from_toml_str(&text(false)?, &env).map_err(setup)?;
     let parts = config.daemon_parts();
-    let client = |c: &crate::daemon::PortalConn| c.client(RetryPolicy::default(), None).map_err(setup);
+    let client = |c: &PortalConn| c.client(RetryPolicy::default(), None).map_err(setup);
     let hubspot = client(&parts.hubspot)?;
-    let partner = client(&parts.partners[0])?;
+    let partner = client(&person(&parts, &sb)?)?;
     let partner_b = client(
         parts
             .partners
@@ -350,7 +351,11 @@ pub async fn run() -> Result<(), DemoError> {
         "dealsync demo — sandbox at {} (nothing leaves this machine)",
         sb.base_url
     );
-    for c in std::iter::once(&parts.hubspot).chain(parts.partners.iter()) {
+    // An OAuth portal is set up once it is installed (step 1).
+    for c in std::iter::once(&parts.hubspot)
+        .chain(parts.partners.iter())
+        .filter(|c| c.oauth.is_none())
+    {
         crate::setup::ensure(&client(c)?, false)
             .await
             .map_err(setup)?;
@@ -361,12 +366,23 @@ pub async fn run() -> Result<(), DemoError> {
         .ok_or_else(|| setup("the webhook listener did not start"))?;
     let http = reqwest::Client::new();
     point_webhooks(&http, &sb, hook).await.map_err(setup)?;
-    println!("daemon running: partner-a and partner-b ↔ hubspot, webhooks on {hook}");
+    println!(
+        "daemon running: partner-a (OAuth, not installed yet) and partner-b ↔ hubspot, webhooks and the OAuth callback on {hook}"
+    );
     let mut demo = Demo {
         hubspot,
         partner,
         step: 0,
     };
+    let app = config
+        .oauth
+        .clone()
+        .ok_or_else(|| setup("the demo's config has no [oauth] app"))?;
+    install_by_link(&mut demo, &d, &sb, &app).await?;
+    let (daemon_hubspot, daemon_partner) = (
+        d.engine.portals.hubspot.clone(),
+        daemon_client(&demo, &d, OAUTH_PORTAL)?,
+    );
 
     demo.say(
         "The partner registers an existing deal: refused until it has a contact, then accepted",
@@ -408,8 +424,9 @@ pub async fn run() -> Result<(), DemoError> {
     let registrar = crate::register::Registrar {
         synced: &synced.map(|r| r.synced.clone()).unwrap_or_default(),
         store: &d.store,
-        hubspot: &demo.hubspot,
-        partner: &demo.partner,
+        // dealsync registers with its own clients: partner-a's is the OAuth install's.
+        hubspot: &daemon_hubspot,
+        partner: &daemon_partner,
         capacity: partner_config.capacity,
         hubspot_pipeline: &config.hubspot.pipeline,
         partner_pipeline: &partner_config.default_pipeline,
@@ -741,7 +758,7 @@ pub async fn run() -> Result<(), DemoError> {
     demo.say(
         "The operator adds the stage to the map, restarts the daemon and replays the dead letters",
     );
-    let fixed = Config::from_toml_str(&text(true), &env).map_err(|e| demo.fail(e.to_string()))?;
+    let fixed = Config::from_toml_str(&text(true)?, &env).map_err(|e| demo.fail(e.to_string()))?;
     d.shutdown().await;
     let d = DaemonHandle::start(fixed.daemon_parts())
         .await
@@ -769,6 +786,10 @@ pub async fn run() -> Result<(), DemoError> {
     }
     demo.until(true, &h, "dealstage", "decisionmakerboughtin")
         .await?;
+
+    demo.say("partner-a worked over its OAuth install, and every call used HubSpot's date-versioned paths");
+    verify_oauth(&demo, &d, &fixed, &http, &sb.base_url).await?;
+    verify_paths(&demo, &http, &sb).await?;
 
     let status = {
         let (db, dl) = (db.clone(), dl.clone());
@@ -808,6 +829,293 @@ async fn point_webhooks(
         .await?
         .error_for_status()?;
     }
+    Ok(())
+}
+
+/// The shipped sandbox config pointed at this run: its sandbox, store and dead-letter file,
+/// the listener on `port`, and partner-a authenticating through the sandbox app's install
+/// instead of a token. partner-a's stage map leaves `decisionmakerboughtin` out unless `fixed`,
+/// so one step can show a dead letter and its replay once the map is fixed.
+fn demo_toml(
+    sb: &SandboxHandle,
+    port: u16,
+    db: &Path,
+    dl: &Path,
+    fixed: bool,
+) -> Result<String, DemoError> {
+    let token = "token_env = \"DEALSYNC_SANDBOX_PARTNER_A_TOKEN\"\n";
+    let listen = format!("listen = \"127.0.0.1:{port}\"");
+    let mut t = SANDBOX_TOML
+        .replace("http://127.0.0.1:8990", &sb.base_url)
+        .replace("/tmp/dealsync-sandbox.db", &db.display().to_string())
+        .replace(
+            "/tmp/dealsync-sandbox-dead-letters.jsonl",
+            &dl.display().to_string(),
+        )
+        .replace("listen = \"127.0.0.1:8991\"", &listen)
+        .replacen(token, "auth = \"oauth\"\n", 1);
+    if !SANDBOX_TOML.contains(token) || !t.contains(&listen) {
+        return Err(setup(
+            "config/sandbox.toml no longer has partner-a's token_env or the listener's address for the demo to replace",
+        ));
+    }
+    if !fixed {
+        t = t.replacen("decisionmakerboughtin = \"decisionmakerboughtin\"\n", "", 1);
+    }
+    t.push_str(&format!(
+        "\n[oauth]\nclient_id = \"{}\"\nclient_secret_env = \"{CLIENT_SECRET_ENV}\"\n\
+         redirect_url = \"http://127.0.0.1:{port}/oauth/callback\"\n\
+         authorize_url = \"{}/oauth/authorize\"\n",
+        sb.oauth_app().client_id,
+        sb.base_url
+    ));
+    Ok(t)
+}
+
+/// A loopback port nothing listens on right now: the OAuth redirect URL must name the
+/// listener's port before the listener starts.
+fn free_port() -> Result<u16, DemoError> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(setup)
+}
+
+/// partner-a's people working in their CRM: its connection with the sandbox portal's own
+/// token (standing for their logins), not dealsync's install.
+fn person(parts: &crate::daemon::DaemonParts, sb: &SandboxHandle) -> Result<PortalConn, DemoError> {
+    let mut c = parts
+        .partners
+        .iter()
+        .find(|p| p.name == OAUTH_PORTAL)
+        .cloned()
+        .ok_or_else(|| setup("config/sandbox.toml has no partner-a"))?;
+    c.token = sb
+        .portals
+        .iter()
+        .find(|p| p.name == OAUTH_PORTAL)
+        .map(|p| p.token.clone())
+        .ok_or_else(|| setup("the sandbox has no partner-a"))?;
+    c.oauth = None;
+    Ok(c)
+}
+
+/// The daemon's own client for a partner portal.
+fn daemon_client(demo: &Demo, d: &DaemonHandle, name: &str) -> Result<Client, DemoError> {
+    d.engine
+        .portals
+        .partners
+        .get(name)
+        .cloned()
+        .ok_or_else(|| demo.fail(format!("the daemon has no client for {name}")))
+}
+
+/// Step: partner-a's admin opens dealsync's install link, picks partner-a at HubSpot and is
+/// sent back to the daemon's callback, verified on the page and in the store; then dealsync
+/// creates its properties in partner-a over the install, and partner-a's poller, which waited
+/// for the install, polls.
+async fn install_by_link(
+    demo: &mut Demo,
+    d: &DaemonHandle,
+    sb: &SandboxHandle,
+    app: &OAuthApp,
+) -> Result<(), DemoError> {
+    demo.say("partner-a installs dealsync's app from its install link (OAuth). HubSpot's portal keeps its static token; partner-b rehearses with a static token, as a single-portal app would");
+    let started = store::now_ms();
+    let (status, text) = open_install_link(demo, d, app).await?;
+    let hub_id = sb
+        .portals
+        .iter()
+        .find(|p| p.name == OAUTH_PORTAL)
+        .map(|p| p.portal_id)
+        .ok_or_else(|| demo.fail("the sandbox has no partner-a"))?;
+    let said = format!("{OAUTH_PORTAL} is installed (HubSpot portal {hub_id})");
+    if !status.is_success() || !text.contains(&said) {
+        return Err(demo.fail(format!(
+            "dealsync's page answered {status}: {}",
+            text.trim()
+        )));
+    }
+    let install = d
+        .store
+        .call(|c| store::install(c, OAUTH_PORTAL))
+        .await
+        .map_err(|e| demo.fail(e.to_string()))?;
+    match install {
+        Some(i) if i.hub_id == hub_id && i.state == store::InstallState::Active => {}
+        other => {
+            return Err(demo.fail(format!(
+                "the store holds {:?} for partner-a, not an active install of portal {hub_id}",
+                other.map(|i| (i.hub_id, i.state))
+            )))
+        }
+    }
+    println!("   ✔ the page says \"{said}\"; the store binds partner-a to portal {hub_id}");
+    let client = daemon_client(demo, d, OAUTH_PORTAL)?;
+    if client.oauth().is_none() {
+        return Err(demo.fail("the daemon's partner-a client does not use the install"));
+    }
+    let actions = crate::setup::ensure(&client, false)
+        .await
+        .map_err(|e| demo.fail(e.to_string()))?;
+    println!(
+        "   ✔ dealsync set up its properties in partner-a over the install ({} created)",
+        actions.len()
+    );
+    until_polled(demo, d, started).await
+}
+
+/// Opens the install link as partner-a's admin, picking partner-a, and follows HubSpot's
+/// redirect to dealsync's callback; the status and text of dealsync's page.
+async fn open_install_link(
+    demo: &Demo,
+    d: &DaemonHandle,
+    app: &OAuthApp,
+) -> Result<(reqwest::StatusCode, String), DemoError> {
+    let fail = |e: &dyn std::fmt::Display| demo.fail(e.to_string());
+    let link = crate::oauth::install_link(app, &d.store, OAUTH_PORTAL)
+        .await
+        .map_err(|e| fail(&e))?;
+    // A browser that shows each redirect instead of following it.
+    let browser = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| fail(&e))?;
+    let approved = browser
+        .get(format!("{link}&portal={OAUTH_PORTAL}"))
+        .send()
+        .await
+        .map_err(|e| fail(&e))?;
+    let back = approved
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    if approved.status() != reqwest::StatusCode::FOUND || !back.starts_with(&app.redirect_url) {
+        return Err(demo.fail(format!(
+            "HubSpot answered the install link with {} instead of a redirect to {}",
+            approved.status(),
+            app.redirect_url
+        )));
+    }
+    println!(
+        "   ✔ partner-a's admin picked partner-a; HubSpot sent them back to {} with a code",
+        app.redirect_url
+    );
+    let page = browser.get(&back).send().await.map_err(|e| fail(&e))?;
+    let status = page.status();
+    Ok((status, page.text().await.unwrap_or_default()))
+}
+
+/// Waits until partner-a's deal poller has polled successfully since `since_ms`.
+async fn until_polled(demo: &Demo, d: &DaemonHandle, since_ms: i64) -> Result<(), DemoError> {
+    let t0 = Instant::now();
+    loop {
+        let ok: Option<i64> = d
+            .store
+            .call(|c| {
+                Ok(c.query_row(
+                    "SELECT MAX(last_poll_ok) FROM portal_health WHERE portal = ?1",
+                    [OAUTH_PORTAL],
+                    |r| r.get(0),
+                )?)
+            })
+            .await
+            .map_err(|e| demo.fail(e.to_string()))?;
+        if ok.is_some_and(|t| t >= since_ms) {
+            println!(
+                "   ✔ partner-a's poller, which waited for the install, polls over it after {} ms (status keeps the wait as its last error)",
+                t0.elapsed().as_millis()
+            );
+            return Ok(());
+        }
+        if t0.elapsed() > STEP_BOUND {
+            return Err(demo.fail("partner-a's poller did not poll over the install"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// partner-a's daemon calls authenticated through the install: the config gives the daemon
+/// no token for it, its client holds the OAuth session, and the sandbox exchanged one code
+/// and refused nothing.
+async fn verify_oauth(
+    demo: &Demo,
+    d: &DaemonHandle,
+    config: &Config,
+    http: &reqwest::Client,
+    base: &str,
+) -> Result<(), DemoError> {
+    let parts = config.daemon_parts();
+    let tokenless = parts
+        .partners
+        .iter()
+        .find(|p| p.name == OAUTH_PORTAL)
+        .is_some_and(|c| c.token.is_empty() && c.oauth.is_some());
+    if !tokenless || daemon_client(demo, d, OAUTH_PORTAL)?.oauth().is_none() {
+        return Err(demo.fail("the daemon reaches partner-a with a static token"));
+    }
+    let c: Value = async {
+        http.get(format!("{base}/_sandbox/oauth"))
+            .send()
+            .await?
+            .json()
+            .await
+    }
+    .await
+    .map_err(|e: reqwest::Error| demo.fail(e.to_string()))?;
+    let active = c["installs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|i| i["portal"] == OAUTH_PORTAL && i["revoked"] == false);
+    if c["exchanges"] != 1 || c["failed"] != 0 || !active {
+        return Err(demo.fail(format!("the sandbox's OAuth counters say {c}")));
+    }
+    println!(
+        "   ✔ the daemon holds no token for partner-a, only its install: 1 code exchanged, {} token refresh(es), nothing refused",
+        c["refreshes"]
+    );
+    Ok(())
+}
+
+/// Every API call of this run, the daemon's and the demo's own, from the sandbox's per-portal
+/// counters: CRM calls on 2026-09 paths, files on 2026-03, none on a v3 or v4 path.
+async fn verify_paths(
+    demo: &Demo,
+    http: &reqwest::Client,
+    sb: &SandboxHandle,
+) -> Result<(), DemoError> {
+    let (mut total, mut files) = (0, 0);
+    for p in &sb.portals {
+        let url = format!("{}/_sandbox/portals/{}/counters", sb.base_url, p.name);
+        let c: Value = async { http.get(url).send().await?.error_for_status()?.json().await }
+            .await
+            .map_err(|e: reqwest::Error| demo.fail(e.to_string()))?;
+        for (key, n) in c["endpoints"].as_object().into_iter().flatten() {
+            let n = n.as_u64().unwrap_or(0);
+            let path = key.split_once(' ').map_or(key.as_str(), |(_, p)| p);
+            let segs: Vec<&str> = path.split('/').collect();
+            let (crm, file) = (
+                segs.get(1) == Some(&"crm") && segs.get(3) == Some(&"2026-09"),
+                segs.get(1) == Some(&"files") && segs.get(2) == Some(&"2026-03"),
+            );
+            if !crm && !file {
+                return Err(demo.fail(format!(
+                    "{n} call(s) to {key} in {} are not on HubSpot's 2026-09 paths (files 2026-03)",
+                    p.name
+                )));
+            }
+            total += n;
+            files += if file { n } else { 0 };
+        }
+    }
+    if files == 0 {
+        return Err(demo.fail("the sandbox counted no file calls"));
+    }
+    println!("   ✔ all {total} API calls used HubSpot's 2026-09 paths (files 2026-03); none went to /crm/v3/, /crm/v4/ or /files/v3/");
     Ok(())
 }
 

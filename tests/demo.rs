@@ -1,5 +1,6 @@
 //! `dealsync demo` end to end through the real binary: it exits 0 only when every step was
-//! verified against the sandbox, and it ends with the status table.
+//! verified against the sandbox, and it ends with the status table. partner-a is installed by
+//! OAuth, and every call goes to the date-versioned paths.
 
 use std::process::Command;
 
@@ -16,14 +17,32 @@ fn demo_verifies_every_step_and_exits_zero() {
         "demo failed: {stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for step in 1..=12 {
+    for step in 1..=14 {
         assert!(
             stdout.contains(&format!("\n{step}. ")),
             "step {step} missing: {stdout}"
         );
     }
     assert!(!stdout.contains("failed"), "{stdout}");
-    assert!(stdout.matches("   ✔ ").count() >= 17, "{stdout}");
+    assert!(stdout.matches("   ✔ ").count() >= 23, "{stdout}");
+    // partner-a installs by OAuth; the daemon holds no token for it; dated paths only.
+    assert!(
+        stdout.contains("partner-a installs dealsync's app from its install link"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("partner-a is installed (HubSpot portal "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("the store binds partner-a to portal "),
+        "{stdout}"
+    );
+    assert!(stdout.contains("1 code exchanged"), "{stdout}");
+    assert!(
+        stdout.contains("API calls used HubSpot's 2026-09 paths (files 2026-03)"),
+        "{stdout}"
+    );
     // Shared messages both ways, with files and the thread, and a private note kept home.
     assert!(stdout.contains("HubSpot shows the message"), "{stdout}");
     assert!(
@@ -53,7 +72,7 @@ fn demo_verifies_every_step_and_exits_zero() {
     );
     assert!(!stdout.contains("Not in this demo yet"), "{stdout}");
     assert!(stdout.contains("DEAD LETTERS  0 open of "), "{stdout}");
-    assert!(stdout.contains("12 steps verified"), "{stdout}");
+    assert!(stdout.contains("14 steps verified"), "{stdout}");
     // Notifications (signed, verified by the demo) and the deal team.
     assert!(stdout.contains("✔ message_shared → hubspot: "), "{stdout}");
     assert!(stdout.contains("✔ comment_added → partner: "), "{stdout}");
