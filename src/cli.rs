@@ -154,9 +154,17 @@ pub struct RegisterArgs {
 pub struct SetupArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
-    /// Only print what would be created.
+    /// Only print what would be created (with --project: print the project's files).
     #[arg(long)]
     pub dry_run: bool,
+    /// Also write the HubSpot developer project of the app (hsproject.json, the app and its
+    /// webhooks) into DIR, for `hs project upload`.
+    #[arg(long, value_name = "DIR")]
+    pub project: Option<PathBuf>,
+    /// With --project: replace project files that differ from what dealsync writes (by
+    /// default such a file is refused and nothing is written).
+    #[arg(long, requires = "project")]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -706,11 +714,40 @@ async fn run_register(args: RegisterArgs) -> Result<(), CliError> {
 
 async fn run_setup(args: SetupArgs) -> Result<(), CliError> {
     let config = load_config(&args.config)?;
+    let Some(dir) = &args.project else {
+        ensure_properties(&config, args.dry_run).await?;
+        for line in crate::setup::webhook_instructions(&config) {
+            println!("{line}");
+        }
+        return Ok(());
+    };
+    // The project first: it needs no portal, and an OAuth portal cannot be reached before the
+    // app it describes is uploaded and installed. Its webhooks component carries the target
+    // and subscriptions, so the per-portal webhook instructions are not printed; the next
+    // steps are, even when a portal could not be reached.
+    write_project(dir, &config, args.dry_run, args.force).await?;
+    let properties = ensure_properties(&config, args.dry_run).await;
+    for line in crate::project::next_steps(dir, &args.config.config, &config) {
+        println!("{line}");
+    }
+    properties.map_err(|mut e| {
+        if !args.dry_run {
+            e.message.push_str(&format!(
+                " (the project in {} was written: upload it and install the app, then run setup again)",
+                dir.display()
+            ));
+        }
+        e
+    })
+}
+
+/// Today's setup: dealsync's property groups and properties in every portal.
+async fn ensure_properties(config: &crate::config::Config, dry_run: bool) -> Result<(), CliError> {
     let parts = config.daemon_parts();
     let mut total = 0;
     for p in std::iter::once(&parts.hubspot).chain(parts.partners.iter()) {
         let client = client_for(p, parts.retry)?;
-        let actions = crate::setup::ensure(&client, args.dry_run)
+        let actions = crate::setup::ensure(&client, dry_run)
             .await
             .map_err(|e| CliError {
                 code: exit::UNAVAILABLE,
@@ -719,7 +756,7 @@ async fn run_setup(args: SetupArgs) -> Result<(), CliError> {
         for a in &actions {
             println!(
                 "{}{}: {}",
-                if args.dry_run { "would " } else { "" },
+                if dry_run { "would " } else { "" },
                 a.portal,
                 a.what
             );
@@ -729,8 +766,40 @@ async fn run_setup(args: SetupArgs) -> Result<(), CliError> {
     if total == 0 {
         println!("nothing to do: every portal already has what dealsync needs");
     }
-    for line in crate::setup::webhook_instructions(&config) {
-        println!("{line}");
+    Ok(())
+}
+
+/// `setup --project DIR`: prints the files on a dry run, otherwise writes them (idempotently,
+/// refusing to replace an edited file without `--force`) and says what happened to each.
+async fn write_project(
+    dir: &std::path::Path,
+    config: &crate::config::Config,
+    dry_run: bool,
+    force: bool,
+) -> Result<(), CliError> {
+    use crate::project::ProjectError;
+    let failed = |e: ProjectError| CliError {
+        code: match e {
+            ProjectError::NoPublicUrl => exit::CONFIG,
+            // The operator's own edit: refused on its merits, not a fault to retry.
+            ProjectError::Changed { .. } => exit::DATAERR,
+            ProjectError::Io { .. } => exit::UNAVAILABLE,
+        },
+        message: e.to_string(),
+    };
+    let files = crate::project::files(config).map_err(failed)?;
+    if dry_run {
+        for f in &files {
+            println!("would write {}:", dir.join(&f.path).display());
+            print!("{}", f.render());
+        }
+        return Ok(());
+    }
+    for (path, outcome) in crate::project::write(dir, &files, force)
+        .await
+        .map_err(failed)?
+    {
+        println!("{outcome} {}", path.display());
     }
     Ok(())
 }

@@ -14,6 +14,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod notify;
 pub mod oauth;
+pub mod project;
 pub mod quotes;
 pub mod register;
 pub mod replay;
