@@ -334,11 +334,22 @@ async fn run_install_link(args: ResumeArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-fn client_for(
+/// A client for a portal; an OAuth portal reads its install from the store (beside a daemon
+/// that may be running).
+async fn client_for(
     p: &crate::daemon::PortalConn,
     retry: crate::crm::RetryPolicy,
+    store_path: &std::path::Path,
 ) -> Result<crate::crm::Client, CliError> {
-    p.client(retry, None).map_err(unavailable)
+    let store = match p.oauth {
+        Some(_) => Some(
+            crate::store::Store::open_alongside(store_path)
+                .await
+                .map_err(unavailable)?,
+        ),
+        None => None,
+    };
+    p.client(retry, store.as_ref()).map_err(unavailable)
 }
 
 async fn run_status(args: StatusArgs) -> Result<(), CliError> {
@@ -413,7 +424,7 @@ async fn fill_current_values(config: &crate::config::Config, d: &mut crate::stat
                     }
                 })
                 .collect();
-            let rec = match client_for(conn, retry) {
+            let rec = match client_for(conn, retry, &parts.store_path).await {
                 Ok(c) => c.get("deals", &id, &props).await,
                 Err(e) => {
                     eprintln!(
@@ -491,12 +502,15 @@ async fn run_replay(args: ReplayArgs) -> Result<(), CliError> {
         .map_err(unavailable)?;
     let mut partners = std::collections::HashMap::new();
     for p in &parts.partners {
-        partners.insert(p.name.clone(), client_for(p, parts.retry)?);
+        partners.insert(
+            p.name.clone(),
+            client_for(p, parts.retry, &parts.store_path).await?,
+        );
     }
     let engine = crate::engine::Engine {
         store,
         portals: crate::engine::Portals {
-            hubspot: client_for(&parts.hubspot, parts.retry)?,
+            hubspot: client_for(&parts.hubspot, parts.retry, &parts.store_path).await?,
             partners,
         },
         settings: parts.settings.clone(),
@@ -643,14 +657,14 @@ async fn run_register(args: RegisterArgs) -> Result<(), CliError> {
         });
     };
     let parts = config.daemon_parts();
-    let hubspot = client_for(&parts.hubspot, parts.retry)?;
+    let hubspot = client_for(&parts.hubspot, parts.retry, &parts.store_path).await?;
     let Some(conn) = parts.partners.iter().find(|p| p.name == args.partner) else {
         return Err(CliError {
             code: exit::SOFTWARE,
             message: "the partner's connection is missing from the daemon parts".into(),
         });
     };
-    let partner_client = client_for(conn, parts.retry)?;
+    let partner_client = client_for(conn, parts.retry, &parts.store_path).await?;
     let store = crate::store::Store::open_alongside(&config.store_path)
         .await
         .map_err(unavailable)?;
@@ -746,7 +760,7 @@ async fn ensure_properties(config: &crate::config::Config, dry_run: bool) -> Res
     let parts = config.daemon_parts();
     let mut total = 0;
     for p in std::iter::once(&parts.hubspot).chain(parts.partners.iter()) {
-        let client = client_for(p, parts.retry)?;
+        let client = client_for(p, parts.retry, &parts.store_path).await?;
         let actions = crate::setup::ensure(&client, dry_run)
             .await
             .map_err(|e| CliError {

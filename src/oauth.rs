@@ -44,7 +44,7 @@ pub const SCOPES: &[&str] = &[
     "files",
 ];
 
-/// Refresh this long before HubSpot says the access token expires.
+/// Refresh this long (at most) before HubSpot says the access token expires.
 const REFRESH_MARGIN: Duration = Duration::from_secs(60);
 
 /// The operator's app, as configured under `[oauth]`.
@@ -430,13 +430,10 @@ impl Session {
         }
         self.refreshes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let lifetime = tokens.expires_in.saturating_sub(REFRESH_MARGIN);
-        // A token shorter-lived than the margin is used for half its life.
-        let lifetime = if lifetime.is_zero() {
-            tokens.expires_in / 2
-        } else {
-            lifetime
-        };
+        // Refresh a minute early, or a tenth of the lifetime early for short-lived tokens.
+        let lifetime = tokens
+            .expires_in
+            .saturating_sub(REFRESH_MARGIN.min(tokens.expires_in / 10));
         Ok(Access {
             token: tokens.access_token,
             refresh_at: Instant::now() + lifetime,
