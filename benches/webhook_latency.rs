@@ -501,6 +501,7 @@ fn main() {
                 public_url: None,
                 max_body: DEFAULT_MAX_BODY,
                 secrets,
+                app: Default::default(),
                 healthy_poll_interval: Duration::from_secs(60),
                 quiet_after: Duration::from_secs(600),
             }),

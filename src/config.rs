@@ -720,7 +720,10 @@ impl Config {
                 if let Some(q) = taken {
                     return Err(invalid(
                         format!("{key}.portal_id"),
-                        format!("{id} is already {}'s portal id; each portal has its own", q.name),
+                        format!(
+                            "{id} is already {}'s portal id; each portal has its own",
+                            q.name
+                        ),
                     ));
                 }
             }

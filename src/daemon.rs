@@ -21,7 +21,7 @@ use crate::crm::{ApiVersions, Auth, Budget, Client, CrmError, RetryPolicy};
 use crate::engine::{Engine, InFlight, Portals, Settings};
 use crate::ingest::poll::{Poller, WebhookPace};
 use crate::ingest::sweep::Sweep;
-use crate::ingest::webhook::{self, ListenError, Listener, WebhookPortal};
+use crate::ingest::webhook::{self, AppPortal, ListenError, Listener, WebhookPortal};
 use crate::oauth::OAuthApp;
 use crate::store::{self, Side, Store, StoreError};
 
@@ -74,13 +74,27 @@ pub struct WebhookParts {
     /// from the request's Host header.
     pub public_url: Option<String>,
     pub max_body: usize,
-    /// Portal name → webhook secret. Portals without a secret take no webhooks.
+    /// Portal name → webhook secret. Portals without a secret take no webhooks at
+    /// `/webhooks/{portal}`.
     pub secrets: HashMap<String, String>,
+    /// The OAuth app's single target, `POST /webhooks`.
+    pub app: AppWebhooks,
     /// Poll interval for a portal whose webhooks are healthy (polling is then the safety net).
     pub healthy_poll_interval: Duration,
     /// A portal's webhooks count as quiet when polling finds a change more than this long
     /// after the portal's last webhook; its polling then returns to the normal interval.
     pub quiet_after: Duration,
+}
+
+/// The OAuth app's single webhook target (`POST /webhooks`): served when there is an app,
+/// which signs every delivery with its client secret.
+#[derive(Debug, Clone, Default)]
+pub struct AppWebhooks {
+    /// The app; when `None`, the app of the OAuth portals (if any) is used.
+    pub oauth: Option<Arc<OAuthApp>>,
+    /// Portal name → HubSpot portal id, for static-token portals whose events come through
+    /// the app's target; OAuth portals' ids are learned at install and need no entry.
+    pub portal_ids: HashMap<String, u64>,
 }
 
 impl std::fmt::Debug for WebhookParts {
@@ -188,6 +202,14 @@ impl DaemonHandle {
                 .map(|n| (n, Arc::new(Notify::new())))
                 .collect()
         };
+        // The app whose redirect the listener serves and whose client secret signs
+        // `POST /webhooks`.
+        let app = parts
+            .webhooks
+            .as_ref()
+            .and_then(|w| w.app.oauth.clone())
+            .or_else(|| parts.hubspot.oauth.clone())
+            .or_else(|| parts.partners.iter().find_map(|p| p.oauth.clone()));
         if let Some(w) = &parts.webhooks {
             let side_of = |name: &str| {
                 if name == parts.hubspot.name {
@@ -215,11 +237,15 @@ impl DaemonHandle {
                 in_flight: engine.in_flight.clone(),
                 engine: Some(engine.clone()),
                 nudges: nudges.clone(),
-                oauth: parts
-                    .hubspot
-                    .oauth
-                    .clone()
-                    .or_else(|| parts.partners.iter().find_map(|p| p.oauth.clone())),
+                oauth: app.clone(),
+                app_portals: std::iter::once(&parts.hubspot)
+                    .chain(&parts.partners)
+                    .map(|p| AppPortal {
+                        name: p.name.clone(),
+                        side: side_of(&p.name),
+                        portal_id: w.app.portal_ids.get(&p.name).copied(),
+                    })
+                    .collect(),
             };
             let (addr, task) = webhook::serve(listener, w.listen, cancel.clone()).await?;
             webhook_addr = Some(addr);
@@ -271,11 +297,22 @@ impl DaemonHandle {
             if let Some(n) = nudges.get(name) {
                 p = p.with_nudge(n.clone());
             }
+            // Webhooks reach a portal at its own path (a secret) or through the app's target
+            // (an OAuth install, or a configured portal id).
+            let app_routed = |w: &WebhookParts| {
+                app.is_some()
+                    && (w.app.portal_ids.contains_key(name)
+                        || std::iter::once(&parts.hubspot)
+                            .chain(&parts.partners)
+                            .any(|c| c.name == name && c.oauth.is_some()))
+            };
             match &parts.webhooks {
-                Some(w) if w.secrets.contains_key(name) => p.with_webhook_pace(WebhookPace {
-                    healthy_interval: w.healthy_poll_interval,
-                    quiet_after: w.quiet_after,
-                }),
+                Some(w) if w.secrets.contains_key(name) || app_routed(w) => {
+                    p.with_webhook_pace(WebhookPace {
+                        healthy_interval: w.healthy_poll_interval,
+                        quiet_after: w.quiet_after,
+                    })
+                }
                 _ => p,
             }
         };

@@ -25,6 +25,8 @@ pub struct Metrics {
     latency_sum_us: AtomicU64,
     dead_letters: AtomicU64,
     conflicts: AtomicU64,
+    /// Events at the app's webhook target for a portal id no configured portal has.
+    webhook_unrouted: AtomicU64,
 }
 
 /// The outcome class of a job-history outcome text (`skipped: link orphaned` → `skipped`).
@@ -61,6 +63,10 @@ impl Metrics {
 
     pub fn conflicted(&self, n: u64) {
         self.conflicts.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn webhook_unrouted(&self, n: u64) {
+        self.webhook_unrouted.fetch_add(n, Ordering::Relaxed);
     }
 }
 
@@ -150,6 +156,17 @@ pub fn render(m: &Metrics, s: &Scrape) -> String {
         o,
         "dealsync_conflicts_total {}",
         m.conflicts.load(Ordering::Relaxed)
+    );
+    family(
+        &mut o,
+        "dealsync_webhook_events_unrouted_total",
+        "counter",
+        "Events at the app's webhook target for a portal id no configured portal has (dropped).",
+    );
+    let _ = writeln!(
+        o,
+        "dealsync_webhook_events_unrouted_total {}",
+        m.webhook_unrouted.load(Ordering::Relaxed)
     );
     family(
         &mut o,

@@ -146,6 +146,7 @@ async fn no_private_note_or_other_partners_message_leaks_anywhere() {
                 .values()
                 .map(|p| (p.info.name.clone(), p.info.webhook_secret.clone()))
                 .collect(),
+            app: Default::default(),
             healthy_poll_interval: Duration::from_millis(200),
             quiet_after: Duration::from_secs(600),
         }),

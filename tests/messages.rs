@@ -102,6 +102,7 @@ impl World {
                     .iter()
                     .map(|p| (p.info.name.clone(), p.info.webhook_secret.clone()))
                     .collect(),
+                app: Default::default(),
                 healthy_poll_interval: Duration::from_millis(200),
                 quiet_after: Duration::from_secs(600),
             }),

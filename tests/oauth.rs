@@ -91,6 +91,7 @@ impl World {
             public_url: None,
             max_body: dealsync::ingest::webhook::DEFAULT_MAX_BODY,
             secrets: Default::default(),
+            app: Default::default(),
             healthy_poll_interval: Duration::from_millis(200),
             quiet_after: Duration::from_secs(600),
         });

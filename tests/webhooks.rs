@@ -110,6 +110,7 @@ impl World {
                 public_url: None,
                 max_body: webhook::DEFAULT_MAX_BODY,
                 secrets: self.secrets(),
+                app: Default::default(),
                 healthy_poll_interval: poll_interval,
                 quiet_after: Duration::from_secs(600),
             }),

@@ -19,6 +19,16 @@
 //! The full URL for the signature is `public_url` + the request's path and query when
 //! `public_url` is configured (behind a reverse proxy it must be the URL configured in the
 //! HubSpot app), otherwise `http://{Host}` + path and query.
+//!
+//! An OAuth app installed in many portals has one target URL and signs every delivery with its
+//! client secret; each event names the `portalId` it is about. That target is `POST /webhooks`
+//! (served only with an `[oauth]` app): the delivery is verified with the app's client secret,
+//! then split by `portalId` — an OAuth portal's id is the `hub_id` its install bound (read from
+//! the store per delivery, since installs change while running), a static-token portal's the
+//! `portal_id` of its config — and each part is accepted exactly as `/webhooks/{portal}`
+//! accepts it. Events for a portal id no configured portal has are counted
+//! (`dealsync_webhook_events_unrouted_total`) and dropped, never queued, and the delivery
+//! still gets its 204: retrying cannot route them, and HubSpot would retry for a day.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -60,6 +70,16 @@ impl std::fmt::Debug for WebhookPortal {
     }
 }
 
+/// One configured portal, as the app's single target routes to it.
+#[derive(Debug, Clone)]
+pub struct AppPortal {
+    pub name: String,
+    pub side: Side,
+    /// The HubSpot portal id from the config (static-token portals); `None` leaves it to the
+    /// portal's OAuth install, if any.
+    pub portal_id: Option<u64>,
+}
+
 /// What the listener needs.
 #[derive(Clone)]
 pub struct Listener {
@@ -79,8 +99,11 @@ pub struct Listener {
     /// Per portal: woken when an event is about a deal no link knows, so that portal's deal
     /// poller looks at once (registrations and invitations start on unlinked deals).
     pub nudges: HashMap<String, Arc<Notify>>,
-    /// The OAuth app whose redirect this listener serves (installs land here).
+    /// The OAuth app whose redirect this listener serves (installs land here) and whose
+    /// client secret signs deliveries to `POST /webhooks`.
     pub oauth: Option<Arc<OAuthApp>>,
+    /// Every configured portal, for routing `POST /webhooks` events by `portalId`.
+    pub app_portals: Vec<AppPortal>,
 }
 
 impl Listener {
@@ -100,6 +123,7 @@ impl Listener {
             engine: None,
             nudges: HashMap::new(),
             oauth: None,
+            app_portals: Vec::new(),
         }
     }
 }
@@ -131,6 +155,8 @@ pub enum PayloadError {
     BadEvent { index: usize },
     #[error("a delivery carries at most 100 events; this one has {0}")]
     TooMany(usize),
+    #[error("event {index} has no numeric portalId, so it cannot be routed to a portal")]
+    NoPortal { index: usize },
 }
 
 fn text(v: &Value, key: &str) -> Option<String> {
@@ -148,6 +174,15 @@ pub fn parse_events(
     side: Side,
     fields: &[FieldSpec],
 ) -> Result<Vec<InboxEvent>, PayloadError> {
+    parse_array(body)?
+        .iter()
+        .enumerate()
+        .map(|(index, e)| parse_event(index, e, side, fields))
+        .collect()
+}
+
+/// A delivery's body as its events, not yet looked at.
+fn parse_array(body: &[u8]) -> Result<Vec<Value>, PayloadError> {
     let v: Value =
         serde_json::from_slice(body).map_err(|e| PayloadError::NotJson(e.to_string()))?;
     let Value::Array(items) = v else {
@@ -156,41 +191,54 @@ pub fn parse_events(
     if items.len() > 100 {
         return Err(PayloadError::TooMany(items.len()));
     }
-    items
-        .iter()
-        .enumerate()
-        .map(|(index, e)| {
-            let bad = || PayloadError::BadEvent { index };
-            if !e.is_object() {
-                return Err(bad());
-            }
-            let event_id = text(e, "eventId")
-                .filter(|id| !id.is_empty())
-                .ok_or_else(bad)?;
-            let subscription_type = e
-                .get("subscriptionType")
-                .and_then(Value::as_str)
-                .ok_or_else(bad)?
-                .to_owned();
-            let object_id = text(e, "objectId");
-            let occurred_at = e.get("occurredAt").and_then(Value::as_i64);
-            let (deal_id, property, relevant) = classify(e, &subscription_type, side, fields);
-            let note_id = (subscription_type.starts_with("object.")
-                && e.get("objectTypeId").and_then(Value::as_str) == Some("0-46"))
-            .then(|| object_id.clone())
-            .flatten();
-            Ok(InboxEvent {
-                note_id,
-                event_id,
-                subscription_type,
-                object_id,
-                occurred_at,
-                deal_id,
-                property,
-                relevant,
-            })
-        })
-        .collect()
+    Ok(items)
+}
+
+/// Event `index` of a delivery, read as `side`'s.
+fn parse_event(
+    index: usize,
+    e: &Value,
+    side: Side,
+    fields: &[FieldSpec],
+) -> Result<InboxEvent, PayloadError> {
+    let bad = || PayloadError::BadEvent { index };
+    if !e.is_object() {
+        return Err(bad());
+    }
+    let event_id = text(e, "eventId")
+        .filter(|id| !id.is_empty())
+        .ok_or_else(bad)?;
+    let subscription_type = e
+        .get("subscriptionType")
+        .and_then(Value::as_str)
+        .ok_or_else(bad)?
+        .to_owned();
+    let object_id = text(e, "objectId");
+    let occurred_at = e.get("occurredAt").and_then(Value::as_i64);
+    let (deal_id, property, relevant) = classify(e, &subscription_type, side, fields);
+    let note_id = (subscription_type.starts_with("object.")
+        && e.get("objectTypeId").and_then(Value::as_str) == Some("0-46"))
+    .then(|| object_id.clone())
+    .flatten();
+    Ok(InboxEvent {
+        note_id,
+        event_id,
+        subscription_type,
+        object_id,
+        occurred_at,
+        deal_id,
+        property,
+        relevant,
+    })
+}
+
+/// The `portalId` an event is about (HubSpot sends a number; a numeric string is taken too).
+fn portal_id_of(e: &Value) -> Option<u64> {
+    match e.get("portalId")? {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
 }
 
 type Classified = (Option<String>, Option<(String, Option<String>)>, bool);
@@ -300,6 +348,7 @@ pub async fn serve(
         app = app.route(&o.callback_path(), get(oauth_callback));
     }
     let app = app
+        .route("/webhooks", post(receive_app))
         .route("/webhooks/{portal}", post(receive))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -517,6 +566,42 @@ fn refuse(status: StatusCode, message: String) -> Response {
     (status, Json(json!({"status": "error", "message": message}))).into_response()
 }
 
+/// The URL HubSpot called, as it signed it (see the module doc).
+fn called_url(l: &Listener, uri: &Uri, headers: &HeaderMap) -> String {
+    let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    match &l.public_url {
+        Some(base) => format!("{}{path}", base.trim_end_matches('/')),
+        None => {
+            let host = headers
+                .get(axum::http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("");
+            format!("http://{host}{path}")
+        }
+    }
+}
+
+/// Checks a delivery's v3 signature with `secret` over the URL it was sent to.
+fn verify(
+    l: &Listener,
+    secret: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), signature::SignatureError> {
+    let full = called_url(l, uri, headers);
+    let header = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
+    signature::verify_v3(
+        secret,
+        "POST",
+        &signature::decode_uri_for_signature(&full),
+        body,
+        header("x-hubspot-request-timestamp"),
+        header("x-hubspot-signature-v3"),
+        store::now_ms(),
+    )
+}
+
 async fn receive(
     State(s): State<Arc<Shared>>,
     Path(portal): Path<String>,
@@ -530,27 +615,7 @@ async fn receive(
             format!("no portal named {portal:?} takes webhooks here"),
         );
     };
-    let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let full = match &s.listener.public_url {
-        Some(base) => format!("{}{path}", base.trim_end_matches('/')),
-        None => {
-            let host = headers
-                .get(axum::http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("");
-            format!("http://{host}{path}")
-        }
-    };
-    let header = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
-    if let Err(e) = signature::verify_v3(
-        &p.secret,
-        "POST",
-        &signature::decode_uri_for_signature(&full),
-        &body,
-        header("x-hubspot-request-timestamp"),
-        header("x-hubspot-signature-v3"),
-        store::now_ms(),
-    ) {
+    if let Err(e) = verify(&s.listener, &p.secret, &uri, &headers, &body) {
         tracing::warn!(portal = %p.name, error = %e, "webhook refused");
         return refuse(StatusCode::UNAUTHORIZED, e.to_string());
     }
@@ -561,17 +626,143 @@ async fn receive(
             return refuse(StatusCode::BAD_REQUEST, e.to_string());
         }
     };
-    let (name, side) = (p.name.clone(), p.side);
-    settle(&s.listener, &name, side, &events).await;
-    let fields = s.listener.fields.clone();
-    let stages = s
-        .listener
-        .stage_maps
-        .get(&name)
-        .cloned()
-        .unwrap_or_default();
-    let accepted = s
-        .listener
+    match accept(&s.listener, &p.name, p.side, events).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => unavailable(&p.name, &e),
+    }
+}
+
+fn unavailable(portal: &str, e: &store::StoreError) -> Response {
+    tracing::error!(portal = %portal, error = %e, "cannot store webhook events; HubSpot will retry");
+    refuse(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the event store is unavailable; retry later".into(),
+    )
+}
+
+/// The OAuth app's single target: one delivery may carry events of every portal that
+/// installed the app (or names its id in the config). Verified with the app's client secret,
+/// split by `portalId`, each part accepted as `/webhooks/{portal}` would; events of portals
+/// nobody configured are counted and dropped. The body is checked whole before anything is
+/// stored, so a malformed delivery stores nothing.
+async fn receive_app(
+    State(s): State<Arc<Shared>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(app) = &s.listener.oauth else {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            "no OAuth app is configured here; a portal's webhooks go to /webhooks/{portal}".into(),
+        );
+    };
+    if let Err(e) = verify(
+        &s.listener,
+        app.client_secret.expose(),
+        &uri,
+        &headers,
+        &body,
+    ) {
+        tracing::warn!(error = %e, "app webhook refused");
+        return refuse(StatusCode::UNAUTHORIZED, e.to_string());
+    }
+    let items = match parse_array(&body) {
+        Ok(items) => items,
+        Err(e) => {
+            tracing::warn!(error = %e, "app webhook body refused");
+            return refuse(StatusCode::BAD_REQUEST, e.to_string());
+        }
+    };
+    let mut ids = Vec::with_capacity(items.len());
+    for (index, e) in items.iter().enumerate() {
+        match portal_id_of(e) {
+            Some(id) => ids.push(id),
+            None => {
+                let e = PayloadError::NoPortal { index };
+                tracing::warn!(error = %e, "app webhook body refused");
+                return refuse(StatusCode::BAD_REQUEST, e.to_string());
+            }
+        }
+    }
+    let routes = match routes(&s.listener, &ids).await {
+        Ok(r) => r,
+        Err(e) => return unavailable("app", &e),
+    };
+    // Per portal, its events in delivery order; the portals in first-seen order.
+    let mut parts: Vec<(&AppPortal, Vec<InboxEvent>)> = Vec::new();
+    let mut unrouted: Vec<u64> = Vec::new();
+    for (index, (e, id)) in items.iter().zip(&ids).enumerate() {
+        let Some(p) = routes.get(id) else {
+            unrouted.push(*id);
+            continue;
+        };
+        let ev = match parse_event(index, e, p.side, &s.listener.fields) {
+            Ok(ev) => ev,
+            Err(e) => {
+                tracing::warn!(portal = %p.name, error = %e, "app webhook body refused");
+                return refuse(StatusCode::BAD_REQUEST, e.to_string());
+            }
+        };
+        match parts.iter_mut().find(|(q, _)| q.name == p.name) {
+            Some((_, v)) => v.push(ev),
+            None => parts.push((p, vec![ev])),
+        }
+    }
+    if !unrouted.is_empty() {
+        if let Some(engine) = &s.listener.engine {
+            engine.metrics.webhook_unrouted(unrouted.len() as u64);
+        }
+        unrouted.sort_unstable();
+        unrouted.dedup();
+        tracing::warn!(events = unrouted.len(), portal_ids = ?unrouted, "app webhook events for portals nobody configured dropped; set portal_id on a static-token portal or install the app in the OAuth portal");
+    }
+    // A store failure after some parts were accepted still answers 503: HubSpot's retry
+    // brings the whole delivery back, and the accepted parts are dropped as duplicates then.
+    for (p, events) in parts {
+        if let Err(e) = accept(&s.listener, &p.name, p.side, events).await {
+            return unavailable(&p.name, &e);
+        }
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// Portal id → configured portal for the ids of one delivery: config ids first, then the
+/// store's installs, read only when an id is not in the config (installs change at runtime:
+/// an install that completes, or a re-install from another account, counts at once).
+async fn routes(l: &Listener, ids: &[u64]) -> Result<HashMap<u64, AppPortal>, store::StoreError> {
+    let mut out: HashMap<u64, AppPortal> = l
+        .app_portals
+        .iter()
+        .filter_map(|p| p.portal_id.map(|id| (id, p.clone())))
+        .collect();
+    if ids.iter().all(|id| out.contains_key(id)) {
+        return Ok(out);
+    }
+    let installs = l.store.call(|c| store::installs(c)).await?;
+    for i in installs {
+        // An install left behind by a portal since removed from the config routes nowhere.
+        if let Some(p) = l.app_portals.iter().find(|p| p.name == i.portal) {
+            out.entry(i.hub_id).or_insert_with(|| p.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Accepts one portal's events: waits for in-flight writes they mention, then dedupes,
+/// judges echoes and queues jobs in one store transaction; wakes the workers when jobs were
+/// queued and the portal's deal poller when an event is about an unlinked deal.
+async fn accept(
+    l: &Listener,
+    name: &str,
+    side: Side,
+    events: Vec<InboxEvent>,
+) -> Result<(), store::StoreError> {
+    settle(l, name, side, &events).await;
+    let fields = l.fields.clone();
+    let stages = l.stage_maps.get(name).cloned().unwrap_or_default();
+    let portal = name.to_owned();
+    let o = l
         .store
         .call(move |c| {
             let is_echo =
@@ -581,30 +772,19 @@ async fn receive(
                         .find(|f| f.name == field)
                         .is_some_and(|f| plan::is_echo(f, &stages, side, value, shadows.get(field)))
                 };
-            store::inbox_accept(c, &name, side, &events, &is_echo)
+            store::inbox_accept(c, &portal, side, &events, &is_echo)
         })
-        .await;
-    match accepted {
-        Ok(o) => {
-            if o.queued > 0 {
-                s.listener.wake.notify_waiters();
-            }
-            if o.unlinked > 0 {
-                if let Some(n) = s.listener.nudges.get(&p.name) {
-                    n.notify_one();
-                }
-            }
-            tracing::debug!(portal = %p.name, accepted = o.accepted, duplicates = o.duplicates, queued = o.queued, echoes = o.echoes, "webhook accepted");
-            StatusCode::NO_CONTENT.into_response()
-        }
-        Err(e) => {
-            tracing::error!(portal = %p.name, error = %e, "cannot store webhook events; HubSpot will retry");
-            refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the event store is unavailable; retry later".into(),
-            )
+        .await?;
+    if o.queued > 0 {
+        l.wake.notify_waiters();
+    }
+    if o.unlinked > 0 {
+        if let Some(n) = l.nudges.get(name) {
+            n.notify_one();
         }
     }
+    tracing::debug!(portal = %name, accepted = o.accepted, duplicates = o.duplicates, queued = o.queued, echoes = o.echoes, "webhook accepted");
+    Ok(())
 }
 
 /// The webhook for our own write often arrives before the engine has committed the shadow

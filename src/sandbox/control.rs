@@ -52,6 +52,10 @@ pub fn router() -> Router<Arc<Shared>> {
             get(files::signed_download),
         )
         .route("/_sandbox/oauth", get(oauth::control_summary))
+        .route(
+            "/_sandbox/oauth/webhooks",
+            get(super::webhooks::get_app_target).put(super::webhooks::put_app_target),
+        )
         .route("/_sandbox/oauth/authorize", post(oauth::control_authorize))
         .route(
             "/_sandbox/oauth/faults",

@@ -69,6 +69,10 @@ pub struct SandboxConfig {
     /// Webhook target URL per portal name.
     pub webhook_targets: Vec<(String, String)>,
     /// Seed for fault injection and generated credentials, for repeatable runs.
+    /// The OAuth app's one webhook target: when set, every portal's events go there (not to
+    /// the portal's own target), signed with the app's client secret, each naming its portal's
+    /// `portalId`. `PUT /_sandbox/oauth/webhooks` changes it while running.
+    pub app_webhook_target: Option<String>,
     pub seed: Option<u64>,
     /// Keep every API response for conformance checks ([`SandboxHandle::recorded`]).
     pub record_responses: bool,
@@ -97,6 +101,7 @@ impl Default for SandboxConfig {
             state_file: None,
             webhook_targets: Vec::new(),
             seed: None,
+            app_webhook_target: None,
             record_responses: false,
             max_body_bytes: 3 * 1024 * 1024,
             max_file_bytes: 512 * 1024 * 1024,
@@ -205,6 +210,8 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The app's webhook target (see [`SandboxConfig::app_webhook_target`]).
+    pub app_target: Mutex<Option<String>>,
     /// Milliseconds since the epoch, never going backwards: writes in one batch share one
     /// instant and later writes never sort before earlier ones.
     pub fn now_ms(&self) -> i64 {
@@ -229,7 +236,10 @@ impl Shared {
     pub fn publish(&self, portal: &Portal, changes: Vec<Change>, source: model::Source) {
         self.touched();
         if !changes.is_empty() {
-            portal.hooks.enqueue(&portal.info, changes, source);
+            let app_target = self.app_target.lock().is_some();
+            portal
+                .hooks
+                .enqueue(&portal.info, changes, source, app_target);
         }
     }
 }
@@ -437,6 +447,9 @@ pub async fn start(config: SandboxConfig) -> Result<SandboxHandle, SandboxError>
         if !portals.iter().any(|p| &p.info.name == name) {
             return Err(SandboxError::Config(format!(
                 "--webhook-target names portal {name}, which is not served"
+    if let Some(url) = &config.app_webhook_target {
+        webhooks::check_target(url).map_err(SandboxError::Config)?;
+    }
             )));
         }
     }
@@ -464,6 +477,7 @@ pub async fn start(config: SandboxConfig) -> Result<SandboxHandle, SandboxError>
     });
     let cancel = CancellationToken::new();
     let app = gate::router(shared.clone());
+        app_target: Mutex::new(config.app_webhook_target.clone()),
     let mut tasks = Vec::new();
     {
         let cancel = cancel.clone();

@@ -2,6 +2,11 @@
 //! request), signed (v3 and v1 headers), sent with at most `max_concurrent` requests in flight,
 //! retried with growing randomised delays (at most 10 retries, `attemptNumber` counting up)
 //! after a non-2xx answer or no answer within the timeout, and never ordered.
+//!
+//! Each portal delivers to its own target signed with its own secret (a static-auth app
+//! installed in that one account) — unless the OAuth app's single target is set: then every
+//! portal's events go there, signed with the app's client secret, as HubSpot does for an app
+//! installed in many accounts.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -188,10 +193,17 @@ impl Hooks {
         st.stats = HookStats::default();
     }
 
-    /// Turns changes into events for every matching active subscription.
-    pub fn enqueue(&self, info: &PortalInfo, changes: Vec<Change>, source: Source) {
+    /// Turns changes into events for every matching active subscription (when there is a
+    /// target: the portal's, or the app's when `app_target`).
+    pub fn enqueue(
+        &self,
+        info: &PortalInfo,
+        changes: Vec<Change>,
+        source: Source,
+        app_target: bool,
+    ) {
         let mut st = self.state.lock();
-        if st.settings.target_url.is_none() {
+        if st.settings.target_url.is_none() && !app_target {
             return;
         }
         let now = Instant::now();
@@ -315,9 +327,14 @@ fn describe(c: &Change) -> Option<(String, ObjectType, u64, i64, Value)> {
 pub async fn dispatch(shared: Arc<Shared>, portal: Arc<Portal>, cancel: CancellationToken) {
     let mut permits: Option<(usize, Arc<Semaphore>)> = None;
     loop {
+        let app_target = shared.app_target.lock().clone();
+        let app_signed = app_target.is_some();
         let (batch, wait, settings) = {
             let mut st = portal.hooks.state.lock();
-            let settings = st.settings.clone();
+            let mut settings = st.settings.clone();
+            if app_target.is_some() {
+                settings.target_url = app_target;
+            }
             let now = Instant::now();
             let mut batch = Vec::new();
             let mut keep = VecDeque::with_capacity(st.pending.len());
@@ -365,13 +382,19 @@ pub async fn dispatch(shared: Arc<Shared>, portal: Arc<Portal>, cancel: Cancella
         };
         let (shared, portal) = (shared.clone(), portal.clone());
         tokio::spawn(async move {
-            send(&shared, &portal, batch, &settings).await;
+            send(&shared, &portal, batch, &settings, app_signed).await;
             drop(permit);
         });
     }
 }
 
-async fn send(shared: &Shared, portal: &Portal, batch: Vec<Pending>, settings: &WebhookSettings) {
+async fn send(
+    shared: &Shared,
+    portal: &Portal,
+    batch: Vec<Pending>,
+    settings: &WebhookSettings,
+    app_signed: bool,
+) {
     let faults = portal.faults.lock().clone();
     let mut events = Vec::with_capacity(batch.len());
     let mut copies = false;
@@ -458,7 +481,11 @@ async fn send(shared: &Shared, portal: &Portal, batch: Vec<Pending>, settings: &
     };
     let signed_uri = crate::signature::decode_uri_for_signature(url.as_str());
     let ts = chrono::Utc::now().timestamp_millis();
-    let secret = &portal.info.webhook_secret;
+    let secret = if app_signed {
+        &shared.oauth.app.client_secret
+    } else {
+        &portal.info.webhook_secret
+    };
     let mut req = shared
         .http
         .post(url)
@@ -539,6 +566,51 @@ async fn send(shared: &Shared, portal: &Portal, batch: Vec<Pending>, settings: &
     );
     drop(st);
     portal.hooks.wake.notify_one();
+}
+
+/// Why `url` cannot be a webhook target, if it cannot.
+pub fn check_target(url: &str) -> Result<(), String> {
+    let ok = reqwest::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("target_url {url} is not an http(s) URL"))
+    }
+}
+
+/// `PUT /_sandbox/oauth/webhooks` body: the app's target, or `null` to go back to each
+/// portal's own.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppTarget {
+    pub target_url: Option<String>,
+}
+
+/// `GET /_sandbox/oauth/webhooks`.
+pub async fn get_app_target(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+) -> axum::response::Response {
+    let t = shared.app_target.lock().clone();
+    super::objects::reply(axum::http::StatusCode::OK, json!({ "target_url": t }))
+}
+
+/// `PUT /_sandbox/oauth/webhooks`: every portal delivers to `target_url` from now on (events
+/// already waiting included), signed with the app's client secret.
+pub async fn put_app_target(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+    super::params::Json(t): super::params::Json<AppTarget>,
+) -> super::error::ApiResult<axum::response::Response> {
+    if let Some(url) = &t.target_url {
+        check_target(url).map_err(super::error::ApiError::validation)?;
+    }
+    *shared.app_target.lock() = t.target_url.clone();
+    for p in &shared.portals {
+        p.hooks.wake.notify_one();
+    }
+    Ok(super::objects::reply(
+        axum::http::StatusCode::OK,
+        json!({ "target_url": t.target_url }),
+    ))
 }
 
 fn push_log(st: &mut HookState, d: Delivery) {
