@@ -502,7 +502,9 @@ impl Client {
         let mut out = BatchOutcome::default();
         for chunk in updates.chunks(BATCH) {
             let body = json!({
-                "inputs": chunk.iter().map(|(id, p)| json!({ "id": id, "properties": p })).collect::<Vec<_>>(),
+                // A distinct objectWriteTraceId per input lets HubSpot fail one input alone
+                // (a portal rule, a bad value) instead of the whole call (docs "Error handling").
+                "inputs": chunk.iter().map(|(id, p)| json!({ "id": id, "properties": p, "objectWriteTraceId": id })).collect::<Vec<_>>(),
             });
             match self
                 .call(
@@ -549,7 +551,7 @@ impl Client {
                                 .find(|e| error_mentions(e, id))
                                 .or(errors.first())
                             {
-                                Some(why) => batch_error(&self.portal, Some(why)),
+                                Some(why) => batch_error(&self.portal, Some(why)).on_record(object, id),
                                 // Neither written nor named in an error: a broken answer.
                                 None => decode(
                                     &self.portal,

@@ -1544,9 +1544,9 @@ const HELD_RETRY_MS: i64 = 30_000;
 
 fn failed(e: &CrmError) -> Outcome {
     Outcome::Failed {
-        error: e.to_string(),
+        error: e.report(),
         class: e.class(),
-        fine_class: "permanent",
+        fine_class: e.fine_class(),
     }
 }
 

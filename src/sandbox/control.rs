@@ -107,6 +107,7 @@ async fn reset(State(shared): State<Arc<Shared>>, RawQuery(q): RawQuery) -> ApiR
         *p.data.lock() = fresh;
         *p.counters.lock() = Counters::default();
         p.hooks.clear();
+        p.validations.lock().clear();
     }
     shared.touched();
     Ok(StatusCode::NO_CONTENT.into_response())

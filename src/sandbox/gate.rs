@@ -189,13 +189,15 @@ pub fn router(shared: Arc<Shared>) -> Router {
                 get(files::signed_url),
             );
     }
+    api = super::validations::routes(api);
     let api = api
         .route("/files/v3/files/{file_id}/download", get(files::download))
         .route_layer(middleware::from_fn_with_state(shared.clone(), gate));
 
     let sandbox = control::router()
         .merge(super::inbox::router())
-        .merge(super::oauth::router());
+        .merge(super::oauth::router())
+        .merge(super::validations::control_router());
 
     let limit = BodyLimit(shared.config.max_body_bytes);
     Router::new()

@@ -30,6 +30,7 @@ mod objects;
 mod params;
 mod schema;
 mod search;
+mod validations;
 mod webhooks;
 
 use std::collections::HashMap;
@@ -189,6 +190,8 @@ pub(crate) struct Portal {
     pub faults: Mutex<Faults>,
     pub counters: Mutex<gate::Counters>,
     pub hooks: webhooks::Hooks,
+    /// The portal's own write-validation rules (enforced on 2026-09 writes).
+    pub validations: Mutex<validations::Rules>,
 }
 
 /// State shared by every handler.
@@ -440,6 +443,7 @@ pub async fn start(config: SandboxConfig) -> Result<SandboxHandle, SandboxError>
             faults: Mutex::new(Faults::default()),
             counters: Mutex::new(gate::Counters::default()),
             hooks: webhooks::Hooks::new(target),
+            validations: Mutex::new(validations::Rules::default()),
             info,
         }));
     }

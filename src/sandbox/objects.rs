@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::extract::{Path, RawQuery, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use serde::Deserialize;
@@ -15,6 +15,7 @@ use super::error::{ApiError, ApiResult};
 use super::gate::Ctx;
 use super::model::*;
 use super::params::{object_type, Json, Query};
+use super::validations::{self, Rules};
 use super::{search, Shared};
 
 /// Most inputs one batch call takes.
@@ -322,7 +323,9 @@ fn create_one(
     source: Source,
     now: i64,
     changes: &mut Vec<Change>,
+    rules: Option<&Rules>,
 ) -> ApiResult<u64> {
+    validations::check(rules, t, None, &input.properties)?;
     let plan = plan_associations(data, t, &input.associations)?;
     let id = data.create(t, &input.properties, source, now, changes)?;
     for (to, types) in plan {
@@ -335,14 +338,24 @@ pub async fn create(
     State(shared): State<Arc<Shared>>,
     Extension(ctx): Extension<Ctx>,
     Path(t): Path<String>,
+    uri: Uri,
     Json(input): Json<CreateInput>,
 ) -> ApiResult<Response> {
     let t = object_type(&t)?;
+    let rules = validations::for_write(&ctx.portal, uri.path());
     let now = shared.now_ms();
     let mut changes = Vec::new();
     let body = {
         let mut data = ctx.portal.data.lock();
-        let id = create_one(&mut data, t, &input, ctx.source, now, &mut changes)?;
+        let id = create_one(
+            &mut data,
+            t,
+            &input,
+            ctx.source,
+            now,
+            &mut changes,
+            rules.as_ref(),
+        )?;
         let obj = data.live(t, id)?;
         render(&data, t, obj, &written_view(&input.properties, t), i64::MAX)
     };
@@ -388,15 +401,18 @@ pub async fn update(
     Extension(ctx): Extension<Ctx>,
     Path((t, id)): Path<(String, String)>,
     RawQuery(q): RawQuery,
+    uri: Uri,
     Json(input): Json<UpdateInput>,
 ) -> ApiResult<Response> {
     let t = object_type(&t)?;
     let q = Query::parse(q.as_deref());
+    let rules = validations::for_write(&ctx.portal, uri.path());
     let now = shared.now_ms();
     let mut changes = Vec::new();
     let body = {
         let mut data = ctx.portal.data.lock();
         let id = data.resolve(t, &id, q.get("idProperty"))?;
+        validations::check(rules.as_ref(), t, data.live(t, id).ok(), &input.properties)?;
         data.update(t, id, &input.properties, ctx.source, now, &mut changes)?;
         let obj = data.live(t, id)?;
         render(&data, t, obj, &written_view(&input.properties, t), i64::MAX)
@@ -514,10 +530,13 @@ pub async fn batch(
     Extension(ctx): Extension<Ctx>,
     Path((t, op)): Path<(String, String)>,
     RawQuery(q): RawQuery,
+    uri: Uri,
     Json(input): Json<BatchInput>,
 ) -> ApiResult<Response> {
     let t = object_type(&t)?;
     let q = Query::parse(q.as_deref());
+    let rules = validations::for_write(&ctx.portal, uri.path());
+    let rules = rules.as_ref();
     if input.inputs.len() > MAX_BATCH {
         return Err(ApiError::validation(format!(
             "Batch input has {} inputs; the limit is {MAX_BATCH}. Split the call.",
@@ -540,9 +559,9 @@ pub async fn batch(
         let mut data = ctx.portal.data.lock();
         match op.as_str() {
             "read" => batch_read(&data, t, &input, q.flag("archived")?, now)?,
-            "create" => batch_create(&mut data, t, &input, ctx.source, now, &mut changes)?,
-            "update" => batch_update(&mut data, t, &input, ctx.source, now, &mut changes)?,
-            "upsert" => batch_upsert(&mut data, t, &input, ctx.source, now, &mut changes)?,
+            "create" => batch_create(&mut data, t, &input, ctx.source, now, &mut changes, rules)?,
+            "update" => batch_update(&mut data, t, &input, ctx.source, now, &mut changes, rules)?,
+            "upsert" => batch_upsert(&mut data, t, &input, ctx.source, now, &mut changes, rules)?,
             "archive" => {
                 for v in &input.inputs {
                     let id = v.get("id").map(|v| match v {
@@ -624,6 +643,7 @@ fn batch_create(
     source: Source,
     now: i64,
     changes: &mut Vec<Change>,
+    rules: Option<&Rules>,
 ) -> ApiResult<(StatusCode, Value)> {
     let inputs: Vec<CreateInput> = parse_inputs(&input.inputs)?;
     let partial = traced(
@@ -636,6 +656,7 @@ fn batch_create(
         // All or nothing: check every input before writing any.
         let mut seen = UniqueSeen::default();
         for i in &inputs {
+            validations::check(rules, t, None, &i.properties)?;
             let values = data.check_create(t, &i.properties)?;
             plan_associations(data, t, &i.associations)?;
             seen.check(data, t, &values)?;
@@ -644,7 +665,7 @@ fn batch_create(
     let mut results = Vec::new();
     let mut errors = Vec::new();
     for i in &inputs {
-        match create_one(data, t, i, source, now, changes) {
+        match create_one(data, t, i, source, now, changes, rules) {
             Ok(id) => {
                 let obj = data.live(t, id)?;
                 let mut v = render(data, t, obj, &written_view(&i.properties, t), i64::MAX);
@@ -676,6 +697,7 @@ fn batch_update(
     source: Source,
     now: i64,
     changes: &mut Vec<Change>,
+    rules: Option<&Rules>,
 ) -> ApiResult<(StatusCode, Value)> {
     let inputs: Vec<BatchUpdateInput> = parse_inputs(&input.inputs)?;
     let mut seen = HashSet::new();
@@ -712,6 +734,7 @@ fn batch_update(
         let mut seen = UniqueSeen::default();
         for (i, id) in inputs.iter().zip(&resolved) {
             if let Some(id) = id {
+                validations::check(rules, t, data.live(t, *id).ok(), &i.properties)?;
                 let values = data.check_update(t, *id, &i.properties)?;
                 seen.check(data, t, &values)?;
             }
@@ -721,7 +744,10 @@ fn batch_update(
     let mut errors = Vec::new();
     for (i, id) in inputs.iter().zip(resolved) {
         let Some(id) = id else { continue };
-        match data.update(t, id, &i.properties, source, now, changes) {
+        // A portal rule fails this input alone, like any other per-input error.
+        let written = validations::check(rules, t, data.live(t, id).ok(), &i.properties)
+            .and_then(|()| data.update(t, id, &i.properties, source, now, changes));
+        match written {
             Ok(()) => {
                 let obj = data.live(t, id)?;
                 let mut v = render(data, t, obj, &written_view(&i.properties, t), i64::MAX);
@@ -752,6 +778,7 @@ fn batch_upsert(
     source: Source,
     now: i64,
     changes: &mut Vec<Change>,
+    rules: Option<&Rules>,
 ) -> ApiResult<(StatusCode, Value)> {
     let inputs: Vec<BatchUpdateInput> = parse_inputs(&input.inputs)?;
     let mut seen = HashSet::new();
@@ -776,11 +803,13 @@ fn batch_upsert(
         }
         match data.resolve(t, &i.id, Some(prop)) {
             Ok(id) => {
+                validations::check(rules, t, data.live(t, id).ok(), &i.properties)?;
                 data.check_update(t, id, &i.properties)?;
             }
             Err(_) => {
                 let mut props = i.properties.clone();
                 props.insert(prop.to_owned(), json!(i.id));
+                validations::check(rules, t, None, &props)?;
                 data.check_create(t, &props)?;
             }
         }
