@@ -461,3 +461,84 @@ async fn an_oauth_portal_is_routed_by_the_id_its_install_learned() {
     );
     d.shutdown().await;
 }
+
+/// The config side: `portal_id` on static portals reaches the app target's routing, an OAuth
+/// portal's budget defaults to HubSpot's 110 per 10 s per install, and ambiguous ids are
+/// refused naming the key.
+mod config {
+    use std::collections::HashMap;
+
+    use dealsync::config::Config;
+
+    const BASE: &str = r#"
+[store]
+path = "/tmp/x.db"
+dead_letter_path = "/tmp/x.jsonl"
+[hubspot]
+base_url = "http://127.0.0.1:1"
+token_env = "HS"
+HUBSPOT_EXTRA
+[[partners]]
+name = "p"
+base_url = "http://127.0.0.1:1"
+PARTNER_EXTRA
+[partners.stage_map]
+a = "b"
+[oauth]
+client_id = "cid"
+client_secret_env = "CS"
+redirect_url = "https://sync.example.com/oauth/callback"
+[webhooks]
+listen = "127.0.0.1:0"
+public_url = "https://sync.example.com"
+"#;
+
+    fn load(hubspot: &str, partner: &str) -> Result<Config, String> {
+        let text = BASE
+            .replace("HUBSPOT_EXTRA", hubspot)
+            .replace("PARTNER_EXTRA", partner);
+        let env = HashMap::from([
+            ("HS".to_owned(), "hs-token".to_owned()),
+            ("PT".to_owned(), "pt-token".to_owned()),
+            ("CS".to_owned(), "client-secret-value".to_owned()),
+        ]);
+        Config::from_toml_str(&text, &env).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn static_portal_ids_route_the_app_target_and_oauth_budgets_default_to_110() {
+        let c = load("portal_id = 42", "auth = \"oauth\"").expect("loads");
+        assert_eq!(c.hubspot.portal_id, Some(42));
+        assert_eq!(
+            c.hubspot.rate_limit_per_10s, 100,
+            "a static token keeps 100"
+        );
+        assert_eq!(c.partners[0].portal.rate_limit_per_10s, 110);
+        let w = c.daemon_parts().webhooks.expect("listener");
+        assert_eq!(
+            w.app.portal_ids,
+            HashMap::from([("hubspot".to_owned(), 42)])
+        );
+        assert!(w.app.oauth.is_some(), "the app signs POST /webhooks");
+
+        // An explicit budget wins over the OAuth default.
+        let c = load("", "auth = \"oauth\"\nrate_limit_per_10s = 50").expect("loads");
+        assert_eq!(c.partners[0].portal.rate_limit_per_10s, 50);
+    }
+
+    #[test]
+    fn ambiguous_or_misplaced_portal_ids_are_refused_naming_the_key() {
+        let e = load("portal_id = 7", "token_env = \"PT\"\nportal_id = 7").unwrap_err();
+        assert!(
+            e.contains("partners[0].portal_id") && e.contains("hubspot"),
+            "{e}"
+        );
+        let e = load("", "auth = \"oauth\"\nportal_id = 7").unwrap_err();
+        assert!(
+            e.contains("partners[0].portal_id") && e.contains("install"),
+            "{e}"
+        );
+        let e = load("portal_id = 0", "auth = \"oauth\"").unwrap_err();
+        assert!(e.contains("hubspot.portal_id"), "{e}");
+    }
+}
