@@ -69,11 +69,11 @@ pub struct SandboxConfig {
     pub state_file: Option<PathBuf>,
     /// Webhook target URL per portal name.
     pub webhook_targets: Vec<(String, String)>,
-    /// Seed for fault injection and generated credentials, for repeatable runs.
     /// The OAuth app's one webhook target: when set, every portal's events go there (not to
     /// the portal's own target), signed with the app's client secret, each naming its portal's
     /// `portalId`. `PUT /_sandbox/oauth/webhooks` changes it while running.
     pub app_webhook_target: Option<String>,
+    /// Seed for fault injection and generated credentials, for repeatable runs.
     pub seed: Option<u64>,
     /// Keep every API response for conformance checks ([`SandboxHandle::recorded`]).
     pub record_responses: bool,
@@ -101,8 +101,8 @@ impl Default for SandboxConfig {
             search_per_s: Some(5),
             state_file: None,
             webhook_targets: Vec::new(),
-            seed: None,
             app_webhook_target: None,
+            seed: None,
             record_responses: false,
             max_body_bytes: 3 * 1024 * 1024,
             max_file_bytes: 512 * 1024 * 1024,
@@ -210,11 +210,11 @@ pub(crate) struct Shared {
     pub inbox: Mutex<inbox::Inbox>,
     /// The OAuth app, its codes and tokens.
     pub oauth: oauth::OAuth,
+    /// The app's webhook target (see [`SandboxConfig::app_webhook_target`]).
+    pub app_target: Mutex<Option<String>>,
 }
 
 impl Shared {
-    /// The app's webhook target (see [`SandboxConfig::app_webhook_target`]).
-    pub app_target: Mutex<Option<String>>,
     /// Milliseconds since the epoch, never going backwards: writes in one batch share one
     /// instant and later writes never sort before earlier ones.
     pub fn now_ms(&self) -> i64 {
@@ -447,13 +447,13 @@ pub async fn start(config: SandboxConfig) -> Result<SandboxHandle, SandboxError>
             info,
         }));
     }
+    if let Some(url) = &config.app_webhook_target {
+        webhooks::check_target(url).map_err(SandboxError::Config)?;
+    }
     for (name, _) in &config.webhook_targets {
         if !portals.iter().any(|p| &p.info.name == name) {
             return Err(SandboxError::Config(format!(
                 "--webhook-target names portal {name}, which is not served"
-    if let Some(url) = &config.app_webhook_target {
-        webhooks::check_target(url).map_err(SandboxError::Config)?;
-    }
             )));
         }
     }
@@ -477,11 +477,11 @@ pub async fn start(config: SandboxConfig) -> Result<SandboxHandle, SandboxError>
             config.oauth_rotate_refresh,
         ),
         portals,
+        app_target: Mutex::new(config.app_webhook_target.clone()),
         config,
     });
     let cancel = CancellationToken::new();
     let app = gate::router(shared.clone());
-        app_target: Mutex::new(config.app_webhook_target.clone()),
     let mut tasks = Vec::new();
     {
         let cancel = cancel.clone();
