@@ -77,12 +77,24 @@ impl World {
     /// A daemon where partner-a authenticates through its OAuth install (HubSpot's portal
     /// keeps a static token).
     async fn start(&self) -> DaemonHandle {
+        self.start_with(dealsync::crm::ApiVersions::default(), true)
+            .await
+    }
+
+    /// A daemon on `api`, with partner-a on its OAuth install or (`oauth` false) on its
+    /// static token.
+    async fn start_with(&self, api: dealsync::crm::ApiVersions, oauth: bool) -> DaemonHandle {
+        let mut hubspot = common::conn(&self.sb, "hubspot");
         let mut partner = common::conn(&self.sb, "partner-a");
-        partner.token = String::new();
-        partner.oauth = Some(self.app.clone());
+        hubspot.api = api;
+        partner.api = api;
+        if oauth {
+            partner.token = String::new();
+            partner.oauth = Some(self.app.clone());
+        }
         let mut parts = common::parts(
             self.dir.path(),
-            common::conn(&self.sb, "hubspot"),
+            hubspot,
             vec![partner],
             common::settings(self.dir.path()),
         );
@@ -152,6 +164,13 @@ impl World {
             .call(move |c| store::enqueue_now(c, &[id], "test"))
             .await
             .expect("enqueue");
+        common::eventually("the first sync", WAIT, || async {
+            let sh = store.call(move |c| store::shadows(c, &[id])).await.ok()?;
+            sh.get(&id)
+                .is_some_and(|m| m.contains_key("dealname"))
+                .then_some(())
+        })
+        .await;
         (p, h)
     }
 }
@@ -352,4 +371,69 @@ async fn bad_callbacks_install_nothing_and_say_what_to_do() {
     assert_eq!(status, 409, "{page}");
     assert!(page.contains("already installed as partner-a"), "{page}");
     d.shutdown().await;
+}
+
+/// Migration (issue 15 item 8): a deployment on the legacy paths with a static token moves to
+/// 2026-09 and OAuth; its link, shadows, cursors and a job queued while it was down survive,
+/// and the first sync afterwards records no conflict.
+#[tokio::test]
+async fn moving_from_legacy_tokens_to_dated_oauth_keeps_links_shadows_cursors_and_jobs() {
+    let w = World::new(Duration::from_secs(1800), false).await;
+    let legacy = dealsync::crm::ApiVersions::all(dealsync::crm::ApiVersion::Legacy);
+    let d = w.start_with(legacy, false).await;
+    let (p, h) = w.pair(&d.store).await;
+    common::wait_deal_prop(&w.pa, &p, "dealname", "Over OAuth").await;
+    common::set_deal(&w.pa, &p, json!({ "dealname": "Before the move" })).await;
+    common::wait_deal_prop(&w.hs, &h, "dealname", "Before the move").await;
+    let before = snapshot(&d.store).await;
+    assert_eq!(before.2, 0, "no conflict before the move");
+    d.shutdown().await;
+
+    // While dealsync is down for the upgrade, a change is queued for the link.
+    let store = Store::open(&w.dir.path().join("dealsync.db"))
+        .await
+        .expect("store");
+    let link_id = before.0;
+    store
+        .call(move |c| store::enqueue_now(c, &[link_id], "test"))
+        .await
+        .expect("enqueue");
+    drop(store);
+    common::set_deal(&w.hs, &h, json!({ "dealname": "During the move" })).await;
+
+    let d = w.start().await;
+    let link = oauth::install_link(&w.app, &d.store, "partner-a")
+        .await
+        .expect("link");
+    assert_eq!(w.install(&link, "partner-a").await.0, 200);
+    common::wait_deal_prop(&w.pa, &p, "dealname", "During the move").await;
+    let after = snapshot(&d.store).await;
+    assert_eq!(after.0, before.0, "the same link");
+    assert!(
+        after.1 >= before.1,
+        "cursors never move back: {before:?} -> {after:?}"
+    );
+    let conflicts = d
+        .store
+        .call(move |c| store::conflicts_for(c, link_id))
+        .await
+        .expect("conflicts");
+    assert_eq!(
+        after.2, 0,
+        "no conflict: the shadows carried over: {conflicts:?}"
+    );
+    d.shutdown().await;
+}
+
+/// (link id, partner-a's cursor, conflicts recorded) of the only link.
+async fn snapshot(store: &Store) -> (i64, i64, usize) {
+    store
+        .call(|c| {
+            let id: i64 = c.query_row("SELECT id FROM links", [], |r| r.get(0))?;
+            let cursor = store::cursor(c, "partner-a")?.unwrap_or(0);
+            let conflicts = store::conflicts_for(c, id)?.len();
+            Ok((id, cursor, conflicts))
+        })
+        .await
+        .expect("snapshot")
 }
