@@ -57,6 +57,7 @@ pub fn router() -> Router<Arc<Shared>> {
             get(super::webhooks::get_app_target).put(super::webhooks::put_app_target),
         )
         .route("/_sandbox/oauth/authorize", post(oauth::control_authorize))
+        .route("/_sandbox/oauth/tokens", get(oauth::control_tokens))
         .route(
             "/_sandbox/oauth/faults",
             put(oauth::control_put_faults).delete(oauth::control_clear_faults),

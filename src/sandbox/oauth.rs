@@ -744,6 +744,30 @@ pub async fn control_summary(State(shared): State<Arc<Shared>>) -> Response {
     reply(StatusCode::OK, body)
 }
 
+/// `GET /_sandbox/oauth/tokens`: TEST ONLY, the one control that shows secrets. Every access
+/// token still remembered (live, and expired ones until they are forgotten) and every live
+/// refresh token, with the portal each acts for, so a leak test can search a client's
+/// output for the tokens it was actually given. Rotated-away and revoked tokens are gone.
+pub async fn control_tokens(State(shared): State<Arc<Shared>>) -> Response {
+    let name = |i: usize| shared.portals[i].info.name.clone();
+    let g = shared.oauth.grants.lock();
+    let access: Vec<Value> = g
+        .access
+        .iter()
+        .map(|(t, a)| json!({ "token": t, "portal": name(a.portal), "expires_ms": a.expires_ms }))
+        .collect();
+    let refresh: Vec<Value> = g
+        .refresh
+        .iter()
+        .map(|(t, r)| json!({ "token": t, "portal": name(r.portal) }))
+        .collect();
+    drop(g);
+    reply(
+        StatusCode::OK,
+        json!({ "access": access, "refresh": refresh }),
+    )
+}
+
 /// `PUT /_sandbox/oauth/faults`: replaces the pending token faults.
 pub async fn control_put_faults(
     State(shared): State<Arc<Shared>>,
