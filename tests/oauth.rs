@@ -347,13 +347,18 @@ async fn bad_callbacks_install_nothing_and_say_what_to_do() {
         .to_owned();
     let faults = reqwest::Client::new()
         .put(format!("{}/_sandbox/oauth/faults", w.sb.base_url))
-        .json(&json!({ "status": 503, "count": 1 }))
+        .json(&json!({ "status": 503, "count": 1, "garbage": 1 }))
         .send()
         .await
         .expect("faults");
     assert!(faults.status().is_success());
-    let (status, page) = w.open(&back).await;
-    assert_eq!(status, 502, "{page}");
+    // A 5xx, then a 200 whose body is not JSON: neither installs, neither uses up the link.
+    for what in ["a 503", "garbage"] {
+        let (status, page) = w.open(&back).await;
+        assert_eq!(status, 502, "{what}: {page}");
+        assert!(page.contains("token endpoint failed"), "{what}: {page}");
+        assert!(install_state(&d.store).await.is_none(), "{what}");
+    }
     let (status, page) = w.open(&back).await;
     assert_eq!(
         status, 200,
