@@ -551,7 +551,9 @@ impl Client {
                                 .find(|e| error_mentions(e, id))
                                 .or(errors.first())
                             {
-                                Some(why) => batch_error(&self.portal, Some(why)).on_record(object, id),
+                                Some(why) => {
+                                    batch_error(&self.portal, Some(why)).on_record(object, id)
+                                }
                                 // Neither written nor named in an error: a broken answer.
                                 None => decode(
                                     &self.portal,
