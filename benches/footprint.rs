@@ -16,13 +16,14 @@ use serde_json::json;
 
 const LINKS: usize = 100_000;
 
-/// The store's size: `FOOTPRINT_LINKS` if set (to try the benchmark quickly), else `LINKS`.
+/// The store's size: `FOOTPRINT_LINKS` if set (to try the benchmark quickly), else 1,000 under
+/// `BENCH_SMOKE`, else `LINKS`.
 fn links() -> usize {
     match std::env::var("FOOTPRINT_LINKS") {
         Ok(v) => v
             .parse()
             .unwrap_or_else(|_| panic!("FOOTPRINT_LINKS={v} is not a number of links")),
-        Err(_) => LINKS,
+        Err(_) => support::size(LINKS, 1_000),
     }
 }
 
@@ -104,6 +105,6 @@ sweep_interval_ms = 86400000
     let rss = rss_mb(daemon.id());
     println!(
         "{}",
-        json!({ "idle_rss_mb": (rss * 10.0).round() / 10.0, "links": links })
+        support::mark(json!({ "idle_rss_mb": (rss * 10.0).round() / 10.0, "links": links }))
     );
 }

@@ -58,6 +58,11 @@ const CLIENTS: usize = 12;
 const DEFAULT_LINKS: usize = 2_000;
 const WARMUP: Duration = Duration::from_secs(1);
 const WINDOW: Duration = Duration::from_secs(10);
+/// Under `BENCH_SMOKE` (CI) the phases are shorter (warm-up 0.5 s, window 2 s, paced 1 s) and
+/// there are 200 links; the code path is the same.
+fn smoke_or(full: Duration, smoke_ms: u64) -> Duration {
+    support::duration(full, Duration::from_millis(smoke_ms))
+}
 const PACED_EVENTS_PER_S: f64 = 2_000.0;
 const PACED: Duration = Duration::from_secs(5);
 static LINKS: OnceLock<usize> = OnceLock::new();
@@ -227,7 +232,12 @@ async fn count(store: &Store, sql: &'static str) -> i64 {
 
 fn main() {
     let clients = env_or("INGEST_CLIENTS", CLIENTS);
-    let links = *LINKS.get_or_init(|| env_or("INGEST_LINKS", DEFAULT_LINKS));
+    let links = *LINKS.get_or_init(|| env_or("INGEST_LINKS", support::size(DEFAULT_LINKS, 200)));
+    let (warmup, window, paced_for) = (
+        smoke_or(WARMUP, 500),
+        smoke_or(WINDOW, 2_000),
+        smoke_or(PACED, 1_000),
+    );
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let line = rt.block_on(async {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -269,8 +279,8 @@ fn main() {
 
         // Saturation: closed-loop senders.
         let next_event = Arc::new(AtomicU64::new(1));
-        let window_start = Instant::now() + WARMUP;
-        let window_end = window_start + WINDOW;
+        let window_start = Instant::now() + warmup;
+        let window_end = window_start + window;
         let mut set = tokio::task::JoinSet::new();
         for i in 0..clients {
             set.spawn(sender(
@@ -290,7 +300,7 @@ fn main() {
         let inbox_after_closed = count(&store, "SELECT COUNT(*) FROM webhook_events").await;
 
         // Ack latency at the target rate, offered open loop.
-        let mut open = paced(url, next_event.clone(), PACED_EVENTS_PER_S, PACED).await;
+        let mut open = paced(url, next_event.clone(), PACED_EVENTS_PER_S, paced_for).await;
 
         let sent_events = next_event.load(Ordering::Relaxed) - 1;
         let inbox = count(&store, "SELECT COUNT(*) FROM webhook_events").await;
@@ -313,25 +323,25 @@ fn main() {
              (inbox {inbox_after_closed} rows after it, warm-up included)\n\
              paced: {} deliveries, {} events in {} s; inbox {inbox} rows, {jobs} jobs queued",
             closed.events,
-            WINDOW.as_secs(),
+            window.as_secs(),
             open.acks_ms.len(),
             open.events,
-            PACED.as_secs(),
+            paced_for.as_secs(),
         );
-        json!({
-            "events_per_s": (closed.events as f64 / WINDOW.as_secs_f64()).round(),
-            "deliveries_per_s": round2(deliveries as f64 / WINDOW.as_secs_f64()),
+        support::mark(json!({
+            "events_per_s": (closed.events as f64 / window.as_secs_f64()).round(),
+            "deliveries_per_s": round2(deliveries as f64 / window.as_secs_f64()),
             "ack_p50_ms": round2(support::percentile(&closed.acks_ms, 0.5)),
             "ack_p99_ms": round2(support::percentile(&closed.acks_ms, 0.99)),
             "ack_max_ms": round2(closed.acks_ms.last().copied().unwrap_or(f64::NAN)),
-            "paced_events_per_s": (open.events as f64 / PACED.as_secs_f64()).round(),
+            "paced_events_per_s": (open.events as f64 / paced_for.as_secs_f64()).round(),
             "paced_ack_p50_ms": round2(support::percentile(&open.acks_ms, 0.5)),
             "paced_ack_p99_ms": round2(support::percentile(&open.acks_ms, 0.99)),
             "paced_ack_max_ms": round2(open.acks_ms.last().copied().unwrap_or(f64::NAN)),
             "clients": clients,
             "links": links,
-            "window_s": WINDOW.as_secs(),
-        })
+            "window_s": window.as_secs(),
+        }))
     });
     println!("{line}");
 }

@@ -27,6 +27,8 @@ const N: usize = 200;
 const INTERVAL: Duration = Duration::from_secs(2);
 
 fn main() {
+    // BENCH_SMOKE (CI): 20 changes instead of 200, same code path.
+    let n = support::size(N, 20);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let line = rt.block_on(async {
         let sb = sandbox::start(SandboxConfig {
@@ -65,7 +67,7 @@ fn main() {
         let (hs_conn, pa_conn) = (conn("hubspot"), conn("partner-a"));
         let (hs, pa) = (client(&hs_conn), client(&pa_conn));
         let (hs_ids, pa_ids) =
-            tokio::join!(support::create_deals(&hs, N), support::create_deals(&pa, N));
+            tokio::join!(support::create_deals(&hs, n), support::create_deals(&pa, n));
         let dir = tempfile::tempdir().unwrap();
         let pairs: Vec<(String, String)> = pa_ids.into_iter().zip(hs_ids).collect();
         support::link_agreed(&dir.path().join("db"), &pairs).await;
@@ -120,7 +122,7 @@ fn main() {
                 .await
                 .unwrap();
             let (depth, _) = d.store.call(|c| store::queue_stats(c)).await.unwrap();
-            if done as usize >= N && depth == 0 {
+            if done as usize >= n && depth == 0 {
                 break;
             }
             assert!(
@@ -138,7 +140,7 @@ fn main() {
         let start = Instant::now();
         loop {
             tick.tick().await;
-            if next < N && start.elapsed() >= Duration::from_millis(100) * next as u32 {
+            if next < n && start.elapsed() >= Duration::from_millis(100) * next as u32 {
                 let (p, h) = &pairs[next];
                 let value = format!("Deal {next} v2");
                 let on_partner = rng.random_bool(0.5);
@@ -186,7 +188,7 @@ fn main() {
                     }
                 });
             }
-            if next == N && pending.is_empty() {
+            if next == n && pending.is_empty() {
                 break;
             }
             assert!(
@@ -197,13 +199,13 @@ fn main() {
         }
         d.shutdown().await;
         latencies.sort_by(f64::total_cmp);
-        json!({
+        support::mark(json!({
             "p50_ms": support::percentile(&latencies, 0.5).round(),
             "p99_ms": support::percentile(&latencies, 0.99).round(),
             "max_ms": latencies.last().copied().unwrap_or(0.0).round(),
             "interval_ms": INTERVAL.as_millis() as u64,
             "changes": latencies.len(),
-        })
+        }))
     });
     println!("{line}");
 }

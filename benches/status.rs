@@ -4,6 +4,8 @@
 //! runs of each form, process start included. Target: under 200 ms.
 //! Last line: `{"status_ms":…,"status_json_ms":…,"links":100000}`.
 
+mod support;
+
 use std::process::Command;
 use std::time::Instant;
 
@@ -11,7 +13,7 @@ use dealsync::deadletter::{self, Entry};
 use dealsync::store::{self, Store};
 use serde_json::json;
 
-const LINKS: usize = 100_000;
+const FULL_LINKS: usize = 100_000;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -19,16 +21,19 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
+    // BENCH_SMOKE (CI): 2,000 links and 200 dead letters, same code path.
+    let links = support::size(FULL_LINKS, 2_000);
+    let dead_letters = support::size(2_000, 200);
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("dealsync.db");
     let dl = dir.path().join("dead-letters.jsonl");
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let s = Store::open(&db).await.unwrap();
-        s.call(|c| {
+        s.call(move |c| {
             let tx = c.transaction()?;
             let now = store::now_ms();
-            for i in 0..LINKS {
+            for i in 0..links {
                 let partner = if i % 3 == 0 { "partner-b" } else { "partner-a" };
                 let l = store::insert_link(&tx, partner, &format!("{}", 20_000_000_000u64 + i as u64), &format!("{}", 10_000_000_000u64 + i as u64), if i % 10 == 0 { "partner_collaboration" } else { "channel" })?;
                 tx.execute("INSERT INTO shadows (link_id, field, value, updated_at) VALUES (?1, 'dealname', 'x', ?2)", rusqlite::params![l.id, now])?;
@@ -51,10 +56,10 @@ fn main() {
         .await
         .unwrap();
     });
-    let entries: Vec<Entry> = (0..2_000)
+    let entries: Vec<Entry> = (0..dead_letters)
         .map(|i| Entry {
             id: format!("entry-{i}"),
-            link_id: i,
+            link_id: i as i64,
             partner: "partner-a".into(),
             partner_deal_id: format!("{}", 20_000_000_000u64 + i as u64),
             hubspot_deal_id: format!("{}", 10_000_000_000u64 + i as u64),
@@ -101,7 +106,7 @@ fn main() {
         );
         if json {
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-            assert_eq!(v["links"]["total"], LINKS as u64);
+            assert_eq!(v["links"]["total"], links as u64);
         }
         ms
     };
@@ -111,10 +116,10 @@ fn main() {
     eprintln!("table runs (ms): {table:?}\njson runs (ms): {js:?}");
     println!(
         "{}",
-        json!({
+        support::mark(json!({
             "status_ms": (median(table) * 10.0).round() / 10.0,
             "status_json_ms": (median(js) * 10.0).round() / 10.0,
-            "links": LINKS,
-        })
+            "links": links,
+        }))
     );
 }

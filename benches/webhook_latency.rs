@@ -65,7 +65,10 @@ use parking_lot::Mutex;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Map, Value};
 
-const N: usize = 1_000;
+/// Changes per phase (linked deals): 1,000, or 50 under `BENCH_SMOKE` (CI), same code path.
+fn n() -> usize {
+    support::size(1_000, 50)
+}
 const MEAN_GAP_MS: f64 = 8.0;
 const WATCH_EVERY: Duration = Duration::from_millis(10);
 const PHASE_TIMEOUT: Duration = Duration::from_secs(180);
@@ -161,12 +164,13 @@ struct World {
     pairs: Vec<(String, String)>,
 }
 
-/// Runs one phase of `N` changes and returns its measurements.
+/// Runs one phase of `n()` changes and returns its measurements.
 async fn phase(w: &Arc<World>, d: &DaemonHandle, tag: &str, seed: u64) -> Phase {
+    let n = n();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut schedule: Vec<(usize, bool, f64)> = Vec::with_capacity(N);
+    let mut schedule: Vec<(usize, bool, f64)> = Vec::with_capacity(n);
     let mut t = 0.0;
-    for i in 0..N {
+    for i in 0..n {
         schedule.push((i, rng.random_bool(0.5), t));
         let u: f64 = rng.random();
         t += -MEAN_GAP_MS * (1.0 - u).ln();
@@ -219,14 +223,14 @@ async fn phase(w: &Arc<World>, d: &DaemonHandle, tag: &str, seed: u64) -> Phase 
     };
 
     let props = ["dealname".to_owned()];
-    let mut samples: Vec<Sample> = Vec::with_capacity(N);
+    let mut samples: Vec<Sample> = Vec::with_capacity(n);
     let mut tick = tokio::time::interval(WATCH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    while samples.len() < N {
+    while samples.len() < n {
         tick.tick().await;
         assert!(
             started.elapsed() < PHASE_TIMEOUT,
-            "phase {tag}: only {} of {N} changes arrived within {PHASE_TIMEOUT:?}",
+            "phase {tag}: only {} of {n} changes arrived within {PHASE_TIMEOUT:?}",
             samples.len()
         );
         let (watch_hs, watch_pa): (Vec<String>, Vec<String>) = {
@@ -303,10 +307,10 @@ async fn phase(w: &Arc<World>, d: &DaemonHandle, tag: &str, seed: u64) -> Phase 
         .await
         .expect("inbox times");
     let mut out = Phase {
-        latency: Vec::with_capacity(N),
-        observed: Vec::with_capacity(N),
-        delivery: Vec::with_capacity(N),
-        engine: Vec::with_capacity(N),
+        latency: Vec::with_capacity(n),
+        observed: Vec::with_capacity(n),
+        delivery: Vec::with_capacity(n),
+        engine: Vec::with_capacity(n),
         wall_s,
     };
     for s in &samples {
@@ -322,10 +326,11 @@ async fn phase(w: &Arc<World>, d: &DaemonHandle, tag: &str, seed: u64) -> Phase 
             out.engine.push(written_ms - received_ms);
         }
     }
-    if out.delivery.len() != N {
+    if out.delivery.len() != n {
         eprintln!(
-            "phase {tag}: {} of {N} changes have no queued webhook event in the inbox",
-            N - out.delivery.len()
+            "phase {tag}: {} of {} changes have no queued webhook event in the inbox",
+            n - out.delivery.len(),
+            n
         );
     }
     out
@@ -453,8 +458,10 @@ fn main() {
         };
         let (hs_conn, pa_conn) = (conn("hubspot"), conn("partner-a"));
         let (hs, pa) = (client(&hs_conn), client(&pa_conn));
-        let (hs_ids, pa_ids) =
-            tokio::join!(support::create_deals(&hs, N), support::create_deals(&pa, N));
+        let (hs_ids, pa_ids) = tokio::join!(
+            support::create_deals(&hs, n()),
+            support::create_deals(&pa, n())
+        );
         let pairs: Vec<(String, String)> = pa_ids.into_iter().zip(hs_ids).collect();
 
         let dir = tempfile::tempdir().expect("tempdir");
@@ -548,10 +555,10 @@ fn main() {
         for (k, v) in m2 {
             out.insert(format!("{k}_50ms_api"), v);
         }
-        out.insert("changes".into(), json!(N));
+        out.insert("changes".into(), json!(n()));
         out.insert("mean_gap_ms".into(), json!(MEAN_GAP_MS));
         out.insert("workers".into(), json!(4));
-        Value::Object(out)
+        support::mark(Value::Object(out))
     });
     println!("{line}");
 }

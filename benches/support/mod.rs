@@ -11,6 +11,39 @@ use dealsync::crm::{CallKind, Client};
 use dealsync::store::{self, Store};
 use serde_json::{json, Value};
 
+/// Whether `BENCH_SMOKE` is set (to anything but empty or `0`): the CI smoke run
+/// (`.ci/bench-smoke`), where every bench runs its normal code path at a reduced size and
+/// marks its JSON with `"smoke": true`.
+pub fn smoke() -> bool {
+    std::env::var_os("BENCH_SMOKE").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// `smoke` under `BENCH_SMOKE`, else `full` (the size the recorded numbers use).
+pub fn size(full: usize, smoke: usize) -> usize {
+    if self::smoke() {
+        smoke
+    } else {
+        full
+    }
+}
+
+/// `size` for durations.
+pub fn duration(full: Duration, smoke: Duration) -> Duration {
+    if self::smoke() {
+        smoke
+    } else {
+        full
+    }
+}
+
+/// The bench's result object, with `"smoke": true` added under `BENCH_SMOKE`.
+pub fn mark(mut v: Value) -> Value {
+    if let (true, Some(m)) = (smoke(), v.as_object_mut()) {
+        m.insert("smoke".into(), Value::Bool(true));
+    }
+    v
+}
+
 /// Creates `n` deals named `Deal 0`…`Deal n-1`, 100 per batch call; their ids in order.
 pub async fn create_deals(c: &Client, n: usize) -> Vec<String> {
     let mut ids = Vec::with_capacity(n);
