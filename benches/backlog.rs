@@ -27,6 +27,9 @@ use serde_json::{json, Map, Value};
 
 const N: usize = 10_000;
 
+/// Inputs per batch read with `propertiesWithHistory` (HubSpot's cap, HUBSPOT-API.md §0).
+const HISTORY_READ: usize = dealsync::crm::HISTORY_BATCH;
+
 fn div(a: usize, b: usize) -> usize {
     a.div_ceil(b)
 }
@@ -41,21 +44,25 @@ async fn counters(base: &str, portal: &str) -> Value {
 }
 
 /// The shortest possible drain under HubSpot's limits, by an idealised schedule with zero
-/// latency: each portal's changes are found by search pages of 200 at exactly 4 pages/s; every
-/// 100 jobs cost one batch read on each portal the moment their page arrives, and one batch
-/// update on the other portal; each portal's calls then go out as early as its rolling limit
-/// of 100 per 10 s allows (greedy is optimal for a rolling window). The drain ends with the
-/// last call. Dropping the read-before-write ordering only makes this bound lower.
+/// latency: each portal's changes are found by search pages of 200 at exactly 5 pages/s
+/// (HubSpot: 5 searches/s per account); every 50 jobs cost one batch read (with histories:
+/// HubSpot's cap) on each portal the moment their page arrives, every 100 one batch update on
+/// the other portal; each portal's calls then go out as early as its rolling limit of 100 per
+/// 10 s allows (greedy is optimal for a rolling window). The drain ends with the last call. Dropping the read-before-write ordering only makes this bound lower.
 fn min_drain(changes_partner: usize, changes_hubspot: usize) -> f64 {
     // Ready times of the ordinary calls, per portal (0 = partner, 1 = HubSpot).
     let mut ready: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     for (side, n) in [(0usize, changes_partner), (1, changes_hubspot)] {
         for page in 0..div(n, 200) {
-            let t = (page / 4) as f64;
+            let t = (page / 5) as f64;
             let jobs = 200.min(n - page * 200);
-            for _ in 0..div(jobs, 100) {
+            // Reads ask for property histories (latest_wins needs them), which HubSpot caps
+            // at 50 inputs a call; writes take 100.
+            for _ in 0..div(jobs, HISTORY_READ) {
                 ready[0].push(t); // read, partner
                 ready[1].push(t); // read, HubSpot
+            }
+            for _ in 0..div(jobs, 100) {
                 ready[1 - side].push(t); // write, the other side
             }
         }
@@ -225,8 +232,9 @@ fn main() {
         eprintln!("hubspot endpoints: {}\npartner endpoints: {}", ch["endpoints"], cp["endpoints"]);
         let calls_hs = total(&ch) - hs0;
         let calls_pa = total(&cp) - pa0;
-        // Per portal: searches see each change and each of our writes once; reads per 100 jobs.
-        let jobs = div(n, 100);
+        // Per portal: searches see each change and each of our writes once; reads (with
+        // history) per 50 jobs; writes per 100.
+        let jobs = div(n, HISTORY_READ);
         let min_hs = div(nh + np, 200) + jobs + div(np, 100);
         let min_pa = div(np + nh, 200) + jobs + div(nh, 100);
         let min_drain_s = min_drain(np, nh);
