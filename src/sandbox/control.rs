@@ -27,6 +27,10 @@ pub fn router() -> Router<Arc<Shared>> {
         .route("/_sandbox/state", get(state_all))
         .route("/_sandbox/portals/{portal}/state", get(state_one))
         .route(
+            "/_sandbox/portals/{portal}/values/{object_type}/{property}",
+            get(values),
+        )
+        .route(
             "/_sandbox/portals/{portal}/faults",
             get(get_faults).put(put_faults).delete(clear_faults),
         )
@@ -253,6 +257,42 @@ async fn deliveries(
 async fn flush(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> ApiResult<Response> {
     portal(&shared, &name)?.hooks.flush();
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /_sandbox/portals/{name}/values/{type}/{property}`: every live record's current value
+/// of one stored property and the moment it was written, `{"values":[{"id","value","ts"}]}`;
+/// `?since=MS` keeps only values written at or after `MS`. Exempt from faults and limits like every control. Benchmarks sample it every few
+/// milliseconds to see *when* a value became visible without spending the portal's API
+/// budget or serialising the whole portal under its lock, as the state dump would.
+async fn values(
+    State(shared): State<Arc<Shared>>,
+    Path((name, t, property)): Path<(String, String, String)>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    let p = portal(&shared, &name)?;
+    let t = object_type(&t)?;
+    let q = Query::parse(q.as_deref());
+    let since = match q.get("since") {
+        None => i64::MIN,
+        Some(v) => v
+            .parse()
+            .map_err(|_| ApiError::validation(format!("since={v} is not a time in ms")))?,
+    };
+    let data = p.data.lock();
+    let values: Vec<Value> = data
+        .objects
+        .get(&t)
+        .into_iter()
+        .flat_map(|m| m.values())
+        .filter(|o| !o.is_archived())
+        .filter_map(|o| {
+            let h = o.props.get(property.as_str())?.last()?;
+            (h.ts >= since).then_some(())?;
+            Some(json!({"id": o.id.to_string(), "value": h.value, "ts": h.ts}))
+        })
+        .collect();
+    drop(data);
+    Ok(reply(StatusCode::OK, json!({ "values": values })))
 }
 
 /// Restores an archived record, as a person would from HubSpot's recycle bin; emits
