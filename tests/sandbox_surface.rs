@@ -2912,3 +2912,58 @@ async fn pipeline_patch_takes_archived_only_to_restore() {
     let read = p.get(&path).await;
     assert_eq!(read.status, 200, "restored pipeline reads: {}", read.text);
 }
+
+#[tokio::test]
+async fn values_control_lists_live_values_written_since_a_time() {
+    let (_sb, p) = unlimited("partner-a").await;
+    let old = p.create_deal(json!({ "dealname": "Old" })).await;
+    let gone = p.create_deal(json!({ "dealname": "Gone" })).await;
+    assert_eq!(p.delete(&format!("{DEALS}/{gone}")).await.status, 204);
+    let all = p.control(Method::GET, "/values/deals/dealname", None).await;
+    assert_eq!(all.status, 200, "{}", all.text);
+    let rows = all.body["values"].as_array().expect("values");
+    assert_eq!(rows.len(), 1, "archived deals are left out: {}", all.text);
+    assert_eq!(
+        (rows[0]["id"].as_str(), rows[0]["value"].as_str()),
+        (Some(old.as_str()), Some("Old"))
+    );
+    let written = rows[0]["ts"].as_i64().expect("ts");
+
+    let w = p
+        .patch(
+            &format!("{DEALS}/{old}"),
+            json!({ "properties": { "dealname": "New" } }),
+        )
+        .await;
+    assert_eq!(w.status, 200, "{}", w.text);
+    let since = p
+        .control(
+            Method::GET,
+            &format!("/values/deals/dealname?since={}", written + 1),
+            None,
+        )
+        .await;
+    let rows = since.body["values"].as_array().expect("values");
+    assert_eq!(rows.len(), 1, "{}", since.text);
+    assert_eq!(rows[0]["value"], "New");
+    assert!(rows[0]["ts"].as_i64().expect("ts") > written);
+    let later = rows[0]["ts"].as_i64().unwrap() + 1;
+    let none = p
+        .control(
+            Method::GET,
+            &format!("/values/deals/dealname?since={later}"),
+            None,
+        )
+        .await;
+    assert_eq!(none.body["values"], json!([]), "{}", none.text);
+
+    let bad = p
+        .control(Method::GET, "/values/deals/dealname?since=soon", None)
+        .await;
+    assert_eq!(bad.status, 400, "{}", bad.text);
+    let unknown = p
+        .control(Method::GET, "/values/widgets/dealname", None)
+        .await;
+    // As HubSpot answers an object type it cannot infer.
+    assert_eq!(unknown.status, 400, "{}", unknown.text);
+}
