@@ -189,7 +189,7 @@ pub async fn invite(
     );
     note.insert(
         "hs_timestamp".into(),
-        json!(crate::sandbox::model::iso(store::now_ms())),
+        json!(crate::time::iso(store::now_ms())),
     );
     note.insert(crate::setup::VISIBILITY.into(), json!("shared"));
     note.insert(crate::setup::TARGET.into(), json!(partner));

@@ -192,7 +192,7 @@ impl Notice {
             hubspot_deal_id: link.hubspot_deal_id.clone(),
             object_id,
             status,
-            at: crate::sandbox::model::iso(store::now_ms()),
+            at: crate::time::iso(store::now_ms()),
         }
     }
 
@@ -555,7 +555,7 @@ impl Notifier {
             tracing::warn!(notification = n.id, attempt = n.attempts + 1, retry_in_ms = delay.as_millis() as u64, error = %f.error, "notification not delivered; retrying later");
             return;
         }
-        let now = crate::sandbox::model::iso(store::now_ms());
+        let now = crate::time::iso(store::now_ms());
         let entry = deadletter::Entry {
             id: uuid::Uuid::new_v4().to_string(),
             link_id: notice.map(|x| x.link_id).unwrap_or_default(),
@@ -573,7 +573,7 @@ impl Notifier {
             error: f.error.clone(),
             class: "notification".into(),
             attempts: n.attempts + 1,
-            first_at: crate::sandbox::model::iso(n.created_at),
+            first_at: crate::time::iso(n.created_at),
             last_at: now,
             notification: Some(n.id),
         };

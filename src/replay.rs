@@ -162,7 +162,7 @@ pub async fn replay(
         done += chunk.len();
         progress(done, total);
     }
-    let now = crate::sandbox::model::iso(store::now_ms());
+    let now = crate::time::iso(store::now_ms());
     let mut marks = Vec::new();
     let mut out = Vec::new();
     for (e, ok) in notified {

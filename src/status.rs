@@ -234,9 +234,7 @@ pub struct ObjectLinkStatus {
     pub parent: Option<String>,
 }
 
-fn iso(ms: i64) -> String {
-    crate::sandbox::model::iso(ms)
-}
+use crate::time::iso;
 
 /// Opens the store read-only after checking its schema version.
 pub fn open(path: &Path) -> Result<Connection, StatusError> {

@@ -114,15 +114,7 @@ impl Record {
     }
 }
 
-/// Parses HubSpot's ISO date-times or epoch milliseconds.
-pub fn parse_ms(s: &str) -> Option<i64> {
-    if let Ok(ms) = s.trim().parse::<i64>() {
-        return Some(ms);
-    }
-    chrono::DateTime::parse_from_rfc3339(s.trim())
-        .ok()
-        .map(|d| d.timestamp_millis())
-}
+pub use crate::time::parse_ms;
 
 /// Outcome of a batch write: records written, and per-id failures.
 #[derive(Debug, Default)]

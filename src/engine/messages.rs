@@ -815,7 +815,7 @@ async fn execute_with(
                         content
                             .timestamp
                             .clone()
-                            .unwrap_or_else(|| crate::sandbox::model::iso(crate::store::now_ms())),
+                            .unwrap_or_else(|| crate::time::iso(crate::store::now_ms())),
                     ),
                 );
                 props.insert(VISIBILITY.into(), Value::String("shared".into()));

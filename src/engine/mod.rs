@@ -769,7 +769,7 @@ impl Engine {
                         ));
                     } else {
                         let link = links.iter().find(|l| l.id == id);
-                        let now = crate::sandbox::model::iso(store::now_ms());
+                        let now = crate::time::iso(store::now_ms());
                         dead.push(deadletter::Entry {
                             id: uuid::Uuid::new_v4().to_string(),
                             link_id: id,
@@ -790,7 +790,7 @@ impl Engine {
                             attempts: job.attempts + 1,
                             first_at: job
                                 .first_failed_at
-                                .map(crate::sandbox::model::iso)
+                                .map(crate::time::iso)
                                 .unwrap_or_else(|| now.clone()),
                             last_at: now,
                             notification: None,
@@ -926,7 +926,7 @@ impl Engine {
             );
             note.insert(
                 "hs_timestamp".into(),
-                Value::String(crate::sandbox::model::iso(store::now_ms())),
+                Value::String(crate::time::iso(store::now_ms())),
             );
             note.insert(crate::setup::VISIBILITY.into(), "shared".into());
             note.insert(crate::setup::TARGET.into(), l.partner.clone().into());
@@ -939,7 +939,7 @@ impl Engine {
             task.insert("hs_task_body".into(), Value::String(text.to_owned()));
             task.insert(
                 "hs_timestamp".into(),
-                Value::String(crate::sandbox::model::iso(store::now_ms())),
+                Value::String(crate::time::iso(store::now_ms())),
             );
             task.insert("hs_task_status".into(), "NOT_STARTED".into());
             if let Some(o) = owner {

@@ -522,28 +522,7 @@ impl Object {
     }
 }
 
-/// ISO-8601 with milliseconds in UTC, HubSpot's date-time format.
-pub fn iso(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-        .to_string()
-}
-
-/// Parses a date-time given as epoch milliseconds or ISO-8601 (with or without time).
-pub fn parse_time_ms(s: &str) -> Option<i64> {
-    let s = s.trim();
-    if let Ok(ms) = s.parse::<i64>() {
-        return Some(ms);
-    }
-    if let Ok(dt) = chrono::DateTime::parse_from_rfc3339(s) {
-        return Some(dt.timestamp_millis());
-    }
-    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
-        .ok()
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map(|d| d.and_utc().timestamp_millis())
-}
+pub use crate::time::{iso, parse_time_ms};
 
 /// A property definition (`/crm/v3/properties`).
 #[derive(Debug, Clone, Serialize, Deserialize)]

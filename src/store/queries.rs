@@ -7,9 +7,7 @@ use serde::Serialize;
 
 use super::StoreError;
 
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
+pub use crate::time::now_ms;
 
 /// Which portal of a link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
