@@ -25,7 +25,9 @@
 //!   without suffix) and with the `latency_ms: 50` fault on every portal (`_50ms_api`).
 //! - *burst*: a mean gap of 5 ms (200 changes/s) at 50 ms API latency (`_burst_50ms_api`).
 //!   Acting on each change alone would need 300 calls/s per portal, 30 times the budget: the
-//!   engine must batch or wait, and the tail is set by the budget, not by the engine.
+//!   engine must batch, and its tail shows how it spends the budget. The burst starts once
+//!   the sustained phase's calls have left the rolling window (a 10.5 s wait), on a full
+//!   budget, so its figures do not depend on the phase before it.
 //!
 //! **Latency** of a change = the sandbox's write time of the value on the other side minus
 //! its write time of the change itself (the PATCH answer's `updatedAt`): both stamped by the
@@ -55,10 +57,12 @@
 //! sandbox's delivery log joined with the inbox's event ids; a change is counted in the first
 //! accepted delivery that carried it, echoes of our own writes need no call). `api_calls*` is
 //! every call the daemon made in the phase (the sandbox's counters of both portals, polls and
-//! user listings included). Target: `api_calls ≤ 1.2 × min_api_calls`, no 429. A burst lets
-//! the engine merge deliveries, so it can go below that minimum; `floor_api_calls*` is the
-//! bound no schedule beats, every change in full batches: per portal `ceil(n/50)` history
-//! reads plus `ceil(m/100)` updates for the `m` changes made on the other portal.
+//! user listings included). Targets, for the sustained load: `api_calls ≤ 1.2 ×
+//! min_api_calls` (`calls_over_min*`), no 429 (every load). A burst lets the engine merge
+//! deliveries, so it goes below that minimum; `floor_api_calls*` is the bound no schedule
+//! beats, every change in full batches regardless of latency: per portal `ceil(n/50)` history
+//! reads plus `ceil(m/100)` updates for the `m` changes made on the other portal
+//! (`calls_over_floor*`).
 //!
 //! Last line: `{"p50_ms":…,"p99_ms":…,"p50_ms_50ms_api":…,"p99_ms_50ms_api":…,"strict_ms":…,
 //! "p99_over_strict_50ms_api":…,"api_calls_50ms_api":…,"min_api_calls_50ms_api":…,
@@ -80,9 +84,9 @@ use parking_lot::Mutex;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Map, Value};
 
-/// Changes per sustained phase: 600, or 20 under `BENCH_SMOKE` (CI), same code path.
+/// Changes per sustained phase: 600, or 12 under `BENCH_SMOKE` (CI), same code path.
 fn sustained_n() -> usize {
-    support::size(600, 20)
+    support::size(600, 12)
 }
 /// Changes in the burst: 1,000, or 150 under `BENCH_SMOKE`.
 fn burst_n() -> usize {
@@ -693,6 +697,11 @@ fn main() {
                     put(&http, &base, portal, "/faults", slow.clone()).await;
                 }
             }
+            if i == 2 {
+                // The burst starts on a full budget: the sustained phase's calls (about 60
+                // per portal in the last 10 s) leave the rolling window first.
+                tokio::time::sleep(Duration::from_millis(10_500)).await;
+            }
             let mut before = [(0, 0); 2];
             for (j, portal) in PORTALS.iter().enumerate() {
                 before[j] = counters(&http, &base, portal).await;
@@ -709,10 +718,12 @@ fn main() {
         let p99_over_strict = round3(num(&out, "p99_ms_50ms_api") / strict);
         out.insert("p99_over_strict_50ms_api".into(), json!(p99_over_strict));
         for sfx in ["", "_50ms_api", "_burst_50ms_api"] {
-            let r = round3(
-                num(&out, &format!("api_calls{sfx}")) / num(&out, &format!("min_api_calls{sfx}")),
-            );
-            out.insert(format!("calls_over_min{sfx}"), json!(r));
+            for (name, min) in [("min", "min_api_calls"), ("floor", "floor_api_calls")] {
+                let r = round3(
+                    num(&out, &format!("api_calls{sfx}")) / num(&out, &format!("{min}{sfx}")),
+                );
+                out.insert(format!("calls_over_{name}{sfx}"), json!(r));
+            }
         }
         out.insert("changes".into(), json!(sustained_n()));
         out.insert("mean_gap_ms".into(), json!(SUSTAINED_GAP_MS));

@@ -203,3 +203,55 @@ pub fn spawn_sandbox(portals: &str) -> (Reaped, String, Vec<String>) {
         .collect();
     (child, base, tokens)
 }
+
+/// Starts an in-process sandbox whose portals (`config.portals`, in order) already hold `n`
+/// deals each, named `Deal 0`…`Deal n-1`; returns it and each portal's deal ids in order.
+///
+/// The deals are loaded with every limit off: a first sandbox on a state file in `dir` takes
+/// them through batch create (100 per call) and saves them on shutdown; the returned sandbox
+/// starts from that file (same tokens and secrets) with `config`'s own rate limits, whose
+/// windows are then empty. Setup calls never spend the budget a bench measures.
+pub async fn sandbox_with_deals(
+    dir: &Path,
+    config: dealsync::sandbox::SandboxConfig,
+    n: usize,
+) -> (dealsync::sandbox::SandboxHandle, Vec<Vec<String>>) {
+    use dealsync::crm::{Budget, RetryPolicy};
+    use dealsync::sandbox::{self, SandboxConfig};
+    use std::sync::Arc;
+    let state = dir.join("sandbox-state.json");
+    let loader = sandbox::start(SandboxConfig {
+        rate_limit_per_10s: None,
+        daily_limit: None,
+        search_per_s: None,
+        state_file: Some(state.clone()),
+        webhook_targets: Vec::new(),
+        app_webhook_target: None,
+        ..config.clone()
+    })
+    .await
+    .expect("loading sandbox");
+    let clients: Vec<Client> = loader
+        .portals
+        .iter()
+        .map(|p| {
+            Client::new(
+                &p.name,
+                &loader.base_url,
+                &p.token,
+                Arc::new(Budget::new(1_000_000, 1_000_000)),
+                RetryPolicy::default(),
+            )
+            .expect("client")
+        })
+        .collect();
+    let ids = futures_util::future::join_all(clients.iter().map(|c| create_deals(c, n))).await;
+    loader.shutdown().await; // saves the state file
+    let sb = sandbox::start(SandboxConfig {
+        state_file: Some(state),
+        ..config
+    })
+    .await
+    .expect("sandbox");
+    (sb, ids)
+}
