@@ -12,6 +12,9 @@
 //! Every failure message carries the seed. Changes to one deal are spaced further apart than
 //! one sync takes: two people editing one field within the same few milliseconds is HubSpot's
 //! lost-update race (its API has no conditional writes), not something a crash test measures.
+//!
+//! The webhook crash window has its own test: a SIGKILL right after the daemon answered a
+//! delivery 2xx, before any worker could act on it.
 
 #![cfg(unix)]
 
@@ -28,6 +31,7 @@ use serde_json::json;
 use tokio::process::{Child, Command};
 
 const DEALS: usize = 40;
+const WAIT: Duration = Duration::from_secs(30);
 const STAGES: [&str; 4] = [
     "appointmentscheduled",
     "qualifiedtobuy",
@@ -42,7 +46,7 @@ fn env_num(key: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn config(dir: &Path, base: &str, webhooks: Option<u16>) -> std::path::PathBuf {
+fn config(dir: &Path, base: &str, webhooks: Option<u16>, sweep_ms: u64) -> std::path::PathBuf {
     let path = dir.join("dealsync.toml");
     let map: String = STAGES.iter().map(|s| format!("{s} = \"{s}\"\n")).collect();
     std::fs::write(
@@ -67,7 +71,7 @@ rate_limit_per_10s = 1000
 [sync]
 poll_interval_ms = 100
 poll_overlap_ms = 4000
-sweep_interval_ms = 4000
+sweep_interval_ms = {sweep_ms}
 retry_base_ms = 50
 retry_max_ms = 500
 [fields.dealname]
@@ -86,6 +90,7 @@ retry_max_ms = 500
 {hooks}"#,
             db = dir.join("dealsync.db").display(),
             dl = dir.join("dead-letters.jsonl").display(),
+            sweep_ms = sweep_ms,
             hooks = match webhooks {
                 Some(port) => format!(
                     "[webhooks]\nlisten = \"127.0.0.1:{port}\"\nhealthy_poll_interval_ms = 1000\n"
@@ -180,45 +185,12 @@ async fn soak(faults: bool) {
             .unwrap()
             .port()
     });
-    let cfg = config(dir.path(), &sb.base_url, port);
+    let cfg = config(dir.path(), &sb.base_url, port, 4000);
     if let Some(port) = port {
         point_webhooks(&sb.base_url, &format!("127.0.0.1:{port}")).await;
     }
     let db = dir.path().join("dealsync.db");
-    let store = Store::open(&db).await.unwrap();
-    let mut pairs = Vec::new();
-    for i in 0..DEALS {
-        let props = json!({"dealname": format!("Deal {i}"), "dealstage": STAGES[0]});
-        let p = pa.create_deal(props.clone()).await;
-        let h = hs.create_deal(props).await;
-        let (p2, h2, name) = (p.clone(), h.clone(), format!("Deal {i}"));
-        store
-            .call(move |c| {
-                let l = store::insert_link(c, "partner-a", &p2, &h2, "channel")?;
-                for (f, v) in [("dealname", name.as_str()), ("dealstage", STAGES[0])] {
-                    c.execute(
-                        "INSERT INTO shadows (link_id, field, value, updated_at) VALUES (?1, ?2, ?3, 0)",
-                        rusqlite::params![l.id, f, v],
-                    )?;
-                }
-                Ok(())
-            })
-            .await
-            .unwrap();
-        pairs.push((p, h));
-    }
-    drop(store);
-    for p in [&hs, &pa] {
-        let c = dealsync::crm::Client::new(
-            &p.info.name,
-            &sb.base_url,
-            &p.info.token,
-            std::sync::Arc::new(dealsync::crm::Budget::new(1000, 100)),
-            dealsync::crm::RetryPolicy::default(),
-        )
-        .unwrap();
-        dealsync::setup::ensure(&c, false).await.unwrap();
-    }
+    let pairs = linked_deals(&sb, &hs, &pa, &db, DEALS).await;
     if faults {
         for p in [&hs, &pa] {
             p.set_faults(json!({
@@ -332,6 +304,122 @@ async fn soak(faults: bool) {
         msgs.detached,
         msgs.deleted
     );
+}
+
+/// `n` deals on each side, linked in the store at `db` with agreed shadows (name and stage),
+/// and dealsync's properties set up in both portals; the (partner, HubSpot) ids in order.
+async fn linked_deals(
+    sb: &dealsync::sandbox::SandboxHandle,
+    hs: &common::Portal,
+    pa: &common::Portal,
+    db: &Path,
+    n: usize,
+) -> Vec<(String, String)> {
+    let store = Store::open(db).await.unwrap();
+    let mut pairs = Vec::new();
+    for i in 0..n {
+        let props = json!({"dealname": format!("Deal {i}"), "dealstage": STAGES[0]});
+        let p = pa.create_deal(props.clone()).await;
+        let h = hs.create_deal(props).await;
+        let (p2, h2, name) = (p.clone(), h.clone(), format!("Deal {i}"));
+        store
+            .call(move |c| {
+                let l = store::insert_link(c, "partner-a", &p2, &h2, "channel")?;
+                for (f, v) in [("dealname", name.as_str()), ("dealstage", STAGES[0])] {
+                    c.execute(
+                        "INSERT INTO shadows (link_id, field, value, updated_at) VALUES (?1, ?2, ?3, 0)",
+                        rusqlite::params![l.id, f, v],
+                    )?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        pairs.push((p, h));
+    }
+    drop(store);
+    for p in [hs, pa] {
+        let c = dealsync::crm::Client::new(
+            &p.info.name,
+            &sb.base_url,
+            &p.info.token,
+            std::sync::Arc::new(dealsync::crm::Budget::new(1000, 100)),
+            dealsync::crm::RetryPolicy::default(),
+        )
+        .unwrap();
+        dealsync::setup::ensure(&c, false).await.unwrap();
+    }
+    pairs
+}
+
+/// The crash window of a webhook: the real daemon answers a delivery 2xx and is SIGKILLed
+/// right after, before any worker could carry the change (HubSpot's API answers are held back
+/// 20 s, so a job that started cannot have written). After a restart, with search blind and
+/// the sweep far off, only the event the killed process accepted can carry the change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_right_after_a_webhook_2xx_loses_nothing() {
+    let sb = common::unlimited_sandbox().await;
+    let (hs, pa) = (
+        common::portal(&sb, "hubspot"),
+        common::portal(&sb, "partner-a"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = config(dir.path(), &sb.base_url, Some(port), 3_600_000);
+    let db = dir.path().join("dealsync.db");
+    let (p, h) = linked_deals(&sb, &hs, &pa, &db, 1).await.remove(0);
+    let blind = json!({"search_lag_ms": 600_000});
+    pa.set_faults(blind.clone()).await;
+    hs.set_faults(json!({"search_lag_ms": 600_000, "latency_ms": 20_000}))
+        .await;
+    point_webhooks(&sb.base_url, &format!("127.0.0.1:{port}")).await;
+    let delivered = || async {
+        let d = pa
+            .control(reqwest::Method::GET, "/webhooks/deliveries", None)
+            .await;
+        d.body["stats"]["events_delivered"].as_u64().unwrap_or(0)
+    };
+    let before = delivered().await;
+    let mut daemon = start(&cfg, &hs, &pa);
+    patch(
+        &pa,
+        &p,
+        json!({"properties": {"dealname": "Survives the crash"}}),
+        0,
+    )
+    .await;
+    common::eventually("the daemon answered the delivery 2xx", WAIT, || async {
+        (delivered().await > before).then_some(())
+    })
+    .await;
+    daemon.start_kill().expect("SIGKILL");
+    let status = daemon.wait().await.unwrap();
+    assert_eq!(status.code(), None, "killed, not exited: {status:?}");
+
+    // What the killed process left: the job queued, nothing written on HubSpot's side.
+    let queued: i64 = store::open_read_only(&db)
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(queued, 1, "the accepted event's job is in the store");
+    hs.set_faults(blind).await;
+    assert_eq!(prop(&hs, &h, "dealname").await.as_deref(), Some("Deal 0"));
+
+    let mut daemon = start(&cfg, &hs, &pa);
+    common::eventually(
+        "the change reaches HubSpot after the restart",
+        WAIT,
+        || async {
+            (prop(&hs, &h, "dealname").await.as_deref() == Some("Survives the crash")).then_some(())
+        },
+    )
+    .await;
+    let _ = daemon.start_kill();
+    let _ = daemon.wait().await;
 }
 
 /// The daemon's queue and dead letters, for a failure message.

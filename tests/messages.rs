@@ -1126,19 +1126,40 @@ async fn many_messages_are_copied_a_bounded_number_per_job_and_each_once() {
         prop(&comment[0], "dealsync_reply_to"),
         last_copy[0]["id"].as_str()
     );
-    // Several runs did it (at most 3 copies each), and none was dead-lettered.
-    let runs: i64 = d
+    // Several runs did it, at most 3 copies each, and none was dead-lettered. A copy belongs
+    // to the first run that committed at or after its creation: runs of one link never
+    // overlap, so a run's copies are made after the previous run committed.
+    let runs: Vec<i64> = d
         .store
         .call(|c| {
-            Ok(c.query_row(
-                "SELECT COUNT(*) FROM job_history WHERE outcome = 'synced'",
-                [],
-                |r| r.get(0),
-            )?)
+            let mut st =
+                c.prepare("SELECT at FROM job_history WHERE outcome = 'synced' ORDER BY at")?;
+            let r = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            Ok(r)
         })
         .await
         .unwrap();
-    assert!(runs >= 4, "{runs} runs");
+    let mut per_run = vec![0usize; runs.len()];
+    for n in &all {
+        let created = n["createdAt"]
+            .as_str()
+            .and_then(dealsync::time::parse_ms)
+            .expect("a copy has createdAt");
+        let run = runs
+            .iter()
+            .position(|&at| at >= created)
+            .expect("every copy was made by a run that committed");
+        per_run[run] += 1;
+    }
+    assert_eq!(per_run.iter().sum::<usize>(), 11);
+    assert!(
+        per_run.iter().all(|&n| n <= 3),
+        "copies per run {per_run:?} exceed per_job = 3"
+    );
+    assert!(
+        per_run.iter().filter(|&&n| n > 0).count() >= 4,
+        "11 copies at most 3 a run take at least 4 runs: {per_run:?}"
+    );
     assert!(!w.dead_letter_path().exists());
     d.shutdown().await;
 }

@@ -52,6 +52,11 @@ impl World {
 
     /// Writes the config; `decisionmakerboughtin` is mapped only when `fixed`.
     fn write_config(&self, fixed: bool) {
+        self.write_config_with(fixed, "");
+    }
+
+    /// [`World::write_config`] with more `[sync]` lines.
+    fn write_config_with(&self, fixed: bool, sync: &str) {
         let extra = if fixed {
             "decisionmakerboughtin = \"decisionmakerboughtin\"\n"
         } else {
@@ -82,7 +87,7 @@ poll_overlap_ms = 5000
 retry_base_ms = 50
 retry_max_ms = 500
 max_attempts = 8
-
+{sync}
 [fields.dealname]
 partner_property = "dealname"
 hubspot_property = "dealname"
@@ -391,7 +396,8 @@ async fn status_without_a_store_says_what_to_do() {
 #[tokio::test]
 async fn mass_deletion_guard_holds_bulk_deletions_until_resume() {
     let w = World::new().await;
-    w.write_config(true);
+    // Deletions never show in search: the reconciliation sweep finds them, here every 300 ms.
+    w.write_config_with(true, "sweep_interval_ms = 300");
     let d = DaemonHandle::start(w.config().daemon_parts())
         .await
         .expect("daemon");
@@ -399,16 +405,6 @@ async fn mass_deletion_guard_holds_bulk_deletions_until_resume() {
     for i in 0..12 {
         pairs.push(w.linked_pair(&d.store, &format!("Deal {i}")).await);
     }
-    // One deal deleted: within the limit (max(10, 20% of 12)), the link is orphaned.
-    let a =
-        w.pa.delete(&format!("/crm/v3/objects/deals/{}", pairs[0].0))
-            .await;
-    assert_eq!(a.status, 204);
-    let first = pairs[0].2;
-    d.store
-        .call(move |c| store::enqueue_now(c, &[first], "sweep"))
-        .await
-        .unwrap();
     let state = |id: i64| {
         let st = d.store.clone();
         async move {
@@ -423,24 +419,59 @@ async fn mass_deletion_guard_holds_bulk_deletions_until_resume() {
             .unwrap()
         }
     };
-    common::eventually("a single deletion orphans its link", WAIT, || async {
-        (state(first).await == "orphaned").then_some(())
+    // One deal deleted: within the limit (max(10, 20% of 12)), the sweep orphans its link.
+    let a =
+        w.pa.delete(&format!("/crm/v3/objects/deals/{}", pairs[0].0))
+            .await;
+    assert_eq!(a.status, 204);
+    let first = pairs[0].2;
+    common::eventually(
+        "the sweep orphans a single deleted deal's link",
+        WAIT,
+        || async { (state(first).await == "orphaned").then_some(()) },
+    )
+    .await;
+    // Then 10 more in one call (a wiped portal looks like this): past the limit, so the guard
+    // trips when the sweep sees them, and every one of them is held, links still active.
+    let bulk: Vec<i64> = pairs[1..11].iter().map(|p| p.2).collect();
+    let inputs: Vec<_> = pairs[1..11].iter().map(|p| json!({"id": p.0})).collect();
+    let a =
+        w.pa.post(
+            "/crm/v3/objects/deals/batch/archive",
+            json!({ "inputs": inputs }),
+        )
+        .await;
+    assert_eq!(a.status, 204, "{}", a.text);
+    common::eventually("the sweep trips the guard", WAIT, || async {
+        let s = json_of(&w.cli(&["status", "--json"]).await);
+        s["portals"]
+            .as_array()?
+            .iter()
+            .any(|p| p["name"] == "partner-a" && p["deletion_guard"].is_string())
+            .then_some(())
     })
     .await;
-    // Then 10 more at once (a wiped portal looks like this): past the limit, so the guard
-    // trips and every one of them is held, links still active.
-    let bulk: Vec<i64> = pairs[1..11].iter().map(|p| p.2).collect();
-    for (p, _, _) in &pairs[1..11] {
-        w.pa.delete(&format!("/crm/v3/objects/deals/{p}")).await;
-    }
-    let b2 = bulk.clone();
-    d.store
-        .call(move |c| store::enqueue_now(c, &b2, "sweep"))
-        .await
-        .unwrap();
-    common::eventually("the bulk jobs finish", WAIT, || async {
-        let depth = d.store.call(|c| store::queue_stats(c)).await.unwrap().0;
-        (depth == 0).then_some(())
+    // Later passes keep holding them.
+    let held = || {
+        let st = d.store.clone();
+        let b = bulk.clone();
+        async move {
+            st.call(move |c| {
+                Ok(c.query_row(
+                    &format!(
+                        "SELECT COUNT(*) FROM job_history WHERE link_id = {} AND outcome LIKE 'held:%'",
+                        b[0]
+                    ),
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )?)
+            })
+            .await
+            .unwrap()
+        }
+    };
+    common::eventually("two sweeps held the bulk deletions", WAIT, || async {
+        (held().await >= 2).then_some(())
     })
     .await;
     for id in &bulk {
@@ -468,11 +499,7 @@ async fn mass_deletion_guard_holds_bulk_deletions_until_resume() {
     let r = w.cli(&["resume", "--portal", "partner-a"]).await;
     assert!(r.status.success());
     assert!(stdout(&r).contains("released"), "{}", stdout(&r));
-    let b3 = bulk.clone();
-    d.store
-        .call(move |c| store::enqueue_now(c, &b3, "sweep"))
-        .await
-        .unwrap();
+    // The next sweep lets them through.
     for id in &bulk {
         let id = *id;
         common::eventually("released deletions orphan their links", WAIT, || async {

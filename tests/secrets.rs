@@ -203,6 +203,10 @@ retry_base_ms = 50
         },
     )
     .await;
+    // The 429 path ran: the daemon met injected rate limits (their answers and retries are
+    // among what is checked for secrets below).
+    let limited = hs.counters().await["http_429"].as_u64().unwrap_or(0);
+    assert!(limited > 0, "no 429 was answered while rate_429 = 0.3");
     hs.control(reqwest::Method::DELETE, "/faults", None).await;
     // A shared message: its notification goes to a receiver that refuses it (a URL holding
     // a token of the receiver's) and is dead-lettered.
