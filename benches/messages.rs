@@ -90,7 +90,7 @@ async fn create_notes(c: &Client, notes: &[(String, String)]) {
                     "properties": {
                         "hs_note_body": format!("<p>Shared update {i}</p>"),
                         "hs_timestamp": "2026-11-26T10:00:00.000Z",
-                        "dealsync_visibility": "shared",
+                        dealsync::properties::VISIBILITY: "shared",
                         "hs_attachment_ids": files,
                     },
                     "associations": [{ "to": { "id": deal }, "types": [{ "associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 214 }] }],

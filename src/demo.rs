@@ -257,7 +257,7 @@ impl Demo {
         let t0 = Instant::now();
         loop {
             let found = self.notes(on_hubspot, deal).await.into_iter().find(|n| {
-                n.get(crate::setup::ORIGIN) == Some(origin)
+                n.get(crate::properties::ORIGIN) == Some(origin)
                     && n.get("hs_attachment_ids")
                         .map_or(0, |a| crate::engine::messages::split_ids(a).len())
                         == files
@@ -395,8 +395,8 @@ pub async fn run() -> Result<(), DemoError> {
             "deals",
             &props(
                 json!({"dealname": "Acme — Sales Hub rollout", "dealstage": "appointmentscheduled",
-                "pipeline": "default", "dealsync_intro_note": "Met their COO at INBOUND",
-                "dealsync_product_interest": "sales_hub"}),
+                "pipeline": "default", crate::properties::INTRO_NOTE: "Met their COO at INBOUND",
+                crate::properties::PRODUCT_INTEREST: "sales_hub"}),
             ),
             json!([]),
         )
@@ -471,8 +471,13 @@ pub async fn run() -> Result<(), DemoError> {
         "   ✔ registered: partner deal {p} ↔ HubSpot deal {h} ({}, link {})",
         reg.deal_type, link.id
     );
-    demo.until(true, &h, "dealsync_intro_note", "Met their COO at INBOUND")
-        .await?;
+    demo.until(
+        true,
+        &h,
+        crate::properties::INTRO_NOTE,
+        "Met their COO at INBOUND",
+    )
+    .await?;
     // The first sync records what both sides agree on (the shadow) before anyone edits.
     d.store
         .call(move |c| store::enqueue_now(c, &[link.id], "demo"))
@@ -523,8 +528,8 @@ pub async fn run() -> Result<(), DemoError> {
             "deals",
             &props(
                 json!({"dealname": "Inbound: Globex service desk", "pipeline": "default",
-                "dealsync_add_partner": "partner-b", "dealsync_partner_owner": email,
-                "dealsync_welcome_note": "Welcome! Globex asked for a Service Hub partner."}),
+                crate::properties::ADD_PARTNER: "partner-b", crate::properties::PARTNER_OWNER: email,
+                crate::properties::WELCOME_NOTE: "Welcome! Globex asked for a Service Hub partner."}),
             ),
             json!([]),
         )
@@ -534,12 +539,17 @@ pub async fn run() -> Result<(), DemoError> {
     demo.until(
         true,
         &inbound,
-        "dealsync_status",
+        crate::properties::DEAL_STATUS,
         "waiting for: the confirmation that the partner's availability was checked",
     )
     .await?;
-    demo.set(true, &inbound, "dealsync_availability_confirmed", "true")
-        .await?;
+    demo.set(
+        true,
+        &inbound,
+        crate::properties::AVAILABILITY_CONFIRMED,
+        "true",
+    )
+    .await?;
     let t0 = Instant::now();
     let added = loop {
         let id = inbound.clone();
@@ -604,14 +614,14 @@ pub async fn run() -> Result<(), DemoError> {
     demo.set(
         true,
         &h,
-        "dealsync_product_interest",
+        crate::properties::PRODUCT_INTEREST,
         "sales_hub;service_hub",
     )
     .await?;
     demo.until(
         false,
         &p,
-        "dealsync_product_interest",
+        crate::properties::PRODUCT_INTEREST,
         "sales_hub;service_hub",
     )
     .await?;
@@ -628,7 +638,7 @@ pub async fn run() -> Result<(), DemoError> {
             false,
             &p,
             "<p>Kick-off agenda attached.</p>",
-            json!({ crate::setup::VISIBILITY: "shared" }),
+            json!({ crate::properties::VISIBILITY: "shared" }),
             Some(("agenda.pdf", b"%PDF-1.4 kick-off agenda")),
         )
         .await?;
@@ -642,14 +652,14 @@ pub async fn run() -> Result<(), DemoError> {
             true,
             &h,
             "<p>Thanks — pricing sheet attached.</p>",
-            json!({ crate::setup::VISIBILITY: "shared", crate::setup::REPLY_TO: copy.id }),
+            json!({ crate::properties::VISIBILITY: "shared", crate::properties::REPLY_TO: copy.id }),
             Some(("pricing.xlsx", b"tier,price\nstarter,20")),
         )
         .await?;
     let reply = demo
         .until_copy(false, &p, &format!("hubspot:{r}"), 1)
         .await?;
-    if reply.get(crate::setup::REPLY_TO) != Some(m.as_str()) {
+    if reply.get(crate::properties::REPLY_TO) != Some(m.as_str()) {
         return Err(demo.fail("the comment lost its thread on the partner's side"));
     }
     println!("   ✔ it is a reply to the partner's original message {m}");
@@ -679,19 +689,19 @@ pub async fn run() -> Result<(), DemoError> {
     demo.set(
         false,
         &p,
-        crate::team::ADD,
+        crate::properties::TEAM_ADD,
         &format!("{}, {}", colleague.email, rep.email),
     )
     .await?;
     let answer = demo
-        .until_contains(false, &p, crate::team::ADD_STATUS, "refused")
+        .until_contains(false, &p, crate::properties::TEAM_STATUS, "refused")
         .await?;
     if !answer.contains("added") || !answer.contains("refused") {
         return Err(demo.fail(format!("unexpected team answer: {answer}")));
     }
     println!("   ✔ the deal says: {answer}");
     let line = demo
-        .until_contains(true, &h, crate::team::PARTNER_TEAM, &colleague.email)
+        .until_contains(true, &h, crate::properties::PARTNER_TEAM, &colleague.email)
         .await?;
     if !line.contains(&colleague.email) || line.contains(&rep.email) {
         return Err(demo.fail(format!("HubSpot shows the partner team as {line:?}")));

@@ -23,14 +23,12 @@
 use serde_json::{json, Map, Value};
 
 use crate::crm::{Client, CrmError, Record};
-use crate::lifecycle::{ACTIVE_REGISTRATIONS, STATUS};
-use crate::register::{RegistrationSettings, REGISTRATION};
+use crate::properties::{
+    ACTIVE_REGISTRATIONS, ADD_PARTNER, AVAILABILITY_CONFIRMED, DEAL_STATUS, PARTNER_OWNER,
+    REGISTRATION, WELCOME_NOTE,
+};
+use crate::register::RegistrationSettings;
 use crate::store::{self, Store, StoreError};
-
-pub const ADD_PARTNER: &str = "dealsync_add_partner";
-pub const PARTNER_OWNER: &str = "dealsync_partner_owner";
-pub const WELCOME_NOTE: &str = "dealsync_welcome_note";
-pub const CONFIRMED: &str = "dealsync_availability_confirmed";
 
 /// The HubSpot deal properties an invitation is read from.
 pub fn props() -> Vec<String> {
@@ -38,7 +36,7 @@ pub fn props() -> Vec<String> {
         ADD_PARTNER,
         PARTNER_OWNER,
         WELCOME_NOTE,
-        CONFIRMED,
+        AVAILABILITY_CONFIRMED,
         "dealname",
     ]
     .iter()
@@ -62,7 +60,7 @@ pub fn missing(deal: &Record, known_partner: impl Fn(&str) -> bool) -> Vec<Strin
     if deal.get(WELCOME_NOTE).is_none() {
         out.push("a welcome note".into());
     }
-    if deal.get(CONFIRMED) != Some("true") {
+    if deal.get(AVAILABILITY_CONFIRMED) != Some("true") {
         out.push("the confirmation that the partner's availability was checked".into());
     }
     out
@@ -108,9 +106,9 @@ pub async fn invite(
         .await?;
     if !lacking.is_empty() {
         let text = format!("waiting for: {}", lacking.join(", "));
-        if deal.get(STATUS) != Some(text.as_str()) {
+        if deal.get(DEAL_STATUS) != Some(text.as_str()) {
             let mut m = Map::new();
-            m.insert(STATUS.into(), json!(text));
+            m.insert(DEAL_STATUS.into(), json!(text));
             hubspot.update("deals", &deal.id, &m).await?;
         }
         return Ok(Invited::Waiting(lacking));
@@ -157,7 +155,7 @@ pub async fn invite(
     }
     props.extend(seed(hubspot, deal, settings, &stages).await?);
     props.insert("hubspot_owner_id".into(), json!(owner));
-    props.insert(STATUS.into(), json!("active"));
+    props.insert(DEAL_STATUS.into(), json!("active"));
     props.insert(ACTIVE_REGISTRATIONS.into(), json!("1"));
     let made = client
         .batch_upsert(
@@ -191,8 +189,8 @@ pub async fn invite(
         "hs_timestamp".into(),
         json!(crate::time::iso(store::now_ms())),
     );
-    note.insert(crate::setup::VISIBILITY.into(), json!("shared"));
-    note.insert(crate::setup::TARGET.into(), json!(partner));
+    note.insert(crate::properties::VISIBILITY.into(), json!("shared"));
+    note.insert(crate::properties::TARGET.into(), json!(partner));
     hubspot
         .create(
             "notes",
@@ -205,7 +203,10 @@ pub async fn invite(
         .call(move |c| store::enqueue_now(c, &[id], "invitation"))
         .await?;
     let mut m = Map::new();
-    m.insert(STATUS.into(), json!(format!("partner {partner} added")));
+    m.insert(
+        DEAL_STATUS.into(),
+        json!(format!("partner {partner} added")),
+    );
     hubspot.update("deals", &deal.id, &m).await?;
     Ok(Invited::Linked {
         partner,
@@ -251,7 +252,7 @@ mod tests {
             (ADD_PARTNER, "partner-a"),
             (PARTNER_OWNER, "ana@partner.example"),
             (WELCOME_NOTE, "Welcome!"),
-            (CONFIRMED, "true"),
+            (AVAILABILITY_CONFIRMED, "true"),
         ];
         assert!(missing(&deal(&full), known).is_empty());
         for i in 0..full.len() {
@@ -261,7 +262,7 @@ mod tests {
             assert_eq!(m.len(), 1, "{m:?}");
         }
         let mut unconfirmed = full.to_vec();
-        unconfirmed[3] = (CONFIRMED, "false");
+        unconfirmed[3] = (AVAILABILITY_CONFIRMED, "false");
         assert!(missing(&deal(&unconfirmed), known)[0].contains("availability"));
         let mut unknown = full.to_vec();
         unknown[0] = (ADD_PARTNER, "partner-z");

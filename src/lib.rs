@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod notify;
 pub mod oauth;
 pub mod project;
+pub mod properties;
 pub mod quotes;
 pub mod register;
 pub mod replay;

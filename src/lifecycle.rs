@@ -16,13 +16,7 @@
 //!   a new registration links the deal again.
 
 use crate::crm::Record;
-
-/// HubSpot-side property naming the partners excluded from a deal.
-pub const EXCLUDED: &str = "dealsync_excluded_partners";
-/// Partner-side status banner.
-pub const STATUS: &str = "dealsync_status";
-/// Partner-side number of active deal registrations (1 or 0).
-pub const ACTIVE_REGISTRATIONS: &str = "dealsync_active_registrations";
+use crate::properties::EXCLUDED_PARTNERS;
 
 /// What the HubSpot deal says about one link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,7 +73,7 @@ impl Default for ClosedStages {
 /// Decides one link's lifecycle from the HubSpot deal.
 pub fn decide(hubspot: &Record, partner: &str, stages: &ClosedStages) -> Lifecycle {
     let excluded = hubspot
-        .get(EXCLUDED)
+        .get(EXCLUDED_PARTNERS)
         .is_some_and(|v| v.split(';').map(str::trim).any(|p| p == partner));
     if excluded {
         return Lifecycle::Excluded;
@@ -101,7 +95,7 @@ mod tests {
             ..Default::default()
         };
         r.properties
-            .insert(EXCLUDED.into(), excluded.map(str::to_owned));
+            .insert(EXCLUDED_PARTNERS.into(), excluded.map(str::to_owned));
         r.properties
             .insert("dealstage".into(), stage.map(str::to_owned));
         r

@@ -149,13 +149,13 @@ pub fn deal_properties(config: &Config) -> Vec<String> {
         .flat_map(|f| [f.hubspot_property.clone(), f.partner_property.clone()])
         .collect();
     v.extend([
-        crate::lifecycle::EXCLUDED.to_owned(),
+        crate::properties::EXCLUDED_PARTNERS.to_owned(),
         "dealstage".to_owned(),
     ]);
     v.extend(crate::invite::props());
     v.extend([
-        crate::register::REGISTER.to_owned(),
-        crate::quotes::REQUEST.to_owned(),
+        crate::properties::REGISTER.to_owned(),
+        crate::properties::QUOTE_REQUEST.to_owned(),
     ]);
     v.extend(crate::team::watched().iter().map(|s| (*s).to_owned()));
     subscribable(v)
@@ -479,12 +479,12 @@ redirect_url = "https://dealsync.example.com/oauth/callback"
             .flat_map(|f| [f.hubspot_property.clone(), f.partner_property.clone()])
             .collect();
         wanted.extend([
-            crate::lifecycle::EXCLUDED.into(),
+            crate::properties::EXCLUDED_PARTNERS.into(),
             "dealstage".into(),
-            crate::register::REGISTER.into(),
-            crate::quotes::REQUEST.into(),
-            crate::invite::ADD_PARTNER.into(),
-            crate::team::ADD.into(),
+            crate::properties::REGISTER.into(),
+            crate::properties::QUOTE_REQUEST.into(),
+            crate::properties::ADD_PARTNER.into(),
+            crate::properties::TEAM_ADD.into(),
             "hubspot_owner_id".into(),
         ]);
         for p in &wanted {
@@ -508,7 +508,7 @@ redirect_url = "https://dealsync.example.com/oauth/callback"
         for t in ["object.creation", "object.deletion"] {
             assert!(notes.iter().any(|s| s["subscriptionType"] == t), "{t}");
         }
-        for p in ["hs_note_body", crate::setup::VISIBILITY] {
+        for p in ["hs_note_body", crate::properties::VISIBILITY] {
             assert!(
                 notes.iter().any(|s| s["propertyName"] == p),
                 "note property {p}"

@@ -5,14 +5,6 @@
 
 use crate::crm::Record;
 
-/// Partner-side property holding the quotes, one per line.
-pub const PROPERTY: &str = "dealsync_quotes";
-/// Partner-side property: what the partner asks the rep to quote. dealsync turns it into a
-/// shared message and a task for the HubSpot deal's owner, then clears it.
-pub const REQUEST: &str = "dealsync_quote_request";
-/// Unique task property identifying the request a task was made for.
-pub const TASK_KEY: &str = "dealsync_request";
-
 /// The key of one quote request: the same request (deal and text) always maps to one task.
 pub fn request_key(partner: &str, deal: &str, text: &str) -> String {
     use sha2::{Digest, Sha256};

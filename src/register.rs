@@ -28,15 +28,9 @@ use serde_json::{json, Map, Value};
 
 use crate::crm::{Client, CrmError, Record};
 use crate::engine::{FieldKind, FieldSpec, StageMap};
-use crate::lifecycle::{ACTIVE_REGISTRATIONS, STATUS};
+use crate::properties::{ACTIVE_REGISTRATIONS, COMPANY_PARTNER, DEAL_STATUS, REGISTRATION};
 use crate::rules::Direction;
 use crate::store::{self, Side, Store, StoreError};
-
-/// Unique HubSpot deal property: the partner deal a registration came from.
-pub const REGISTRATION: &str = "dealsync_registration";
-/// Partner deal property: set to `true` in the partner's CRM to register the deal (the same as
-/// `dealsync register --deal`); dealsync sets it back to `false` once it has acted.
-pub const REGISTER: &str = "dealsync_register";
 
 /// Registration settings of one partner (for registrations started from its CRM).
 #[derive(Debug, Clone)]
@@ -116,16 +110,13 @@ impl Synced {
     }
 }
 
-/// HubSpot company property naming the partner a lead is assigned to.
-pub const COMPANY_PARTNER: &str = "dealsync_partner";
-
 /// Partner deal properties carried to the new HubSpot deal.
 const CARRIED: &[&str] = &[
     "dealname",
-    "dealsync_product_interest",
-    "dealsync_intro_note",
-    "dealsync_specific_pain",
-    "dealsync_next_steps",
+    crate::properties::PRODUCT_INTEREST,
+    crate::properties::INTRO_NOTE,
+    crate::properties::SPECIFIC_PAIN,
+    crate::properties::NEXT_STEPS,
 ];
 
 /// Why a conversion was refused: each names the condition that failed.
@@ -273,14 +264,14 @@ impl Registrar<'_> {
         }
         if !lead.products.is_empty() {
             props.insert(
-                "dealsync_product_interest".into(),
+                crate::properties::PRODUCT_INTEREST.into(),
                 json!(lead.products.join(";")),
             );
         }
         for (k, v) in [
-            ("dealsync_intro_note", &lead.intro),
-            ("dealsync_specific_pain", &lead.pain),
-            ("dealsync_next_steps", &lead.next_steps),
+            (crate::properties::INTRO_NOTE, &lead.intro),
+            (crate::properties::SPECIFIC_PAIN, &lead.pain),
+            (crate::properties::NEXT_STEPS, &lead.next_steps),
         ] {
             if let Some(v) = v {
                 props.insert(k.into(), json!(v));
@@ -450,7 +441,7 @@ impl Registrar<'_> {
         registrations: Option<&str>,
     ) -> Result<(), CrmError> {
         let mut m = Map::new();
-        m.insert(STATUS.into(), json!(status));
+        m.insert(DEAL_STATUS.into(), json!(status));
         if let Some(r) = registrations {
             m.insert(ACTIVE_REGISTRATIONS.into(), json!(r));
         }
@@ -602,34 +593,40 @@ mod tests {
         let partner = record(&[
             ("dealname", "Acme"),
             ("dealstage", "qualifiedtobuy"),
-            ("dealsync_intro_note", "Met at INBOUND"),
-            ("dealsync_compensation_eligible", "yes"),
+            (crate::properties::INTRO_NOTE, "Met at INBOUND"),
+            (crate::properties::COMPENSATION_ELIGIBLE, "yes"),
         ]);
         let seed = synced().seed(Side::Hubspot, &partner, &pipeline());
         assert_eq!(seed["dealstage"], "presentationscheduled");
         assert_eq!(seed["dealname"], "Acme");
-        assert_eq!(seed["dealsync_intro_note"], "Met at INBOUND");
+        assert_eq!(seed[crate::properties::INTRO_NOTE], "Met at INBOUND");
         // HubSpot owns compensation eligibility: the partner's value never seeds it.
         assert!(
-            !seed.contains_key("dealsync_compensation_eligible"),
+            !seed.contains_key(crate::properties::COMPENSATION_ELIGIBLE),
             "{seed:?}"
         );
         // Blank values seed nothing.
-        assert!(!seed.contains_key("dealsync_next_steps"), "{seed:?}");
+        assert!(
+            !seed.contains_key(crate::properties::NEXT_STEPS),
+            "{seed:?}"
+        );
     }
 
     #[test]
     fn an_invited_deal_starts_from_hubspots_stage_mapped_back() {
         let hubspot = record(&[
             ("dealstage", "presentationscheduled"),
-            ("dealsync_compensation_eligible", "yes"),
-            ("dealsync_intro_note", "HubSpot's own"),
+            (crate::properties::COMPENSATION_ELIGIBLE, "yes"),
+            (crate::properties::INTRO_NOTE, "HubSpot's own"),
         ]);
         let seed = synced().seed(Side::Partner, &hubspot, &pipeline());
         assert_eq!(seed["dealstage"], "qualifiedtobuy");
-        assert_eq!(seed["dealsync_compensation_eligible"], "yes");
+        assert_eq!(seed[crate::properties::COMPENSATION_ELIGIBLE], "yes");
         // The partner owns the intro note: HubSpot's value never seeds it.
-        assert!(!seed.contains_key("dealsync_intro_note"), "{seed:?}");
+        assert!(
+            !seed.contains_key(crate::properties::INTRO_NOTE),
+            "{seed:?}"
+        );
     }
 
     #[test]

@@ -30,14 +30,6 @@ use crate::crm::{Client, CrmError, Owner, Record};
 
 /// Collaborators beyond the owner ("Deal collaborator"), owner ids joined by `;`.
 pub const COLLABORATORS: &str = "hs_all_collaborator_owner_ids";
-/// On the partner deal: HubSpot's team, read-only.
-pub const HUBSPOT_TEAM: &str = "dealsync_hubspot_team";
-/// On the HubSpot deal: each linked partner's team, a line per partner, read-only.
-pub const PARTNER_TEAM: &str = "dealsync_partner_team";
-/// On either deal: emails to add to this side's team.
-pub const ADD: &str = "dealsync_team_add";
-/// On either deal: what became of the last `dealsync_team_add`.
-pub const ADD_STATUS: &str = "dealsync_team_status";
 
 /// How long a portal's owner list is trusted.
 pub const DIRECTORY_TTL: Duration = Duration::from_secs(300);
@@ -47,7 +39,11 @@ pub const DIRECTORY_RETRY: Duration = Duration::from_secs(30);
 
 /// Deal properties that change a team (webhooks on them queue the link).
 pub fn watched() -> [&'static str; 3] {
-    ["hubspot_owner_id", COLLABORATORS, ADD]
+    [
+        "hubspot_owner_id",
+        COLLABORATORS,
+        crate::properties::TEAM_ADD,
+    ]
 }
 
 /// The owner ids on a deal's team: the owner first, then collaborators, each once.

@@ -463,7 +463,7 @@ async fn note(
     let mut props = json!({
         "hs_note_body": body,
         "hs_timestamp": "2026-11-26T10:00:00.000Z",
-        "dealsync_visibility": if shared { "shared" } else { "private" },
+        dealsync::properties::VISIBILITY: if shared { "shared" } else { "private" },
     });
     for (k, v) in extra.as_object().into_iter().flatten() {
         props[k] = v.clone();
@@ -661,7 +661,7 @@ impl Messages {
             let origin = format!("{}:{}", m.portal, m.id);
             let copies: Vec<_> = there
                 .iter()
-                .filter(|n| note_prop(n, "dealsync_origin") == Some(origin.as_str()))
+                .filter(|n| note_prop(n, dealsync::properties::ORIGIN) == Some(origin.as_str()))
                 .collect();
             assert!(
                 copies.len() <= 1,
@@ -714,7 +714,9 @@ impl Messages {
                         };
                         there
                             .iter()
-                            .find(|n| note_prop(n, "dealsync_origin") == Some(origin.as_str()))
+                            .find(|n| {
+                                note_prop(n, dealsync::properties::ORIGIN) == Some(origin.as_str())
+                            })
                             .and_then(|n| n["id"].as_str())
                             .is_some_and(|id| told.contains(id))
                     })

@@ -1,5 +1,6 @@
 //! Rules about which module may use which, checked by reading the sources (issue #16): the
-//! sandbox is a test double and the demo's stage, so production modules never import it.
+//! sandbox is a test double and the demo's stage, so production modules never import it; and
+//! dealsync's property names are spelled in one place, `properties.rs`.
 
 use std::path::{Path, PathBuf};
 
@@ -23,25 +24,37 @@ fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// Every `sandbox::` outside the allowed files, as `file:line: text`.
-fn sandbox_uses(src: &Path) -> Vec<String> {
+/// Files whose `"dealsync_…"` literals are not property names: metric names, and the uids of
+/// the HubSpot project's components.
+fn may_spell_dealsync_names(rel: &Path) -> bool {
+    rel == Path::new("properties.rs")
+        || rel == Path::new("metrics.rs")
+        || rel == Path::new("project.rs")
+}
+
+/// Every line of code holding `needle` outside the allowed files, as `file:line: text`.
+fn found(src: &Path, needle: &str, allowed: fn(&Path) -> bool) -> Vec<String> {
     let mut files = Vec::new();
     sources(src, &mut files);
     let mut found = Vec::new();
     for path in files {
         let rel = path.strip_prefix(src).expect("under src/");
-        if may_use_sandbox(rel) {
+        if allowed(rel) {
             continue;
         }
         let text = std::fs::read_to_string(&path).expect("read a source file");
         for (n, line) in text.lines().enumerate() {
             let code = line.split("//").next().unwrap_or("");
-            if code.contains("sandbox::") {
+            if code.contains(needle) {
                 found.push(format!("{}:{}: {}", rel.display(), n + 1, line.trim()));
             }
         }
     }
     found
+}
+
+fn sandbox_uses(src: &Path) -> Vec<String> {
+    found(src, "sandbox::", may_use_sandbox)
 }
 
 #[test]
@@ -69,4 +82,28 @@ fn the_check_sees_an_import_when_there_is_one() {
     let found = sandbox_uses(dir.path());
     assert_eq!(found.len(), 1, "{found:?}");
     assert!(found[0].starts_with("engine/mod.rs:2:"), "{found:?}");
+}
+
+#[test]
+fn property_names_are_spelled_only_in_properties_rs() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let found = found(&src, "\"dealsync_", may_spell_dealsync_names);
+    assert!(
+        found.is_empty(),
+        "name dealsync's properties through crate::properties:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn the_property_check_sees_a_raw_name() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("team.rs"),
+        "// \"dealsync_team_add\" in a comment is fine\nlet p = \"dealsync_team_add\";\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("metrics.rs"), "\"dealsync_jobs_total\"\n").unwrap();
+    let found = found(dir.path(), "\"dealsync_", may_spell_dealsync_names);
+    assert_eq!(found, vec!["team.rs:2: let p = \"dealsync_team_add\";"]);
 }

@@ -203,7 +203,7 @@ async fn no_private_note_or_other_partners_message_leaks_anywhere() {
         let a = p
             .patch(
                 &format!("/crm/v3/objects/notes/{loose}"),
-                json!({"properties": {"dealsync_visibility": "", "hs_note_body": format!("{marker} no visibility {i}")}}),
+                json!({"properties": {dealsync::properties::VISIBILITY: "", "hs_note_body": format!("{marker} no visibility {i}")}}),
             )
             .await;
         assert_eq!(a.status, 200, "{}", a.text);
@@ -214,7 +214,7 @@ async fn no_private_note_or_other_partners_message_leaks_anywhere() {
             format!("{} update {i}", shared_by(name))
         };
         let target = if *deal == h1.as_str() {
-            json!({"dealsync_target": "partner-a"})
+            json!({dealsync::properties::TARGET: "partner-a"})
         } else {
             json!({})
         };
@@ -229,7 +229,7 @@ async fn no_private_note_or_other_partners_message_leaks_anywhere() {
             deal,
             &format!("{marker} private reply {i}"),
             false,
-            json!({"dealsync_reply_to": m}),
+            json!({dealsync::properties::REPLY_TO: m}),
         )
         .await;
         // A private attachment on a private note (its name and content carry the marker).
@@ -261,7 +261,7 @@ async fn no_private_note_or_other_partners_message_leaks_anywhere() {
             deal,
             "shared reply to a private parent",
             true,
-            json!({"dealsync_reply_to": parent}),
+            json!({dealsync::properties::REPLY_TO: parent}),
         )
         .await;
     }
@@ -275,7 +275,7 @@ async fn no_private_note_or_other_partners_message_leaks_anywhere() {
             notes(hs)
                 .await
                 .iter()
-                .any(|n| prop(n, "dealsync_origin") == Some(origin.as_str()))
+                .any(|n| prop(n, dealsync::properties::ORIGIN) == Some(origin.as_str()))
                 .then_some(())
         },
     )
@@ -283,7 +283,7 @@ async fn no_private_note_or_other_partners_message_leaks_anywhere() {
     let a = pa
         .patch(
             &format!("/crm/v3/objects/notes/{gone}"),
-            json!({"properties": {"dealsync_visibility": "private"}}),
+            json!({"properties": {dealsync::properties::VISIBILITY: "private"}}),
         )
         .await;
     assert_eq!(a.status, 200);
@@ -305,7 +305,7 @@ async fn no_private_note_or_other_partners_message_leaks_anywhere() {
                 if !notes(p)
                     .await
                     .iter()
-                    .any(|n| prop(n, "dealsync_origin") == Some(origin.as_str()))
+                    .any(|n| prop(n, dealsync::properties::ORIGIN) == Some(origin.as_str()))
                 {
                     return None;
                 }
@@ -313,7 +313,7 @@ async fn no_private_note_or_other_partners_message_leaks_anywhere() {
             if notes(hs)
                 .await
                 .iter()
-                .any(|n| prop(n, "dealsync_origin") == Some(origin.as_str()))
+                .any(|n| prop(n, dealsync::properties::ORIGIN) == Some(origin.as_str()))
             {
                 return None;
             }

@@ -117,16 +117,21 @@ async fn an_excluded_partner_stops_syncing_both_ways_at_once() {
     set(
         &w.hs,
         &h,
-        json!({"dealsync_excluded_partners": "partner-b;partner-a"}),
+        json!({dealsync::properties::EXCLUDED_PARTNERS: "partner-b;partner-a"}),
     )
     .await;
-    wait_prop(&w.pa, &p, "dealsync_status", "excluded").await;
-    wait_prop(&w.pa, &p, "dealsync_active_registrations", "0").await;
+    wait_prop(&w.pa, &p, dealsync::properties::DEAL_STATUS, "excluded").await;
+    wait_prop(&w.pa, &p, dealsync::properties::ACTIVE_REGISTRATIONS, "0").await;
     assert_eq!(link_state(&d.store, link).await, "excluded");
 
     // Changes after the exclusion, on both sides, fields and messages: none crosses.
     set(&w.pa, &p, json!({"dealname": "Partner after exclusion"})).await;
-    set(&w.hs, &h, json!({"dealsync_product_interest": "sales_hub"})).await;
+    set(
+        &w.hs,
+        &h,
+        json!({dealsync::properties::PRODUCT_INTEREST: "sales_hub"}),
+    )
+    .await;
     let n = note(&w.pa, &p, "shared after exclusion", true, json!({})).await;
     let marks = vec![
         ("partner-a", modified(&w.pa, "deals", &p).await),
@@ -139,7 +144,7 @@ async fn an_excluded_partner_stops_syncing_both_ways_at_once() {
         Some("Before exclusion")
     );
     assert_eq!(
-        deal_prop(&w.pa, &p, "dealsync_product_interest").await,
+        deal_prop(&w.pa, &p, dealsync::properties::PRODUCT_INTEREST).await,
         None
     );
     assert!(
@@ -161,14 +166,20 @@ async fn closed_won_and_closed_lost_set_the_partner_banner() {
 
     set(&w.hs, &h1, json!({"dealstage": "closedwon"})).await;
     wait_prop(&w.pa, &p1, "dealstage", "closedwon").await;
-    wait_prop(&w.pa, &p1, "dealsync_status", "customer purchased").await;
-    wait_prop(&w.pa, &p1, "dealsync_active_registrations", "1").await;
+    wait_prop(
+        &w.pa,
+        &p1,
+        dealsync::properties::DEAL_STATUS,
+        "customer purchased",
+    )
+    .await;
+    wait_prop(&w.pa, &p1, dealsync::properties::ACTIVE_REGISTRATIONS, "1").await;
     assert_eq!(link_state(&d.store, l1).await, "closed_won");
 
     set(&w.hs, &h2, json!({"dealstage": "closedlost"})).await;
     wait_prop(&w.pa, &p2, "dealstage", "closedlost").await;
-    wait_prop(&w.pa, &p2, "dealsync_status", "deal lost").await;
-    wait_prop(&w.pa, &p2, "dealsync_active_registrations", "0").await;
+    wait_prop(&w.pa, &p2, dealsync::properties::DEAL_STATUS, "deal lost").await;
+    wait_prop(&w.pa, &p2, dealsync::properties::ACTIVE_REGISTRATIONS, "0").await;
     assert_eq!(link_state(&d.store, l2).await, "closed_lost");
     // Status counts links by state.
     let (path, dl) = (
@@ -191,19 +202,30 @@ async fn compensation_eligibility_flows_from_hubspot_to_the_partner_only() {
     let w = World::new().await;
     let d = w.start().await;
     let (p, h, _) = w.pair(&d.store).await;
-    set(&w.hs, &h, json!({"dealsync_compensation_eligible": "true"})).await;
-    wait_prop(&w.pa, &p, "dealsync_compensation_eligible", "true").await;
+    set(
+        &w.hs,
+        &h,
+        json!({dealsync::properties::COMPENSATION_ELIGIBLE: "true"}),
+    )
+    .await;
+    wait_prop(
+        &w.pa,
+        &p,
+        dealsync::properties::COMPENSATION_ELIGIBLE,
+        "true",
+    )
+    .await;
     // The partner cannot change it on HubSpot's side: its edit stays on its side.
     set(
         &w.pa,
         &p,
-        json!({"dealsync_compensation_eligible": "false"}),
+        json!({dealsync::properties::COMPENSATION_ELIGIBLE: "false"}),
     )
     .await;
     set(&w.pa, &p, json!({"dealname": "marker edit"})).await;
     wait_prop(&w.hs, &h, "dealname", "marker edit").await;
     assert_eq!(
-        deal_prop(&w.hs, &h, "dealsync_compensation_eligible")
+        deal_prop(&w.hs, &h, dealsync::properties::COMPENSATION_ELIGIBLE)
             .await
             .as_deref(),
         Some("true")
@@ -238,7 +260,7 @@ async fn quotes_on_the_hubspot_deal_appear_on_the_partner_deal_and_stay_current(
     wait_prop(
         &w.pa,
         &p,
-        "dealsync_quotes",
+        dealsync::properties::QUOTES,
         "Sales Hub Pro | 12000 EUR | PENDING_APPROVAL | https://quotes.example.com/q/1",
     )
     .await;
@@ -254,12 +276,15 @@ async fn quotes_on_the_hubspot_deal_appear_on_the_partner_deal_and_stay_current(
     wait_prop(
         &w.pa,
         &p,
-        "dealsync_quotes",
+        dealsync::properties::QUOTES,
         "Sales Hub Pro | 12000 EUR | APPROVED | https://quotes.example.com/q/1",
     )
     .await;
     // Quotes flow one way: the HubSpot deal has no such property written.
-    assert_eq!(deal_prop(&w.hs, &h, "dealsync_quotes").await, None);
+    assert_eq!(
+        deal_prop(&w.hs, &h, dealsync::properties::QUOTES).await,
+        None
+    );
     d.shutdown().await;
 }
 
@@ -273,15 +298,17 @@ async fn a_quote_request_becomes_a_shared_message_and_a_task_for_the_deal_owner(
     set(
         &w.pa,
         &p,
-        json!({"dealsync_quote_request": "50 seats of Sales Hub Pro, annual"}),
+        json!({dealsync::properties::QUOTE_REQUEST: "50 seats of Sales Hub Pro, annual"}),
     )
     .await;
     // The request is handled and cleared on the partner deal.
     common::eventually("the request is cleared", WAIT, || async {
-        (deal_prop(&w.pa, &p, "dealsync_quote_request")
+        (deal_prop(&w.pa, &p, dealsync::properties::QUOTE_REQUEST)
             .await
             .is_none()
-            && deal_prop(&w.pa, &p, "dealsync_status").await.is_none())
+            && deal_prop(&w.pa, &p, dealsync::properties::DEAL_STATUS)
+                .await
+                .is_none())
         .then_some(())
     })
     .await;

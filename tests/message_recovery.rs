@@ -56,7 +56,7 @@ async fn copies_of(p: &common::Portal, origin: &str) -> Vec<Value> {
     notes(p)
         .await
         .into_iter()
-        .filter(|n| prop(n, "dealsync_origin") == Some(origin))
+        .filter(|n| prop(n, dealsync::properties::ORIGIN) == Some(origin))
         .collect()
 }
 
@@ -164,7 +164,7 @@ async fn a_reshared_message_whose_copy_was_never_made_is_copied_once() {
         .hs
         .patch(
             &format!("/crm/v3/objects/notes/{m}"),
-            json!({"properties": {"dealsync_visibility": "private"}}),
+            json!({"properties": {dealsync::properties::VISIBILITY: "private"}}),
         )
         .await;
     assert_eq!(a.status, 200, "{}", a.text);
@@ -193,7 +193,7 @@ async fn a_reshared_message_whose_copy_was_never_made_is_copied_once() {
         .hs
         .patch(
             &format!("/crm/v3/objects/notes/{m}"),
-            json!({"properties": {"dealsync_visibility": "shared"}}),
+            json!({"properties": {dealsync::properties::VISIBILITY: "shared"}}),
         )
         .await;
     assert_eq!(a.status, 200, "{}", a.text);

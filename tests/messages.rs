@@ -184,7 +184,7 @@ async fn copies_of(p: &common::Portal, origin: &str) -> Vec<Value> {
     notes(p)
         .await
         .into_iter()
-        .filter(|n| prop(n, "dealsync_origin") == Some(origin))
+        .filter(|n| prop(n, dealsync::properties::ORIGIN) == Some(origin))
         .collect()
 }
 
@@ -283,7 +283,7 @@ async fn each_way_without_echo(webhooks: bool) {
     let copied = &attachments(&c1)[0];
     assert_ne!(copied, &f1, "a copy gets its own file");
     assert_eq!(file_content(&w.hs, copied).await, b"partner plan v1");
-    assert_eq!(prop(&c1, "dealsync_visibility"), Some("shared"));
+    assert_eq!(prop(&c1, dealsync::properties::VISIBILITY), Some("shared"));
     assert_eq!(
         c1["associations"]["deals"]["results"][0]["id"].as_str(),
         Some(h.as_str()),
@@ -376,7 +376,7 @@ async fn each_way_without_echo(webhooks: bool) {
     assert_eq!(copies_of(&w.pa, &format!("hubspot:{m2}")).await.len(), 1);
     // No copy of a copy.
     for n in notes(&w.pa).await.iter().chain(notes(&w.hs).await.iter()) {
-        let origin = prop(n, "dealsync_origin").unwrap_or("");
+        let origin = prop(n, dealsync::properties::ORIGIN).unwrap_or("");
         assert!(
             !origin.contains(&format!(":{}", c1["id"].as_str().unwrap()))
                 && !origin.contains(&format!(":{}", c2["id"].as_str().unwrap())),
@@ -402,7 +402,7 @@ async fn comment_threads_sync_each_way() {
         &h,
         "Yes, May works",
         true,
-        json!({"dealsync_reply_to": copy_id}),
+        json!({dealsync::properties::REPLY_TO: copy_id}),
     )
     .await;
     wait_copy(
@@ -410,7 +410,7 @@ async fn comment_threads_sync_each_way() {
         &format!("hubspot:{r}"),
         "comment copied as a reply to the original",
         |n| {
-            prop(n, "dealsync_reply_to") == Some(m.as_str())
+            prop(n, dealsync::properties::REPLY_TO) == Some(m.as_str())
                 && prop(n, "hs_note_body") == Some("Yes, May works")
         },
     )
@@ -424,14 +424,14 @@ async fn comment_threads_sync_each_way() {
         &p,
         "Sending the contract today",
         true,
-        json!({"dealsync_reply_to": c2["id"]}),
+        json!({dealsync::properties::REPLY_TO: c2["id"]}),
     )
     .await;
     let rc = wait_copy(
         &w.hs,
         &format!("partner-a:{r2}"),
         "comment copied with its thread",
-        |n| prop(n, "dealsync_reply_to") == Some(m2.as_str()),
+        |n| prop(n, dealsync::properties::REPLY_TO) == Some(m2.as_str()),
     )
     .await;
     let r3 = note(
@@ -439,14 +439,14 @@ async fn comment_threads_sync_each_way() {
         &h,
         "Thanks",
         true,
-        json!({"dealsync_reply_to": rc["id"]}),
+        json!({dealsync::properties::REPLY_TO: rc["id"]}),
     )
     .await;
     wait_copy(
         &w.pa,
         &format!("hubspot:{r3}"),
         "reply to a reply keeps the thread",
-        |n| prop(n, "dealsync_reply_to") == Some(r2.as_str()),
+        |n| prop(n, dealsync::properties::REPLY_TO) == Some(r2.as_str()),
     )
     .await;
     d.shutdown().await;
@@ -483,7 +483,12 @@ async fn edits_deletions_and_unsharing_propagate() {
     .await;
 
     // Un-share the original: the copy goes.
-    patch_note(&w.pa, &m, json!({"dealsync_visibility": "private"})).await;
+    patch_note(
+        &w.pa,
+        &m,
+        json!({dealsync::properties::VISIBILITY: "private"}),
+    )
+    .await;
     common::eventually("un-shared message's copy is deleted", WAIT, || async {
         copies_of(&w.hs, &origin).await.is_empty().then_some(())
     })
@@ -493,7 +498,12 @@ async fn edits_deletions_and_unsharing_propagate() {
     })
     .await;
     // Shared again: a new copy, with the current text.
-    patch_note(&w.pa, &m, json!({"dealsync_visibility": "shared"})).await;
+    patch_note(
+        &w.pa,
+        &m,
+        json!({dealsync::properties::VISIBILITY: "shared"}),
+    )
+    .await;
     wait_copy(&w.hs, &origin, "re-shared message copied again", |n| {
         prop(n, "hs_note_body") == Some("v3 from HubSpot")
     })
@@ -533,7 +543,12 @@ async fn edits_deletions_and_unsharing_propagate() {
     let origin3 = format!("partner-a:{m3}");
     let c3 = wait_copy(&w.hs, &origin3, "copied", |_| true).await;
     let c3id = c3["id"].as_str().unwrap().to_owned();
-    patch_note(&w.hs, &c3id, json!({"dealsync_visibility": "private"})).await;
+    patch_note(
+        &w.hs,
+        &c3id,
+        json!({dealsync::properties::VISIBILITY: "private"}),
+    )
+    .await;
     wait_object(&d.store, "pair detached", |o| {
         o.origin == origin3 && o.state == "detached"
     })
@@ -718,7 +733,7 @@ async fn isolation_between_partners_of_one_hubspot_deal() {
         &h,
         "for B",
         true,
-        json!({"dealsync_target": "partner-b"}),
+        json!({dealsync::properties::TARGET: "partner-b"}),
     )
     .await;
     wait_copy(
@@ -735,7 +750,7 @@ async fn isolation_between_partners_of_one_hubspot_deal() {
         &h,
         "reply to A",
         true,
-        json!({"dealsync_reply_to": ca[0]["id"]}),
+        json!({dealsync::properties::REPLY_TO: ca[0]["id"]}),
     )
     .await;
     wait_copy(&w.pa, &format!("hubspot:{rc}"), "comment reaches A", |_| {
@@ -834,7 +849,7 @@ async fn a_partner_linked_later_never_gets_an_earlier_partners_untargeted_thread
     let a =
         w.hs.patch(
             &format!("/crm/v3/objects/deals/{h}"),
-            json!({"properties": {"dealsync_excluded_partners": "partner-a"}}),
+            json!({"properties": {dealsync::properties::EXCLUDED_PARTNERS: "partner-a"}}),
         )
         .await;
     assert_eq!(a.status, 200, "{}", a.text);
@@ -1040,7 +1055,7 @@ async fn a_reply_to_an_unknown_message_waits_then_dead_letters_with_the_reason()
         &p,
         "reply",
         true,
-        json!({"dealsync_reply_to": parent}),
+        json!({dealsync::properties::REPLY_TO: parent}),
     )
     .await;
     // The rest of the deal's messages still sync.
@@ -1100,7 +1115,7 @@ async fn many_messages_are_copied_a_bounded_number_per_job_and_each_once() {
         &p,
         "comment",
         true,
-        json!({"dealsync_reply_to": last}),
+        json!({dealsync::properties::REPLY_TO: last}),
     )
     .await;
     common::eventually("every message copied", WAIT, || async {
@@ -1110,7 +1125,8 @@ async fn many_messages_are_copied_a_bounded_number_per_job_and_each_once() {
             .all(|id| {
                 all.iter()
                     .filter(|n| {
-                        prop(n, "dealsync_origin") == Some(format!("partner-a:{id}").as_str())
+                        prop(n, dealsync::properties::ORIGIN)
+                            == Some(format!("partner-a:{id}").as_str())
                     })
                     .count()
                     == 1
@@ -1123,7 +1139,7 @@ async fn many_messages_are_copied_a_bounded_number_per_job_and_each_once() {
     let last_copy = copies_of(&w.hs, &format!("partner-a:{last}")).await;
     let comment = copies_of(&w.hs, &format!("partner-a:{r}")).await;
     assert_eq!(
-        prop(&comment[0], "dealsync_reply_to"),
+        prop(&comment[0], dealsync::properties::REPLY_TO),
         last_copy[0]["id"].as_str()
     );
     // Several runs did it, at most 3 copies each, and none was dead-lettered. A copy belongs

@@ -199,7 +199,7 @@ async fn the_receiving_side_hears_of_messages_comments_and_status_by_signed_webh
         &h,
         "reply",
         true,
-        json!({"dealsync_reply_to": copy.as_str()}),
+        json!({dealsync::properties::REPLY_TO: copy.as_str()}),
     )
     .await;
     let got = w.delivered("comment_added", "partner").await;
@@ -221,7 +221,7 @@ async fn the_receiving_side_hears_of_messages_comments_and_status_by_signed_webh
 
     // HubSpot closes the deal lost: the partner hears of the new status.
     set_deal(&w.hs, &h, json!({"dealstage": "closedlost"})).await;
-    wait_deal_prop(&w.pa, &p, "dealsync_status", "deal lost").await;
+    wait_deal_prop(&w.pa, &p, dealsync::properties::DEAL_STATUS, "deal lost").await;
     let got = w.delivered("status_changed", "partner").await;
     assert_eq!(got["body"]["status"], "deal lost");
     assert!(got["body"]["summary"]

@@ -188,7 +188,7 @@ async fn setup_writes_the_hubspot_project_once_and_never_clobbers_an_edit() {
         "dealname",
         "dealstage",
         "partner_pain",
-        "dealsync_specific_pain",
+        dealsync::properties::SPECIFIC_PAIN,
     ] {
         assert!(
             props.iter().any(|s| s == p),

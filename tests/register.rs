@@ -103,7 +103,7 @@ impl World {
     async fn deal(&self, company: Option<&str>, contact: bool) -> String {
         let d = self
             .pa
-            .create_deal(json!({"dealname": "Acme rollout", "dealsync_intro_note": "Met at INBOUND", "dealsync_product_interest": "sales_hub"}))
+            .create_deal(json!({"dealname": "Acme rollout", dealsync::properties::INTRO_NOTE: "Met at INBOUND", dealsync::properties::PRODUCT_INTEREST: "sales_hub"}))
             .await;
         if let Some(domain) = company {
             let c = create(
@@ -167,7 +167,7 @@ async fn status_of(p: &common::Portal, deal: &str) -> Option<String> {
             "/crm/v3/objects/deals/{deal}?properties=dealsync_status"
         ))
         .await;
-    a.body["properties"]["dealsync_status"]
+    a.body["properties"][dealsync::properties::DEAL_STATUS]
         .as_str()
         .map(str::to_owned)
 }
@@ -267,12 +267,12 @@ async fn a_conversion_creates_the_hubspot_deal_with_the_leads_rep_and_links_it_o
     let p = &a.body["properties"];
     assert_eq!(p["dealname"], "Acme rollout");
     assert_eq!(p["hubspot_owner_id"], owner.as_str());
-    assert_eq!(p["dealsync_intro_note"], "Met at INBOUND");
-    assert_eq!(p["dealsync_product_interest"], "sales_hub");
+    assert_eq!(p[dealsync::properties::INTRO_NOTE], "Met at INBOUND");
+    assert_eq!(p[dealsync::properties::PRODUCT_INTEREST], "sales_hub");
     assert_eq!(p["pipeline"], "default");
     assert!(p["dealstage"].as_str().is_some_and(|s| !s.is_empty()));
     assert_eq!(
-        p["dealsync_registration"],
+        p[dealsync::properties::REGISTRATION],
         format!("partner-a:{d}").as_str()
     );
     let d2 = d.clone();
@@ -300,7 +300,7 @@ async fn a_lead_assigned_to_another_partner_makes_a_best_partner_wins_deal() {
     create(
         &w.hs,
         "companies",
-        json!({"name": "Acme", "domain": "acme.example", "dealsync_partner": "partner-b"}),
+        json!({"name": "Acme", "domain": "acme.example", dealsync::properties::COMPANY_PARTNER: "partner-b"}),
     )
     .await;
     let d = w.deal(Some("acme.example"), true).await;
@@ -355,7 +355,7 @@ async fn a_new_lead_from_a_company_or_a_contact_becomes_a_linked_shared_deal() {
     assert_eq!(a.body["properties"]["dealname"], "Globex — Service Hub");
     assert_eq!(a.body["properties"]["pipeline"], "default");
     assert_eq!(
-        a.body["properties"]["dealsync_specific_pain"],
+        a.body["properties"][dealsync::properties::SPECIFIC_PAIN],
         "Ticket backlog"
     );
     assert_eq!(
@@ -369,7 +369,7 @@ async fn a_new_lead_from_a_company_or_a_contact_becomes_a_linked_shared_deal() {
         ))
         .await;
     assert_eq!(
-        a.body["properties"]["dealsync_next_steps"],
+        a.body["properties"][dealsync::properties::NEXT_STEPS],
         "Demo next week"
     );
     assert_eq!(a.body["properties"]["hubspot_owner_id"], owner.as_str());
@@ -485,10 +485,10 @@ async fn marking_a_deal_in_the_partner_crm_registers_it_or_shows_why_not() {
                 ))
                 .await;
             (
-                a.body["properties"]["dealsync_register"]
+                a.body["properties"][dealsync::properties::REGISTER]
                     .as_str()
                     .map(str::to_owned),
-                a.body["properties"]["dealsync_status"]
+                a.body["properties"][dealsync::properties::DEAL_STATUS]
                     .as_str()
                     .map(str::to_owned),
             )
@@ -496,7 +496,12 @@ async fn marking_a_deal_in_the_partner_crm_registers_it_or_shows_why_not() {
     };
     // Refused: no contact. The reason shows on the deal and the mark is cleared.
     let bare = w.deal(Some("acme.example"), false).await;
-    common::set_deal(&w.pa, &bare, json!({"dealsync_register": "true"})).await;
+    common::set_deal(
+        &w.pa,
+        &bare,
+        json!({dealsync::properties::REGISTER: "true"}),
+    )
+    .await;
     let status = common::eventually("the refusal shows on the deal", wait, || async {
         let (mark, status) = flag(bare.clone()).await;
         (mark.as_deref() == Some("false"))
@@ -532,7 +537,12 @@ async fn marking_a_deal_in_the_partner_crm_registers_it_or_shows_why_not() {
     // Fixed (a contact added) and marked again: registered, and gone from the refusals.
     let contact = create(&w.pa, "contacts", json!({"email": "fixed@acme.example"})).await;
     associate(&w.pa, &bare, "contacts", &contact).await;
-    common::set_deal(&w.pa, &bare, json!({"dealsync_register": "true"})).await;
+    common::set_deal(
+        &w.pa,
+        &bare,
+        json!({dealsync::properties::REGISTER: "true"}),
+    )
+    .await;
     common::eventually("the fixed deal is registered", wait, || {
         link_of(&d.store, store::Side::Partner, "partner-a", &bare)
     })
@@ -548,7 +558,7 @@ async fn marking_a_deal_in_the_partner_crm_registers_it_or_shows_why_not() {
     .await;
     // Accepted: linked, the HubSpot deal exists, the mark cleared, the deal shows active.
     let ok = w.deal(Some("acme.example"), true).await;
-    common::set_deal(&w.pa, &ok, json!({"dealsync_register": "true"})).await;
+    common::set_deal(&w.pa, &ok, json!({dealsync::properties::REGISTER: "true"})).await;
     let link = common::eventually("the marked deal is registered and linked", wait, || {
         link_of(&d.store, store::Side::Partner, "partner-a", &ok)
     })
@@ -639,7 +649,7 @@ async fn a_partner_added_on_hubspots_side_gets_the_deal_once_everything_is_there
     let wait = Duration::from_secs(60);
     let h = w
         .hs
-        .create_deal(json!({"dealname": "Inbound: Initech", "dealsync_add_partner": "partner-a", "dealsync_welcome_note": "Welcome aboard — Initech wants Service Hub."}))
+        .create_deal(json!({"dealname": "Inbound: Initech", dealsync::properties::ADD_PARTNER: "partner-a", dealsync::properties::WELCOME_NOTE: "Welcome aboard — Initech wants Service Hub."}))
         .await;
     let status = common::eventually("the HubSpot deal says what is missing", wait, || async {
         let a =
@@ -647,7 +657,7 @@ async fn a_partner_added_on_hubspots_side_gets_the_deal_once_everything_is_there
                 "/crm/v3/objects/deals/{h}?properties=dealsync_status"
             ))
             .await;
-        a.body["properties"]["dealsync_status"]
+        a.body["properties"][dealsync::properties::DEAL_STATUS]
             .as_str()
             .map(str::to_owned)
     })
@@ -685,7 +695,7 @@ async fn a_partner_added_on_hubspots_side_gets_the_deal_once_everything_is_there
     common::set_deal(
         &w.hs,
         &h,
-        json!({"dealsync_partner_owner": email, "dealsync_availability_confirmed": "true"}),
+        json!({dealsync::properties::PARTNER_OWNER: email, dealsync::properties::AVAILABILITY_CONFIRMED: "true"}),
     )
     .await;
     let link = common::eventually("the partner deal is created and linked", wait, || {
@@ -707,7 +717,10 @@ async fn a_partner_added_on_hubspots_side_gets_the_deal_once_everything_is_there
     assert_eq!(a.body["properties"]["dealname"], "Inbound: Initech");
     assert_eq!(a.body["properties"]["hubspot_owner_id"], owner_id.as_str());
     assert_eq!(a.body["properties"]["pipeline"], "default");
-    assert_eq!(a.body["properties"]["dealsync_status"], "active");
+    assert_eq!(
+        a.body["properties"][dealsync::properties::DEAL_STATUS],
+        "active"
+    );
     common::eventually(
         "the welcome note arrives as a shared message",
         wait,
@@ -717,7 +730,8 @@ async fn a_partner_added_on_hubspots_side_gets_the_deal_once_everything_is_there
                 .iter()
                 .any(|n| {
                     prop(n, "hs_note_body") == Some("Welcome aboard — Initech wants Service Hub.")
-                        && prop(n, "dealsync_origin").is_some_and(|o| o.starts_with("hubspot:"))
+                        && prop(n, dealsync::properties::ORIGIN)
+                            .is_some_and(|o| o.starts_with("hubspot:"))
                 })
                 .then_some(())
         },
@@ -831,7 +845,7 @@ async fn a_deal_marked_in_the_partner_crm_keeps_its_stage_through_the_first_sync
     common::set_deal(
         &w.pa,
         &deal,
-        json!({"dealstage": "qualifiedtobuy", "dealsync_register": "true"}),
+        json!({"dealstage": "qualifiedtobuy", dealsync::properties::REGISTER: "true"}),
     )
     .await;
     let link = common::eventually(
@@ -863,10 +877,10 @@ async fn an_invited_partner_deal_starts_at_hubspots_mapped_stage() {
         w.hs.create_deal(json!({
             "dealname": "Inbound: Initech",
             "dealstage": "presentationscheduled",
-            "dealsync_add_partner": "partner-a",
-            "dealsync_partner_owner": email,
-            "dealsync_welcome_note": "Welcome aboard.",
-            "dealsync_availability_confirmed": "true",
+            dealsync::properties::ADD_PARTNER: "partner-a",
+            dealsync::properties::PARTNER_OWNER: email,
+            dealsync::properties::WELCOME_NOTE: "Welcome aboard.",
+            dealsync::properties::AVAILABILITY_CONFIRMED: "true",
         }))
         .await;
     let link = common::eventually(

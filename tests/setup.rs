@@ -33,8 +33,8 @@ async fn setup_is_idempotent_and_a_dry_run_writes_nothing() {
             before,
             "a dry run writes nothing"
         );
-        let expected = dealsync::setup::deal_properties().len()
-            + dealsync::setup::note_properties().len()
+        let expected = dealsync::properties::deal_properties().len()
+            + dealsync::properties::note_properties().len()
             + 1 // the company property
             + 1 // the task property
             + 4; // a group per object
@@ -43,15 +43,15 @@ async fn setup_is_idempotent_and_a_dry_run_writes_nothing() {
         let done = dealsync::setup::ensure(&c, false).await.expect("setup");
         assert_eq!(done, planned, "a run does what the dry run said");
         for (object, name, unique) in [
-            ("deals", "dealsync_registration", true),
-            ("deals", "dealsync_excluded_partners", false),
-            ("deals", "dealsync_quotes", false),
-            ("notes", "dealsync_origin", true),
-            ("notes", "dealsync_visibility", false),
-            ("companies", "dealsync_partner", false),
-            ("tasks", "dealsync_request", true),
-            ("deals", "dealsync_quote_request", false),
-            ("deals", "dealsync_add_partner", false),
+            ("deals", dealsync::properties::REGISTRATION, true),
+            ("deals", dealsync::properties::EXCLUDED_PARTNERS, false),
+            ("deals", dealsync::properties::QUOTES, false),
+            ("notes", dealsync::properties::ORIGIN, true),
+            ("notes", dealsync::properties::VISIBILITY, false),
+            ("companies", dealsync::properties::COMPANY_PARTNER, false),
+            ("tasks", dealsync::properties::REQUEST_KEY, true),
+            ("deals", dealsync::properties::QUOTE_REQUEST, false),
+            ("deals", dealsync::properties::ADD_PARTNER, false),
         ] {
             let a = p.get(&format!("/crm/v3/properties/{object}/{name}")).await;
             assert_eq!(a.status, 200, "{object}.{name}: {}", a.text);

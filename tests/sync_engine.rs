@@ -50,21 +50,21 @@ fn default_fields() -> Vec<FieldSpec> {
         field("dealstage", "dealstage", FieldKind::Stage, Both, LatestWins),
         field(
             "product_interest",
-            "dealsync_product_interest",
+            dealsync::properties::PRODUCT_INTEREST,
             FieldKind::MultiSelect,
             Both,
             LatestWins,
         ),
         field(
             "intro_note",
-            "dealsync_intro_note",
+            dealsync::properties::INTRO_NOTE,
             FieldKind::Text,
             ToHubspot,
             PartnerWins,
         ),
         field(
             "compensation_eligible",
-            "dealsync_compensation_eligible",
+            dealsync::properties::COMPENSATION_ELIGIBLE,
             FieldKind::Text,
             ToPartner,
             HubspotWins,
@@ -295,14 +295,14 @@ async fn changes_flow_each_way_with_one_write_and_no_echo() {
     // Partner renames the deal and adds product interest.
     let a = w
         .pa
-        .patch(&format!("/crm/v3/objects/deals/{p}"), json!({"properties": {"dealname": "Acme rollout EU", "dealsync_product_interest": "sales_hub;marketing_hub"}}))
+        .patch(&format!("/crm/v3/objects/deals/{p}"), json!({"properties": {"dealname": "Acme rollout EU", dealsync::properties::PRODUCT_INTEREST: "sales_hub;marketing_hub"}}))
         .await;
     assert_eq!(a.status, 200, "{}", a.text);
     wait_prop(&w.hs, &h, "dealname", "Acme rollout EU").await;
     wait_prop(
         &w.hs,
         &h,
-        "dealsync_product_interest",
+        dealsync::properties::PRODUCT_INTEREST,
         "marketing_hub;sales_hub",
     )
     .await;
@@ -392,21 +392,23 @@ async fn one_way_fields_flow_only_their_way() {
     run_once(&e, link).await;
     w.pa.patch(
         &format!("/crm/v3/objects/deals/{p}"),
-        json!({"properties": {"dealsync_intro_note": "Met at summit"}}),
+        json!({"properties": {dealsync::properties::INTRO_NOTE: "Met at summit"}}),
     )
     .await;
     w.hs.patch(
         &format!("/crm/v3/objects/deals/{h}"),
-        json!({"properties": {"dealsync_compensation_eligible": "true"}}),
+        json!({"properties": {dealsync::properties::COMPENSATION_ELIGIBLE: "true"}}),
     )
     .await;
     run_once(&e, link).await;
     assert_eq!(
-        prop(&w.hs, &h, "dealsync_intro_note").await.as_deref(),
+        prop(&w.hs, &h, dealsync::properties::INTRO_NOTE)
+            .await
+            .as_deref(),
         Some("Met at summit")
     );
     assert_eq!(
-        prop(&w.pa, &p, "dealsync_compensation_eligible")
+        prop(&w.pa, &p, dealsync::properties::COMPENSATION_ELIGIBLE)
             .await
             .as_deref(),
         Some("true")
@@ -414,21 +416,23 @@ async fn one_way_fields_flow_only_their_way() {
     // The reverse directions do not flow.
     w.hs.patch(
         &format!("/crm/v3/objects/deals/{h}"),
-        json!({"properties": {"dealsync_intro_note": "HubSpot's own note"}}),
+        json!({"properties": {dealsync::properties::INTRO_NOTE: "HubSpot's own note"}}),
     )
     .await;
     w.pa.patch(
         &format!("/crm/v3/objects/deals/{p}"),
-        json!({"properties": {"dealsync_compensation_eligible": "false"}}),
+        json!({"properties": {dealsync::properties::COMPENSATION_ELIGIBLE: "false"}}),
     )
     .await;
     run_once(&e, link).await;
     assert_eq!(
-        prop(&w.pa, &p, "dealsync_intro_note").await.as_deref(),
+        prop(&w.pa, &p, dealsync::properties::INTRO_NOTE)
+            .await
+            .as_deref(),
         Some("Met at summit")
     );
     assert_eq!(
-        prop(&w.hs, &h, "dealsync_compensation_eligible")
+        prop(&w.hs, &h, dealsync::properties::COMPENSATION_ELIGIBLE)
             .await
             .as_deref(),
         Some("true")

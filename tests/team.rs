@@ -17,8 +17,10 @@ const WAIT: Duration = Duration::from_secs(60);
 /// Waits for dealsync to answer a team request: the status is set and the request cleared.
 async fn answered(p: &common::Portal, id: &str) -> String {
     common::eventually("the team request is answered", WAIT, || async {
-        let status = deal_prop(p, id, team::ADD_STATUS).await?;
-        let request = deal_prop(p, id, team::ADD).await.unwrap_or_default();
+        let status = deal_prop(p, id, dealsync::properties::TEAM_STATUS).await?;
+        let request = deal_prop(p, id, dealsync::properties::TEAM_ADD)
+            .await
+            .unwrap_or_default();
         request.is_empty().then_some(status)
     })
     .await
@@ -87,19 +89,19 @@ async fn each_side_sees_the_other_team_and_adds_only_its_own_users() {
         hs_users[0].1, hs_users[1].1
     );
     for (p, id) in [(&pa, &p_a), (&pb, &p_b)] {
-        wait_deal_prop(p, id, team::HUBSPOT_TEAM, &hubspot_team).await;
+        wait_deal_prop(p, id, dealsync::properties::HUBSPOT_TEAM, &hubspot_team).await;
     }
     // HubSpot sees both partners' teams, a line each.
     let both = format!(
         "partner-a: Alex Rep <{}> (owner)\npartner-b: Casey Manager <{}> (owner)",
         a_users[0].1, b_users[2].1
     );
-    wait_deal_prop(&hs, &h, team::PARTNER_TEAM, &both).await;
+    wait_deal_prop(&hs, &h, dealsync::properties::PARTNER_TEAM, &both).await;
     // Partner A adds one of its own users and, by mistake, HubSpot's rep.
     set_deal(
         &pa,
         &p_a,
-        json!({ team::ADD: format!("{}, {}", a_users[1].1, hs_users[2].1) }),
+        json!({ dealsync::properties::TEAM_ADD: format!("{}, {}", a_users[1].1, hs_users[2].1) }),
     )
     .await;
     let status = answered(&pa, &p_a).await;
@@ -124,13 +126,13 @@ async fn each_side_sees_the_other_team_and_adds_only_its_own_users() {
         "partner-a: Alex Rep <{}> (owner), Blair Seller <{}>\npartner-b: Casey Manager <{}> (owner)",
         a_users[0].1, a_users[1].1, b_users[2].1
     );
-    wait_deal_prop(&hs, &h, team::PARTNER_TEAM, &both).await;
+    wait_deal_prop(&hs, &h, dealsync::properties::PARTNER_TEAM, &both).await;
 
     // HubSpot's rep tries to add partner B's user, and someone nobody has.
     set_deal(
         &hs,
         &h,
-        json!({ team::ADD: format!("{};ghost@nowhere.example", b_users[0].1) }),
+        json!({ dealsync::properties::TEAM_ADD: format!("{};ghost@nowhere.example", b_users[0].1) }),
     )
     .await;
     let status = answered(&hs, &h).await;
@@ -154,29 +156,29 @@ async fn each_side_sees_the_other_team_and_adds_only_its_own_users() {
         hs_users[2].1, hs_users[1].1
     );
     for (p, id) in [(&pa, &p_a), (&pb, &p_b)] {
-        wait_deal_prop(p, id, team::HUBSPOT_TEAM, &hubspot_team).await;
+        wait_deal_prop(p, id, dealsync::properties::HUBSPOT_TEAM, &hubspot_team).await;
     }
     // HubSpot excludes partner B: its people leave HubSpot's view of the team.
     set_deal(
         &hs,
         &h,
-        json!({ "dealsync_excluded_partners": "partner-b" }),
+        json!({ dealsync::properties::EXCLUDED_PARTNERS: "partner-b" }),
     )
     .await;
     let only_a = format!(
         "partner-a: Alex Rep <{}> (owner), Blair Seller <{}>",
         a_users[0].1, a_users[1].1
     );
-    wait_deal_prop(&hs, &h, team::PARTNER_TEAM, &only_a).await;
+    wait_deal_prop(&hs, &h, dealsync::properties::PARTNER_TEAM, &only_a).await;
 
     // At the end, neither partner's deal names the other partner's people anywhere.
     for (p, id, other) in [(&pa, &p_a, &b_users), (&pb, &p_b, &a_users)] {
         let all = p
             .get(&format!(
                 "/crm/v3/objects/deals/{id}?properties={},{},{}",
-                team::HUBSPOT_TEAM,
-                team::PARTNER_TEAM,
-                team::ADD_STATUS
+                dealsync::properties::HUBSPOT_TEAM,
+                dealsync::properties::PARTNER_TEAM,
+                dealsync::properties::TEAM_STATUS
             ))
             .await;
         for (_, email) in other {

@@ -423,7 +423,7 @@ mod tests {
             Op::Properties { object: "deals" },
             Op::Property {
                 object: "notes",
-                name: "dealsync_origin",
+                name: crate::properties::ORIGIN,
             },
             Op::PropertyGroups { object: "deals" },
             Op::Pipeline {

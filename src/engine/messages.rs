@@ -45,8 +45,8 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::crm::{Client, CrmError, ErrorClass, FileCopy, Record};
+use crate::properties::{ORIGIN, REPLY_TO, TARGET, VISIBILITY};
 use crate::rules::{self, ConflictPolicy, Direction, Observed, Rule};
-use crate::setup::{ORIGIN, REPLY_TO, TARGET, VISIBILITY};
 use crate::store::{ConflictRecord, Link, ObjectLink, Side};
 
 /// How messages sync.

@@ -178,12 +178,16 @@ impl Engine {
             .collect();
         v.push("hs_lastmodifieddate".into());
         // What the lifecycle is decided from, and who gets quote-request tasks.
-        v.push(lifecycle::EXCLUDED.into());
+        v.push(crate::properties::EXCLUDED_PARTNERS.into());
         v.push("hubspot_owner_id".into());
         v.extend(
-            [team::COLLABORATORS, team::PARTNER_TEAM, team::ADD]
-                .into_iter()
-                .map(String::from),
+            [
+                team::COLLABORATORS,
+                crate::properties::PARTNER_TEAM,
+                crate::properties::TEAM_ADD,
+            ]
+            .into_iter()
+            .map(String::from),
         );
         if !v.iter().any(|p| p == "dealstage") {
             v.push("dealstage".into());
@@ -200,17 +204,17 @@ impl Engine {
             .collect();
         v.push("hs_lastmodifieddate".into());
         v.extend([
-            lifecycle::STATUS.into(),
-            lifecycle::ACTIVE_REGISTRATIONS.into(),
-            crate::quotes::PROPERTY.into(),
-            crate::quotes::REQUEST.into(),
+            crate::properties::DEAL_STATUS.into(),
+            crate::properties::ACTIVE_REGISTRATIONS.into(),
+            crate::properties::QUOTES.into(),
+            crate::properties::QUOTE_REQUEST.into(),
         ]);
         v.extend(
             [
                 "hubspot_owner_id",
                 team::COLLABORATORS,
-                team::HUBSPOT_TEAM,
-                team::ADD,
+                crate::properties::HUBSPOT_TEAM,
+                crate::properties::TEAM_ADD,
             ]
             .into_iter()
             .map(String::from),
@@ -463,9 +467,9 @@ impl Engine {
                     self.plan_team(l, p, h, &dirs, &mut plan);
                     // HubSpot's quotes, shown on the partner deal (only a difference is written).
                     if let Some(want) = quotes.get(&l.hubspot_deal_id) {
-                        if p.get(crate::quotes::PROPERTY).unwrap_or("") != want {
+                        if p.get(crate::properties::QUOTES).unwrap_or("") != want {
                             plan.partner_writes.insert(
-                                crate::quotes::PROPERTY.into(),
+                                crate::properties::QUOTES.into(),
                                 Value::String(want.clone()),
                             );
                         }
@@ -473,10 +477,10 @@ impl Engine {
                 }
                 if life == Lifecycle::Excluded {
                     // An excluded partner's people leave HubSpot's view of the deal team.
-                    let shown = h.get(team::PARTNER_TEAM).unwrap_or("");
+                    let shown = h.get(crate::properties::PARTNER_TEAM).unwrap_or("");
                     if !team::partner_line(shown, &l.partner).is_empty() {
                         plan.hubspot_writes.insert(
-                            team::PARTNER_TEAM.into(),
+                            crate::properties::PARTNER_TEAM.into(),
                             Value::String(team::with_partner_line(shown, &l.partner, "")),
                         );
                     }
@@ -485,8 +489,8 @@ impl Engine {
                     // The partner deal shows what happened (only what differs is written).
                     let (banner, registrations) = life.partner_view();
                     for (prop, value) in [
-                        (lifecycle::STATUS, banner),
-                        (lifecycle::ACTIVE_REGISTRATIONS, registrations),
+                        (crate::properties::DEAL_STATUS, banner),
+                        (crate::properties::ACTIVE_REGISTRATIONS, registrations),
                     ] {
                         if p.get(prop) != Some(value) {
                             plan.partner_writes
@@ -521,7 +525,7 @@ impl Engine {
                 for (k, v) in &plan.hubspot_writes {
                     // Each link owns one line of the partner-team text.
                     if let (true, Some(Value::String(before)), Value::String(mine)) =
-                        (k == team::PARTNER_TEAM, update.get(k), v)
+                        (k == crate::properties::PARTNER_TEAM, update.get(k), v)
                     {
                         let line = team::partner_line(mine, &l.partner);
                         let merged = team::with_partner_line(before, &l.partner, &line);
@@ -645,7 +649,7 @@ impl Engine {
                 .get(&l.partner)
                 .and_then(|r| r.as_ref().ok())
                 .and_then(|m| m.get(&l.partner_deal_id))
-                .and_then(|r| r.get(crate::quotes::REQUEST))
+                .and_then(|r| r.get(crate::properties::QUOTE_REQUEST))
                 .map(str::to_owned);
             let Some(text) = request else { continue };
             let owner = hs
@@ -914,7 +918,7 @@ impl Engine {
         let hs = &self.portals.hubspot;
         let key = crate::quotes::request_key(&l.partner, &l.partner_deal_id, text);
         let known = hs
-            .get_by("tasks", &key, crate::quotes::TASK_KEY, &[])
+            .get_by("tasks", &key, crate::properties::REQUEST_KEY, &[])
             .await?
             .is_some();
         let to_deal = |type_id: u32| serde_json::json!([{ "to": { "id": l.hubspot_deal_id }, "types": [{ "associationCategory": "HUBSPOT_DEFINED", "associationTypeId": type_id }] }]);
@@ -928,8 +932,8 @@ impl Engine {
                 "hs_timestamp".into(),
                 Value::String(crate::time::iso(store::now_ms())),
             );
-            note.insert(crate::setup::VISIBILITY.into(), "shared".into());
-            note.insert(crate::setup::TARGET.into(), l.partner.clone().into());
+            note.insert(crate::properties::VISIBILITY.into(), "shared".into());
+            note.insert(crate::properties::TARGET.into(), l.partner.clone().into());
             hs.create("notes", &note, to_deal(214)).await?;
             let mut task = Map::new();
             task.insert(
@@ -946,7 +950,11 @@ impl Engine {
                 task.insert("hubspot_owner_id".into(), o.into());
             }
             let made = hs
-                .batch_upsert("tasks", crate::quotes::TASK_KEY, &[(key.clone(), task)])
+                .batch_upsert(
+                    "tasks",
+                    crate::properties::REQUEST_KEY,
+                    &[(key.clone(), task)],
+                )
                 .await?;
             if let Some(t) = made.first() {
                 hs.associate_default(
@@ -959,7 +967,7 @@ impl Engine {
             tracing::info!(link = l.id, partner = %l.partner, "quote request sent to the HubSpot deal's owner");
         }
         let mut clear = Map::new();
-        clear.insert(crate::quotes::REQUEST.into(), "".into());
+        clear.insert(crate::properties::QUOTE_REQUEST.into(), "".into());
         let partner = self
             .portals
             .partners
@@ -1103,15 +1111,17 @@ impl Engine {
             return;
         };
         let hubspot_team = team::describe(h, hd);
-        if p.get(team::HUBSPOT_TEAM).unwrap_or("") != hubspot_team {
-            plan.partner_writes
-                .insert(team::HUBSPOT_TEAM.into(), Value::String(hubspot_team));
+        if p.get(crate::properties::HUBSPOT_TEAM).unwrap_or("") != hubspot_team {
+            plan.partner_writes.insert(
+                crate::properties::HUBSPOT_TEAM.into(),
+                Value::String(hubspot_team),
+            );
         }
         let line = team::describe(p, pd);
-        let shown = h.get(team::PARTNER_TEAM).unwrap_or("");
+        let shown = h.get(crate::properties::PARTNER_TEAM).unwrap_or("");
         if team::partner_line(shown, &l.partner) != line {
             plan.hubspot_writes.insert(
-                team::PARTNER_TEAM.into(),
+                crate::properties::PARTNER_TEAM.into(),
                 Value::String(team::with_partner_line(shown, &l.partner, &line)),
             );
         }
@@ -1129,7 +1139,8 @@ impl Engine {
         h: Option<&Record>,
         dirs: &HashMap<String, Arc<Vec<Owner>>>,
     ) -> bool {
-        let asked = |d: Option<&Record>| d.is_some_and(|d| d.get(team::ADD).is_some());
+        let asked =
+            |d: Option<&Record>| d.is_some_and(|d| d.get(crate::properties::TEAM_ADD).is_some());
         if !asked(Some(p)) && !asked(h) {
             return false;
         }
@@ -1139,7 +1150,7 @@ impl Engine {
         };
         // On HubSpot's side, the other accounts are every partner linked to the deal.
         let mut partner_dirs: Vec<(String, Arc<Vec<Owner>>)> = Vec::new();
-        if h.is_some_and(|h| h.get(team::ADD).is_some()) {
+        if h.is_some_and(|h| h.get(crate::properties::TEAM_ADD).is_some()) {
             let id = l.hubspot_deal_id.clone();
             let linked = self
                 .store
@@ -1189,14 +1200,17 @@ impl Engine {
             let (Some(deal), Some(client)) = (deal, client) else {
                 continue;
             };
-            let Some(request) = deal.get(team::ADD).filter(|r| !r.trim().is_empty()) else {
+            let Some(request) = deal
+                .get(crate::properties::TEAM_ADD)
+                .filter(|r| !r.trim().is_empty())
+            else {
                 continue;
             };
             let additions = team::decide_additions(request, &team::members(deal), own, &others);
             let (collaborators, status) = team::apply_additions(deal, &additions);
             let mut props = Map::new();
-            props.insert(team::ADD.into(), "".into());
-            props.insert(team::ADD_STATUS.into(), Value::String(status));
+            props.insert(crate::properties::TEAM_ADD.into(), "".into());
+            props.insert(crate::properties::TEAM_STATUS.into(), Value::String(status));
             if let Some(c) = collaborators {
                 props.insert(team::COLLABORATORS.into(), Value::String(c));
             }
@@ -1211,9 +1225,9 @@ impl Engine {
                 Err(e) => {
                     tracing::warn!(link = l.id, portal = %client.portal(), error = %e, "the portal refused the deal team change");
                     let mut refused = Map::new();
-                    refused.insert(team::ADD.into(), "".into());
+                    refused.insert(crate::properties::TEAM_ADD.into(), "".into());
                     refused.insert(
-                        team::ADD_STATUS.into(),
+                        crate::properties::TEAM_STATUS.into(),
                         Value::String(format!("could not change the deal team: {e}")),
                     );
                     if let Err(e) = client.update("deals", id, &refused).await {

@@ -184,11 +184,11 @@ impl Poller {
     fn search_props(&self) -> Vec<String> {
         let mut v = vec!["hs_lastmodifieddate".to_owned()];
         if self.enrolment.is_some() {
-            v.push(crate::register::REGISTER.into());
+            v.push(crate::properties::REGISTER.into());
         }
         if self.invitations.is_some() {
             v.extend(crate::invite::props());
-            v.push(crate::lifecycle::STATUS.into());
+            v.push(crate::properties::DEAL_STATUS.into());
         }
         v
     }
@@ -244,7 +244,7 @@ impl Poller {
                 }
             }
             let mut clear = serde_json::Map::new();
-            clear.insert(crate::register::REGISTER.into(), json!("false"));
+            clear.insert(crate::properties::REGISTER.into(), json!("false"));
             if let Err(e) = self.client.update("deals", &deal, &clear).await {
                 tracing::warn!(partner = %self.portal, deal = %deal, error = %e, "cannot clear dealsync_register");
             }
@@ -540,7 +540,7 @@ impl Poller {
                         .records
                         .iter()
                         .filter(|r| fresh_ids.contains(r.id.as_str()))
-                        .filter(|r| r.get(crate::register::REGISTER) == Some("true"))
+                        .filter(|r| r.get(crate::properties::REGISTER) == Some("true"))
                         .filter(|r| !links.iter().any(|(l, _)| l.partner_deal_id == r.id))
                         .map(|r| r.id.clone())
                         .collect();
@@ -554,7 +554,7 @@ impl Poller {
                         fresh.iter().map(|(id, _)| id.as_str()).collect();
                     for r in page.records.iter().filter(|r| {
                         fresh_ids.contains(r.id.as_str())
-                            && r.get(crate::invite::ADD_PARTNER).is_some()
+                            && r.get(crate::properties::ADD_PARTNER).is_some()
                             && !links.iter().any(|(l, _)| l.hubspot_deal_id == r.id)
                     }) {
                         match crate::invite::invite(&self.store, &self.client, &inv.partners, r)

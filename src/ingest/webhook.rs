@@ -281,14 +281,15 @@ fn classify(e: &Value, kind: &str, side: Side, fields: &[FieldSpec]) -> Classifi
         // HubSpot's side deciding the lifecycle (an exclusion, a close, a partner added), or a
         // partner marking a deal for registration: always looked at.
         None if side == Side::Hubspot
-            && (prop == crate::lifecycle::EXCLUDED
+            && (prop == crate::properties::EXCLUDED_PARTNERS
                 || prop == "dealstage"
                 || crate::invite::props().iter().any(|p| p == prop)) =>
         {
             (deal, None, true)
         }
         None if side == Side::Partner
-            && (prop == crate::register::REGISTER || prop == crate::quotes::REQUEST) =>
+            && (prop == crate::properties::REGISTER
+                || prop == crate::properties::QUOTE_REQUEST) =>
         {
             (deal, None, true)
         }

@@ -9,7 +9,7 @@ pub async fn note(p: &Portal, deal: &str, body: &str, shared: bool, props: Value
     let mut properties = json!({
         "hs_note_body": body,
         "hs_timestamp": "2026-11-26T10:00:00.000Z",
-        "dealsync_visibility": if shared { "shared" } else { "private" },
+        dealsync::properties::VISIBILITY: if shared { "shared" } else { "private" },
     });
     for (k, v) in props.as_object().into_iter().flatten() {
         properties[k] = v.clone();
