@@ -507,19 +507,15 @@ async fn run_replay(args: ReplayArgs) -> Result<(), CliError> {
             client_for(p, parts.retry, &parts.store_path).await?,
         );
     }
-    let engine = crate::engine::Engine {
+    let engine = crate::engine::Engine::new(
         store,
-        portals: crate::engine::Portals {
+        crate::engine::Portals {
             hubspot: client_for(&parts.hubspot, parts.retry, &parts.store_path).await?,
             partners,
         },
-        settings: parts.settings.clone(),
-        wake: std::sync::Arc::new(tokio::sync::Notify::new()),
-        in_flight: Default::default(),
-        heartbeat: Default::default(),
-        metrics: Default::default(),
-        directory: Default::default(),
-    };
+        parts.settings.clone(),
+        std::sync::Arc::new(tokio::sync::Notify::new()),
+    );
     let tty = std::io::stderr().is_terminal();
     let outcomes = crate::replay::replay(&engine, &path, &entries, |done, total| {
         if tty {
@@ -610,7 +606,7 @@ async fn run_daemon(args: ConfigArgs) -> Result<(), CliError> {
         tracing::warn!(error = %e, "cannot tell systemd we are ready");
     }
     let watchdog = crate::systemd::watchdog_interval().map(|every| {
-        let beats = handle.engine.heartbeat.clone();
+        let beats = handle.engine.heartbeat().clone();
         tokio::spawn(async move {
             // Pet only while workers make progress; a stuck worker loop gets us restarted.
             let mut last = beats.count();

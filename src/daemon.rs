@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::crm::{ApiVersions, Auth, Budget, Client, CrmError, RetryPolicy};
-use crate::engine::{Engine, InFlight, Portals, Settings};
+use crate::engine::{Engine, Portals, Settings};
 use crate::ingest::poll::{Poller, WebhookPace};
 use crate::ingest::sweep::Sweep;
 use crate::ingest::webhook::{self, AppPortal, ListenError, Listener, WebhookPortal};
@@ -176,19 +176,15 @@ impl DaemonHandle {
             partners.insert(p.name.clone(), p.client(parts.retry, Some(&store))?);
         }
         let wake = Arc::new(Notify::new());
-        let engine = Arc::new(Engine {
-            store: store.clone(),
-            portals: Portals {
+        let engine = Arc::new(Engine::new(
+            store.clone(),
+            Portals {
                 hubspot: hubspot.clone(),
                 partners: partners.clone(),
             },
-            settings: parts.settings.clone(),
-            wake: wake.clone(),
-            in_flight: InFlight::default(),
-            heartbeat: Default::default(),
-            metrics: Default::default(),
-            directory: Default::default(),
-        });
+            parts.settings.clone(),
+            wake.clone(),
+        ));
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let mut webhook_addr = None;
@@ -234,7 +230,7 @@ impl DaemonHandle {
                 public_url: w.public_url.clone(),
                 max_body: w.max_body,
                 wake: wake.clone(),
-                in_flight: engine.in_flight.clone(),
+                in_flight: engine.in_flight().clone(),
                 engine: Some(engine.clone()),
                 nudges: nudges.clone(),
                 oauth: app.clone(),
@@ -290,7 +286,7 @@ impl DaemonHandle {
         };
         let poller = |name: &str, side, c: Client| {
             let mut p = flagged(
-                base(name, side, c).with_in_flight(engine.in_flight.clone()),
+                base(name, side, c).with_in_flight(engine.in_flight().clone()),
                 name,
                 true,
             );
@@ -380,8 +376,8 @@ impl DaemonHandle {
                     store: store.clone(),
                     settings: parts.settings.notify.clone(),
                     hubspot: hubspot.clone(),
-                    partners: engine.portals.partners.clone(),
-                    directory: engine.directory.clone(),
+                    partners: engine.portals().partners.clone(),
+                    directory: engine.directory().clone(),
                     dead_letter_path: parts.settings.dead_letter_path.clone(),
                 }
                 .run(cancel.clone()),

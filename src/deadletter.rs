@@ -36,6 +36,70 @@ pub struct Entry {
     pub notification: Option<i64>,
 }
 
+/// The deal pair an entry is about, as the store knows it (empty strings where it does not).
+#[derive(Debug, Clone, Default)]
+pub struct Subject {
+    pub link_id: i64,
+    pub partner: String,
+    pub partner_deal_id: String,
+    pub hubspot_deal_id: String,
+}
+
+impl Entry {
+    /// A sync job given up on after `attempts` tries: the first failure at `first_failed_ms`
+    /// (this one when `None`). `class` is `exhausted` or the error's permanent class.
+    pub fn for_job(
+        subject: Subject,
+        reason: &str,
+        error: String,
+        class: &str,
+        attempts: i64,
+        first_failed_ms: Option<i64>,
+    ) -> Entry {
+        let now = crate::time::now_ms();
+        Entry::new(subject, reason.to_owned(), error, class, attempts)
+            .times(first_failed_ms.unwrap_or(now), now)
+    }
+
+    /// A notification given up on: its outbox row `notification`, queued at `created_ms`.
+    pub fn for_notice(
+        subject: Subject,
+        reason: String,
+        error: String,
+        attempts: i64,
+        created_ms: i64,
+        notification: i64,
+    ) -> Entry {
+        let mut e = Entry::new(subject, reason, error, "notification", attempts)
+            .times(created_ms, crate::time::now_ms());
+        e.notification = Some(notification);
+        e
+    }
+
+    fn new(subject: Subject, reason: String, error: String, class: &str, attempts: i64) -> Entry {
+        Entry {
+            id: uuid::Uuid::new_v4().to_string(),
+            link_id: subject.link_id,
+            partner: subject.partner,
+            partner_deal_id: subject.partner_deal_id,
+            hubspot_deal_id: subject.hubspot_deal_id,
+            reason,
+            error,
+            class: class.to_owned(),
+            attempts,
+            first_at: String::new(),
+            last_at: String::new(),
+            notification: None,
+        }
+    }
+
+    fn times(mut self, first_ms: i64, last_ms: i64) -> Entry {
+        self.first_at = crate::time::iso(first_ms);
+        self.last_at = crate::time::iso(last_ms);
+        self
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DeadLetterError {
     #[error(

@@ -380,7 +380,7 @@ pub async fn run() -> Result<(), DemoError> {
         .ok_or_else(|| setup("the demo's config has no [oauth] app"))?;
     install_by_link(&mut demo, &d, &sb, &app).await?;
     let (daemon_hubspot, daemon_partner) = (
-        d.engine.portals.hubspot.clone(),
+        d.engine.portals().hubspot.clone(),
         daemon_client(&demo, &d, OAUTH_PORTAL)?,
     );
 
@@ -913,7 +913,7 @@ fn person(parts: &crate::daemon::DaemonParts, sb: &SandboxHandle) -> Result<Port
 /// The daemon's own client for a partner portal.
 fn daemon_client(demo: &Demo, d: &DaemonHandle, name: &str) -> Result<Client, DemoError> {
     d.engine
-        .portals
+        .portals()
         .partners
         .get(name)
         .cloned()

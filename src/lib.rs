@@ -1,6 +1,7 @@
 //! dealsync: keeps shared partner deals in step between a HubSpot solutions partner's CRM
 //! portal and HubSpot's own portal. See README.md for users and ARCHITECTURE.md for the map.
 
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod crm;

@@ -555,28 +555,26 @@ impl Notifier {
             tracing::warn!(notification = n.id, attempt = n.attempts + 1, retry_in_ms = delay.as_millis() as u64, error = %f.error, "notification not delivered; retrying later");
             return;
         }
-        let now = crate::time::iso(store::now_ms());
-        let entry = deadletter::Entry {
-            id: uuid::Uuid::new_v4().to_string(),
-            link_id: notice.map(|x| x.link_id).unwrap_or_default(),
-            partner: notice.map(|x| x.partner.clone()).unwrap_or_default(),
-            partner_deal_id: notice
-                .map(|x| x.partner_deal_id.clone())
-                .unwrap_or_default(),
-            hubspot_deal_id: notice
-                .map(|x| x.hubspot_deal_id.clone())
-                .unwrap_or_default(),
-            reason: match notice {
-                Some(x) => format!("notify:{}", event_name(x.event)),
-                None => "notify".into(),
-            },
-            error: f.error.clone(),
-            class: "notification".into(),
-            attempts: n.attempts + 1,
-            first_at: crate::time::iso(n.created_at),
-            last_at: now,
-            notification: Some(n.id),
+        let subject = notice
+            .map(|x| deadletter::Subject {
+                link_id: x.link_id,
+                partner: x.partner.clone(),
+                partner_deal_id: x.partner_deal_id.clone(),
+                hubspot_deal_id: x.hubspot_deal_id.clone(),
+            })
+            .unwrap_or_default();
+        let reason = match notice {
+            Some(x) => format!("notify:{}", event_name(x.event)),
+            None => "notify".into(),
         };
+        let entry = deadletter::Entry::for_notice(
+            subject,
+            reason,
+            f.error.clone(),
+            n.attempts + 1,
+            n.created_at,
+            n.id,
+        );
         let path = self.dead_letter_path.clone();
         let written =
             tokio::task::spawn_blocking(move || deadletter::append(&path, &[entry])).await;
@@ -601,10 +599,15 @@ fn event_name(e: Event) -> &'static str {
     }
 }
 
-/// The wait before attempt `attempts + 1`: doubling from the base, capped.
+/// The wait before attempt `attempts + 1`: doubling from the base, capped, without jitter so
+/// an operator can tell when a notification will be tried again.
 fn backoff(s: &NotifySettings, attempts: i64) -> Duration {
-    let factor = 2u32.saturating_pow(attempts.clamp(0, 30) as u32);
-    s.retry_base.saturating_mul(factor).min(s.retry_max)
+    crate::backoff::Backoff {
+        base: s.retry_base,
+        max: s.retry_max,
+        jitter: crate::backoff::Jitter::None,
+    }
+    .ceiling(attempts)
 }
 
 /// One webhook delivery, with a couple of quick retries for passing trouble.

@@ -90,7 +90,7 @@ pub async fn replay(
         match e.notification {
             Some(id) => {
                 let requeued = engine
-                    .store
+                    .store()
                     .call(move |c| store::notification_requeue(c, id))
                     .await?;
                 notified.push((e, requeued));
@@ -102,7 +102,7 @@ pub async fn replay(
     let total = links.len();
     let mut results: BTreeMap<i64, (bool, String)> = BTreeMap::new();
     let mut done = 0;
-    for chunk in links.chunks(engine.settings.batch_size.max(1)) {
+    for chunk in links.chunks(engine.settings().batch_size.max(1)) {
         let started = store::now_ms();
         // A daemon worker holding a link finishes within seconds; wait for it a little
         // rather than give up at once.
@@ -121,7 +121,7 @@ pub async fn replay(
             }
             claimed.extend(
                 engine
-                    .store
+                    .store()
                     .call(move |c| store::claim_links(c, &ids, "replay"))
                     .await?,
             );
@@ -143,7 +143,7 @@ pub async fn replay(
         }
         for id in claimed_ids {
             let o = engine
-                .store
+                .store()
                 .call(move |c| store::last_outcome(c, id, started))
                 .await?;
             let r = match o {

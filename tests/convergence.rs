@@ -72,12 +72,12 @@ async fn dealname(p: &common::Portal, id: &str) -> String {
 async fn run(engine: &Engine, links: &[i64]) {
     let ids = links.to_vec();
     engine
-        .store
+        .store()
         .call(move |c| store::enqueue_now(c, &ids, "model"))
         .await
         .unwrap();
     let jobs = engine
-        .store
+        .store()
         .call(|c| store::claim_jobs(c, 100, store::now_ms() + 1))
         .await
         .unwrap();
@@ -101,19 +101,15 @@ async fn scenario(ops: Vec<Op>) -> Result<(), TestCaseError> {
         )
         .unwrap()
     };
-    let engine = Engine {
-        store: Store::open(&dir.path().join("db")).await.unwrap(),
-        portals: Portals {
+    let engine = Engine::new(
+        Store::open(&dir.path().join("db")).await.unwrap(),
+        Portals {
             hubspot: client(&hs),
             partners: HashMap::from([("partner-a".to_owned(), client(&pa))]),
         },
-        settings: settings(dir.path()),
-        wake: Default::default(),
-        in_flight: Default::default(),
-        heartbeat: Default::default(),
-        metrics: Default::default(),
-        directory: Default::default(),
-    };
+        settings(dir.path()),
+        Default::default(),
+    );
     let mut deals = Vec::new();
     let mut logs = Vec::new();
     for i in 0..DEALS {
@@ -122,7 +118,7 @@ async fn scenario(ops: Vec<Op>) -> Result<(), TestCaseError> {
         let h = hs.create_deal(json!({ "dealname": name })).await;
         let (p2, h2, n2) = (p.clone(), h.clone(), name.clone());
         let link = engine
-            .store
+            .store()
             .call(move |c| {
                 let l = store::insert_link(c, "partner-a", &p2, &h2, "channel")?;
                 c.execute(
@@ -197,7 +193,7 @@ async fn scenario(ops: Vec<Op>) -> Result<(), TestCaseError> {
         prop_assert_eq!(&dealname(&hs, h).await, want, "deal {} HubSpot side", i);
         let link = *link;
         let shadow: Option<String> = engine
-            .store
+            .store()
             .call(move |c| {
                 Ok(c.query_row(
                     "SELECT value FROM shadows WHERE link_id = ?1 AND field = 'dealname'",

@@ -186,7 +186,9 @@ retry_base_ms = 50
         .await
         .unwrap();
     assert_eq!(forged.status(), 401);
-    hs.set_faults(json!({"rate_429": 0.3})).await;
+    // Two certain 429s (a burst), then a 30% chance on every call.
+    hs.set_faults(json!({"rate_429": 0.3, "burst_count": 2, "burst_status": 429}))
+        .await;
     common::eventually(
         "the rename arrives and the stage is dead-lettered",
         WAIT,
@@ -206,7 +208,10 @@ retry_base_ms = 50
     // The 429 path ran: the daemon met injected rate limits (their answers and retries are
     // among what is checked for secrets below).
     let limited = hs.counters().await["http_429"].as_u64().unwrap_or(0);
-    assert!(limited > 0, "no 429 was answered while rate_429 = 0.3");
+    assert!(
+        limited >= 2,
+        "{limited} 429s answered, fewer than the burst of 2"
+    );
     hs.control(reqwest::Method::DELETE, "/faults", None).await;
     // A shared message: its notification goes to a receiver that refuses it (a URL holding
     // a token of the receiver's) and is dead-lettered.

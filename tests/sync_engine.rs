@@ -175,21 +175,22 @@ impl World {
 
     /// An engine without pollers or workers, for deterministic single-batch tests.
     async fn engine(&self) -> Engine {
-        Engine {
-            store: Store::open(&self.dir.path().join("dealsync.db"))
+        self.engine_with(self.settings()).await
+    }
+
+    /// [`World::engine`] with other settings.
+    async fn engine_with(&self, settings: Settings) -> Engine {
+        Engine::new(
+            Store::open(&self.dir.path().join("dealsync.db"))
                 .await
                 .expect("store"),
-            portals: Portals {
+            Portals {
                 hubspot: self.client(&self.hs),
                 partners: HashMap::from([("partner-a".to_owned(), self.client(&self.pa))]),
             },
-            settings: self.settings(),
-            wake: Arc::new(Notify::new()),
-            in_flight: Default::default(),
-            heartbeat: Default::default(),
-            metrics: Default::default(),
-            directory: Default::default(),
-        }
+            settings,
+            Arc::new(Notify::new()),
+        )
     }
 
     /// Creates a deal on each side with the same values and links them.
@@ -247,12 +248,12 @@ async fn wait_prop(p: &common::Portal, id: &str, name: &str, want: &str) {
 
 async fn run_once(engine: &Engine, link: i64) {
     engine
-        .store
+        .store()
         .call(move |c| store::enqueue_now(c, &[link], "test"))
         .await
         .expect("enqueue");
     let jobs = engine
-        .store
+        .store()
         .call(|c| store::claim_jobs(c, 100, store::now_ms() + 1))
         .await
         .expect("claim");
@@ -385,7 +386,7 @@ async fn one_way_fields_flow_only_their_way() {
     let e = w.engine().await;
     let (p, h, link) = w
         .linked_pair(
-            &e.store,
+            e.store(),
             json!({"dealname": "Globex", "dealstage": "qualifiedtobuy"}),
         )
         .await;
@@ -448,16 +449,20 @@ async fn each_conflict_policy_picks_its_winner_and_records_the_conflict() {
         // latest_wins: the HubSpot edit is made second, so it is the latest.
         (ConflictPolicy::LatestWins, "from hubspot"),
     ] {
-        let mut e = w.engine().await;
-        e.settings.fields = vec![field(
-            "dealname",
-            "dealname",
-            FieldKind::Text,
-            Direction::Both,
-            policy,
-        )];
+        let e = w
+            .engine_with(Settings {
+                fields: vec![field(
+                    "dealname",
+                    "dealname",
+                    FieldKind::Text,
+                    Direction::Both,
+                    policy,
+                )],
+                ..w.settings()
+            })
+            .await;
         let (p, h, link) = w
-            .linked_pair(&e.store, json!({"dealname": "Initech"}))
+            .linked_pair(e.store(), json!({"dealname": "Initech"}))
             .await;
         run_once(&e, link).await;
         w.pa.patch(
@@ -489,7 +494,7 @@ async fn each_conflict_policy_picks_its_winner_and_records_the_conflict() {
             "{policy:?}"
         );
         let conflicts = e
-            .store
+            .store()
             .call(move |c| store::conflicts_for(c, link))
             .await
             .unwrap();
@@ -505,7 +510,7 @@ async fn an_unmapped_stage_goes_to_the_dead_letter_file_naming_the_stage() {
     let e = w.engine().await;
     let (p, _h, link) = w
         .linked_pair(
-            &e.store,
+            e.store(),
             json!({"dealname": "Umbrella", "dealstage": "qualifiedtobuy"}),
         )
         .await;
@@ -530,7 +535,7 @@ async fn an_unmapped_stage_goes_to_the_dead_letter_file_naming_the_stage() {
         dl[0].error
     );
     assert_eq!(
-        e.store.call(|c| store::queue_stats(c)).await.unwrap().0,
+        e.store().call(|c| store::queue_stats(c)).await.unwrap().0,
         0,
         "the job left the queue"
     );
@@ -741,15 +746,20 @@ async fn search_index_lag_is_covered_by_the_overlap() {
 async fn a_full_disk_under_the_dead_letter_file_keeps_the_job_and_says_why() {
     use rusqlite::OptionalExtension;
     let w = World::new(SandboxConfig::default()).await;
-    let mut e = w.engine().await;
+    // The dead-letter file cannot be written; the first sync needs none.
+    let e = w
+        .engine_with(Settings {
+            dead_letter_path: "/dev/full".into(),
+            ..w.settings()
+        })
+        .await;
     let (p, _h, link) = w
         .linked_pair(
-            &e.store,
+            e.store(),
             json!({"dealname": "Full disk", "dealstage": "qualifiedtobuy"}),
         )
         .await;
     run_once(&e, link).await;
-    e.settings.dead_letter_path = "/dev/full".into();
     let e = Arc::new(e);
     // An unmapped stage: the job must be dead-lettered, and the file cannot be written.
     w.pa.patch(
@@ -757,14 +767,14 @@ async fn a_full_disk_under_the_dead_letter_file_keeps_the_job_and_says_why() {
         json!({"properties": {"dealstage": "decisionmakerboughtin"}}),
     )
     .await;
-    e.store
+    e.store()
         .call(move |c| store::enqueue_now(c, &[link], "test"))
         .await
         .unwrap();
     let cancel = tokio_util::sync::CancellationToken::new();
     let worker = tokio::spawn(e.clone().worker(cancel.clone()));
     let error = common::eventually("the job is put back with the reason", WAIT, || {
-        let s = e.store.clone();
+        let s = e.store().clone();
         async move {
             s.call(move |c| {
                 Ok(c.query_row(
@@ -789,7 +799,7 @@ async fn a_full_disk_under_the_dead_letter_file_keeps_the_job_and_says_why() {
         "says what to do: {error}"
     );
     assert_eq!(
-        e.store.call(|c| store::queue_stats(c)).await.unwrap().0,
+        e.store().call(|c| store::queue_stats(c)).await.unwrap().0,
         1,
         "the job is still queued"
     );

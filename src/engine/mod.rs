@@ -18,7 +18,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng;
 use serde_json::{Map, Value};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -71,18 +70,65 @@ pub enum EngineError {
 
 /// Shared by the workers.
 pub struct Engine {
-    pub store: Store,
-    pub portals: Portals,
-    pub settings: Settings,
-    pub wake: Arc<Notify>,
-    pub in_flight: InFlight,
+    store: Store,
+    portals: Portals,
+    settings: Settings,
+    wake: Arc<Notify>,
+    in_flight: InFlight,
     /// Bumped by every worker round and batch phase; the systemd watchdog only pets while it
     /// moves, so a stuck worker loop gets the daemon restarted.
-    pub heartbeat: Heartbeat,
+    heartbeat: Heartbeat,
     /// Counters for `/metrics`.
-    pub metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<crate::metrics::Metrics>,
     /// Each portal's users, for the deal team (see [`crate::team`]).
-    pub directory: Arc<crate::team::Directory>,
+    directory: Arc<crate::team::Directory>,
+}
+
+impl Engine {
+    /// An engine over `store` and the portals' clients. `wake` is the notify pollers, the
+    /// listener and the sweep poke when they queue work; the in-flight set, heartbeat, metrics
+    /// and user directory start empty and are shared through the accessors below.
+    pub fn new(store: Store, portals: Portals, settings: Settings, wake: Arc<Notify>) -> Engine {
+        Engine {
+            store,
+            portals,
+            settings,
+            wake,
+            in_flight: InFlight::default(),
+            heartbeat: Heartbeat::default(),
+            metrics: Arc::default(),
+            directory: Arc::default(),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn portals(&self) -> &Portals {
+        &self.portals
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The links whose writes are on their way, shared with both ingest paths (echo skip).
+    pub fn in_flight(&self) -> &InFlight {
+        &self.in_flight
+    }
+
+    pub fn heartbeat(&self) -> &Heartbeat {
+        &self.heartbeat
+    }
+
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
+    }
+
+    pub fn directory(&self) -> &Arc<crate::team::Directory> {
+        &self.directory
+    }
 }
 
 /// A counter of worker progress (see [`Engine::heartbeat`]).
@@ -772,33 +818,32 @@ impl Engine {
                             error,
                         ));
                     } else {
-                        let link = links.iter().find(|l| l.id == id);
-                        let now = crate::time::iso(store::now_ms());
-                        dead.push(deadletter::Entry {
-                            id: uuid::Uuid::new_v4().to_string(),
-                            link_id: id,
-                            partner: link.map(|l| l.partner.clone()).unwrap_or_default(),
-                            partner_deal_id: link
-                                .map(|l| l.partner_deal_id.clone())
-                                .unwrap_or_default(),
-                            hubspot_deal_id: link
-                                .map(|l| l.hubspot_deal_id.clone())
-                                .unwrap_or_default(),
-                            reason: job.reason.clone(),
+                        let subject = links
+                            .iter()
+                            .find(|l| l.id == id)
+                            .map(|l| deadletter::Subject {
+                                link_id: id,
+                                partner: l.partner.clone(),
+                                partner_deal_id: l.partner_deal_id.clone(),
+                                hubspot_deal_id: l.hubspot_deal_id.clone(),
+                            })
+                            .unwrap_or(deadletter::Subject {
+                                link_id: id,
+                                ..Default::default()
+                            });
+                        let class = if class == ErrorClass::Transient {
+                            "exhausted"
+                        } else {
+                            fine_class
+                        };
+                        dead.push(deadletter::Entry::for_job(
+                            subject,
+                            &job.reason,
                             error,
-                            class: if class == ErrorClass::Transient {
-                                "exhausted".into()
-                            } else {
-                                fine_class.into()
-                            },
-                            attempts: job.attempts + 1,
-                            first_at: job
-                                .first_failed_at
-                                .map(crate::time::iso)
-                                .unwrap_or_else(|| now.clone()),
-                            last_at: now,
-                            notification: None,
-                        });
+                            class,
+                            job.attempts + 1,
+                            job.first_failed_at,
+                        ));
                     }
                 }
             }
@@ -1545,11 +1590,12 @@ impl Engine {
     }
 
     fn backoff(&self, attempts: i64) -> Duration {
-        let base =
-            self.settings.retry_base.as_millis() as f64 * 2f64.powi(attempts.clamp(0, 20) as i32);
-        let capped = base.min(self.settings.retry_max.as_millis() as f64);
-        let jitter = rand::rng().random_range(0.5..1.0);
-        Duration::from_millis((capped * jitter) as u64)
+        crate::backoff::Backoff {
+            base: self.settings.retry_base,
+            max: self.settings.retry_max,
+            jitter: crate::backoff::Jitter::Down,
+        }
+        .delay_now(attempts)
     }
 }
 

@@ -452,8 +452,8 @@ async fn readyz(State(s): State<Arc<Shared>>) -> Response {
             "no engine runs behind this listener".into(),
         );
     };
-    let mut names = vec![engine.portals.hubspot.portal().to_owned()];
-    names.extend(engine.portals.partners.keys().cloned());
+    let mut names = vec![engine.portals().hubspot.portal().to_owned()];
+    names.extend(engine.portals().partners.keys().cloned());
     names.sort();
     let health = s
         .listener
@@ -533,8 +533,8 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
             )
         }
     };
-    let mut portals: Vec<(String, u64, u64)> = std::iter::once(&engine.portals.hubspot)
-        .chain(engine.portals.partners.values())
+    let mut portals: Vec<(String, u64, u64)> = std::iter::once(&engine.portals().hubspot)
+        .chain(engine.portals().partners.values())
         .map(|c| {
             (
                 c.portal().to_owned(),
@@ -558,7 +558,7 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        crate::metrics::render(&engine.metrics, &scrape),
+        crate::metrics::render(engine.metrics(), &scrape),
     )
         .into_response()
 }
@@ -712,7 +712,7 @@ async fn receive_app(
     }
     if !unrouted.is_empty() {
         if let Some(engine) = &s.listener.engine {
-            engine.metrics.webhook_unrouted(unrouted.len() as u64);
+            engine.metrics().webhook_unrouted(unrouted.len() as u64);
         }
         unrouted.sort_unstable();
         unrouted.dedup();

@@ -546,10 +546,14 @@ async fn send(
             exhausted += 1;
             continue;
         }
-        let base = settings.retry_base_ms.max(1) as f64 * 2f64.powi(p.attempt.min(16) as i32);
-        let jitter = 0.5 + chance(shared);
+        let base = Duration::from_millis(settings.retry_base_ms.max(1));
+        let schedule = crate::backoff::Backoff {
+            base,
+            max: base.saturating_mul(1 << 16),
+            jitter: crate::backoff::Jitter::Around,
+        };
+        p.due = Instant::now() + schedule.delay(i64::from(p.attempt), chance(shared));
         p.attempt += 1;
-        p.due = Instant::now() + Duration::from_millis((base * jitter) as u64);
         st.pending.push_back(p);
     }
     st.stats.events_exhausted += exhausted;
