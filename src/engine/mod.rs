@@ -1,6 +1,8 @@
-//! The engine: workers that take due jobs from the store's queue (a batch at a time), read
-//! both sides of every link in batches, decide per field (`plan`), write both sides in
-//! batches, then commit shadows and finish the jobs in one transaction.
+//! The engine: workers that take due jobs from the store's queue (a batch at a time) and run
+//! each batch as a pipeline ([`Engine::run_batch`]): read both sides of every link in batches
+//! → a pure plan of the whole batch (`batch`, `plan`) → write both sides in batches and
+//! commit the fields → follow-up work (quote and team requests, shared messages) → settle:
+//! commit the jobs, schedule retries, dead-letter what cannot succeed.
 //!
 //! Invariants:
 //! - Jobs of one link never run concurrently: claiming marks them running in the store
@@ -10,6 +12,7 @@
 //! - Transient failures retry with exponential backoff and jitter; permanent failures and
 //!   exhausted retries go to the dead-letter file, with the reason.
 
+pub mod batch;
 pub mod messages;
 pub mod plan;
 
@@ -340,77 +343,74 @@ impl Engine {
         }
     }
 
-    /// Reads, decides, writes and commits one batch of jobs.
+    /// Runs one batch of claimed jobs, step by step: read, plan (pure), write and commit the
+    /// fields, follow-up work, settle. Every job ends in exactly one outcome: committed,
+    /// retried later or dead-lettered.
     pub async fn run_batch(&self, jobs: Vec<ClaimedJob>) -> Result<(), EngineError> {
+        let by_id: HashMap<i64, &ClaimedJob> = jobs.iter().map(|j| (j.link_id, j)).collect();
         let ids: Vec<i64> = jobs.iter().map(|j| j.link_id).collect();
         let ids2 = ids.clone();
         let (links, shadows) = self
             .store
             .call(move |c| Ok((store::links_by_ids(c, &ids2)?, store::shadows(c, &ids2)?)))
             .await?;
-        let by_id: HashMap<i64, &ClaimedJob> = jobs.iter().map(|j| (j.link_id, j)).collect();
-        let mut outcomes: HashMap<i64, Outcome> = HashMap::new();
+        let mut outcomes = skipped(&ids, &links);
         let active: Vec<&Link> = links.iter().filter(|l| l.state == "active").collect();
-        for l in links.iter().filter(|l| l.state != "active") {
+
+        let read = self.read_batch(&active, &by_id, &mut outcomes).await;
+        self.heartbeat.beat();
+        let readable: Vec<&Link> = active
+            .iter()
+            .copied()
+            .filter(|l| !outcomes.contains_key(&l.id))
+            .collect();
+        let planned = batch::plan_batch(&readable, &read.view(self, &shadows), &self.settings);
+        for (id, f) in planned.failed {
             outcomes.insert(
-                l.id,
-                Outcome::Done(JobCommit {
-                    link_id: l.id,
-                    outcome: format!("skipped: link {}", l.state),
-                    ..Default::default()
-                }),
+                id,
+                match f {
+                    batch::Failure::Read(e) => failed(e),
+                    batch::Failure::Plan(e) => Outcome::Failed {
+                        error: e.to_string(),
+                        class: ErrorClass::Permanent,
+                        fine_class: "unmapped_stage",
+                    },
+                },
             );
         }
-        for id in &ids {
-            if !links.iter().any(|l| l.id == *id) {
-                outcomes.insert(
-                    *id,
-                    Outcome::Done(JobCommit {
-                        link_id: *id,
-                        outcome: "skipped: link gone".into(),
-                        ..Default::default()
-                    }),
-                );
-            }
-        }
+        self.judge_deletions(planned.gone, &mut outcomes).await?;
 
-        // Read both sides, batched per portal.
+        let (mut fields_done, field_conflicts) = self
+            .write_fields(planned.plans, &planned.lives, &shadows, &mut outcomes)
+            .await?;
+        // Follow-up work only for links whose fields went through and that stay active.
+        fields_done.retain(|l| !planned.lives.contains_key(&l.id));
+        self.requests(&fields_done, &read, &by_id, &mut outcomes)
+            .await;
+        let partial_files = self
+            .messages_step(&fields_done, &links, &by_id, &mut outcomes)
+            .await?;
+        self.settle(outcomes, &links, &by_id, partial_files, field_conflicts)
+            .await
+    }
+
+    /// Reads the batch's deals on every portal at once (one round trip), with HubSpot's
+    /// quotes and the portals' users alongside: every call between the reads and the writes
+    /// (retried under faults) would widen HubSpot's lost-update race. A failed HubSpot or
+    /// quote read fails every link; a failed partner read fails that partner's links (in the
+    /// plan).
+    async fn read_batch(
+        &self,
+        active: &[&Link],
+        by_id: &HashMap<i64, &ClaimedJob>,
+        outcomes: &mut HashMap<i64, Outcome>,
+    ) -> BatchRead {
         let hs_ids: Vec<String> = unique(active.iter().map(|l| l.hubspot_deal_id.clone()));
-        // Both portals (and every partner) are read at once: a batch costs one round trip.
-        let (hs_props, p_props) = (self.hubspot_props(), self.partner_props());
+        let hs_props = self.hubspot_props();
         let hs_fut = self
             .portals
             .hubspot
             .batch_read("deals", &hs_ids, &hs_props, true);
-        let partner_futs = unique(active.iter().map(|l| l.partner.clone())).into_iter().map(|partner| {
-            let deal_ids: Vec<String> = unique(
-                active
-                    .iter()
-                    .filter(|l| l.partner == partner)
-                    .map(|l| l.partner_deal_id.clone()),
-            );
-            let client = self.portals.partners.get(&partner);
-            let props = &p_props;
-            async move {
-                let read = match client {
-                    Some(client) => client
-                        .batch_read("deals", &deal_ids, props, true)
-                        .await
-                        .map(|rs| rs.into_iter().map(|r| (r.id.clone(), r)).collect()),
-                    None => Err(CrmError::Http {
-                        portal: partner.clone(),
-                        call: "configuration".into(),
-                        status: 400,
-                        category: "NOT_CONFIGURED".into(),
-                        message: format!("partner {partner} has links but is not in the configuration; add it back or remove its links"),
-                        retry_after: None,
-                    }),
-                };
-                (partner, read)
-            }
-        });
-        // Quotes are read alongside, not between the reads and the writes: every call in that
-        // window (retried under faults) widens HubSpot's lost-update race.
         // Quotes only for jobs not queued by deal changes alone (quote changes queue their own).
         let quote_ids: Vec<String> = unique(
             active
@@ -425,172 +425,91 @@ impl Engine {
                 self.quote_summaries(&quote_ids).await
             }
         };
-        let (hs_read, partner_list, quotes_read, dirs) = tokio::join!(
+        let (hs_read, partners, quotes_read, dirs) = tokio::join!(
             hs_fut,
-            futures_util::future::join_all(partner_futs),
+            self.read_partners(active),
             quotes_fut,
-            self.directories(&active)
+            self.directories(active)
         );
-        let partner_reads: HashMap<String, Result<HashMap<String, Record>, CrmError>> =
-            partner_list.into_iter().collect();
-        let hs: HashMap<String, Record> = match hs_read {
+        let hubspot = match hs_read {
             Ok(rs) => rs.into_iter().map(|r| (r.id.clone(), r)).collect(),
             Err(e) => {
-                for l in &active {
+                for l in active {
                     outcomes.insert(l.id, failed(&e));
                 }
                 HashMap::new()
             }
         };
-
-        // The quotes of every HubSpot deal, for the partner side.
-        let quotes = match quotes_read {
-            Ok(q) => q,
-            Err(e) => {
-                for l in &active {
-                    outcomes.entry(l.id).or_insert_with(|| failed(&e));
-                }
-                HashMap::new()
+        let quotes = quotes_read.unwrap_or_else(|e| {
+            for l in active {
+                outcomes.entry(l.id).or_insert_with(|| failed(&e));
             }
-        };
-
-        self.heartbeat.beat();
-        // Decide.
-        let empty = HashMap::new();
-        let mut gone: HashMap<String, Vec<&Link>> = HashMap::new();
-        let mut plans: Vec<(&Link, LinkPlan)> = Vec::new();
-        // Links the HubSpot deal excludes or closes in this job.
-        let mut lives: HashMap<i64, Lifecycle> = HashMap::new();
-        for l in &active {
-            if outcomes.contains_key(&l.id) {
-                continue;
-            }
-            let p = match partner_reads.get(&l.partner) {
-                Some(Ok(m)) => m.get(&l.partner_deal_id),
-                Some(Err(e)) => {
-                    outcomes.insert(l.id, failed(e));
-                    continue;
-                }
-                None => None,
-            };
-            let h = hs.get(&l.hubspot_deal_id);
-            let (Some(p), Some(h)) = (p, h) else {
-                // Deletion does not propagate: the link is orphaned and shown in status —
-                // unless the mass-deletion guard holds the portal (below).
-                let portal = if p.is_none() {
-                    l.partner.clone()
-                } else {
-                    self.portals.hubspot.portal().to_owned()
-                };
-                gone.entry(portal).or_default().push(l);
-                continue;
-            };
-            let life = lifecycle::decide(h, &l.partner, &self.settings.closed_stages);
-            if life != Lifecycle::Active {
-                lives.insert(l.id, life);
-            }
-            let stages = self
-                .settings
-                .stage_maps
-                .get(&l.partner)
-                .cloned()
-                .unwrap_or_default();
-            let planned = if life.syncs_fields() {
-                plan::plan_link(
-                    l,
-                    &self.settings.fields,
-                    &stages,
-                    shadows.get(&l.id).unwrap_or(&empty),
-                    p,
-                    h,
-                )
-            } else {
-                // Excluded: nothing crosses any more, either way.
-                Ok(LinkPlan::default())
-            };
-            match planned.map(|mut plan| {
-                if life.syncs_fields() {
-                    self.plan_team(l, p, h, &dirs, &mut plan);
-                    // HubSpot's quotes, shown on the partner deal (only a difference is written).
-                    if let Some(want) = quotes.get(&l.hubspot_deal_id) {
-                        if p.get(crate::properties::QUOTES).unwrap_or("") != want {
-                            plan.partner_writes.insert(
-                                crate::properties::QUOTES.into(),
-                                Value::String(want.clone()),
-                            );
-                        }
-                    }
-                }
-                if life == Lifecycle::Excluded {
-                    // An excluded partner's people leave HubSpot's view of the deal team.
-                    let shown = h.get(crate::properties::PARTNER_TEAM).unwrap_or("");
-                    if !team::partner_line(shown, &l.partner).is_empty() {
-                        plan.hubspot_writes.insert(
-                            crate::properties::PARTNER_TEAM.into(),
-                            Value::String(team::with_partner_line(shown, &l.partner, "")),
-                        );
-                    }
-                }
-                if life != Lifecycle::Active {
-                    // The partner deal shows what happened (only what differs is written).
-                    let (banner, registrations) = life.partner_view();
-                    for (prop, value) in [
-                        (crate::properties::DEAL_STATUS, banner),
-                        (crate::properties::ACTIVE_REGISTRATIONS, registrations),
-                    ] {
-                        if p.get(prop) != Some(value) {
-                            plan.partner_writes
-                                .insert(prop.into(), Value::String(value.into()));
-                        }
-                    }
-                }
-                plan
-            }) {
-                Ok(plan) => plans.push((l, plan)),
-                Err(e) => {
-                    outcomes.insert(
-                        l.id,
-                        Outcome::Failed {
-                            error: e.to_string(),
-                            class: ErrorClass::Permanent,
-                            fine_class: "unmapped_stage",
-                        },
-                    );
-                }
-            }
+            HashMap::new()
+        });
+        BatchRead {
+            hubspot,
+            partners,
+            quotes,
+            dirs,
         }
+    }
 
-        self.judge_deletions(gone, &mut outcomes).await?;
-
-        // Write, batched per portal. Two links of one HubSpot deal (best partner wins) merge.
-        let mut hs_updates: HashMap<String, Map<String, Value>> = HashMap::new();
-        let mut p_updates: HashMap<String, HashMap<String, Map<String, Value>>> = HashMap::new();
-        for (l, plan) in &plans {
-            if !plan.hubspot_writes.is_empty() {
-                let update = hs_updates.entry(l.hubspot_deal_id.clone()).or_default();
-                for (k, v) in &plan.hubspot_writes {
-                    // Each link owns one line of the partner-team text.
-                    if let (true, Some(Value::String(before)), Value::String(mine)) =
-                        (k == crate::properties::PARTNER_TEAM, update.get(k), v)
-                    {
-                        let line = team::partner_line(mine, &l.partner);
-                        let merged = team::with_partner_line(before, &l.partner, &line);
-                        update.insert(k.clone(), Value::String(merged));
-                    } else {
-                        update.insert(k.clone(), v.clone());
-                    }
+    /// Every partner's deals of the batch, read at once.
+    async fn read_partners(&self, active: &[&Link]) -> HashMap<String, PartnerRead> {
+        let props = self.partner_props();
+        let reads = unique(active.iter().map(|l| l.partner.clone()))
+            .into_iter()
+            .map(|partner| {
+                let deal_ids: Vec<String> = unique(
+                    active
+                        .iter()
+                        .filter(|l| l.partner == partner)
+                        .map(|l| l.partner_deal_id.clone()),
+                );
+                let client = self.portals.partners.get(&partner);
+                let props = &props;
+                async move {
+                    let read = match client {
+                        Some(client) => client
+                            .batch_read("deals", &deal_ids, props, true)
+                            .await
+                            .map(|rs| rs.into_iter().map(|r| (r.id.clone(), r)).collect()),
+                        None => Err(CrmError::Http {
+                            portal: partner.clone(),
+                            call: "configuration".into(),
+                            status: 400,
+                            category: "NOT_CONFIGURED".into(),
+                            message: format!("partner {partner} has links but is not in the configuration; add it back or remove its links"),
+                            retry_after: None,
+                        }),
+                    };
+                    (partner, read)
                 }
-            }
-            if !plan.partner_writes.is_empty() {
-                p_updates
-                    .entry(l.partner.clone())
-                    .or_default()
-                    .entry(l.partner_deal_id.clone())
-                    .or_default()
-                    .extend(plan.partner_writes.clone());
-            }
-        }
-        // Held until the outcomes (and the timestamps our writes produced) are committed.
+            });
+        futures_util::future::join_all(reads)
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    /// Writes the planned fields (both portals at once), records each link's outcome, and
+    /// commits the fields' shadows right away. Returns the links whose fields went through and
+    /// the number of field conflicts committed.
+    ///
+    /// The early commit keeps our writes and their shadows as close together as possible: a
+    /// change someone makes between our write and this commit, back to the old agreed value,
+    /// would look like no change after a crash and be overwritten; the message half can take
+    /// seconds (file copies), so it must not sit inside that window.
+    async fn write_fields<'l>(
+        &self,
+        plans: Vec<(&'l Link, LinkPlan)>,
+        lives: &HashMap<i64, Lifecycle>,
+        shadows: &HashMap<i64, HashMap<String, Option<String>>>,
+        outcomes: &mut HashMap<i64, Outcome>,
+    ) -> Result<(Vec<&'l Link>, usize), EngineError> {
+        let updates = batch::merge_writes(&plans);
+        // Held until the outcomes (and the timestamps our writes produced) are committed, so
+        // the ingest paths judge these deals after the commit (echoes cost no job).
         let in_flight = self.in_flight.mark(
             plans
                 .iter()
@@ -598,130 +517,92 @@ impl Engine {
                 .map(|(l, _)| l.id)
                 .collect(),
         );
-        // Writes to every portal go out at once, too.
-        let partner_writes = p_updates.into_iter().filter_map(|(partner, updates)| {
+        let partner_writes = updates.partners.into_iter().filter_map(|(partner, u)| {
             self.portals
                 .partners
                 .get(&partner)
-                .map(|client| async move { (partner, self.write(client, updates).await) })
+                .map(|client| async move { (partner, self.write(client, u).await) })
         });
         let (hs_result, p_list) = tokio::join!(
-            self.write(&self.portals.hubspot, hs_updates),
+            self.write(&self.portals.hubspot, updates.hubspot),
             futures_util::future::join_all(partner_writes)
         );
         let p_results: HashMap<String, _> = p_list.into_iter().collect();
-
         self.heartbeat.beat();
-        let mut fields_done: Vec<&Link> = Vec::new();
+
+        let no_shadows = HashMap::new();
+        let mut done = Vec::new();
+        let mut early = Vec::new();
         for (l, plan) in plans {
             let hs_w = hs_result.get(&l.hubspot_deal_id);
             let p_w = p_results
                 .get(&l.partner)
                 .and_then(|m| m.get(&l.partner_deal_id));
-            let err = [hs_w, p_w]
+            if let Some(e) = [hs_w, p_w]
                 .into_iter()
                 .flatten()
-                .find_map(|r| r.as_ref().err());
-            if let Some(e) = err {
+                .find_map(|r| r.as_ref().err())
+            {
                 outcomes.insert(l.id, failed(e));
                 continue;
             }
-            let ms = |w: Option<&Result<Option<i64>, CrmError>>| {
-                w.and_then(|r| r.as_ref().ok().copied().flatten())
-            };
-            let wrote = !plan.hubspot_writes.is_empty() || !plan.partner_writes.is_empty();
-            let new_state = lives.get(&l.id).map(|life| life.link_state().to_owned());
+            let life = lives.get(&l.id).copied();
             let notices = if self.settings.notify.enabled() {
-                let agreed = shadows.get(&l.id).unwrap_or(&empty);
-                self.field_notices(l, &plan, lives.get(&l.id).copied(), agreed)
+                let agreed = shadows.get(&l.id).unwrap_or(&no_shadows);
+                self.field_notices(l, &plan, life, agreed)
             } else {
                 Vec::new()
             };
-            fields_done.push(l);
-            outcomes.insert(
-                l.id,
-                Outcome::Done(JobCommit {
-                    link_id: l.id,
-                    shadows: plan.shadows,
-                    conflicts: plan.conflicts,
-                    partner_written_ms: ms(p_w),
-                    hubspot_written_ms: ms(hs_w),
-                    outcome: match &new_state {
-                        Some(state) => format!("link {state}"),
-                        None if wrote => "synced".into(),
-                        None => "no change".into(),
-                    },
-                    new_state,
-                    notices,
-                    ..Default::default()
-                }),
-            );
+            let (commit, outcome) = field_commit(l, plan, life, ms(hs_w), ms(p_w), notices);
+            early.push(commit);
+            outcomes.insert(l.id, Outcome::Done(outcome));
+            done.push(l);
         }
-
-        // The fields' outcome is committed now, before the messages: their writes and their
-        // shadows must be as close together as possible. A change someone makes between our
-        // write and this commit, back to the old agreed value, would look like no change after
-        // a crash and be overwritten; the message half can take seconds (file copies), so it
-        // must not sit inside that window.
-        let mut field_conflicts = 0;
-        if !fields_done.is_empty() {
-            let mut early = Vec::new();
-            for l in &fields_done {
-                if let Some(Outcome::Done(c)) = outcomes.get_mut(&l.id) {
-                    field_conflicts += c.conflicts.len();
-                    early.push(JobCommit {
-                        link_id: c.link_id,
-                        shadows: std::mem::take(&mut c.shadows),
-                        conflicts: std::mem::take(&mut c.conflicts),
-                        partner_written_ms: c.partner_written_ms.take(),
-                        hubspot_written_ms: c.hubspot_written_ms.take(),
-                        new_state: c.new_state.clone(),
-                        notices: std::mem::take(&mut c.notices),
-                        ..Default::default()
-                    });
-                }
-            }
+        let conflicts = early.iter().map(|c| c.conflicts.len()).sum();
+        if !early.is_empty() {
             self.store
                 .call(move |c| store::commit_fields(c, &early))
                 .await?;
         }
         drop(in_flight);
+        Ok((done, conflicts))
+    }
 
-        // Messages, for the links whose fields went through and that stay active.
-        fields_done.retain(|l| !lives.contains_key(&l.id));
-        // Quote requests the partners wrote on their deals.
-        for l in &fields_done {
-            let request = partner_reads
-                .get(&l.partner)
-                .and_then(|r| r.as_ref().ok())
-                .and_then(|m| m.get(&l.partner_deal_id))
+    /// Quote requests and deal-team additions people asked for on the deals. Neither fails
+    /// the fields: a request that cannot be answered now brings the job back later.
+    async fn requests(
+        &self,
+        links: &[&Link],
+        read: &BatchRead,
+        by_id: &HashMap<i64, &ClaimedJob>,
+        outcomes: &mut HashMap<i64, Outcome>,
+    ) {
+        for l in links {
+            let Some(text) = read
+                .partner(l)
                 .and_then(|r| r.get(crate::properties::QUOTE_REQUEST))
-                .map(str::to_owned);
-            let Some(text) = request else { continue };
-            let owner = hs
+            else {
+                continue;
+            };
+            let owner = read
+                .hubspot
                 .get(&l.hubspot_deal_id)
-                .and_then(|r| r.get("hubspot_owner_id"))
-                .map(str::to_owned);
-            if let Err(e) = self.quote_request(l, &text, owner.as_deref()).await {
+                .and_then(|r| r.get("hubspot_owner_id"));
+            if let Err(e) = self.quote_request(l, text, owner).await {
                 outcomes.insert(l.id, failed(&e));
             }
         }
-        // Team additions people asked for on either deal.
         let mut asked: HashSet<String> = HashSet::new();
-        for l in &fields_done {
-            let p = partner_reads
-                .get(&l.partner)
-                .and_then(|r| r.as_ref().ok())
-                .and_then(|m| m.get(&l.partner_deal_id));
-            let h = hs.get(&l.hubspot_deal_id);
-            let (Some(p), Some(h)) = (p, h) else { continue };
+        for l in links {
+            let (Some(p), Some(h)) = (read.partner(l), read.hubspot.get(&l.hubspot_deal_id)) else {
+                continue;
+            };
             // A HubSpot deal with several links answers its request once per batch (two
             // workers answering it at once write the same result).
             let h = asked.insert(l.hubspot_deal_id.clone()).then_some(h);
-            if !self.team_requests(l, p, h, &dirs).await {
+            if !self.team_requests(l, p, h, &read.dirs).await {
                 continue;
             }
-            // Not answered for a passing reason: the job comes back for it (without failing).
             let job = by_id[&l.id];
             if let Some(Outcome::Done(c)) = outcomes.get_mut(&l.id) {
                 if c.retry.is_none() && job.attempts + 1 < self.settings.max_attempts {
@@ -730,134 +611,132 @@ impl Engine {
                 }
             }
         }
-        // Messages only for jobs not queued by deal changes alone: note changes queue their own
-        // (note pollers, note webhooks), and the sweep covers the rest.
-        let message_links: Vec<&Link> = fields_done
+    }
+
+    /// Shared messages of the links whose jobs were not queued by deal changes alone (note
+    /// changes queue their own jobs, and the sweep covers the rest). Returns the file copies
+    /// made by message runs that then failed (see `MessageError::files`), to record with the
+    /// settlement.
+    async fn messages_step(
+        &self,
+        done: &[&Link],
+        links: &[Link],
+        by_id: &HashMap<i64, &ClaimedJob>,
+        outcomes: &mut HashMap<i64, Outcome>,
+    ) -> Result<Vec<(i64, Vec<store::ObjectLink>)>, EngineError> {
+        let message_links: Vec<&Link> = done
             .iter()
             .copied()
             .filter(|l| by_id.get(&l.id).is_some_and(|j| !deal_only(&j.reason)))
             .collect();
-        // File copies made by message runs that then failed (see `MessageError::files`).
-        let mut partial_files: Vec<(i64, Vec<store::ObjectLink>)> = Vec::new();
-        if self.settings.messages.enabled && !message_links.is_empty() {
-            self.heartbeat.beat();
-            let results = self.sync_messages(&message_links, &by_id).await?;
-            for (id, r) in results {
-                match r {
-                    Ok(m) => {
-                        let Some(Outcome::Done(c)) = outcomes.get_mut(&id) else {
-                            continue;
-                        };
-                        c.objects = m.objects;
-                        c.conflicts.extend(m.conflicts);
-                        if self.settings.notify.enabled() {
-                            if let Some(l) = links.iter().find(|l| l.id == id) {
-                                c.notices.extend(self.message_notices(l, &m.arrivals));
-                            }
-                        }
-                        if m.written > 0 {
-                            c.outcome = "synced".into();
-                        }
-                        c.more = m.more;
-                        if let Some(why) = m.waiting {
-                            let job = by_id[&id];
-                            if job.attempts + 1 >= self.settings.max_attempts {
-                                outcomes.insert(
-                                    id,
-                                    Outcome::Failed {
-                                        error: why,
-                                        class: ErrorClass::Permanent,
-                                        fine_class: "unknown_parent",
-                                    },
-                                );
-                            } else {
-                                let due =
-                                    store::now_ms() + self.backoff(job.attempts).as_millis() as i64;
-                                c.retry = Some((due, why));
-                            }
-                        }
+        let mut partial_files = Vec::new();
+        if !self.settings.messages.enabled || message_links.is_empty() {
+            return Ok(partial_files);
+        }
+        self.heartbeat.beat();
+        for (id, r) in self.sync_messages(&message_links, by_id).await? {
+            let m = match r {
+                Ok(m) => m,
+                Err(e) => {
+                    if !e.files.is_empty() {
+                        partial_files.push((id, e.files));
                     }
-                    Err(e) => {
-                        if !e.files.is_empty() {
-                            partial_files.push((id, e.files));
-                        }
-                        outcomes.insert(
-                            id,
-                            Outcome::Failed {
-                                error: e.error,
-                                class: e.class,
-                                fine_class: "permanent",
-                            },
-                        );
-                    }
+                    outcomes.insert(
+                        id,
+                        Outcome::Failed {
+                            error: e.error,
+                            class: e.class,
+                            fine_class: "permanent",
+                        },
+                    );
+                    continue;
+                }
+            };
+            let Some(Outcome::Done(c)) = outcomes.get_mut(&id) else {
+                continue;
+            };
+            c.objects = m.objects;
+            c.conflicts.extend(m.conflicts);
+            if self.settings.notify.enabled() {
+                if let Some(l) = links.iter().find(|l| l.id == id) {
+                    c.notices.extend(self.message_notices(l, &m.arrivals));
                 }
             }
+            if m.written > 0 {
+                c.outcome = "synced".into();
+            }
+            c.more = m.more;
+            let Some(why) = m.waiting else { continue };
+            let job = by_id[&id];
+            if job.attempts + 1 >= self.settings.max_attempts {
+                outcomes.insert(
+                    id,
+                    Outcome::Failed {
+                        error: why,
+                        class: ErrorClass::Permanent,
+                        fine_class: "unknown_parent",
+                    },
+                );
+            } else {
+                let due = store::now_ms() + self.backoff(job.attempts).as_millis() as i64;
+                c.retry = Some((due, why));
+            }
         }
+        Ok(partial_files)
+    }
 
-        // Commit successes together; schedule or dead-letter failures.
+    /// Ends every job: successes commit together, transient failures retry with backoff (a
+    /// held portal's after [`HELD_RETRY_MS`]), the rest are dead-lettered (the file first,
+    /// so a crash between the two leaves a job to run again, never a lost failure).
+    async fn settle(
+        &self,
+        outcomes: HashMap<i64, Outcome>,
+        links: &[Link],
+        by_id: &HashMap<i64, &ClaimedJob>,
+        partial_files: Vec<(i64, Vec<store::ObjectLink>)>,
+        field_conflicts: usize,
+    ) -> Result<(), EngineError> {
         let mut commits = Vec::new();
         let mut retries = Vec::new();
         let mut dead = Vec::new();
         for (id, o) in outcomes {
-            match o {
-                Outcome::Done(c) => commits.push(c),
+            let (error, class, fine_class) = match o {
+                Outcome::Done(c) => {
+                    commits.push(c);
+                    continue;
+                }
                 Outcome::Failed {
                     error,
                     class,
                     fine_class,
-                } => {
-                    let job = by_id[&id];
-                    let exhausted = job.attempts + 1 >= self.settings.max_attempts;
-                    if class == ErrorClass::Held {
-                        // A portal waiting for its install: keep the job, look again later.
-                        retries.push((id, store::now_ms() + HELD_RETRY_MS, error));
-                    } else if class == ErrorClass::Transient && !exhausted {
-                        retries.push((
-                            id,
-                            store::now_ms() + self.backoff(job.attempts).as_millis() as i64,
-                            error,
-                        ));
+                } => (error, class, fine_class),
+            };
+            let job = by_id[&id];
+            let exhausted = job.attempts + 1 >= self.settings.max_attempts;
+            match class {
+                ErrorClass::Held => retries.push((id, store::now_ms() + HELD_RETRY_MS, error)),
+                ErrorClass::Transient if !exhausted => {
+                    let due = store::now_ms() + self.backoff(job.attempts).as_millis() as i64;
+                    retries.push((id, due, error));
+                }
+                _ => {
+                    let class = if class == ErrorClass::Transient {
+                        "exhausted"
                     } else {
-                        let subject = links
-                            .iter()
-                            .find(|l| l.id == id)
-                            .map(|l| deadletter::Subject {
-                                link_id: id,
-                                partner: l.partner.clone(),
-                                partner_deal_id: l.partner_deal_id.clone(),
-                                hubspot_deal_id: l.hubspot_deal_id.clone(),
-                            })
-                            .unwrap_or(deadletter::Subject {
-                                link_id: id,
-                                ..Default::default()
-                            });
-                        let class = if class == ErrorClass::Transient {
-                            "exhausted"
-                        } else {
-                            fine_class
-                        };
-                        dead.push(deadletter::Entry::for_job(
-                            subject,
-                            &job.reason,
-                            error,
-                            class,
-                            job.attempts + 1,
-                            job.first_failed_at,
-                        ));
-                    }
+                        fine_class
+                    };
+                    dead.push(deadletter::Entry::for_job(
+                        subject(links, id),
+                        &job.reason,
+                        error,
+                        class,
+                        job.attempts + 1,
+                        job.first_failed_at,
+                    ));
                 }
             }
         }
-        if !dead.is_empty() {
-            let path = self.settings.dead_letter_path.clone();
-            let entries = dead.clone();
-            tokio::task::spawn_blocking(move || deadletter::append(&path, &entries))
-                .await
-                .map_err(|e| StoreError::Corrupt(format!("dead-letter writer failed: {e}")))??;
-            for d in &dead {
-                tracing::error!(link = d.link_id, partner = %d.partner, class = %d.class, error = %d.error, "job dead-lettered");
-            }
-        }
+        self.dead_letter(&dead).await?;
         // What the metrics will say once the commit succeeds.
         let now = store::now_ms();
         let synced_ages: Vec<f64> = commits
@@ -866,9 +745,8 @@ impl Engine {
             .filter_map(|c| by_id.get(&c.link_id))
             .map(|j| (now - j.enqueued_at).max(0) as f64 / 1000.0)
             .collect();
-        let outcomes: Vec<String> = commits.iter().map(|c| c.outcome.clone()).collect();
-        let conflicts: usize =
-            field_conflicts + commits.iter().map(|c| c.conflicts.len()).sum::<usize>();
+        let labels: Vec<String> = commits.iter().map(|c| c.outcome.clone()).collect();
+        let conflicts = field_conflicts + commits.iter().map(|c| c.conflicts.len()).sum::<usize>();
         let (n_retries, n_dead) = (retries.len(), dead.len());
         self.store
             .call(move |c| {
@@ -885,7 +763,7 @@ impl Engine {
                 Ok(())
             })
             .await?;
-        for o in &outcomes {
+        for o in &labels {
             self.metrics.job(o);
         }
         for _ in 0..n_retries {
@@ -898,6 +776,22 @@ impl Engine {
         self.metrics.conflicted(conflicts as u64);
         for age in synced_ages {
             self.metrics.propagated(age);
+        }
+        Ok(())
+    }
+
+    /// Appends entries to the dead-letter file (fsynced) off the runtime's threads.
+    async fn dead_letter(&self, dead: &[deadletter::Entry]) -> Result<(), EngineError> {
+        if dead.is_empty() {
+            return Ok(());
+        }
+        let path = self.settings.dead_letter_path.clone();
+        let entries = dead.to_vec();
+        tokio::task::spawn_blocking(move || deadletter::append(&path, &entries))
+            .await
+            .map_err(|e| StoreError::Corrupt(format!("dead-letter writer failed: {e}")))??;
+        for d in dead {
+            tracing::error!(link = d.link_id, partner = %d.partner, class = %d.class, error = %d.error, "job dead-lettered");
         }
         Ok(())
     }
@@ -1138,38 +1032,6 @@ impl Engine {
                 }
             })
             .collect()
-    }
-
-    /// Shows each side the other side's team (only what differs is written).
-    fn plan_team(
-        &self,
-        l: &Link,
-        p: &Record,
-        h: &Record,
-        dirs: &HashMap<String, Arc<Vec<Owner>>>,
-        plan: &mut LinkPlan,
-    ) {
-        let (Some(hd), Some(pd)) = (
-            dirs.get(self.portals.hubspot.portal()),
-            dirs.get(&l.partner),
-        ) else {
-            return;
-        };
-        let hubspot_team = team::describe(h, hd);
-        if p.get(crate::properties::HUBSPOT_TEAM).unwrap_or("") != hubspot_team {
-            plan.partner_writes.insert(
-                crate::properties::HUBSPOT_TEAM.into(),
-                Value::String(hubspot_team),
-            );
-        }
-        let line = team::describe(p, pd);
-        let shown = h.get(crate::properties::PARTNER_TEAM).unwrap_or("");
-        if team::partner_line(shown, &l.partner) != line {
-            plan.hubspot_writes.insert(
-                crate::properties::PARTNER_TEAM.into(),
-                Value::String(team::with_partner_line(shown, &l.partner, &line)),
-            );
-        }
     }
 
     /// Answers `dealsync_team_add` on the partner deal and (when `h` is given) on the HubSpot
@@ -1601,6 +1463,120 @@ impl Engine {
 
 /// How often a job held by a missing or revoked OAuth install is looked at again.
 const HELD_RETRY_MS: i64 = 30_000;
+
+/// One partner's deals of a batch, or why they could not be read.
+type PartnerRead = Result<HashMap<String, Record>, CrmError>;
+
+/// What [`Engine::read_batch`] read.
+struct BatchRead {
+    hubspot: HashMap<String, Record>,
+    partners: HashMap<String, PartnerRead>,
+    quotes: HashMap<String, String>,
+    dirs: HashMap<String, Arc<Vec<Owner>>>,
+}
+
+impl BatchRead {
+    fn view<'a>(
+        &'a self,
+        engine: &'a Engine,
+        shadows: &'a HashMap<i64, HashMap<String, Option<String>>>,
+    ) -> batch::Reads<'a> {
+        batch::Reads {
+            hubspot_portal: engine.portals.hubspot.portal(),
+            hubspot: &self.hubspot,
+            partners: &self.partners,
+            quotes: &self.quotes,
+            dirs: &self.dirs,
+            shadows,
+        }
+    }
+
+    /// The link's partner deal, if it was read.
+    fn partner(&self, l: &Link) -> Option<&Record> {
+        self.partners
+            .get(&l.partner)
+            .and_then(|r| r.as_ref().ok())
+            .and_then(|m| m.get(&l.partner_deal_id))
+    }
+}
+
+/// Outcomes of the jobs whose link is not active (or no longer exists): nothing to do.
+fn skipped(ids: &[i64], links: &[Link]) -> HashMap<i64, Outcome> {
+    let mut out = HashMap::new();
+    for id in ids {
+        let outcome = match links.iter().find(|l| l.id == *id) {
+            None => "skipped: link gone".to_owned(),
+            Some(l) if l.state != "active" => format!("skipped: link {}", l.state),
+            Some(_) => continue,
+        };
+        out.insert(
+            *id,
+            Outcome::Done(JobCommit {
+                link_id: *id,
+                outcome,
+                ..Default::default()
+            }),
+        );
+    }
+    out
+}
+
+/// The last-modified time a successful write reported.
+fn ms(w: Option<&Result<Option<i64>, CrmError>>) -> Option<i64> {
+    w.and_then(|r| r.as_ref().ok().copied().flatten())
+}
+
+/// A link whose field writes succeeded: what commits now (shadows, conflicts, write times,
+/// the new link state, notices) and the job's outcome, which commits at the end.
+fn field_commit(
+    l: &Link,
+    plan: LinkPlan,
+    life: Option<Lifecycle>,
+    hubspot_written_ms: Option<i64>,
+    partner_written_ms: Option<i64>,
+    notices: Vec<String>,
+) -> (JobCommit, JobCommit) {
+    let wrote = !plan.hubspot_writes.is_empty() || !plan.partner_writes.is_empty();
+    let new_state = life.map(|life| life.link_state().to_owned());
+    let outcome = match &new_state {
+        Some(state) => format!("link {state}"),
+        None if wrote => "synced".into(),
+        None => "no change".into(),
+    };
+    let now = JobCommit {
+        link_id: l.id,
+        shadows: plan.shadows,
+        conflicts: plan.conflicts,
+        partner_written_ms,
+        hubspot_written_ms,
+        new_state: new_state.clone(),
+        notices,
+        ..Default::default()
+    };
+    let end = JobCommit {
+        link_id: l.id,
+        outcome,
+        new_state,
+        ..Default::default()
+    };
+    (now, end)
+}
+
+/// Who a dead letter is about: the link's deals, or only its id if it is gone.
+fn subject(links: &[Link], id: i64) -> deadletter::Subject {
+    match links.iter().find(|l| l.id == id) {
+        Some(l) => deadletter::Subject {
+            link_id: id,
+            partner: l.partner.clone(),
+            partner_deal_id: l.partner_deal_id.clone(),
+            hubspot_deal_id: l.hubspot_deal_id.clone(),
+        },
+        None => deadletter::Subject {
+            link_id: id,
+            ..Default::default()
+        },
+    }
+}
 
 fn failed(e: &CrmError) -> Outcome {
     Outcome::Failed {
