@@ -12,10 +12,12 @@
 //! (budget 100 / 10 s and search 5/s per portal, 4 workers, batch 100, the default fields,
 //! messages and quotes on) except two `[sync]` keys:
 //! - `sweep_interval_ms`: the sweep's first pass starts one interval after start and queues
-//!   its batches spread over half an interval, so the interval is set to twice the sweep's
-//!   shortest possible duration (below; at least 3 s): long enough that queuing never paces
-//!   the sweep and that the second pass (1.5 intervals after the first began) comes after the
-//!   idle samples, short enough not to wait the default 15 minutes.
+//!   its batches spread over half an interval; the second pass begins 1.5 intervals after the
+//!   first. The interval is set to three times the sweep's shortest possible duration (below;
+//!   at least 3 s): long enough that queuing never paces the sweep and that the second pass
+//!   comes after the idle samples even when the sweep takes three times its minimum (a first
+//!   full run at twice the minimum saw the second pass start while idle was sampled), short
+//!   enough not to wait the default 15 minutes.
 //! - `poll_overlap_ms = 1000`: the deals were just loaded; with the default 60 s overlap the
 //!   first polls would find all 200,000 as recent changes and queue them before the sweep.
 //!   The daemon starts after the last deal is more than 1 s old.
@@ -164,7 +166,7 @@ fn main() {
     let n = links();
     let (min_hs, min_pa) = min_calls(n);
     let min_s = min_seconds(min_hs.max(min_pa));
-    let interval = Duration::from_secs_f64((2.0 * min_s).max(3.0));
+    let interval = Duration::from_secs_f64((3.0 * min_s).max(3.0));
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("dealsync.db");
     let rt = tokio::runtime::Runtime::new().unwrap();

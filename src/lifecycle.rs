@@ -17,6 +17,7 @@
 
 use crate::crm::Record;
 use crate::properties::EXCLUDED_PARTNERS;
+use crate::store::LinkState;
 
 /// What the HubSpot deal says about one link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,12 +30,12 @@ pub enum Lifecycle {
 
 impl Lifecycle {
     /// The link state this stands for.
-    pub fn link_state(self) -> &'static str {
+    pub fn link_state(self) -> LinkState {
         match self {
-            Lifecycle::Active => "active",
-            Lifecycle::Excluded => "excluded",
-            Lifecycle::ClosedWon => "closed_won",
-            Lifecycle::ClosedLost => "closed_lost",
+            Lifecycle::Active => LinkState::Active,
+            Lifecycle::Excluded => LinkState::Excluded,
+            Lifecycle::ClosedWon => LinkState::ClosedWon,
+            Lifecycle::ClosedLost => LinkState::ClosedLost,
         }
     }
 
@@ -142,7 +143,7 @@ mod tests {
         assert_eq!(Lifecycle::Active.partner_view(), ("active", "1"));
         assert!(!Lifecycle::Excluded.syncs_fields());
         assert!(Lifecycle::ClosedLost.syncs_fields());
-        assert_eq!(Lifecycle::ClosedLost.link_state(), "closed_lost");
+        assert_eq!(Lifecycle::ClosedLost.link_state(), LinkState::ClosedLost);
     }
 
     #[test]

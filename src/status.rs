@@ -185,7 +185,7 @@ pub struct LinkStatus {
     pub partner_deal_id: String,
     pub hubspot_deal_id: String,
     pub deal_type: String,
-    pub state: String,
+    pub state: crate::store::LinkState,
     pub fields: Vec<FieldStatus>,
     pub job: Option<JobStatus>,
     pub history: Vec<HistoryEntry>,

@@ -64,7 +64,7 @@ async fn link_state(store: &Store, id: i64) -> String {
         .call(move |c| store::link(c, id))
         .await
         .unwrap()
-        .map(|l| l.state)
+        .map(|l| l.state.to_string())
         .unwrap_or_default()
 }
 

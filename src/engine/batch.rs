@@ -232,7 +232,7 @@ mod tests {
             partner_deal_id: p.into(),
             hubspot_deal_id: h.into(),
             deal_type: "channel".into(),
-            state: "active".into(),
+            state: crate::store::LinkState::Active,
             created_at: 0,
         }
     }

@@ -1344,7 +1344,7 @@ mod tests {
             partner_deal_id: "10".into(),
             hubspot_deal_id: "20".into(),
             deal_type: "channel".into(),
-            state: "active".into(),
+            state: crate::store::LinkState::Active,
             created_at: 0,
         }
     }

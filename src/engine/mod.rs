@@ -355,7 +355,10 @@ impl Engine {
             .call(move |c| Ok((store::links_by_ids(c, &ids2)?, store::shadows(c, &ids2)?)))
             .await?;
         let mut outcomes = skipped(&ids, &links);
-        let active: Vec<&Link> = links.iter().filter(|l| l.state == "active").collect();
+        let active: Vec<&Link> = links
+            .iter()
+            .filter(|l| l.state == store::LinkState::Active)
+            .collect();
 
         let read = self.read_batch(&active, &by_id, &mut outcomes).await;
         self.heartbeat.beat();
@@ -826,7 +829,7 @@ impl Engine {
                     tracing::warn!(link = l.id, "{what} is archived or deleted; link orphaned");
                     JobCommit {
                         link_id: l.id,
-                        new_state: Some("orphaned".into()),
+                        new_state: Some(store::LinkState::Orphaned),
                         outcome: format!("orphaned: {what} is archived or deleted"),
                         ..Default::default()
                     }
@@ -1506,7 +1509,7 @@ fn skipped(ids: &[i64], links: &[Link]) -> HashMap<i64, Outcome> {
     for id in ids {
         let outcome = match links.iter().find(|l| l.id == *id) {
             None => "skipped: link gone".to_owned(),
-            Some(l) if l.state != "active" => format!("skipped: link {}", l.state),
+            Some(l) if l.state != store::LinkState::Active => format!("skipped: link {}", l.state),
             Some(_) => continue,
         };
         out.insert(
@@ -1537,7 +1540,7 @@ fn field_commit(
     notices: Vec<String>,
 ) -> (JobCommit, JobCommit) {
     let wrote = !plan.hubspot_writes.is_empty() || !plan.partner_writes.is_empty();
-    let new_state = life.map(|life| life.link_state().to_owned());
+    let new_state = life.map(Lifecycle::link_state);
     let outcome = match &new_state {
         Some(state) => format!("link {state}"),
         None if wrote => "synced".into(),
@@ -1549,7 +1552,7 @@ fn field_commit(
         conflicts: plan.conflicts,
         partner_written_ms,
         hubspot_written_ms,
-        new_state: new_state.clone(),
+        new_state,
         notices,
         ..Default::default()
     };

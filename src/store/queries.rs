@@ -26,6 +26,66 @@ impl Side {
     }
 }
 
+/// Where a link is in its life (SPEC §2). Only `Active` links sync; the others are kept for
+/// status and history. Stored (and shown) as its [`LinkState::label`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkState {
+    #[default]
+    Active,
+    /// A HubSpot rep excluded the partner from the deal.
+    Excluded,
+    ClosedWon,
+    ClosedLost,
+    /// One of its deals was deleted or archived.
+    Orphaned,
+}
+
+impl LinkState {
+    pub const ALL: [LinkState; 5] = [
+        LinkState::Active,
+        LinkState::Excluded,
+        LinkState::ClosedWon,
+        LinkState::ClosedLost,
+        LinkState::Orphaned,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            LinkState::Active => "active",
+            LinkState::Excluded => "excluded",
+            LinkState::ClosedWon => "closed_won",
+            LinkState::ClosedLost => "closed_lost",
+            LinkState::Orphaned => "orphaned",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<LinkState> {
+        LinkState::ALL.into_iter().find(|l| l.label() == s)
+    }
+}
+
+impl std::fmt::Display for LinkState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+impl rusqlite::types::ToSql for LinkState {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.label().into())
+    }
+}
+
+impl rusqlite::types::FromSql for LinkState {
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        let s = v.as_str()?;
+        LinkState::parse(s).ok_or_else(|| {
+            rusqlite::types::FromSqlError::Other(format!("unknown link state {s:?}").into())
+        })
+    }
+}
+
 /// One link between a partner deal and a HubSpot deal.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Link {
@@ -34,7 +94,7 @@ pub struct Link {
     pub partner_deal_id: String,
     pub hubspot_deal_id: String,
     pub deal_type: String,
-    pub state: String,
+    pub state: LinkState,
     /// When the link was made (ms): what was there before it is not news to anyone.
     pub created_at: i64,
 }
@@ -156,7 +216,7 @@ pub fn active_links_after(
     rows.collect::<Result<_, _>>().map_err(Into::into)
 }
 
-pub fn set_link_state(c: &Connection, link_id: i64, state: &str) -> Result<(), StoreError> {
+pub fn set_link_state(c: &Connection, link_id: i64, state: LinkState) -> Result<(), StoreError> {
     c.execute(
         "UPDATE links SET state = ?2, updated_at = ?3 WHERE id = ?1",
         params![link_id, state, now_ms()],
@@ -209,7 +269,7 @@ pub struct JobCommit {
     pub conflicts: Vec<ConflictRecord>,
     pub partner_written_ms: Option<i64>,
     pub hubspot_written_ms: Option<i64>,
-    pub new_state: Option<String>,
+    pub new_state: Option<LinkState>,
     pub outcome: String,
     /// Messages and files to record (upserted by kind and origin).
     pub objects: Vec<ObjectLink>,
@@ -740,6 +800,22 @@ mod tests {
     }
 
     #[test]
+    fn link_states_round_trip_through_the_store_and_refuse_unknown_labels() {
+        let c = mem();
+        let l = insert_link(&c, "partner-a", "1", "2", "channel").unwrap();
+        assert_eq!(l.state, LinkState::Active);
+        for state in LinkState::ALL {
+            assert_eq!(LinkState::parse(state.label()), Some(state));
+            set_link_state(&c, l.id, state).unwrap();
+            assert_eq!(link(&c, l.id).unwrap().unwrap().state, state);
+        }
+        c.execute("UPDATE links SET state = 'limbo' WHERE id = ?1", [l.id])
+            .unwrap();
+        let e = link(&c, l.id).unwrap_err().to_string();
+        assert!(e.contains("unknown link state \"limbo\""), "{e}");
+    }
+
+    #[test]
     fn the_outbox_retries_gives_up_requeues_and_forgets() {
         let mut c = mem();
         let job = JobCommit {
@@ -857,7 +933,7 @@ mod tests {
         let p = links_for_deals(&c, Side::Partner, "partner-b", &["5".into(), "1".into()]).unwrap();
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].0.id, b.id);
-        set_link_state(&c, a.id, "orphaned").unwrap();
+        set_link_state(&c, a.id, LinkState::Orphaned).unwrap();
         assert_eq!(
             links_for_deals(&c, Side::Hubspot, "hubspot", &["9".into()])
                 .unwrap()
