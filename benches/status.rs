@@ -39,7 +39,7 @@ fn main() {
                 tx.execute("INSERT INTO shadows (link_id, field, value, updated_at) VALUES (?1, 'dealname', 'x', ?2)", rusqlite::params![l.id, now])?;
                 tx.execute("INSERT INTO job_history (link_id, at, outcome) VALUES (?1, ?2, 'synced')", rusqlite::params![l.id, now])?;
                 if i < 1_000 {
-                    store::enqueue(&tx, &[l.id], "poll", now)?;
+                    store::enqueue(&tx, &[l.id], store::JobReason::Poll, now)?;
                 }
                 if i < 500 {
                     tx.execute("INSERT INTO conflicts (link_id, field, partner_value, hubspot_value, winner, policy, at) VALUES (?1, 'dealname', 'a', 'b', 'partner', 'latest_wins', ?2)", rusqlite::params![l.id, now])?;

@@ -205,7 +205,7 @@ async fn main() {
     d.store
         .call(move |c| {
             let l = store::insert_link(c, "partner-a", &p2, &h2, "channel")?;
-            store::enqueue_now(c, &[l.id], "bench")
+            store::enqueue_now(c, &[l.id], dealsync::store::JobReason::Manual)
         })
         .await
         .expect("link");

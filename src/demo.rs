@@ -480,7 +480,7 @@ pub async fn run() -> Result<(), DemoError> {
     .await?;
     // The first sync records what both sides agree on (the shadow) before anyone edits.
     d.store
-        .call(move |c| store::enqueue_now(c, &[link.id], "demo"))
+        .call(move |c| store::enqueue_now(c, &[link.id], store::JobReason::Manual))
         .await
         .map_err(|e| demo.fail(e.to_string()))?;
     let t0 = Instant::now();

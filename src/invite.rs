@@ -200,7 +200,7 @@ pub async fn invite(
         .await?;
     let id = link.id;
     store
-        .call(move |c| store::enqueue_now(c, &[id], "invitation"))
+        .call(move |c| store::enqueue_now(c, &[id], store::JobReason::Invitation))
         .await?;
     let mut m = Map::new();
     m.insert(

@@ -122,7 +122,7 @@ pub async fn replay(
             claimed.extend(
                 engine
                     .store()
-                    .call(move |c| store::claim_links(c, &ids, "replay"))
+                    .call(move |c| store::claim_links(c, &ids, store::JobReason::Replay))
                     .await?,
             );
         }

@@ -73,7 +73,7 @@ async fn run(engine: &Engine, links: &[i64]) {
     let ids = links.to_vec();
     engine
         .store()
-        .call(move |c| store::enqueue_now(c, &ids, "model"))
+        .call(move |c| store::enqueue_now(c, &ids, dealsync::store::JobReason::Manual))
         .await
         .unwrap();
     let jobs = engine

@@ -879,7 +879,7 @@ async fn a_partner_linked_later_never_gets_an_earlier_partners_untargeted_thread
                 [&pb2],
                 |r| r.get(0),
             )?;
-            store::enqueue_now(c, &[id], "test")
+            store::enqueue_now(c, &[id], dealsync::store::JobReason::Manual)
         })
         .await
         .unwrap();

@@ -102,7 +102,7 @@ impl World {
             .unwrap();
         let id = link.id;
         store
-            .call(move |c| store::enqueue_now(c, &[id], "test"))
+            .call(move |c| store::enqueue_now(c, &[id], dealsync::store::JobReason::Manual))
             .await
             .unwrap();
         common::eventually("first sync, with the old message", WAIT, || async {

@@ -161,7 +161,7 @@ impl World {
             .expect("link");
         let id = link.id;
         store
-            .call(move |c| store::enqueue_now(c, &[id], "test"))
+            .call(move |c| store::enqueue_now(c, &[id], dealsync::store::JobReason::Manual))
             .await
             .expect("enqueue");
         common::eventually("the first sync", WAIT, || async {
@@ -400,7 +400,7 @@ async fn moving_from_legacy_tokens_to_dated_oauth_keeps_links_shadows_cursors_an
         .expect("store");
     let link_id = before.0;
     store
-        .call(move |c| store::enqueue_now(c, &[link_id], "test"))
+        .call(move |c| store::enqueue_now(c, &[link_id], dealsync::store::JobReason::Manual))
         .await
         .expect("enqueue");
     drop(store);

@@ -357,7 +357,7 @@ async fn replay_leaves_a_job_the_daemon_holds_alone() {
     let store = Store::open(&w.db()).await.expect("store");
     let (_, _, link) = w.linked_pair(&store, "Held").await;
     store
-        .call(move |c| store::enqueue_now(c, &[link], "poll"))
+        .call(move |c| store::enqueue_now(c, &[link], dealsync::store::JobReason::Poll))
         .await
         .unwrap();
     // A daemon worker claims it…
@@ -369,14 +369,14 @@ async fn replay_leaves_a_job_the_daemon_holds_alone() {
     // …so replay cannot; a link with no job (or a pending one) can be claimed.
     let (_, _, other) = w.linked_pair(&store, "Free").await;
     let claimed = store
-        .call(move |c| store::claim_links(c, &[link, other], "replay"))
+        .call(move |c| store::claim_links(c, &[link, other], store::JobReason::Replay))
         .await
         .unwrap();
     let ids: Vec<i64> = claimed.iter().map(|j| j.link_id).collect();
     assert_eq!(ids, vec![other]);
     // Claiming again finds it running too.
     let again = store
-        .call(move |c| store::claim_links(c, &[other], "replay"))
+        .call(move |c| store::claim_links(c, &[other], store::JobReason::Replay))
         .await
         .unwrap();
     assert!(again.is_empty());

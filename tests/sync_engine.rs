@@ -249,7 +249,7 @@ async fn wait_prop(p: &common::Portal, id: &str, name: &str, want: &str) {
 async fn run_once(engine: &Engine, link: i64) {
     engine
         .store()
-        .call(move |c| store::enqueue_now(c, &[link], "test"))
+        .call(move |c| store::enqueue_now(c, &[link], dealsync::store::JobReason::Manual))
         .await
         .expect("enqueue");
     let jobs = engine
@@ -276,7 +276,7 @@ async fn changes_flow_each_way_with_one_write_and_no_echo() {
         )
         .await;
     d.store
-        .call(move |c| store::enqueue_now(c, &[link], "test"))
+        .call(move |c| store::enqueue_now(c, &[link], dealsync::store::JobReason::Manual))
         .await
         .unwrap();
     // The first sync agrees on the shared values and records shadows.
@@ -559,7 +559,7 @@ async fn a_429_and_5xx_storm_converges_with_nothing_lost() {
     }
     let ids: Vec<i64> = pairs.iter().map(|x| x.2).collect();
     d.store
-        .call(move |c| store::enqueue_now(c, &ids, "test"))
+        .call(move |c| store::enqueue_now(c, &ids, dealsync::store::JobReason::Manual))
         .await
         .unwrap();
     let storm = json!({"rate_429": 0.1, "rate_500": 0.1, "rate_503": 0.1, "rate_502_html": 0.05});
@@ -600,7 +600,7 @@ async fn restart_resumes_from_the_persisted_cursor() {
     let d = DaemonHandle::start(w.parts()).await.expect("daemon");
     let (p, h, link) = w.linked_pair(&d.store, json!({"dealname": "Hooli"})).await;
     d.store
-        .call(move |c| store::enqueue_now(c, &[link], "test"))
+        .call(move |c| store::enqueue_now(c, &[link], dealsync::store::JobReason::Manual))
         .await
         .unwrap();
     common::eventually("a partner cursor is stored", WAIT, || {
@@ -715,7 +715,7 @@ async fn search_index_lag_is_covered_by_the_overlap() {
         .linked_pair(&d.store, json!({"dealname": "Lagging"}))
         .await;
     d.store
-        .call(move |c| store::enqueue_now(c, &[link], "test"))
+        .call(move |c| store::enqueue_now(c, &[link], dealsync::store::JobReason::Manual))
         .await
         .unwrap();
     // The first sync has agreed on the values before the change: only polling, through the
@@ -768,7 +768,7 @@ async fn a_full_disk_under_the_dead_letter_file_keeps_the_job_and_says_why() {
     )
     .await;
     e.store()
-        .call(move |c| store::enqueue_now(c, &[link], "test"))
+        .call(move |c| store::enqueue_now(c, &[link], dealsync::store::JobReason::Manual))
         .await
         .unwrap();
     let cancel = tokio_util::sync::CancellationToken::new();

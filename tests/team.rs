@@ -34,7 +34,7 @@ async fn link(store: &Store, partner: &'static str, p: &str, h: &str) -> i64 {
         .unwrap();
     let id = l.id;
     store
-        .call(move |c| store::enqueue_now(c, &[id], "test"))
+        .call(move |c| store::enqueue_now(c, &[id], dealsync::store::JobReason::Manual))
         .await
         .unwrap();
     id

@@ -327,7 +327,7 @@ async fn pair(d: &common::Duo, store: &Store, name: &str) -> (String, String, i6
         .expect("link");
     let id = link.id;
     store
-        .call(move |c| store::enqueue_now(c, &[id], "test"))
+        .call(move |c| store::enqueue_now(c, &[id], dealsync::store::JobReason::Manual))
         .await
         .expect("enqueue");
     eventually("first sync", WAIT, || async {

@@ -418,7 +418,7 @@ impl Engine {
         let quote_ids: Vec<String> = unique(
             active
                 .iter()
-                .filter(|l| by_id.get(&l.id).is_some_and(|j| !deal_only(&j.reason)))
+                .filter(|l| by_id.get(&l.id).is_some_and(|j| !j.reason.deal_only()))
                 .map(|l| l.hubspot_deal_id.clone()),
         );
         let quotes_fut = async {
@@ -630,7 +630,7 @@ impl Engine {
         let message_links: Vec<&Link> = done
             .iter()
             .copied()
-            .filter(|l| by_id.get(&l.id).is_some_and(|j| !deal_only(&j.reason)))
+            .filter(|l| by_id.get(&l.id).is_some_and(|j| !j.reason.deal_only()))
             .collect();
         let mut partial_files = Vec::new();
         if !self.settings.messages.enabled || message_links.is_empty() {
@@ -730,7 +730,7 @@ impl Engine {
                     };
                     dead.push(deadletter::Entry::for_job(
                         subject(links, id),
-                        &job.reason,
+                        &job.reason.label(),
                         error,
                         class,
                         job.attempts + 1,
@@ -1275,9 +1275,10 @@ impl Engine {
                     continue;
                 }
             };
-            let force = jobs
-                .get(&l.id)
-                .is_some_and(|j| j.reason.contains("sweep") || j.reason.contains("replay"));
+            let force = jobs.get(&l.id).is_some_and(|j| {
+                j.reason.contains(store::JobReason::Sweep)
+                    || j.reason.contains(store::JobReason::Replay)
+            });
             let pairs = recorded.get(&l.id).unwrap_or(&empty);
             let deal = messages::DealContext::new(
                 l.id,
@@ -1587,12 +1588,6 @@ fn failed(e: &CrmError) -> Outcome {
         class: e.class(),
         fine_class: e.fine_class(),
     }
-}
-
-/// Whether a job was queued only because deals changed (`poll`, `webhook`, or both
-/// coalesced): it needs no message or quote reads.
-fn deal_only(reason: &str) -> bool {
-    reason.split('+').all(|r| r == "poll" || r == "webhook")
 }
 
 fn unique(it: impl Iterator<Item = String>) -> Vec<String> {

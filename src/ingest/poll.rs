@@ -410,7 +410,7 @@ impl Poller {
         if !queue.is_empty() {
             stats.queued += queue.len();
             self.store
-                .call(move |c| store::enqueue_now(c, &queue, "poll"))
+                .call(move |c| store::enqueue_now(c, &queue, store::JobReason::Poll))
                 .await?;
             self.wake.notify_waiters();
         }
@@ -584,10 +584,10 @@ impl Poller {
             let portal = self.key.clone();
             let n = queue.len();
             // Deal changes queue `poll`; notes and quotes say so, for the job to read them.
-            let reason = if self.object == "deals" {
-                "poll"
-            } else {
-                self.object
+            let reason = match self.object {
+                "notes" => store::JobReason::Notes,
+                "quotes" => store::JobReason::Quotes,
+                _ => store::JobReason::Poll,
             };
             self.store
                 .call(move |c| store::poll_commit_for(c, &portal, max_ts, &queue, reason))

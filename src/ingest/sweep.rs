@@ -38,7 +38,7 @@ impl Sweep {
             let ids: Vec<i64> = links.iter().map(|l| l.id).collect();
             total += ids.len();
             self.store
-                .call(move |c| store::enqueue_now(c, &ids, "sweep"))
+                .call(move |c| store::enqueue_now(c, &ids, store::JobReason::Sweep))
                 .await?;
             self.wake.notify_waiters();
             if let Some(p) = pace {

@@ -86,6 +86,109 @@ impl rusqlite::types::FromSql for LinkState {
     }
 }
 
+/// Why a job was queued. Jobs of one link coalesce, so a job carries a set ([`Reasons`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobReason {
+    /// A deal poller saw the deal change.
+    Poll,
+    /// A webhook said the deal changed.
+    Webhook,
+    /// A note (a shared message) changed: the job reads the link's messages.
+    Notes,
+    /// A quote of the HubSpot deal changed: the job reads its quotes.
+    Quotes,
+    /// The reconciliation sweep: everything is read, and messages are judged afresh.
+    Sweep,
+    /// `dealsync replay`: like the sweep.
+    Replay,
+    /// An invitation made the link.
+    Invitation,
+    /// Queued by hand (the demo, tests) or under a label this version does not know.
+    Manual,
+}
+
+impl JobReason {
+    const ALL: [JobReason; 8] = [
+        JobReason::Poll,
+        JobReason::Webhook,
+        JobReason::Notes,
+        JobReason::Quotes,
+        JobReason::Sweep,
+        JobReason::Replay,
+        JobReason::Invitation,
+        JobReason::Manual,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            JobReason::Poll => "poll",
+            JobReason::Webhook => "webhook",
+            JobReason::Notes => "notes",
+            JobReason::Quotes => "quotes",
+            JobReason::Sweep => "sweep",
+            JobReason::Replay => "replay",
+            JobReason::Invitation => "invitation",
+            JobReason::Manual => "manual",
+        }
+    }
+
+    fn bit(self) -> u16 {
+        1 << self as u16
+    }
+}
+
+/// The reasons a job was queued, stored as labels joined by `+` (`poll+notes`) in the order
+/// they arrived; the store's enqueue merges a new reason into a waiting job's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reasons(u16);
+
+impl Reasons {
+    pub fn contains(self, r: JobReason) -> bool {
+        self.0 & r.bit() != 0
+    }
+
+    /// Queued only because the deal itself changed: the job need not read messages or
+    /// quotes (their changes queue jobs of their own, and the sweep covers the rest).
+    pub fn deal_only(self) -> bool {
+        let deal = JobReason::Poll.bit() | JobReason::Webhook.bit();
+        self.0 != 0 && self.0 & !deal == 0
+    }
+
+    /// Reads a stored label; an unknown part counts as [`JobReason::Manual`].
+    pub fn parse(s: &str) -> Reasons {
+        let mut bits = 0;
+        for part in s.split('+').filter(|p| !p.is_empty()) {
+            let r = JobReason::ALL
+                .into_iter()
+                .find(|r| r.label() == part)
+                .unwrap_or(JobReason::Manual);
+            bits |= r.bit();
+        }
+        Reasons(bits)
+    }
+
+    pub fn label(self) -> String {
+        let parts: Vec<&str> = JobReason::ALL
+            .into_iter()
+            .filter(|r| self.contains(*r))
+            .map(JobReason::label)
+            .collect();
+        parts.join("+")
+    }
+}
+
+impl From<JobReason> for Reasons {
+    fn from(r: JobReason) -> Reasons {
+        Reasons(r.bit())
+    }
+}
+
+impl rusqlite::types::FromSql for Reasons {
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        Ok(Reasons::parse(v.as_str()?))
+    }
+}
+
 /// One link between a partner deal and a HubSpot deal.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Link {
@@ -584,7 +687,7 @@ pub fn commit_jobs(c: &mut Connection, commits: &[JobCommit]) -> Result<(), Stor
 pub struct ClaimedJob {
     pub link_id: i64,
     pub attempts: i64,
-    pub reason: String,
+    pub reason: Reasons,
     pub enqueued_at: i64,
     pub first_failed_at: Option<i64>,
 }
@@ -594,7 +697,7 @@ pub struct ClaimedJob {
 pub fn enqueue(
     tx: &Connection,
     link_ids: &[i64],
-    reason: &str,
+    reason: JobReason,
     due_at: i64,
 ) -> Result<usize, StoreError> {
     let now = now_ms();
@@ -610,7 +713,7 @@ pub fn enqueue(
     )?;
     let mut n = 0;
     for id in link_ids {
-        n += st.execute(params![id, reason, now, due_at])?;
+        n += st.execute(params![id, reason.label(), now, due_at])?;
     }
     Ok(n)
 }
@@ -618,7 +721,7 @@ pub fn enqueue(
 pub fn enqueue_now(
     c: &mut Connection,
     link_ids: &[i64],
-    reason: &str,
+    reason: JobReason,
 ) -> Result<usize, StoreError> {
     let tx = c.transaction()?;
     let n = enqueue(&tx, link_ids, reason, now_ms())?;
@@ -721,7 +824,7 @@ pub fn poll_commit(
     cursor_ms: i64,
     link_ids: &[i64],
 ) -> Result<(), StoreError> {
-    poll_commit_for(c, portal, cursor_ms, link_ids, "poll")
+    poll_commit_for(c, portal, cursor_ms, link_ids, JobReason::Poll)
 }
 
 /// [`poll_commit`] with the jobs' reason (`poll` for deals, `notes`, `quotes`).
@@ -730,7 +833,7 @@ pub fn poll_commit_for(
     portal: &str,
     cursor_ms: i64,
     link_ids: &[i64],
-    reason: &str,
+    reason: JobReason,
 ) -> Result<(), StoreError> {
     let now = now_ms();
     let tx = c.transaction()?;
@@ -800,6 +903,21 @@ mod tests {
     }
 
     #[test]
+    fn job_reasons_read_back_as_a_set() {
+        let r = Reasons::parse("notes+poll+notes");
+        assert!(r.contains(JobReason::Notes) && r.contains(JobReason::Poll));
+        assert!(!r.deal_only(), "a note change reads messages");
+        assert_eq!(r.label(), "poll+notes");
+        assert!(Reasons::parse("webhook").deal_only());
+        assert!(
+            !Reasons::parse("").deal_only(),
+            "no reason is not a deal change"
+        );
+        // A label from another version (or a test's) is manual work, not an error.
+        assert_eq!(Reasons::parse("demo"), JobReason::Manual.into());
+    }
+
+    #[test]
     fn link_states_round_trip_through_the_store_and_refuse_unknown_labels() {
         let c = mem();
         let l = insert_link(&c, "partner-a", "1", "2", "channel").unwrap();
@@ -861,16 +979,21 @@ mod tests {
             insert_link(&c, "partner-a", "1", "9", "channel").unwrap(),
             l
         );
-        enqueue_now(&mut c, &[l.id], "poll").unwrap();
-        enqueue_now(&mut c, &[l.id], "webhook").unwrap();
+        enqueue_now(&mut c, &[l.id], JobReason::Poll).unwrap();
+        enqueue_now(&mut c, &[l.id], JobReason::Webhook).unwrap();
         assert_eq!(queue_stats(&c).unwrap().0, 1, "two events, one job");
         let claimed = claim_jobs(&mut c, 10, now_ms() + 1).unwrap();
         assert_eq!(claimed.len(), 1);
+        // The job carries both reasons, and is still only about the deal.
+        let why = claimed[0].reason;
+        assert!(why.contains(JobReason::Poll) && why.contains(JobReason::Webhook));
+        assert!(why.deal_only() && !why.contains(JobReason::Notes));
+        assert_eq!(why.label(), "poll+webhook");
         assert!(
             claim_jobs(&mut c, 10, now_ms() + 1).unwrap().is_empty(),
             "a running job is not claimed twice"
         );
-        enqueue_now(&mut c, &[l.id], "poll").unwrap();
+        enqueue_now(&mut c, &[l.id], JobReason::Poll).unwrap();
         commit_jobs(
             &mut c,
             &[JobCommit {
@@ -902,11 +1025,11 @@ mod tests {
     fn retry_delay_is_kept_when_new_changes_arrive() {
         let mut c = mem();
         let l = insert_link(&c, "p", "1", "9", "channel").unwrap();
-        enqueue_now(&mut c, &[l.id], "poll").unwrap();
+        enqueue_now(&mut c, &[l.id], JobReason::Poll).unwrap();
         claim_jobs(&mut c, 1, now_ms() + 1).unwrap();
         let later = now_ms() + 60_000;
         retry_job(&c, l.id, later, "HTTP 503").unwrap();
-        enqueue_now(&mut c, &[l.id], "poll").unwrap();
+        enqueue_now(&mut c, &[l.id], JobReason::Poll).unwrap();
         assert!(claim_jobs(&mut c, 1, now_ms() + 1).unwrap().is_empty());
         assert_eq!(claim_jobs(&mut c, 1, later).unwrap()[0].attempts, 1);
     }
@@ -1113,10 +1236,10 @@ pub fn inbox_accept(
     }
     queue.sort_unstable();
     queue.dedup();
-    out.queued = enqueue(&tx, &queue, "webhook", now)?;
+    out.queued = enqueue(&tx, &queue, JobReason::Webhook, now)?;
     note_queue.sort_unstable();
     note_queue.dedup();
-    out.queued += enqueue(&tx, &note_queue, "notes", now)?;
+    out.queued += enqueue(&tx, &note_queue, JobReason::Notes, now)?;
     tx.execute(
         "INSERT INTO portal_health (portal, last_webhook, webhook_events) VALUES (?1, ?2, ?3)
          ON CONFLICT (portal) DO UPDATE SET last_webhook = excluded.last_webhook,
@@ -1165,7 +1288,7 @@ pub fn webhook_health(c: &Connection, portal: &str) -> Result<WebhookHealth, Sto
 pub fn claim_links(
     c: &mut Connection,
     link_ids: &[i64],
-    reason: &str,
+    reason: JobReason,
 ) -> Result<Vec<ClaimedJob>, StoreError> {
     let now = now_ms();
     let tx = c.transaction()?;
@@ -1180,7 +1303,7 @@ pub fn claim_links(
         )?;
         for id in link_ids {
             let row = st
-                .query_row(params![id, reason, now], claimed_row)
+                .query_row(params![id, reason.label(), now], claimed_row)
                 .optional()?;
             out.extend(row);
         }
