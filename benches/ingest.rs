@@ -310,9 +310,8 @@ listen = "127.0.0.1:0"
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
-    let mut parts = Config::from_toml_str(&text, &env)
-        .expect("bench configuration")
-        .daemon_parts();
+    let mut parts =
+        DaemonParts::from_config(&Config::from_toml_str(&text, &env).expect("bench configuration"));
     parts.settings.fields = vec![FieldSpec::both_ways(
         "dealname",
         "dealname",

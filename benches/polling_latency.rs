@@ -120,7 +120,7 @@ sweep_interval_ms = 86400000
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
     let config = Config::from_toml_str(&text, &env).expect("bench configuration");
-    let mut parts = config.daemon_parts();
+    let mut parts = dealsync::daemon::DaemonParts::from_config(&config);
     parts.settings.fields = vec![FieldSpec::both_ways(
         "dealname",
         "dealname",

@@ -14,10 +14,10 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dealsync::config::Secret;
 use dealsync::daemon::{DaemonHandle, DaemonParts, PortalConn, WebhookParts};
 use dealsync::oauth::{self, OAuthApp};
 use dealsync::sandbox::{self, SandboxConfig};
+use dealsync::secret::Secret;
 use dealsync::store;
 use serde_json::{json, Value};
 

@@ -396,7 +396,7 @@ async fn run_status(args: StatusArgs) -> Result<(), CliError> {
 /// Reads the deal's current field values from both portals; failures are reported on stderr
 /// and leave the values empty (status is for looking, it never fails on a portal).
 async fn fill_current_values(config: &crate::config::Config, d: &mut crate::status::DealStatus) {
-    let parts = config.daemon_parts();
+    let parts = crate::daemon::DaemonParts::from_config(config);
     let retry = crate::crm::RetryPolicy {
         max_retries: 1,
         timeout: std::time::Duration::from_secs(10),
@@ -496,7 +496,7 @@ async fn run_replay(args: ReplayArgs) -> Result<(), CliError> {
         }
         return Ok(());
     }
-    let parts = config.daemon_parts();
+    let parts = crate::daemon::DaemonParts::from_config(&config);
     let store = crate::store::Store::open_alongside(&parts.store_path)
         .await
         .map_err(unavailable)?;
@@ -581,18 +581,19 @@ fn load_config(args: &ConfigArgs) -> Result<crate::config::Config, CliError> {
 
 async fn run_daemon(args: ConfigArgs) -> Result<(), CliError> {
     let config = load_config(&args)?;
-    let handle = crate::daemon::DaemonHandle::start(config.daemon_parts())
-        .await
-        .map_err(|e| CliError {
-            // A store newer than this binary will not fix itself: no restart loop.
-            code: match e {
-                crate::daemon::DaemonError::Store(crate::store::StoreError::TooNew { .. }) => {
-                    exit::CONFIG
-                }
-                _ => exit::UNAVAILABLE,
-            },
-            message: e.to_string(),
-        })?;
+    let handle =
+        crate::daemon::DaemonHandle::start(crate::daemon::DaemonParts::from_config(&config))
+            .await
+            .map_err(|e| CliError {
+                // A store newer than this binary will not fix itself: no restart loop.
+                code: match e {
+                    crate::daemon::DaemonError::Store(crate::store::StoreError::TooNew {
+                        ..
+                    }) => exit::CONFIG,
+                    _ => exit::UNAVAILABLE,
+                },
+                message: e.to_string(),
+            })?;
     // Under systemd (Type=notify): ready once the store is open, the listener bound and the
     // pollers started — which `start` has done.
     let ready = format!(
@@ -652,7 +653,7 @@ async fn run_register(args: RegisterArgs) -> Result<(), CliError> {
             ),
         });
     };
-    let parts = config.daemon_parts();
+    let parts = crate::daemon::DaemonParts::from_config(&config);
     let hubspot = client_for(&parts.hubspot, parts.retry, &parts.store_path).await?;
     let Some(conn) = parts.partners.iter().find(|p| p.name == args.partner) else {
         return Err(CliError {
@@ -753,7 +754,7 @@ async fn run_setup(args: SetupArgs) -> Result<(), CliError> {
 
 /// Today's setup: dealsync's property groups and properties in every portal.
 async fn ensure_properties(config: &crate::config::Config, dry_run: bool) -> Result<(), CliError> {
-    let parts = config.daemon_parts();
+    let parts = crate::daemon::DaemonParts::from_config(config);
     let mut total = 0;
     for p in std::iter::once(&parts.hubspot).chain(parts.partners.iter()) {
         let client = client_for(p, parts.retry, &parts.store_path).await?;

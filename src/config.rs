@@ -14,37 +14,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::crm::{ApiVersion, ApiVersions};
-use crate::daemon::{DaemonParts, PortalConn};
-use crate::engine::{FieldKind, FieldSpec, Settings, StageMap};
+use crate::engine::{FieldKind, FieldSpec, StageMap};
 use crate::oauth::OAuthApp;
 use crate::rules::{ConflictPolicy, Direction, Rule};
-
-/// A secret value. Debug and Display never show it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a value read from somewhere other than the config (tests, embedding programs).
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-impl std::fmt::Display for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
+use crate::secret::Secret;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -436,7 +409,7 @@ impl PartnerConfig {
             .map(|(p, _)| p.as_str())
     }
 
-    fn stage_maps(&self) -> StageMap {
+    pub fn stage_maps(&self) -> StageMap {
         let mut m = StageMap::default();
         for (p, h) in &self.stage_map {
             m.to_hubspot.insert(p.clone(), h.clone());
@@ -951,113 +924,6 @@ impl Config {
     pub fn partner(&self, name: &str) -> Option<&PartnerConfig> {
         self.partners.iter().find(|p| p.portal.name == name)
     }
-
-    /// What the daemon runs with.
-    pub fn daemon_parts(&self) -> DaemonParts {
-        let conn = |p: &PortalConfig| PortalConn {
-            name: p.name.clone(),
-            base_url: p.base_url.clone(),
-            token: match &p.auth {
-                PortalAuth::Static(t) => t.expose().to_owned(),
-                PortalAuth::OAuth => String::new(),
-            },
-            oauth: matches!(p.auth, PortalAuth::OAuth)
-                .then(|| self.oauth.clone())
-                .flatten(),
-            rate_limit_per_10s: p.rate_limit_per_10s,
-            search_per_s: p.search_per_s,
-            api: p.api,
-        };
-        DaemonParts {
-            store_path: self.store_path.clone(),
-            hubspot: conn(&self.hubspot),
-            partners: self.partners.iter().map(|p| conn(&p.portal)).collect(),
-            settings: Settings {
-                fields: self.fields.clone(),
-                stage_maps: self
-                    .partners
-                    .iter()
-                    .map(|p| (p.portal.name.clone(), p.stage_maps()))
-                    .collect(),
-                batch_size: self.batch_size,
-                workers: self.workers,
-                max_attempts: self.max_attempts,
-                retry_base: self.retry_base,
-                retry_max: self.retry_max,
-                dead_letter_path: self.dead_letter_path.clone(),
-                mass_deletion: self.mass_deletion,
-                messages: self.messages.clone(),
-                closed_stages: Default::default(),
-                registration: self
-                    .partners
-                    .iter()
-                    .map(|p| {
-                        (
-                            p.portal.name.clone(),
-                            crate::register::RegistrationSettings {
-                                capacity: p.capacity,
-                                partner_pipeline: p.default_pipeline.clone(),
-                                hubspot_pipeline: self.hubspot.pipeline.clone(),
-                                default_owner_id: self.default_owner_id.clone(),
-                                synced: crate::register::Synced {
-                                    fields: self.fields.clone(),
-                                    stages: p.stage_maps(),
-                                },
-                            },
-                        )
-                    })
-                    .collect(),
-                notify: self.notify.clone(),
-            },
-            poll_interval: self.poll_interval,
-            poll_overlap: self.poll_overlap,
-            sweep_interval: self.sweep_interval,
-            retry: crate::crm::RetryPolicy {
-                timeout: self.request_timeout,
-                ..Default::default()
-            },
-            drain: self.drain,
-            webhooks: self
-                .webhooks
-                .as_ref()
-                .map(|w| crate::daemon::WebhookParts {
-                    listen: w.listen,
-                    public_url: w.public_url.clone(),
-                    max_body: w.max_body,
-                    secrets: std::iter::once(&self.hubspot)
-                        .chain(self.partners.iter().map(|p| &p.portal))
-                        .filter_map(|p| {
-                            p.webhook_secret
-                                .as_ref()
-                                .map(|s| (p.name.clone(), s.expose().to_owned()))
-                        })
-                        .collect(),
-                    app: crate::daemon::AppWebhooks {
-                        oauth: self.oauth.clone(),
-                        portal_ids: std::iter::once(&self.hubspot)
-                            .chain(self.partners.iter().map(|p| &p.portal))
-                            .filter_map(|p| p.portal_id.map(|id| (p.name.clone(), id)))
-                            .collect(),
-                    },
-                    healthy_poll_interval: w.healthy_poll_interval,
-                    quiet_after: w.quiet_after,
-                })
-                // Polling only: the same listener, taking no webhooks (every portal answers 404),
-                // serves health and metrics.
-                .or_else(|| {
-                    self.metrics_listen
-                        .map(|listen| crate::daemon::WebhookParts {
-                            listen,
-                            public_url: None,
-                            max_body: crate::ingest::webhook::DEFAULT_MAX_BODY,
-                            secrets: HashMap::new(),
-                            app: Default::default(),
-                            healthy_poll_interval: self.poll_interval,
-                            quiet_after: Duration::from_secs(600),
-                        })
-                }),
-        }
-    }
 }
 
 fn portal(
@@ -1309,7 +1175,7 @@ fn secret(
             why: "the secret is empty".into(),
         });
     }
-    Ok(Some(Secret(v.to_owned())))
+    Ok(Some(Secret::new(v)))
 }
 
 fn plausible_email(e: &str) -> bool {

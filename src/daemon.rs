@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::{Config, PortalAuth, PortalConfig};
 use crate::crm::{ApiVersions, Auth, Budget, Client, CrmError, RetryPolicy};
 use crate::engine::{Engine, Portals, Settings};
 use crate::ingest::poll::{Poller, WebhookPace};
@@ -64,6 +65,114 @@ pub struct DaemonParts {
     pub drain: Duration,
     /// The webhook listener; `None` runs on polling alone.
     pub webhooks: Option<WebhookParts>,
+}
+
+impl DaemonParts {
+    /// What the daemon runs with, from a validated configuration. Polling-only daemons with a
+    /// `[metrics] listen` get the same listener taking no webhooks (every portal answers 404),
+    /// which serves health and metrics.
+    pub fn from_config(config: &Config) -> DaemonParts {
+        let conn = |p: &PortalConfig| PortalConn {
+            name: p.name.clone(),
+            base_url: p.base_url.clone(),
+            token: match &p.auth {
+                PortalAuth::Static(t) => t.expose().to_owned(),
+                PortalAuth::OAuth => String::new(),
+            },
+            oauth: matches!(p.auth, PortalAuth::OAuth)
+                .then(|| config.oauth.clone())
+                .flatten(),
+            rate_limit_per_10s: p.rate_limit_per_10s,
+            search_per_s: p.search_per_s,
+            api: p.api,
+        };
+        DaemonParts {
+            store_path: config.store_path.clone(),
+            hubspot: conn(&config.hubspot),
+            partners: config.partners.iter().map(|p| conn(&p.portal)).collect(),
+            settings: Settings {
+                fields: config.fields.clone(),
+                stage_maps: config
+                    .partners
+                    .iter()
+                    .map(|p| (p.portal.name.clone(), p.stage_maps()))
+                    .collect(),
+                batch_size: config.batch_size,
+                workers: config.workers,
+                max_attempts: config.max_attempts,
+                retry_base: config.retry_base,
+                retry_max: config.retry_max,
+                dead_letter_path: config.dead_letter_path.clone(),
+                mass_deletion: config.mass_deletion,
+                messages: config.messages.clone(),
+                closed_stages: Default::default(),
+                registration: config
+                    .partners
+                    .iter()
+                    .map(|p| {
+                        (
+                            p.portal.name.clone(),
+                            crate::register::RegistrationSettings {
+                                capacity: p.capacity,
+                                partner_pipeline: p.default_pipeline.clone(),
+                                hubspot_pipeline: config.hubspot.pipeline.clone(),
+                                default_owner_id: config.default_owner_id.clone(),
+                                synced: crate::register::Synced {
+                                    fields: config.fields.clone(),
+                                    stages: p.stage_maps(),
+                                },
+                            },
+                        )
+                    })
+                    .collect(),
+                notify: config.notify.clone(),
+            },
+            poll_interval: config.poll_interval,
+            poll_overlap: config.poll_overlap,
+            sweep_interval: config.sweep_interval,
+            retry: crate::crm::RetryPolicy {
+                timeout: config.request_timeout,
+                ..Default::default()
+            },
+            drain: config.drain,
+            webhooks: config
+                .webhooks
+                .as_ref()
+                .map(|w| WebhookParts {
+                    listen: w.listen,
+                    public_url: w.public_url.clone(),
+                    max_body: w.max_body,
+                    secrets: std::iter::once(&config.hubspot)
+                        .chain(config.partners.iter().map(|p| &p.portal))
+                        .filter_map(|p| {
+                            p.webhook_secret
+                                .as_ref()
+                                .map(|s| (p.name.clone(), s.expose().to_owned()))
+                        })
+                        .collect(),
+                    app: AppWebhooks {
+                        oauth: config.oauth.clone(),
+                        portal_ids: std::iter::once(&config.hubspot)
+                            .chain(config.partners.iter().map(|p| &p.portal))
+                            .filter_map(|p| p.portal_id.map(|id| (p.name.clone(), id)))
+                            .collect(),
+                    },
+                    healthy_poll_interval: w.healthy_poll_interval,
+                    quiet_after: w.quiet_after,
+                })
+                .or_else(|| {
+                    config.metrics_listen.map(|listen| WebhookParts {
+                        listen,
+                        public_url: None,
+                        max_body: crate::ingest::webhook::DEFAULT_MAX_BODY,
+                        secrets: HashMap::new(),
+                        app: Default::default(),
+                        healthy_poll_interval: config.poll_interval,
+                        quiet_after: Duration::from_secs(600),
+                    })
+                }),
+        }
+    }
 }
 
 /// The webhook listener's settings.

@@ -336,7 +336,7 @@ pub async fn run() -> Result<(), DemoError> {
     let port = free_port()?;
     let text = |fixed: bool| demo_toml(&sb, port, &db, &dl, fixed);
     let config = Config::from_toml_str(&text(false)?, &env).map_err(setup)?;
-    let parts = config.daemon_parts();
+    let parts = crate::daemon::DaemonParts::from_config(&config);
     let client = |c: &PortalConn| c.client(RetryPolicy::default(), None).map_err(setup);
     let hubspot = client(&parts.hubspot)?;
     let partner = client(&person(&parts, &sb)?)?;
@@ -770,7 +770,7 @@ pub async fn run() -> Result<(), DemoError> {
     );
     let fixed = Config::from_toml_str(&text(true)?, &env).map_err(|e| demo.fail(e.to_string()))?;
     d.shutdown().await;
-    let d = DaemonHandle::start(fixed.daemon_parts())
+    let d = DaemonHandle::start(crate::daemon::DaemonParts::from_config(&fixed))
         .await
         .map_err(|e| demo.fail(e.to_string()))?;
     let hook = d
@@ -1058,7 +1058,7 @@ async fn verify_oauth(
     http: &reqwest::Client,
     base: &str,
 ) -> Result<(), DemoError> {
-    let parts = config.daemon_parts();
+    let parts = crate::daemon::DaemonParts::from_config(config);
     let tokenless = parts
         .partners
         .iter()

@@ -22,6 +22,7 @@ pub mod register;
 pub mod replay;
 pub mod rules;
 pub mod sandbox;
+pub mod secret;
 pub mod setup;
 pub mod signature;
 pub mod status;

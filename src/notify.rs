@@ -51,9 +51,9 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Secret;
 use crate::crm::{Client, CrmError};
 use crate::deadletter;
+use crate::secret::Secret;
 use crate::store::{self, Link, Outgoing, Side, Store};
 use crate::team::{self, Directory};
 

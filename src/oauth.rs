@@ -24,8 +24,8 @@ use rand::Rng;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::config::Secret;
 use crate::crm::CrmError;
+use crate::secret::Secret;
 use crate::store::{self, BindError, InstallState, Store, StoreError};
 
 /// The scopes dealsync's calls need: CRM objects it reads and writes (deals, notes through

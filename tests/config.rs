@@ -73,7 +73,14 @@ fn shipped_configs_load() {
     assert_eq!(c.poll_interval.as_millis(), 2000);
     let w = c.webhooks.as_ref().expect("sandbox.toml runs the listener");
     assert_eq!(w.listen.to_string(), "127.0.0.1:8991");
-    assert_eq!(c.daemon_parts().webhooks.unwrap().secrets.len(), 3);
+    assert_eq!(
+        dealsync::daemon::DaemonParts::from_config(&c)
+            .webhooks
+            .unwrap()
+            .secrets
+            .len(),
+        3
+    );
 
     let creds = tempfile::tempdir().unwrap();
     for name in [
@@ -114,7 +121,10 @@ fn shipped_configs_load() {
         Some("partner-lead@acme-partners.example")
     );
     assert_eq!(
-        c.daemon_parts().settings.notify.max_attempts,
+        dealsync::daemon::DaemonParts::from_config(&c)
+            .settings
+            .notify
+            .max_attempts,
         8,
         "the daemon gets them"
     );
@@ -136,7 +146,11 @@ fn shipped_configs_load() {
     );
     assert!(!lines.contains(MARKER), "no secret in setup output");
     assert!(
-        !format!("{:?}", c.daemon_parts().webhooks).contains(MARKER),
+        !format!(
+            "{:?}",
+            dealsync::daemon::DaemonParts::from_config(&c).webhooks
+        )
+        .contains(MARKER),
         "Debug of the listener settings must redact secrets"
     );
 }
@@ -233,7 +247,9 @@ fn metrics_without_webhooks_get_a_listener_that_takes_no_webhooks() {
     let text = format!("{MINIMAL}\n[metrics]\nlisten = \"127.0.0.1:9187\"\n");
     let c = Config::from_toml_str(&text, &minimal_env()).expect("config");
     assert!(c.webhooks.is_none());
-    let w = c.daemon_parts().webhooks.expect("a listener");
+    let w = dealsync::daemon::DaemonParts::from_config(&c)
+        .webhooks
+        .expect("a listener");
     assert_eq!(w.listen.to_string(), "127.0.0.1:9187");
     assert!(w.secrets.is_empty(), "no portal takes webhooks");
 }

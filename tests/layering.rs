@@ -107,3 +107,30 @@ fn the_property_check_sees_a_raw_name() {
     let found = found(dir.path(), "\"dealsync_", may_spell_dealsync_names);
     assert_eq!(found, vec!["team.rs:2: let p = \"dealsync_team_add\";"]);
 }
+
+/// The wiring runs one way: config produces settings, the daemon builds its parts from a
+/// config, and the engine and the notifier know neither (issue #16: config → daemon → engine
+/// → notify → config was a cycle).
+#[test]
+fn config_daemon_engine_and_notify_form_no_cycle() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    type Allowed = fn(&Path) -> bool;
+    let forbidden: [(&str, Allowed); 3] = [
+        ("crate::daemon", |rel| rel != Path::new("config.rs")),
+        ("crate::config", |rel| {
+            !(rel.starts_with("engine") || rel == Path::new("notify.rs"))
+        }),
+        ("crate::daemon", |rel| {
+            !(rel.starts_with("engine") || rel == Path::new("notify.rs"))
+        }),
+    ];
+    let mut found_all = Vec::new();
+    for (needle, allowed) in forbidden {
+        found_all.extend(found(&src, needle, allowed));
+    }
+    assert!(
+        found_all.is_empty(),
+        "a dependency against the wiring's direction:\n{}",
+        found_all.join("\n")
+    );
+}

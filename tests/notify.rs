@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use common::notes::note;
 use common::{set_deal, wait_deal_prop};
-use dealsync::config::Secret;
 use dealsync::daemon::DaemonHandle;
 use dealsync::notify::{NotifySettings, SmtpSecurity, SmtpTarget, WebhookTarget};
+use dealsync::secret::Secret;
 use dealsync::store::{self, Store};
 use parking_lot::Mutex;
 use serde_json::{json, Value};

@@ -9,10 +9,10 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dealsync::config::Secret;
 use dealsync::daemon::{DaemonHandle, WebhookParts};
 use dealsync::oauth::{self, OAuthApp};
 use dealsync::sandbox::{SandboxConfig, SandboxHandle};
+use dealsync::secret::Secret;
 use dealsync::store::{self, InstallState, Store};
 use serde_json::{json, Value};
 

@@ -54,7 +54,7 @@ fn an_oauth_portal_loads_with_the_app_and_a_listener() {
     assert_eq!(app.callback_path(), "/oauth/callback");
     assert_eq!(app.scopes.len(), dealsync::oauth::SCOPES.len());
     // The daemon gets the app only for the portal that installs it.
-    let parts = c.daemon_parts();
+    let parts = dealsync::daemon::DaemonParts::from_config(&c);
     assert!(parts.partners[0].oauth.is_some());
     assert!(parts.partners[0].token.is_empty());
     assert!(parts.hubspot.oauth.is_none());

@@ -188,7 +188,7 @@ fn append_torn_line(path: &Path) {
 async fn status_and_replay_after_a_real_run_with_faults() {
     let w = World::new().await;
     w.write_config(false);
-    let d = DaemonHandle::start(w.config().daemon_parts())
+    let d = DaemonHandle::start(dealsync::daemon::DaemonParts::from_config(&w.config()))
         .await
         .expect("daemon");
     let (p1, h1, _) = w.linked_pair(&d.store, "Healthy deal").await;
@@ -311,7 +311,7 @@ async fn status_and_replay_after_a_real_run_with_faults() {
     // Fix the map and restart the daemon with it (it has no hot reload), then replay.
     w.write_config(true);
     d.shutdown().await;
-    let d = DaemonHandle::start(w.config().daemon_parts())
+    let d = DaemonHandle::start(dealsync::daemon::DaemonParts::from_config(&w.config()))
         .await
         .expect("daemon restarts");
     let open_before = dealsync::deadletter::read_all(&w.dead_letters())
@@ -398,7 +398,7 @@ async fn mass_deletion_guard_holds_bulk_deletions_until_resume() {
     let w = World::new().await;
     // Deletions never show in search: the reconciliation sweep finds them, here every 300 ms.
     w.write_config_with(true, "sweep_interval_ms = 300");
-    let d = DaemonHandle::start(w.config().daemon_parts())
+    let d = DaemonHandle::start(dealsync::daemon::DaemonParts::from_config(&w.config()))
         .await
         .expect("daemon");
     let mut pairs = Vec::new();

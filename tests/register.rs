@@ -621,7 +621,7 @@ async fn daemon(w: &World, dir: &std::path::Path) -> dealsync::daemon::DaemonHan
     settings.notify = dealsync::notify::NotifySettings {
         webhook: Some(dealsync::notify::WebhookTarget {
             url: format!("{}/_sandbox/inbox", w._sb.base_url),
-            secret: dealsync::config::Secret::new("register-test"),
+            secret: dealsync::secret::Secret::new("register-test"),
         }),
         ..Default::default()
     };

@@ -13,9 +13,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dealsync::config::Secret;
 use dealsync::daemon::{AppWebhooks, DaemonHandle, PortalConn, WebhookParts};
 use dealsync::oauth::{self, OAuthApp};
+use dealsync::secret::Secret;
 use dealsync::signature;
 use dealsync::store::{self, Store};
 use serde_json::{json, Value};
@@ -514,7 +514,9 @@ public_url = "https://sync.example.com"
             "a static token keeps 100"
         );
         assert_eq!(c.partners[0].portal.rate_limit_per_10s, 110);
-        let w = c.daemon_parts().webhooks.expect("listener");
+        let w = dealsync::daemon::DaemonParts::from_config(&c)
+            .webhooks
+            .expect("listener");
         assert_eq!(
             w.app.portal_ids,
             HashMap::from([("hubspot".to_owned(), 42)])
