@@ -29,20 +29,10 @@ pub struct Metrics {
     webhook_unrouted: AtomicU64,
 }
 
-/// The outcome class of a job-history outcome text (`skipped: link orphaned` → `skipped`).
-pub fn outcome_class(outcome: &str) -> String {
-    outcome
-        .split(':')
-        .next()
-        .unwrap_or(outcome)
-        .trim()
-        .replace(' ', "_")
-}
-
 impl Metrics {
-    pub fn job(&self, outcome: &str) {
+    pub fn job(&self, outcome: &crate::store::JobOutcome) {
         let mut m = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
-        *m.entry(outcome_class(outcome)).or_default() += 1;
+        *m.entry(outcome.label()).or_default() += 1;
     }
 
     pub fn propagated(&self, seconds: f64) {
@@ -258,17 +248,6 @@ pub fn render(m: &Metrics, s: &Scrape) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn outcome_classes_are_label_safe() {
-        assert_eq!(outcome_class("synced"), "synced");
-        assert_eq!(outcome_class("no change"), "no_change");
-        assert_eq!(outcome_class("skipped: link orphaned"), "skipped");
-        assert_eq!(
-            outcome_class("orphaned: HubSpot deal 1 is archived"),
-            "orphaned"
-        );
-    }
 
     #[test]
     fn histogram_buckets_are_cumulative() {

@@ -70,10 +70,6 @@ pub struct Outcome {
 }
 
 /// Whether a job outcome (from the job history) means the link is in step again.
-fn succeeded(outcome: &str) -> bool {
-    !matches!(outcome, "retry" | "dead_letter")
-}
-
 /// Replays `entries` (one job per link, several entries of one link share it), marks every
 /// entry in the dead-letter file, and returns the outcomes. `progress(done, total)` is called
 /// after each batch.
@@ -148,10 +144,10 @@ pub async fn replay(
                 .await?;
             let r = match o {
                 Some((outcome, detail)) => {
-                    let ok = succeeded(&outcome);
+                    let ok = outcome.succeeded();
                     let text = match detail {
-                        Some(d) if !ok => format!("{outcome}: {d}"),
-                        _ => outcome,
+                        Some(d) if !ok => format!("{}: {d}", outcome.text()),
+                        _ => outcome.text(),
                     };
                     (ok, text)
                 }

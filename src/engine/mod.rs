@@ -666,7 +666,7 @@ impl Engine {
                 }
             }
             if m.written > 0 {
-                c.outcome = "synced".into();
+                c.outcome = store::JobOutcome::Synced;
             }
             c.more = m.more;
             let Some(why) = m.waiting else { continue };
@@ -744,11 +744,11 @@ impl Engine {
         let now = store::now_ms();
         let synced_ages: Vec<f64> = commits
             .iter()
-            .filter(|c| c.outcome == "synced")
+            .filter(|c| c.outcome == store::JobOutcome::Synced)
             .filter_map(|c| by_id.get(&c.link_id))
             .map(|j| (now - j.enqueued_at).max(0) as f64 / 1000.0)
             .collect();
-        let labels: Vec<String> = commits.iter().map(|c| c.outcome.clone()).collect();
+        let outcomes: Vec<store::JobOutcome> = commits.iter().map(|c| c.outcome.clone()).collect();
         let conflicts = field_conflicts + commits.iter().map(|c| c.conflicts.len()).sum::<usize>();
         let (n_retries, n_dead) = (retries.len(), dead.len());
         self.store
@@ -766,14 +766,14 @@ impl Engine {
                 Ok(())
             })
             .await?;
-        for o in &labels {
+        for o in &outcomes {
             self.metrics.job(o);
         }
         for _ in 0..n_retries {
-            self.metrics.job("retry");
+            self.metrics.job(&store::JobOutcome::Retry);
         }
         for _ in 0..n_dead {
-            self.metrics.job("dead_letter");
+            self.metrics.job(&store::JobOutcome::DeadLetter);
         }
         self.metrics.dead_lettered(n_dead as u64);
         self.metrics.conflicted(conflicts as u64);
@@ -830,13 +830,15 @@ impl Engine {
                     JobCommit {
                         link_id: l.id,
                         new_state: Some(store::LinkState::Orphaned),
-                        outcome: format!("orphaned: {what} is archived or deleted"),
+                        outcome: store::JobOutcome::Orphaned(format!(
+                            "{what} is archived or deleted"
+                        )),
                         ..Default::default()
                     }
                 } else {
                     JobCommit {
                         link_id: l.id,
-                        outcome: format!("held: {what} looks deleted, but the mass-deletion guard for {portal} is tripped"),
+                        outcome: store::JobOutcome::Held(format!("{what} looks deleted, but the mass-deletion guard for {portal} is tripped")),
                         ..Default::default()
                     }
                 };
@@ -1509,8 +1511,10 @@ fn skipped(ids: &[i64], links: &[Link]) -> HashMap<i64, Outcome> {
     let mut out = HashMap::new();
     for id in ids {
         let outcome = match links.iter().find(|l| l.id == *id) {
-            None => "skipped: link gone".to_owned(),
-            Some(l) if l.state != store::LinkState::Active => format!("skipped: link {}", l.state),
+            None => store::JobOutcome::Skipped(None),
+            Some(l) if l.state != store::LinkState::Active => {
+                store::JobOutcome::Skipped(Some(l.state))
+            }
             Some(_) => continue,
         };
         out.insert(
@@ -1542,10 +1546,10 @@ fn field_commit(
 ) -> (JobCommit, JobCommit) {
     let wrote = !plan.hubspot_writes.is_empty() || !plan.partner_writes.is_empty();
     let new_state = life.map(Lifecycle::link_state);
-    let outcome = match &new_state {
-        Some(state) => format!("link {state}"),
-        None if wrote => "synced".into(),
-        None => "no change".into(),
+    let outcome = match new_state {
+        Some(state) => store::JobOutcome::Link(state),
+        None if wrote => store::JobOutcome::Synced,
+        None => store::JobOutcome::NoChange,
     };
     let now = JobCommit {
         link_id: l.id,

@@ -189,6 +189,90 @@ impl rusqlite::types::FromSql for Reasons {
     }
 }
 
+/// How a job ended, as `job_history` records it and `/metrics` counts it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum JobOutcome {
+    /// Something was written to a portal.
+    Synced,
+    /// Both sides were already agreed.
+    #[default]
+    NoChange,
+    /// The HubSpot deal closed or excluded the link.
+    Link(LinkState),
+    /// Nothing to do: the link is not active (`None`: it no longer exists).
+    Skipped(Option<LinkState>),
+    /// A deal looks deleted: the link is orphaned. The text names the deal.
+    Orphaned(String),
+    /// A deal looks deleted but the mass-deletion guard holds it. The text says why.
+    Held(String),
+    /// A failure to be tried again later.
+    Retry,
+    /// A failure given up on, in the dead-letter file.
+    DeadLetter,
+}
+
+impl JobOutcome {
+    /// The text `job_history` stores and `status` shows.
+    pub fn text(&self) -> String {
+        match self {
+            JobOutcome::Synced => "synced".into(),
+            JobOutcome::NoChange => "no change".into(),
+            JobOutcome::Link(state) => format!("link {state}"),
+            JobOutcome::Skipped(Some(state)) => format!("skipped: link {state}"),
+            JobOutcome::Skipped(None) => "skipped: link gone".into(),
+            JobOutcome::Orphaned(what) => format!("orphaned: {what}"),
+            JobOutcome::Held(why) => format!("held: {why}"),
+            JobOutcome::Retry => "retry".into(),
+            JobOutcome::DeadLetter => "dead_letter".into(),
+        }
+    }
+
+    /// The `/metrics` label: the kind, without the details.
+    pub fn label(&self) -> String {
+        match self {
+            JobOutcome::Synced => "synced".into(),
+            JobOutcome::NoChange => "no_change".into(),
+            JobOutcome::Link(state) => format!("link_{state}"),
+            JobOutcome::Skipped(_) => "skipped".into(),
+            JobOutcome::Orphaned(_) => "orphaned".into(),
+            JobOutcome::Held(_) => "held".into(),
+            JobOutcome::Retry => "retry".into(),
+            JobOutcome::DeadLetter => "dead_letter".into(),
+        }
+    }
+
+    /// Reads a stored text back (an older version's text it does not know is `NoChange`'s
+    /// kind only if it says so; anything else unknown is kept as a held detail).
+    pub fn parse(text: &str) -> JobOutcome {
+        let (head, rest) = match text.split_once(": ") {
+            Some((h, r)) => (h, Some(r)),
+            None => (text, None),
+        };
+        match (head, rest) {
+            ("synced", None) => JobOutcome::Synced,
+            ("no change", None) => JobOutcome::NoChange,
+            ("retry", None) => JobOutcome::Retry,
+            ("dead_letter", None) => JobOutcome::DeadLetter,
+            ("skipped", Some("link gone")) => JobOutcome::Skipped(None),
+            ("skipped", Some(r)) => {
+                JobOutcome::Skipped(r.strip_prefix("link ").and_then(LinkState::parse))
+            }
+            ("orphaned", Some(r)) => JobOutcome::Orphaned(r.to_owned()),
+            ("held", Some(r)) => JobOutcome::Held(r.to_owned()),
+            (h, None) => match h.strip_prefix("link ").and_then(LinkState::parse) {
+                Some(state) => JobOutcome::Link(state),
+                None => JobOutcome::Held(text.to_owned()),
+            },
+            _ => JobOutcome::Held(text.to_owned()),
+        }
+    }
+
+    /// Whether the job did its work (a replay reports anything else as failed).
+    pub fn succeeded(&self) -> bool {
+        !matches!(self, JobOutcome::Retry | JobOutcome::DeadLetter)
+    }
+}
+
 /// One link between a partner deal and a HubSpot deal.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Link {
@@ -373,7 +457,7 @@ pub struct JobCommit {
     pub partner_written_ms: Option<i64>,
     pub hubspot_written_ms: Option<i64>,
     pub new_state: Option<LinkState>,
-    pub outcome: String,
+    pub outcome: JobOutcome,
     /// Messages and files to record (upserted by kind and origin).
     pub objects: Vec<ObjectLink>,
     /// Work left for later (a reply waiting for its parent): the job stays queued, due at
@@ -675,7 +759,7 @@ pub fn commit_jobs(c: &mut Connection, commits: &[JobCommit]) -> Result<(), Stor
             } else if j.more || done.execute([j.link_id])? == 0 {
                 again.execute(params![j.link_id, now])?;
             }
-            history.execute(params![j.link_id, now, j.outcome])?;
+            history.execute(params![j.link_id, now, j.outcome.text()])?;
         }
     }
     tx.commit()?;
@@ -781,8 +865,8 @@ pub fn retry_job(c: &Connection, link_id: i64, due_at: i64, error: &str) -> Resu
         params![link_id, due_at, error, now],
     )?;
     c.execute(
-        "INSERT INTO job_history (link_id, at, outcome, detail) VALUES (?1, ?2, 'retry', ?3)",
-        params![link_id, now, error],
+        "INSERT INTO job_history (link_id, at, outcome, detail) VALUES (?1, ?2, ?4, ?3)",
+        params![link_id, now, error, JobOutcome::Retry.text()],
     )?;
     Ok(())
 }
@@ -791,8 +875,8 @@ pub fn retry_job(c: &Connection, link_id: i64, due_at: i64, error: &str) -> Resu
 pub fn drop_job(c: &Connection, link_id: i64, error: &str) -> Result<(), StoreError> {
     c.execute("DELETE FROM jobs WHERE link_id = ?1", [link_id])?;
     c.execute(
-        "INSERT INTO job_history (link_id, at, outcome, detail) VALUES (?1, ?2, 'dead_letter', ?3)",
-        params![link_id, now_ms(), error],
+        "INSERT INTO job_history (link_id, at, outcome, detail) VALUES (?1, ?2, ?4, ?3)",
+        params![link_id, now_ms(), error, JobOutcome::DeadLetter.text()],
     )?;
     Ok(())
 }
@@ -903,6 +987,34 @@ mod tests {
     }
 
     #[test]
+    fn job_outcomes_read_back_and_label_safely() {
+        for o in [
+            JobOutcome::Synced,
+            JobOutcome::NoChange,
+            JobOutcome::Link(LinkState::ClosedWon),
+            JobOutcome::Skipped(Some(LinkState::Orphaned)),
+            JobOutcome::Skipped(None),
+            JobOutcome::Orphaned("HubSpot deal 1 is archived or deleted".into()),
+            JobOutcome::Held("partner deal 2 looks deleted: guard".into()),
+            JobOutcome::Retry,
+            JobOutcome::DeadLetter,
+        ] {
+            assert_eq!(JobOutcome::parse(&o.text()), o, "{}", o.text());
+            let label = o.label();
+            assert!(
+                label.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{label}"
+            );
+        }
+        assert_eq!(
+            JobOutcome::Link(LinkState::Excluded).label(),
+            "link_excluded"
+        );
+        assert_eq!(JobOutcome::NoChange.text(), "no change");
+        assert!(!JobOutcome::Retry.succeeded() && JobOutcome::NoChange.succeeded());
+    }
+
+    #[test]
     fn job_reasons_read_back_as_a_set() {
         let r = Reasons::parse("notes+poll+notes");
         assert!(r.contains(JobReason::Notes) && r.contains(JobReason::Poll));
@@ -998,7 +1110,7 @@ mod tests {
             &mut c,
             &[JobCommit {
                 link_id: l.id,
-                outcome: "ok".into(),
+                outcome: JobOutcome::Synced,
                 ..Default::default()
             }],
         )
@@ -1013,7 +1125,7 @@ mod tests {
             &mut c,
             &[JobCommit {
                 link_id: l.id,
-                outcome: "ok".into(),
+                outcome: JobOutcome::Synced,
                 ..Default::default()
             }],
         )
@@ -1317,12 +1429,12 @@ pub fn last_outcome(
     c: &Connection,
     link_id: i64,
     since_ms: i64,
-) -> Result<Option<(String, Option<String>)>, StoreError> {
+) -> Result<Option<(JobOutcome, Option<String>)>, StoreError> {
     Ok(c.query_row(
         "SELECT outcome, detail FROM job_history WHERE link_id = ?1 AND at >= ?2
              ORDER BY id DESC LIMIT 1",
         params![link_id, since_ms],
-        |r| Ok((r.get(0)?, r.get(1)?)),
+        |r| Ok((JobOutcome::parse(&r.get::<_, String>(0)?), r.get(1)?)),
     )
     .optional()?)
 }
