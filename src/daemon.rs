@@ -161,15 +161,9 @@ impl DaemonParts {
                     quiet_after: w.quiet_after,
                 })
                 .or_else(|| {
-                    config.metrics_listen.map(|listen| WebhookParts {
-                        listen,
-                        public_url: None,
-                        max_body: crate::ingest::webhook::DEFAULT_MAX_BODY,
-                        secrets: HashMap::new(),
-                        app: Default::default(),
-                        healthy_poll_interval: config.poll_interval,
-                        quiet_after: Duration::from_secs(600),
-                    })
+                    config
+                        .metrics_listen
+                        .map(|listen| WebhookParts::metrics_only(listen, config.poll_interval))
                 }),
         }
     }
@@ -193,6 +187,22 @@ pub struct WebhookParts {
     /// A portal's webhooks count as quiet when polling finds a change more than this long
     /// after the portal's last webhook; its polling then returns to the normal interval.
     pub quiet_after: Duration,
+}
+
+impl WebhookParts {
+    /// A listener that takes no webhooks (every portal's path answers 404) and serves health,
+    /// readiness and metrics: a polling-only daemon's `[metrics] listen`.
+    pub fn metrics_only(listen: SocketAddr, poll_interval: Duration) -> WebhookParts {
+        WebhookParts {
+            listen,
+            public_url: None,
+            max_body: webhook::DEFAULT_MAX_BODY,
+            secrets: HashMap::new(),
+            app: AppWebhooks::default(),
+            healthy_poll_interval: poll_interval,
+            quiet_after: Duration::from_secs(600),
+        }
+    }
 }
 
 /// The OAuth app's single webhook target (`POST /webhooks`): served when there is an app,
