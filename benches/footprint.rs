@@ -108,23 +108,6 @@ fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
-fn counters(rt: &tokio::runtime::Runtime, base: &str, portal: &str) -> Value {
-    let url = format!("{base}/_sandbox/portals/{portal}/counters");
-    rt.block_on(async {
-        reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .expect("client")
-            .get(url)
-            .send()
-            .await
-            .expect("counters")
-            .json()
-            .await
-            .expect("counters JSON")
-    })
-}
-
 /// Per-endpoint calls between two counter snapshots.
 fn diff(before: &Value, after: &Value) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
@@ -240,8 +223,8 @@ sweep_interval_ms = {sweep}
         },
     );
     let before = [
-        counters(&rt, &base, "hubspot"),
-        counters(&rt, &base, "partner-a"),
+        rt.block_on(support::counters(&base, "hubspot")),
+        rt.block_on(support::counters(&base, "partner-a")),
     ];
     let (jobs, _) = queue(&db);
     assert_eq!(
@@ -273,8 +256,8 @@ sweep_interval_ms = {sweep}
     });
     let (start, end) = (start.expect("sweep start"), end.expect("sweep end"));
     let after = [
-        counters(&rt, &base, "hubspot"),
-        counters(&rt, &base, "partner-a"),
+        rt.block_on(support::counters(&base, "hubspot")),
+        rt.block_on(support::counters(&base, "partner-a")),
     ];
     let peak = status_mb(pid, "VmHWM:");
 

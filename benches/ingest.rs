@@ -323,23 +323,9 @@ listen = "127.0.0.1:0"
 
 /// Calls and 429s both portals answered so far.
 async fn api_counters(sb: &SandboxHandle) -> (u64, u64) {
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("http client");
     let (mut calls, mut limited) = (0, 0);
     for portal in ["hubspot", PORTAL] {
-        let v: Value = http
-            .get(format!(
-                "{}/_sandbox/portals/{portal}/counters",
-                sb.base_url
-            ))
-            .send()
-            .await
-            .expect("counters")
-            .json()
-            .await
-            .expect("counters JSON");
+        let v = support::counters(&sb.base_url, portal).await;
         calls += v["total"].as_u64().expect("total");
         limited += v["http_429"].as_u64().unwrap_or(0);
     }

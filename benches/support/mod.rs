@@ -204,6 +204,22 @@ pub fn spawn_sandbox(portals: &str) -> (Reaped, String, Vec<String>) {
     (child, base, tokens)
 }
 
+/// One portal's request counters from the sandbox's control path (`total`, `writes`,
+/// `http_429`, per-endpoint `endpoints`); reading them spends no API budget.
+pub async fn counters(base: &str, portal: &str) -> Value {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("http client")
+        .get(format!("{base}/_sandbox/portals/{portal}/counters"))
+        .send()
+        .await
+        .expect("counters")
+        .json()
+        .await
+        .expect("counters JSON")
+}
+
 /// Starts an in-process sandbox whose portals (`config.portals`, in order) already hold `n`
 /// deals each, named `Deal 0`…`Deal n-1`; returns it and each portal's deal ids in order.
 ///

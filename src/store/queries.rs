@@ -241,8 +241,8 @@ impl JobOutcome {
         }
     }
 
-    /// Reads a stored text back (an older version's text it does not know is `NoChange`'s
-    /// kind only if it says so; anything else unknown is kept as a held detail).
+    /// Reads a stored text back. A text this version does not write (an older version's) is
+    /// kept whole as a `Held` detail: shown as it was, and not taken for a failure.
     pub fn parse(text: &str) -> JobOutcome {
         let (head, rest) = match text.split_once(": ") {
             Some((h, r)) => (h, Some(r)),
