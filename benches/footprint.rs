@@ -20,12 +20,20 @@
 //!   enough not to wait the default 15 minutes.
 //! - `poll_overlap_ms = 1000`: the deals were just loaded; with the default 60 s overlap the
 //!   first polls would find all 200,000 as recent changes and queue them before the sweep.
-//!   The daemon starts after the last deal is more than 1 s old.
+//!   The daemon starts after the last deal is more than 2 s old: a poll reaches back one
+//!   overlap from its cursor, and a portal's first cursor is its first poll's start minus
+//!   the overlap, so the first wide poll looks two overlaps back. (A run that waited only one
+//!   overlap had its second polls queue every deal made in the last second of loading — all
+//!   of them at 5,000 links — and the sweep read those links twice.)
 //!
-//! Measured: the sweep starts when its first jobs appear in the store (their `enqueued_at`)
-//! and ends with the last `job_history` commit once every link has one since that start and
-//! the queue is empty (polled every 250 ms from a read-only connection; the times are the
-//! store's, not the polls'). API calls are the sandbox's per-endpoint counters between a
+//! Measured: the sweep starts when its first jobs appear in the store (their `enqueued_at`,
+//! or the first `job_history` commit if a batch was queued and done between two looks) and
+//! ends with the last `job_history` commit once every link has one since the daemon went
+//! quiet and the queue is empty (polled every 100 ms from a read-only connection; the times
+//! are the store's, not the polls'). Every link must have run exactly one job, with no
+//! change, in that time. (Earlier runs dated the start from the first job *seen* queued and
+//! counted coverage from there: a batch done before the first look was never counted, and
+//! the bench waited for the second pass — the "> 990 s" of 2026-12-04.) API calls are the sandbox's per-endpoint counters between a
 //! snapshot taken once the deal pollers have polled and one after the sweep; searches are the
 //! pollers' and reported apart. Memory, from `/proc/PID/status`: `VmRSS` once before the sweep
 //! (idle), `VmHWM` (the peak over the process's life) after it, and `VmRSS` sampled 5 times
@@ -133,15 +141,28 @@ fn queue(db: &Path) -> (i64, Option<i64>) {
     .unwrap_or((0, None))
 }
 
-/// Links with a `job_history` row at or after `since`, and the latest such row's time.
-fn covered(db: &Path, since: i64) -> (i64, Option<i64>) {
+/// Links with a `job_history` row at or after `since`, and the earliest and latest such
+/// row's time.
+fn covered(db: &Path, since: i64) -> (i64, Option<i64>, Option<i64>) {
     let c = store::open_read_only(db).expect("store");
     c.query_row(
-        "SELECT COUNT(DISTINCT link_id), MAX(at) FROM job_history WHERE at >= ?1",
+        "SELECT COUNT(DISTINCT link_id), MIN(at), MAX(at) FROM job_history WHERE at >= ?1",
         [since],
-        |r| Ok((r.get(0)?, r.get(1)?)),
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )
     .expect("job_history")
+}
+
+/// `job_history` rows at or after `since`, counted by outcome.
+fn outcomes(db: &Path, since: i64) -> BTreeMap<String, i64> {
+    let c = store::open_read_only(db).expect("store");
+    let mut st = c
+        .prepare("SELECT outcome, COUNT(*) FROM job_history WHERE at >= ?1 GROUP BY outcome")
+        .expect("job_history");
+    st.query_map([since], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("job_history")
+        .collect::<Result<_, _>>()
+        .expect("job_history")
 }
 
 fn main() {
@@ -198,18 +219,22 @@ sweep_interval_ms = {sweep}
     );
     let cfg = dir.path().join("dealsync.toml");
     std::fs::write(&cfg, config).unwrap();
-    // The deals must be older than the poll overlap when the first polls look back.
+    // The deals must be older than two poll overlaps when the first polls look back.
     support::wait_for(
-        "the deals are older than the poll overlap",
+        "the deals are older than two poll overlaps",
         Duration::from_secs(5),
-        || store::now_ms() > loaded_ms + 1_100,
+        || store::now_ms() > loaded_ms + 2_100,
     );
     let mut daemon = support::Reaped::spawn(
         Command::new(bin)
             .args(["run", "--config", cfg.to_str().unwrap()])
             .env("HS_TOKEN", &sb.portal("hubspot").token)
             .env("PA_TOKEN", &sb.portal("partner-a").token)
-            .env("DEALSYNC_LOG", "warn"),
+            // `BENCH_LOG=dealsync=debug` shows every call the daemon makes.
+            .env(
+                "DEALSYNC_LOG",
+                std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+            ),
         "daemon",
     );
     let pid = daemon.id();
@@ -232,29 +257,39 @@ sweep_interval_ms = {sweep}
         "the pollers queued jobs before the sweep: nothing changed"
     );
     let rss_before = status_mb(pid, "VmRSS:");
+    // Nothing runs from here until the sweep (checked below: one job per link since then).
+    let quiet_from = store::now_ms();
 
     // The sweep: its first pass comes one interval after start.
-    let mut start: Option<i64> = None;
+    let mut queued_first: Option<i64> = None;
     let bound = interval * 2 + Duration::from_secs_f64(min_s * 4.0 + 120.0);
-    let mut end = None;
+    let (mut first_done, mut end) = (None, None);
     support::wait_for("the sweep has read every link", bound, || {
         daemon.assert_running();
         let (jobs, first) = queue(&db);
         if let Some(f) = first {
-            start = Some(start.map_or(f, |s| s.min(f)));
+            queued_first = Some(queued_first.map_or(f, |s| s.min(f)));
         }
-        let Some(s) = start else { return false };
         if jobs > 0 {
             return false;
         }
-        let (links, last) = covered(&db, s);
-        if links as usize >= n {
-            end = last;
-            return true;
-        }
-        false
+        let (links, first, last) = covered(&db, quiet_from);
+        (first_done, end) = (first, last);
+        links as usize >= n
     });
-    let (start, end) = (start.expect("sweep start"), end.expect("sweep end"));
+    // A first batch can be queued and done between two looks at the queue: then its commit
+    // is the earliest trace of the sweep.
+    let start = match (queued_first, first_done) {
+        (Some(q), Some(d)) => q.min(d),
+        (q, d) => q.or(d).expect("sweep start"),
+    };
+    let end = end.expect("sweep end");
+    let done = outcomes(&db, quiet_from);
+    assert_eq!(
+        done,
+        BTreeMap::from([(store::JobOutcome::NoChange.text().to_string(), n as i64)]),
+        "every link runs exactly one job in the sweep, and nothing differed"
+    );
     let after = [
         rt.block_on(support::counters(&base, "hubspot")),
         rt.block_on(support::counters(&base, "partner-a")),
@@ -275,7 +310,7 @@ sweep_interval_ms = {sweep}
         idle.push(round1(status_mb(pid, "VmRSS:")));
     }
     let (jobs, _) = queue(&db);
-    let (_, last) = covered(&db, start);
+    let (_, _, last) = covered(&db, quiet_from);
     assert!(
         jobs == 0 && last == Some(end),
         "the daemon worked while idle was sampled ({jobs} jobs queued): the sweep interval is too short"

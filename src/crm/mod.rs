@@ -282,6 +282,12 @@ impl Client {
         kind: CallKind,
     ) -> Result<Value, CrmError> {
         let call_name = format!("{method} {}", path.split('?').next().unwrap_or(path));
+        // Inputs only, never the body: it can carry note text and property values.
+        let inputs = body
+            .and_then(|b| b.get("inputs"))
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        tracing::debug!(portal = %self.portal, call = %call_name, inputs, "HubSpot call");
         let attempt = || self.once(method.clone(), path, body, kind, &call_name);
         attempt
             .retry(
