@@ -38,7 +38,12 @@ pub enum Command {
     /// Validate a config file and the secrets it points to, without starting anything.
     CheckConfig(ConfigArgs),
     /// Create the custom properties dealsync needs in every configured portal (idempotent).
+    /// Probes every portal first and stops, with the table, if one lacks what it needs.
     Setup(SetupArgs),
+    /// Check each configured portal for every scope and feature dealsync relies on; exit 0
+    /// only if the configured setup can run. Writes only an unassociated note, temporary
+    /// properties and a small file, each archived or deleted at once.
+    Probe(ProbeArgs),
     /// Show links, queue, portals, dead letters and conflicts (works while the daemon runs).
     Status(StatusArgs),
     /// Re-run dead-lettered jobs (after fixing their cause) and mark each entry's outcome.
@@ -70,6 +75,18 @@ pub struct ResumeArgs {
     /// The portal to release ("hubspot" or a partner's name).
     #[arg(long)]
     pub portal: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Probe only this portal ("hubspot" or a partner's name).
+    #[arg(long)]
+    pub portal: Option<String>,
+    /// Print the checks as JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -240,6 +257,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Setup(args) => run_setup(args).await,
+        Command::Probe(args) => run_probe(args).await,
         Command::Status(args) => run_status(args).await,
         Command::Replay(args) => run_replay(args).await,
         Command::Register(args) => run_register(args).await,
@@ -723,6 +741,75 @@ async fn run_register(args: RegisterArgs) -> Result<(), CliError> {
     }
 }
 
+async fn run_probe(args: ProbeArgs) -> Result<(), CliError> {
+    let config = load_config(&args.config)?;
+    let report = probe_portals(&config, args.portal.as_deref()).await?;
+    if args.json {
+        let json = serde_json::json!({ "ready": report.ready(), "checks": report.checks });
+        println!("{json:#}");
+    } else {
+        print!("{}", report.table());
+    }
+    probe_verdict(&report)
+}
+
+/// Probes every configured portal (or the one named), one after the other.
+async fn probe_portals(
+    config: &crate::config::Config,
+    only: Option<&str>,
+) -> Result<crate::probe::Report, CliError> {
+    use crate::probe::Needs;
+    use crate::store::Side;
+    let parts = crate::daemon::DaemonParts::from_config(config);
+    let portals: Vec<(&crate::daemon::PortalConn, Side)> =
+        std::iter::once((&parts.hubspot, Side::Hubspot))
+            .chain(parts.partners.iter().map(|p| (p, Side::Partner)))
+            .filter(|(p, _)| only.is_none_or(|o| o == p.name))
+            .collect();
+    if portals.is_empty() {
+        return Err(CliError {
+            code: exit::USAGE,
+            message: format!(
+                "no portal named {} in the config; use \"hubspot\" or a partner's name",
+                only.unwrap_or_default()
+            ),
+        });
+    }
+    let nonce = format!("{:x}", crate::store::now_ms());
+    let mut report = crate::probe::Report::default();
+    for (p, side) in portals {
+        let client = client_for(p, parts.retry, &parts.store_path).await?;
+        let needs = Needs {
+            side,
+            messages: config.messages.enabled,
+            folder: config.messages.folder.clone(),
+            per_10s: p.rate_limit_per_10s,
+        };
+        report
+            .checks
+            .extend(crate::probe::probe(&client, &needs, &nonce).await);
+    }
+    Ok(report)
+}
+
+/// Exit 0 when the configured setup can run; otherwise say why, as an operator reads it.
+fn probe_verdict(report: &crate::probe::Report) -> Result<(), CliError> {
+    if report.ready() {
+        return Ok(());
+    }
+    Err(if report.only_unanswered() {
+        CliError {
+            code: exit::UNAVAILABLE,
+            message: "a portal did not answer every check (see the table); try again".into(),
+        }
+    } else {
+        CliError {
+            code: exit::CONFIG,
+            message: "a portal lacks something the configured setup needs (see the table)".into(),
+        }
+    })
+}
+
 async fn run_setup(args: SetupArgs) -> Result<(), CliError> {
     let config = load_config(&args.config)?;
     let Some(dir) = &args.project else {
@@ -753,7 +840,20 @@ async fn run_setup(args: SetupArgs) -> Result<(), CliError> {
 }
 
 /// Today's setup: dealsync's property groups and properties in every portal.
+/// Probes every portal first: one that lacks what the configuration needs stops setup with the
+/// table before anything is created. (The probe writes and archives a little; a dry run
+/// promises to write nothing, so it skips the probe.)
 async fn ensure_properties(config: &crate::config::Config, dry_run: bool) -> Result<(), CliError> {
+    if !dry_run {
+        let report = probe_portals(config, None).await?;
+        if !report.ready() {
+            print!("{}", report.table());
+            return probe_verdict(&report).map_err(|mut e| {
+                e.message.push_str("; setup created nothing");
+                e
+            });
+        }
+    }
     let parts = crate::daemon::DaemonParts::from_config(config);
     let mut total = 0;
     for p in std::iter::once(&parts.hubspot).chain(parts.partners.iter()) {

@@ -15,6 +15,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod notify;
 pub mod oauth;
+pub mod probe;
 pub mod project;
 pub mod properties;
 pub mod quotes;

@@ -89,6 +89,12 @@ pub const REPLY_TO: &str = "dealsync_reply_to";
 /// On a HubSpot-side message of a deal linked to several partners, the partner it is for.
 pub const TARGET: &str = "dealsync_target";
 
+/// The name of a temporary property `dealsync probe` creates (and archives at once) to learn
+/// whether a portal accepts one of that `kind`.
+pub fn probe_name(kind: &str, nonce: &str) -> String {
+    format!("dealsync_probe_{kind}_{nonce}")
+}
+
 fn text(name: &str, label: &str, field_type: &str) -> Value {
     json!({ "name": name, "label": label, "type": "string", "fieldType": field_type, "groupName": GROUP })
 }

@@ -23,6 +23,7 @@ fn every_command_has_help_and_the_binary_a_version() {
         "run",
         "check-config",
         "setup",
+        "probe",
         "status",
         "replay",
         "sandbox",

@@ -195,6 +195,40 @@ pub struct Client {
     budget: Arc<Budget>,
     retry: RetryPolicy,
     versions: ApiVersions,
+    /// The limits the portal's last answer reported in its headers.
+    reported: Arc<std::sync::Mutex<Option<ReportedLimits>>>,
+}
+
+/// The limits a portal states in its `X-HubSpot-RateLimit-*` headers (HubSpot's "API usage
+/// guidelines and limits" page names them; the sandbox sends the same).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReportedLimits {
+    /// Calls per window (`-Max`) and the window (`-Interval-Milliseconds`).
+    pub max: Option<u64>,
+    pub interval_ms: Option<u64>,
+    /// Calls per second (`-Secondly`), where the portal states it.
+    pub secondly: Option<u64>,
+    /// Calls per day (`-Daily`) and what is left of them (`-Daily-Remaining`).
+    pub daily: Option<u64>,
+    pub daily_remaining: Option<u64>,
+}
+
+impl ReportedLimits {
+    fn from_headers(h: &reqwest::header::HeaderMap) -> Option<ReportedLimits> {
+        let num = |name: &str| {
+            h.get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        let limits = ReportedLimits {
+            max: num("x-hubspot-ratelimit-max"),
+            interval_ms: num("x-hubspot-ratelimit-interval-milliseconds"),
+            secondly: num("x-hubspot-ratelimit-secondly"),
+            daily: num("x-hubspot-ratelimit-daily"),
+            daily_remaining: num("x-hubspot-ratelimit-daily-remaining"),
+        };
+        (limits != ReportedLimits::default()).then_some(limits)
+    }
 }
 
 impl std::fmt::Debug for Client {
@@ -232,6 +266,7 @@ impl Client {
             budget,
             retry,
             versions: ApiVersions::default(),
+            reported: Arc::default(),
         })
     }
 
@@ -271,6 +306,11 @@ impl Client {
 
     pub fn budget(&self) -> &Budget {
         &self.budget
+    }
+
+    /// The limits the portal's latest answer stated, if it stated any.
+    pub fn reported_limits(&self) -> Option<ReportedLimits> {
+        *self.reported.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// One HTTP call with the budget, classification and retries.
@@ -363,6 +403,9 @@ impl Client {
     /// Reads an answer: the JSON body of a 2xx, or the classified error.
     async fn answer(&self, resp: reqwest::Response, call: &str) -> Result<Value, CrmError> {
         let status = resp.status().as_u16();
+        if let Some(limits) = ReportedLimits::from_headers(resp.headers()) {
+            *self.reported.lock().unwrap_or_else(|e| e.into_inner()) = Some(limits);
+        }
         let retry_after = resp
             .headers()
             .get(reqwest::header::RETRY_AFTER)
@@ -389,8 +432,11 @@ impl Client {
         let category = text("category")
             .or_else(|| text("errorType"))
             .unwrap_or_else(|| "UNKNOWN".into());
-        let message = text("message")
+        let mut message = text("message")
             .unwrap_or_else(|| format!("HTTP {status} without a HubSpot error body"));
+        if let Some(scopes) = required_scopes(&err) {
+            message.push_str(&format!(" (required scopes: {scopes})"));
+        }
         let retry_after = if status == 429 {
             // Honour the window HubSpot names; without Retry-After, wait it out.
             let d = retry_after.unwrap_or(match text("policyName").as_deref() {
@@ -1114,6 +1160,19 @@ impl Client {
             Err(e) => Err(e),
         }
     }
+}
+
+/// The scopes a `MISSING_SCOPES` answer names in `errors[].context.requiredScopes`.
+fn required_scopes(err: &Value) -> Option<String> {
+    let scopes: Vec<&str> = err
+        .get("errors")?
+        .as_array()?
+        .iter()
+        .filter_map(|e| e.pointer("/context/requiredScopes")?.as_array())
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    (!scopes.is_empty()).then(|| scopes.join(", "))
 }
 
 fn decode(portal: &str, call: &str, detail: &str) -> CrmError {

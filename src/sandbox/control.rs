@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiResult};
 use super::faults::Faults;
+use super::features::Features;
 use super::gate::Counters;
 use super::model::{PortalData, Source};
 use super::objects::reply;
@@ -33,6 +34,10 @@ pub fn router() -> Router<Arc<Shared>> {
         .route(
             "/_sandbox/portals/{portal}/faults",
             get(get_faults).put(put_faults).delete(clear_faults),
+        )
+        .route(
+            "/_sandbox/portals/{portal}/features",
+            get(get_features).put(put_features),
         )
         .route(
             "/_sandbox/portals/{portal}/counters",
@@ -177,6 +182,25 @@ async fn put_faults(
         StatusCode::OK,
         serde_json::to_value(f).unwrap_or(Value::Null),
     ))
+}
+
+async fn get_features(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    let f = *portal(&shared, &name)?.features.lock();
+    Ok(reply(StatusCode::OK, json!(f)))
+}
+
+/// Replaces which note features the portal offers (fields left out are on). Properties and
+/// records that exist stay: this changes what the portal accepts from now on.
+async fn put_features(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    Json(f): Json<Features>,
+) -> ApiResult<Response> {
+    *portal(&shared, &name)?.features.lock() = f;
+    Ok(reply(StatusCode::OK, json!(f)))
 }
 
 async fn clear_faults(

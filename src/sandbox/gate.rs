@@ -352,6 +352,16 @@ async fn gate(State(shared): State<Arc<Shared>>, mut req: Request, next: Next) -
             ApiError::rate_limited("TEN_SECONDLY_ROLLING", "You have reached your ten_secondly_rolling limit.")
                 .into_response(),
         ),
+        // HubSpot's own answer to a call outside the app's scopes (its API clients' issues
+        // quote it, e.g. HubSpot/hubspot-api-nodejs#268).
+        Draw::Status(403) => Some(
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "MISSING_SCOPES",
+                "This app hasn't been granted all required scopes to make this call. Read more about required scopes here: https://developers.hubspot.com/scopes.",
+            )
+            .into_response(),
+        ),
         Draw::Status(s) => Some(
             ApiError::new(
                 StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),

@@ -20,6 +20,7 @@ mod control;
 mod data;
 mod error;
 mod faults;
+mod features;
 mod files;
 mod gate;
 mod inbox;
@@ -49,6 +50,7 @@ use tokio_util::sync::CancellationToken;
 pub use data::Change;
 pub use error::ApiError;
 pub use faults::Faults;
+pub use features::Features;
 pub use model::{ObjectType, PortalData};
 pub use oauth::{OAuthApp, OAuthInfo};
 pub use webhooks::WebhookSettings;
@@ -188,6 +190,8 @@ pub(crate) struct Portal {
     pub data: Mutex<PortalData>,
     pub limits: Mutex<limits::Limits>,
     pub faults: Mutex<Faults>,
+    /// Which note features this portal offers (all, unless a test turns them off).
+    pub features: Mutex<Features>,
     pub counters: Mutex<gate::Counters>,
     pub hooks: webhooks::Hooks,
     /// The portal's own write-validation rules (enforced on 2026-09 writes).
@@ -441,6 +445,7 @@ pub async fn start(config: SandboxConfig) -> Result<SandboxHandle, SandboxError>
                 config.search_per_s,
             )),
             faults: Mutex::new(Faults::default()),
+            features: Mutex::new(Features::default()),
             counters: Mutex::new(gate::Counters::default()),
             hooks: webhooks::Hooks::new(target),
             validations: Mutex::new(validations::Rules::default()),

@@ -552,6 +552,9 @@ pub async fn batch(
             "The maximum number of inputs supported in a batch request for property histories is {MAX_HISTORY_BATCH}"
         )));
     }
+    if op == "upsert" {
+        ctx.portal.features.lock().check_upsert(t)?;
+    }
     let started = shared.now_ms();
     let now = started;
     let mut changes = Vec::new();

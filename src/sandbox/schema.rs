@@ -209,6 +209,10 @@ pub async fn create_property(
 ) -> ApiResult<Response> {
     let t = object_type(&t)?;
     let now = shared.now_ms();
+    ctx.portal
+        .features
+        .lock()
+        .check_property(t, p.has_unique_value)?;
     let def = create_property_in(&mut ctx.portal.data.lock(), t, p, now)?;
     shared.touched();
     Ok(reply(StatusCode::CREATED, property_json(&def)))
@@ -350,6 +354,7 @@ pub async fn batch_properties(
 ) -> ApiResult<Response> {
     let t = object_type(&t)?;
     let now = shared.now_ms();
+    let features = *ctx.portal.features.lock();
     let mut data = ctx.portal.data.lock();
     let mut results = Vec::new();
     let mut errors = Vec::new();
@@ -360,7 +365,10 @@ pub async fn batch_properties(
                     ApiError::validation(format!("Invalid input JSON: inputs[{i}]: {e}"))
                 })?;
                 let name = p.name.clone();
-                match create_property_in(&mut data, t, p, now) {
+                let created = features
+                    .check_property(t, p.has_unique_value)
+                    .and_then(|()| create_property_in(&mut data, t, p, now));
+                match created {
                     Ok(d) => results.push(property_json(&d)),
                     Err(e) => errors.push(e.standard_error(json!({ "name": [name] }))),
                 }

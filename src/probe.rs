@@ -1,0 +1,813 @@
+//! `dealsync probe`: checks a portal for everything dealsync relies on before it goes live,
+//! so a missing scope or an unsupported note feature shows up in a table on the operator's
+//! terminal instead of as dead letters against real partners. `setup` runs it first.
+//!
+//! What it writes, and only where a check needs a write: an unassociated note (created, then
+//! archived at once), temporary properties named `dealsync_probe_…` in an existing group
+//! (archived at once), and a small private file in the configured folder (deleted at once).
+//! Nothing is associated with a deal, contact or company, so no timeline shows it and nobody
+//! is notified; an admin can see the archived properties in the portal's settings. Where
+//! dealsync's own note properties already exist (setup ran), they are checked instead of
+//! creating temporary ones. Deal writes are never tried: a write shows in a deal's history.
+//!
+//! The note features are the ones no HubSpot page confirms (HUBSPOT-API.md §0): custom
+//! properties on notes, a unique-value note property, batch upsert of notes.
+
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+
+use crate::crm::{AssocAction, CallKind, Client, CrmError, ErrorClass, Op, ReportedLimits};
+use crate::properties;
+use crate::store::Side;
+
+/// One thing dealsync relies on in a portal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Capability {
+    Token,
+    ApiVersion,
+    ReadDeals,
+    ReadAssociations,
+    ReadOwners,
+    ReadQuotes,
+    DealProperties,
+    Notes,
+    NoteSearch,
+    NoteProperties,
+    UniqueNoteProperty,
+    NoteUpsert,
+    Files,
+    RateLimits,
+    WebhookSubscriptions,
+}
+
+impl Capability {
+    pub fn label(self) -> &'static str {
+        match self {
+            Capability::Token => "token accepted",
+            Capability::ApiVersion => "configured API version",
+            Capability::ReadDeals => "read deals",
+            Capability::ReadAssociations => "read associations",
+            Capability::ReadOwners => "read owners",
+            Capability::ReadQuotes => "read quotes",
+            Capability::DealProperties => "custom deal properties",
+            Capability::Notes => "read and write notes",
+            Capability::NoteSearch => "search notes",
+            Capability::NoteProperties => "custom note properties",
+            Capability::UniqueNoteProperty => "unique-value note property",
+            Capability::NoteUpsert => "batch upsert of notes",
+            Capability::Files => "file upload and signed URL",
+            Capability::RateLimits => "rate limits",
+            Capability::WebhookSubscriptions => "webhook subscriptions",
+        }
+    }
+
+    /// What goes wrong without it.
+    pub fn consequence(self) -> &'static str {
+        match self {
+            Capability::Token => "nothing can be read or written",
+            Capability::ApiVersion => "every call fails",
+            Capability::ReadDeals => "no deal syncs",
+            Capability::ReadAssociations => "messages and quotes are not found on deals",
+            Capability::ReadOwners => "deal teams and owners cannot be matched",
+            Capability::ReadQuotes => "partners see no quote summaries",
+            Capability::DealProperties => "setup cannot create dealsync's deal properties",
+            Capability::Notes | Capability::NoteSearch => "no shared message syncs",
+            Capability::NoteProperties
+            | Capability::UniqueNoteProperty
+            | Capability::NoteUpsert => {
+                "messages cannot be marked and copied exactly once: no shared message syncs"
+            }
+            Capability::Files => "attachments are not copied",
+            Capability::RateLimits => "the budget is above the portal's limit: 429s",
+            Capability::WebhookSubscriptions => "without them, changes arrive by polling only",
+        }
+    }
+
+    /// What the operator does about it.
+    pub fn remedy(self) -> &'static str {
+        match self {
+            Capability::Token => {
+                "check the portal's token_env, or its OAuth install (`dealsync install-link`)"
+            }
+            Capability::ApiVersion => "set the portal's api_version to one it serves",
+            Capability::ReadDeals | Capability::ReadAssociations => {
+                "grant the app crm.objects.deals.read and .write, then reinstall it"
+            }
+            Capability::ReadOwners => "grant the app crm.objects.owners.read",
+            Capability::ReadQuotes => "grant the app crm.objects.quotes.read",
+            Capability::DealProperties => {
+                "grant the app crm.schemas.deals.write, or have an admin create the properties"
+            }
+            Capability::Notes | Capability::NoteSearch | Capability::Files => {
+                "grant the app the scopes this call names, or set [messages] enabled = false"
+            }
+            Capability::NoteProperties
+            | Capability::UniqueNoteProperty
+            | Capability::NoteUpsert => {
+                "set [messages] enabled = false for this deployment (a fallback is planned)"
+            }
+            Capability::RateLimits => "lower the portal's rate_limit_per_10s to the stated limit",
+            Capability::WebhookSubscriptions => {
+                "compare the app's webhooks with `dealsync setup --project DIR --dry-run`"
+            }
+        }
+    }
+}
+
+/// The answer for one capability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Ok,
+    Missing,
+    /// Not known: an earlier check failed, the portal did not answer, or the probe cannot
+    /// check it.
+    Unchecked,
+}
+
+impl Verdict {
+    pub fn label(self) -> &'static str {
+        match self {
+            Verdict::Ok => "ok",
+            Verdict::Missing => "missing",
+            Verdict::Unchecked => "unchecked",
+        }
+    }
+}
+
+/// One row of the probe's table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub portal: String,
+    pub capability: Capability,
+    pub verdict: Verdict,
+    /// Whether the configured setup cannot run without it.
+    pub required: bool,
+    /// What the probe saw (HubSpot's own message on a refusal; never a token).
+    pub seen: String,
+}
+
+/// What the configuration asks of one portal.
+#[derive(Debug, Clone)]
+pub struct Needs {
+    pub side: Side,
+    /// `[messages] enabled`.
+    pub messages: bool,
+    /// Where attachment copies go (the file check writes there).
+    pub folder: String,
+    /// The portal's configured budget (calls per 10 s).
+    pub per_10s: u32,
+}
+
+impl Needs {
+    fn requires(&self, c: Capability) -> bool {
+        use Capability::*;
+        match c {
+            Token | ApiVersion | ReadDeals | ReadAssociations | ReadOwners | DealProperties
+            | RateLimits => true,
+            ReadQuotes => self.side == Side::Hubspot,
+            Notes | NoteSearch | NoteProperties | UniqueNoteProperty | NoteUpsert | Files => {
+                self.messages
+            }
+            WebhookSubscriptions => false,
+        }
+    }
+}
+
+/// Every check of every probed portal.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    /// Whether the configured setup can run: every required capability is there.
+    pub fn ready(&self) -> bool {
+        self.checks
+            .iter()
+            .all(|c| !c.required || c.verdict == Verdict::Ok)
+    }
+
+    /// Whether a required capability is unknown only because a portal did not answer (try
+    /// again) rather than refused.
+    pub fn only_unanswered(&self) -> bool {
+        !self.ready()
+            && self
+                .checks
+                .iter()
+                .all(|c| !c.required || c.verdict != Verdict::Missing)
+    }
+
+    /// The table: portal | capability | result | seen / consequence | what to do.
+    pub fn table(&self) -> String {
+        let rows: Vec<[String; 5]> = self
+            .checks
+            .iter()
+            .map(|c| {
+                let result = match (c.verdict, c.required) {
+                    (Verdict::Ok, _) => "ok".to_owned(),
+                    (v, true) => v.label().to_owned(),
+                    (v, false) => format!("{} (optional)", v.label()),
+                };
+                let (said, todo) = match c.verdict {
+                    Verdict::Ok => (c.seen.clone(), String::new()),
+                    _ => (
+                        format!("{} ({})", c.capability.consequence(), c.seen),
+                        c.capability.remedy().to_owned(),
+                    ),
+                };
+                [
+                    c.portal.clone(),
+                    c.capability.label().to_owned(),
+                    result,
+                    said,
+                    todo,
+                ]
+            })
+            .collect();
+        let head = [
+            "portal",
+            "capability",
+            "result",
+            "seen / consequence",
+            "what to do",
+        ];
+        let mut widths = head.map(str::len);
+        for r in &rows {
+            for (w, cell) in widths.iter_mut().zip(r) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let line = |cells: [&str; 5]| {
+            let mut s = String::new();
+            for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+                if i == 4 {
+                    s.push_str(cell);
+                } else {
+                    s.push_str(&format!("{cell:<w$} | "));
+                }
+            }
+            s.trim_end().to_owned() + "\n"
+        };
+        let mut out = line(head);
+        for r in &rows {
+            out.push_str(&line([&r[0], &r[1], &r[2], &r[3], &r[4]]));
+        }
+        out
+    }
+}
+
+/// Collects one portal's checks.
+struct Recorder<'a> {
+    portal: String,
+    needs: &'a Needs,
+    checks: Vec<Check>,
+}
+
+impl Recorder<'_> {
+    fn put(&mut self, capability: Capability, verdict: Verdict, seen: impl Into<String>) {
+        self.checks.push(Check {
+            portal: self.portal.clone(),
+            capability,
+            verdict,
+            required: self.needs.requires(capability),
+            seen: seen.into(),
+        });
+    }
+
+    /// A call's answer as a verdict: refused (4xx) is missing; unanswered (5xx, timeout) is
+    /// unknown.
+    fn result<T>(&mut self, capability: Capability, r: &Result<T, CrmError>, ok: &str) {
+        match r {
+            Ok(_) => self.put(capability, Verdict::Ok, ok),
+            Err(e) => self.put(capability, verdict_of(e), e.to_string()),
+        }
+    }
+}
+
+fn verdict_of(e: &CrmError) -> Verdict {
+    match e.class() {
+        ErrorClass::Transient => Verdict::Unchecked,
+        ErrorClass::Permanent | ErrorClass::Held => Verdict::Missing,
+    }
+}
+
+/// Probes one portal. A unique suffix (`nonce`) names anything it writes.
+pub async fn probe(client: &Client, needs: &Needs, nonce: &str) -> Vec<Check> {
+    let mut r = Recorder {
+        portal: client.portal().to_owned(),
+        needs,
+        checks: Vec::new(),
+    };
+    let Some(deal) = first_read(client, &mut r).await else {
+        return r.checks;
+    };
+    let owners = get(client, Op::Owners).await;
+    r.result(Capability::ReadOwners, &owners, "listed");
+    if needs.side == Side::Hubspot {
+        let quotes = get(client, Op::Objects { object: "quotes" }).await;
+        r.result(Capability::ReadQuotes, &quotes, "listed");
+    }
+    let assoc = client
+        .call(
+            reqwest::Method::POST,
+            &client.path(Op::AssociationBatch {
+                from: "deals",
+                to: "notes",
+                action: AssocAction::Read,
+            }),
+            Some(&json!({ "inputs": [{ "id": deal }] })),
+            CallKind::Ordinary,
+        )
+        .await;
+    r.result(Capability::ReadAssociations, &assoc, "deal → notes read");
+    deal_properties(client, &mut r, nonce).await;
+    if needs.messages {
+        notes(client, &mut r, nonce).await;
+        files(client, &mut r, nonce).await;
+    }
+    rate_limits(client.reported_limits(), &mut r);
+    r.put(
+        Capability::WebhookSubscriptions,
+        Verdict::Unchecked,
+        "not checked yet: reading an app's subscriptions needs its developer credentials",
+    );
+    r.checks
+}
+
+/// Lists deals: the token, the API version and the deals scope at once. Returns a deal id to
+/// read associations of (`0` in an empty portal), or `None` when nothing further can be
+/// checked.
+async fn first_read(client: &Client, r: &mut Recorder<'_>) -> Option<String> {
+    let version = format!("objects at {}", client.versions().objects.as_str());
+    let after = [
+        Capability::ReadOwners,
+        Capability::ReadQuotes,
+        Capability::ReadAssociations,
+    ];
+    match get(client, Op::Objects { object: "deals" }).await {
+        Ok(v) => {
+            r.put(Capability::Token, Verdict::Ok, "accepted");
+            r.put(Capability::ApiVersion, Verdict::Ok, version);
+            r.put(Capability::ReadDeals, Verdict::Ok, "listed");
+            let first = v.pointer("/results/0/id").and_then(Value::as_str);
+            Some(first.unwrap_or("0").to_owned())
+        }
+        Err(e) if e.status() == Some(403) => {
+            r.put(Capability::Token, Verdict::Ok, "accepted");
+            r.put(Capability::ApiVersion, Verdict::Ok, version);
+            r.put(Capability::ReadDeals, Verdict::Missing, e.to_string());
+            Some("0".to_owned())
+        }
+        Err(e) => {
+            let first = match e.status() {
+                Some(401) => Capability::Token,
+                Some(404) => Capability::ApiVersion,
+                _ => Capability::Token,
+            };
+            r.put(first, verdict_of(&e), e.to_string());
+            let rest = format!("not checked: {} failed", first.label());
+            for c in [
+                Capability::Token,
+                Capability::ApiVersion,
+                Capability::ReadDeals,
+            ]
+            .into_iter()
+            .chain(after)
+            .filter(|c| *c != first)
+            .filter(|c| *c != Capability::ReadQuotes || r.needs.side == Side::Hubspot)
+            {
+                r.put(c, Verdict::Unchecked, rest.clone());
+            }
+            None
+        }
+    }
+}
+
+/// `GET` the first page (one record) of a list.
+async fn get(client: &Client, op: Op<'_>) -> Result<Value, CrmError> {
+    let path = format!("{}?limit=1", client.path(op));
+    client
+        .call(reqwest::Method::GET, &path, None, CallKind::Ordinary)
+        .await
+}
+
+/// Custom deal properties: dealsync's own if they exist, else a temporary one.
+async fn deal_properties(client: &Client, r: &mut Recorder<'_>, nonce: &str) {
+    let wanted: Vec<String> = properties::deal_properties()
+        .iter()
+        .filter_map(|p| p["name"].as_str().map(str::to_owned))
+        .collect();
+    match Schema::read(client, "deals").await {
+        Err(e) => r.put(Capability::DealProperties, verdict_of(&e), e.to_string()),
+        Ok(s) if wanted.iter().all(|w| s.has(w)) => r.put(
+            Capability::DealProperties,
+            Verdict::Ok,
+            "dealsync's deal properties exist",
+        ),
+        Ok(s) => {
+            let made = s.try_property(client, nonce, "deal", false).await;
+            if let Ok(name) = &made {
+                archive_property(client, "deals", name).await;
+            }
+            r.result(
+                Capability::DealProperties,
+                &made,
+                "a temporary property was created and archived",
+            );
+        }
+    }
+}
+
+/// A portal's properties and groups of one object type.
+struct Schema {
+    object: &'static str,
+    /// (name, hasUniqueValue).
+    properties: Vec<(String, bool)>,
+    groups: Vec<String>,
+}
+
+impl Schema {
+    async fn read(client: &Client, object: &'static str) -> Result<Schema, CrmError> {
+        let list = |op| async move {
+            client
+                .call(
+                    reqwest::Method::GET,
+                    &client.path(op),
+                    None,
+                    CallKind::Ordinary,
+                )
+                .await
+        };
+        let results = |v: &Value| -> Vec<Value> {
+            v.get("results")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        };
+        let props = list(Op::Properties { object }).await?;
+        let groups = list(Op::PropertyGroups { object }).await?;
+        Ok(Schema {
+            object,
+            properties: results(&props)
+                .iter()
+                .filter_map(|p| {
+                    let name = p.get("name")?.as_str()?.to_owned();
+                    Some((name, p.get("hasUniqueValue") == Some(&json!(true))))
+                })
+                .collect(),
+            groups: results(&groups)
+                .iter()
+                .filter_map(|g| g.get("name")?.as_str().map(str::to_owned))
+                .collect(),
+        })
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.properties.iter().any(|(n, _)| n == name)
+    }
+
+    fn unique(&self, name: &str) -> bool {
+        self.properties.iter().any(|(n, u)| n == name && *u)
+    }
+
+    /// Creates a temporary property (in dealsync's group if it exists, else the first one)
+    /// and returns its name; the caller archives it.
+    async fn try_property(
+        &self,
+        client: &Client,
+        nonce: &str,
+        kind: &str,
+        unique: bool,
+    ) -> Result<String, CrmError> {
+        let group = self
+            .groups
+            .iter()
+            .find(|g| *g == properties::GROUP)
+            .or(self.groups.first())
+            .cloned()
+            .unwrap_or_else(|| properties::GROUP.to_owned());
+        let name = properties::probe_name(kind, nonce);
+        let mut def = json!({
+            "name": name, "label": format!("dealsync probe {nonce} (archived at once)"),
+            "type": "string", "fieldType": "text", "groupName": group,
+        });
+        if unique {
+            def["hasUniqueValue"] = json!(true);
+        }
+        let object = self.object;
+        client
+            .call(
+                reqwest::Method::POST,
+                &client.path(Op::Properties { object }),
+                Some(&def),
+                CallKind::Ordinary,
+            )
+            .await?;
+        Ok(name)
+    }
+}
+
+/// Archives a temporary property; a failure is reported, not fatal.
+async fn archive_property(client: &Client, object: &str, name: &str) {
+    let archived = client
+        .call(
+            reqwest::Method::DELETE,
+            &client.path(Op::Property { object, name }),
+            None,
+            CallKind::Ordinary,
+        )
+        .await;
+    if let Err(e) = archived {
+        tracing::warn!(portal = %client.portal(), property = name, error = %e, "cannot archive the probe's temporary property; archive it in the portal's settings");
+    }
+}
+
+/// A note's properties: unassociated, with a body that says what it is.
+fn probe_note(nonce: &str) -> Map<String, Value> {
+    let mut p = Map::new();
+    p.insert(
+        "hs_note_body".into(),
+        json!(format!(
+            "dealsync probe {nonce}: an unassociated note, archived at once"
+        )),
+    );
+    p.insert(
+        "hs_timestamp".into(),
+        json!(crate::time::iso(crate::time::now_ms())),
+    );
+    p
+}
+
+/// Notes: read, write, search, then the three unconfirmed features.
+async fn notes(client: &Client, r: &mut Recorder<'_>, nonce: &str) {
+    let read = get(client, Op::Objects { object: "notes" }).await;
+    let written = match read {
+        Ok(_) => client
+            .create("notes", &probe_note(nonce), json!([]))
+            .await
+            .map(|n| n.id),
+        Err(e) => Err(e),
+    };
+    if let Ok(id) = &written {
+        archive_note(client, id).await;
+    }
+    r.result(
+        Capability::Notes,
+        &written,
+        "listed; an unassociated note was created and archived",
+    );
+    let search = client
+        .search(
+            "notes",
+            &json!({ "limit": 1, "properties": ["hs_lastmodifieddate"] }),
+        )
+        .await;
+    r.result(Capability::NoteSearch, &search, "searched");
+    match Schema::read(client, "notes").await {
+        Ok(s) => note_features(client, r, &s, nonce).await,
+        Err(e) => {
+            for c in [
+                Capability::NoteProperties,
+                Capability::UniqueNoteProperty,
+                Capability::NoteUpsert,
+            ] {
+                r.put(c, verdict_of(&e), e.to_string());
+            }
+        }
+    }
+}
+
+async fn archive_note(client: &Client, id: &str) {
+    if let Err(e) = client.archive("notes", id).await {
+        tracing::warn!(portal = %client.portal(), note = id, error = %e, "cannot archive the probe's note; it is unassociated, archive it by hand");
+    }
+}
+
+/// Custom note properties, a unique one, and upsert on it.
+async fn note_features(client: &Client, r: &mut Recorder<'_>, s: &Schema, nonce: &str) {
+    let ours: Vec<String> = properties::note_properties()
+        .iter()
+        .filter_map(|p| p["name"].as_str().map(str::to_owned))
+        .collect();
+    let mut temporary = Vec::new();
+    if ours.iter().all(|n| s.has(n)) {
+        r.put(
+            Capability::NoteProperties,
+            Verdict::Ok,
+            "dealsync's note properties exist",
+        );
+    } else {
+        let made = s.try_property(client, nonce, "note", false).await;
+        r.result(
+            Capability::NoteProperties,
+            &made,
+            "a temporary property was created and archived",
+        );
+        temporary.extend(made.ok());
+    }
+    let key = if s.unique(properties::ORIGIN) {
+        r.put(
+            Capability::UniqueNoteProperty,
+            Verdict::Ok,
+            format!("{} is unique", properties::ORIGIN),
+        );
+        Some(properties::ORIGIN.to_owned())
+    } else {
+        let made = s.try_property(client, nonce, "unique", true).await;
+        r.result(
+            Capability::UniqueNoteProperty,
+            &made,
+            "a temporary unique property was created and archived",
+        );
+        temporary.extend(made.as_ref().ok().cloned());
+        made.ok()
+    };
+    match key {
+        Some(key) => {
+            let upserted = client
+                .batch_upsert(
+                    "notes",
+                    &key,
+                    &[(format!("probe:{nonce}"), probe_note(nonce))],
+                )
+                .await;
+            for n in upserted.iter().flatten() {
+                archive_note(client, &n.id).await;
+            }
+            r.result(
+                Capability::NoteUpsert,
+                &upserted,
+                "an unassociated note was upserted and archived",
+            );
+        }
+        None => r.put(
+            Capability::NoteUpsert,
+            Verdict::Unchecked,
+            "needs a unique note property",
+        ),
+    }
+    for name in temporary {
+        archive_property(client, "notes", &name).await;
+    }
+}
+
+/// Upload a small private file, ask for its signed URL, delete it.
+async fn files(client: &Client, r: &mut Recorder<'_>, nonce: &str) {
+    let name = format!("dealsync-probe-{nonce}.txt");
+    let body = b"dealsync probe: deleted at once".to_vec();
+    let folder = r.needs.folder.clone();
+    let checked = async {
+        let id = client.upload_file(&name, body, &folder).await?;
+        let signed = client
+            .call(
+                reqwest::Method::GET,
+                &client.path(Op::FileSignedUrl { id: &id }),
+                None,
+                CallKind::Ordinary,
+            )
+            .await;
+        if let Err(e) = client.delete_file(&id).await {
+            tracing::warn!(portal = %client.portal(), file = %id, error = %e, "cannot delete the probe's file; delete it in the file manager");
+        }
+        signed
+    }
+    .await;
+    r.result(
+        Capability::Files,
+        &checked,
+        format!("uploaded to {folder}, signed URL read, deleted").as_str(),
+    );
+}
+
+/// The limits the portal stated, against the configured budget.
+fn rate_limits(stated: Option<ReportedLimits>, r: &mut Recorder<'_>) {
+    // HubSpot states its limits on every answer; a portal that states none (a proxy, the
+    // sandbox with limits off) has nothing to hold the budget against.
+    let Some(l) = stated else {
+        let seen = format!(
+            "no X-HubSpot-RateLimit headers: the configured {} / 10 s is used as is",
+            r.needs.per_10s
+        );
+        r.put(Capability::RateLimits, Verdict::Ok, seen);
+        return;
+    };
+    let per_10s = match (l.max, l.interval_ms) {
+        (Some(max), Some(ms)) if ms > 0 => Some(max * 10_000 / ms),
+        _ => None,
+    };
+    let mut seen = per_10s.map_or("no window stated".to_owned(), |n| {
+        format!("{n} calls / 10 s stated")
+    });
+    if let Some(d) = l.daily {
+        seen.push_str(&format!(", {d} a day"));
+    }
+    seen.push_str(&format!(", configured {}", r.needs.per_10s));
+    let verdict = match per_10s {
+        Some(n) if u64::from(r.needs.per_10s) > n => Verdict::Missing,
+        _ => Verdict::Ok,
+    };
+    r.put(Capability::RateLimits, verdict, seen);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn needs(messages: bool) -> Needs {
+        Needs {
+            side: Side::Partner,
+            messages,
+            folder: "/dealsync".into(),
+            per_10s: 100,
+        }
+    }
+
+    fn check(c: Capability, verdict: Verdict, required: bool) -> Check {
+        Check {
+            portal: "partner-a".into(),
+            capability: c,
+            verdict,
+            required,
+            seen: "seen".into(),
+        }
+    }
+
+    #[test]
+    fn note_features_are_required_only_with_messages() {
+        for c in [
+            Capability::NoteProperties,
+            Capability::UniqueNoteProperty,
+            Capability::NoteUpsert,
+            Capability::Files,
+        ] {
+            assert!(needs(true).requires(c), "{c:?}");
+            assert!(!needs(false).requires(c), "{c:?}");
+        }
+        assert!(!needs(true).requires(Capability::ReadQuotes));
+        let hubspot = Needs {
+            side: Side::Hubspot,
+            ..needs(true)
+        };
+        assert!(hubspot.requires(Capability::ReadQuotes));
+    }
+
+    #[test]
+    fn ready_only_when_every_required_capability_is_ok() {
+        let mut report = Report {
+            checks: vec![
+                check(Capability::Token, Verdict::Ok, true),
+                check(Capability::WebhookSubscriptions, Verdict::Unchecked, false),
+            ],
+        };
+        assert!(report.ready());
+        report
+            .checks
+            .push(check(Capability::NoteUpsert, Verdict::Unchecked, true));
+        assert!(!report.ready());
+        assert!(report.only_unanswered());
+        report
+            .checks
+            .push(check(Capability::NoteProperties, Verdict::Missing, true));
+        assert!(!report.only_unanswered());
+        let table = report.table();
+        assert!(table.contains("custom note properties"), "{table}");
+        assert!(
+            table.contains(Capability::NoteProperties.remedy()),
+            "{table}"
+        );
+        assert!(table.contains("unchecked (optional)"), "{table}");
+    }
+
+    #[test]
+    fn a_budget_above_the_stated_limit_is_missing() {
+        let mut r = Recorder {
+            portal: "p".into(),
+            needs: &Needs {
+                per_10s: 190,
+                ..needs(false)
+            },
+            checks: Vec::new(),
+        };
+        let stated = ReportedLimits {
+            max: Some(100),
+            interval_ms: Some(10_000),
+            daily: Some(250_000),
+            ..ReportedLimits::default()
+        };
+        rate_limits(Some(stated), &mut r);
+        rate_limits(None, &mut r);
+        assert_eq!(r.checks[0].verdict, Verdict::Missing);
+        assert!(
+            r.checks[0].seen.contains("100 calls / 10 s"),
+            "{}",
+            r.checks[0].seen
+        );
+        assert_eq!(
+            r.checks[1].verdict,
+            Verdict::Ok,
+            "no headers: nothing to hold it against"
+        );
+    }
+}

@@ -1,0 +1,327 @@
+//! `dealsync probe` and the probe `setup` runs first (issue 17 item 1), as an operator runs
+//! them: the real binary against the sandbox on 127.0.0.1, once as a portal with every note
+//! feature and once as one without (`/_sandbox/portals/{name}/features`).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::Portal;
+use dealsync::sandbox::SandboxHandle;
+use serde_json::{json, Value};
+
+const CONFIG_EXIT: i32 = 78;
+
+fn config(dir: &Path, base: &str, extra: &str, hubspot_rate: u32) -> PathBuf {
+    let path = dir.join("dealsync.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"[store]
+path = "{db}"
+dead_letter_path = "{dl}"
+[hubspot]
+base_url = "{base}"
+token_env = "HS_TOKEN"
+rate_limit_per_10s = {hubspot_rate}
+[[partners]]
+name = "partner-a"
+base_url = "{base}"
+token_env = "PA_TOKEN"
+[partners.stage_map]
+qualifiedtobuy = "qualifiedtobuy"
+{extra}
+"#,
+            db = dir.join("dealsync.db").display(),
+            dl = dir.join("dl.jsonl").display(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+async fn dealsync(sb: &SandboxHandle, args: &[&str]) -> Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_dealsync"));
+    cmd.args(args)
+        .env("HS_TOKEN", &sb.portal("hubspot").token)
+        .env("PA_TOKEN", &sb.portal("partner-a").token)
+        .env("DEALSYNC_LOG", "warn");
+    cmd.output().await.expect("run dealsync")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// What the probe may leave behind: nothing live. Notes it wrote are archived, temporary
+/// properties archived, files deleted. Returns how many probe files the portal has seen.
+async fn assert_nothing_left(p: &Portal) -> usize {
+    let state = p.control(reqwest::Method::GET, "/state", None).await.body;
+    let files: Vec<&Value> = state["data"]["files"]
+        .as_object()
+        .expect("the state lists files")
+        .values()
+        .filter(|f| {
+            f["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("dealsync-probe"))
+        })
+        .collect();
+    assert!(
+        files.iter().all(|f| !f["archived_ms"].is_null()),
+        "probe files left live: {files:?}"
+    );
+    let notes = p.get("/crm/v3/objects/notes?limit=100").await;
+    let live: Vec<&Value> = notes.body["results"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| {
+            n["properties"]["hs_note_body"]
+                .as_str()
+                .is_some_and(|b| b.contains("dealsync probe"))
+        })
+        .collect();
+    assert!(live.is_empty(), "probe notes left live: {live:?}");
+    let props = p.get("/crm/v3/properties/notes").await.body.to_string()
+        + &p.get("/crm/v3/properties/deals").await.body.to_string();
+    assert!(
+        !props.contains("dealsync_probe_"),
+        "a temporary property is still live"
+    );
+    files.len()
+}
+
+fn checks(json: &Value) -> Vec<(String, String, String, bool)> {
+    json["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .map(|c| {
+            (
+                c["portal"].as_str().unwrap_or_default().to_owned(),
+                c["capability"].as_str().unwrap_or_default().to_owned(),
+                c["verdict"].as_str().unwrap_or_default().to_owned(),
+                c["required"].as_bool().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_portal_with_every_feature_is_ready_and_the_probe_leaves_nothing_live() {
+    let sb = common::sandbox().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &sb.base_url, "", 100);
+    let cfg = cfg.to_str().unwrap();
+
+    let o = dealsync(&sb, &["probe", "--config", cfg, "--json"]).await;
+    let out = stdout(&o);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let json: Value = serde_json::from_str(&out).expect("probe --json prints JSON");
+    assert_eq!(json["ready"], true);
+    let all = checks(&json);
+    for (portal, cap, verdict, required) in &all {
+        if *required {
+            assert_eq!(verdict, "ok", "{portal} {cap}");
+        }
+    }
+    for cap in [
+        "note_properties",
+        "unique_note_property",
+        "note_upsert",
+        "files",
+        "rate_limits",
+    ] {
+        for portal in ["hubspot", "partner-a"] {
+            assert!(
+                all.iter()
+                    .any(|c| c.0 == portal && c.1 == cap && c.2 == "ok"),
+                "{portal} {cap}: {all:?}"
+            );
+        }
+    }
+    assert!(all.iter().any(|c| c.0 == "hubspot" && c.1 == "read_quotes"));
+    assert!(!all
+        .iter()
+        .any(|c| c.0 == "partner-a" && c.1 == "read_quotes"));
+    for name in ["hubspot", "partner-a"] {
+        let files = assert_nothing_left(&common::portal(&sb, name)).await;
+        assert_eq!(
+            files, 1,
+            "{name}: the file check uploaded one file (and deleted it)"
+        );
+    }
+
+    // Setup probes first, then creates what dealsync needs.
+    let o = dealsync(&sb, &["setup", "--config", cfg]).await;
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let pa = common::portal(&sb, "partner-a");
+    let origin = pa
+        .get(&format!(
+            "/crm/v3/properties/notes/{}",
+            dealsync::properties::ORIGIN
+        ))
+        .await;
+    assert_eq!(origin.status, 200);
+
+    // Once dealsync's note properties exist, the probe checks them instead of creating.
+    let before = pa.counters().await["writes"].as_u64().unwrap_or(0);
+    let o = dealsync(&sb, &["probe", "--config", cfg, "--portal", "partner-a"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("dealsync's note properties exist"),
+        "{}",
+        stdout(&o)
+    );
+    let writes = pa.counters().await["writes"].as_u64().unwrap_or(0) - before;
+    // A note created and archived, one upserted and archived, a file uploaded and deleted.
+    assert!(writes <= 6, "{writes} writes");
+    assert!(
+        !stdout(&o).contains("hubspot |"),
+        "--portal probes one portal"
+    );
+}
+
+#[tokio::test]
+async fn a_portal_without_note_features_stops_setup_with_the_table_and_nothing_created() {
+    let sb = common::sandbox().await;
+    let pa = common::portal(&sb, "partner-a");
+    let set = pa
+        .control(
+            reqwest::Method::PUT,
+            "/features",
+            Some(json!({ "note_properties": false, "note_unique_properties": false, "note_upsert": false })),
+        )
+        .await;
+    assert_eq!(set.status, 200, "{}", set.text);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &sb.base_url, "", 100);
+    let cfg = cfg.to_str().unwrap();
+
+    let o = dealsync(&sb, &["probe", "--config", cfg]).await;
+    let table = stdout(&o);
+    assert_eq!(o.status.code(), Some(CONFIG_EXIT), "{table}");
+    let row = |cap: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with("partner-a") && l.contains(cap))
+            .unwrap_or_else(|| panic!("no {cap} row: {table}"))
+            .to_owned()
+    };
+    assert!(
+        row("custom note properties").contains("| missing"),
+        "{table}"
+    );
+    assert!(
+        row("unique-value note property").contains("| missing"),
+        "{table}"
+    );
+    assert!(
+        row("batch upsert of notes").contains("unchecked"),
+        "{table}"
+    );
+    assert!(
+        row("custom note properties").contains("[messages] enabled = false"),
+        "the row says what to do: {table}"
+    );
+    assert!(
+        table
+            .lines()
+            .filter(|l| l.starts_with("hubspot "))
+            .all(|l| !l.contains("| missing")),
+        "HubSpot's portal has every feature: {table}"
+    );
+
+    let o = dealsync(&sb, &["setup", "--config", cfg]).await;
+    assert_eq!(o.status.code(), Some(CONFIG_EXIT));
+    assert!(
+        stdout(&o).contains("custom note properties"),
+        "setup prints the table"
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("setup created nothing"));
+    for name in ["hubspot", "partner-a"] {
+        let p = common::portal(&sb, name);
+        let a = p
+            .get(&format!(
+                "/crm/v3/properties/deals/{}",
+                dealsync::properties::INTRO_NOTE
+            ))
+            .await;
+        assert_eq!(a.status, 404, "{name}: setup created nothing");
+        assert_nothing_left(&p).await;
+    }
+
+    // Without shared messages the note features are not needed.
+    let cfg = config(dir.path(), &sb.base_url, "[messages]\nenabled = false", 100);
+    let o = dealsync(&sb, &["probe", "--config", cfg.to_str().unwrap()]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+}
+
+#[tokio::test]
+async fn a_missing_scope_and_a_budget_above_the_limit_are_named() {
+    let sb = common::sandbox().await;
+    let hs = common::portal(&sb, "hubspot");
+    hs.set_faults(json!({
+        "burst_count": 10, "burst_status": 403,
+        "paths": ["/crm/objects/2026-09/quotes"],
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &sb.base_url, "", 190);
+    let o = dealsync(
+        &sb,
+        &[
+            "probe",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--portal",
+            "hubspot",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(CONFIG_EXIT), "{}", stdout(&o));
+    let json: Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+    assert_eq!(json["ready"], false);
+    let find = |cap: &str| {
+        json["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["capability"] == cap)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {cap}"))
+    };
+    let quotes = find("read_quotes");
+    assert_eq!(quotes["verdict"], "missing");
+    assert!(
+        quotes["seen"].as_str().unwrap().contains("MISSING_SCOPES"),
+        "HubSpot's words: {quotes}"
+    );
+    let limits = find("rate_limits");
+    assert_eq!(limits["verdict"], "missing", "{limits}");
+    assert!(
+        limits["seen"]
+            .as_str()
+            .unwrap()
+            .contains("100 calls / 10 s"),
+        "{limits}"
+    );
+    assert_eq!(find("read_deals")["verdict"], "ok");
+    assert!(
+        !stdout(&o).contains(&sb.portal("hubspot").token),
+        "no token in the probe's output"
+    );
+}
