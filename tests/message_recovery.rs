@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::notes::{note, notes, prop};
-use dealsync::store::{self, Link, ObjectLink, Store};
+use dealsync::store::{self, Link, ObjectLink, ObjectState, Store};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -77,7 +77,7 @@ async fn settled(store: &Store, link: i64, origin: &str) -> ObjectLink {
     common::eventually("the pair leaves creating", WAIT, || async {
         pair(store, link, origin)
             .await
-            .filter(|o| o.state != "creating")
+            .filter(|o| o.state != ObjectState::Creating)
     })
     .await
 }
@@ -105,7 +105,7 @@ async fn a_copy_deleted_while_its_pair_was_creating_stays_deleted_and_takes_the_
     let left = pair(&store, link.id, &origin).await.expect("pair recorded");
     drop(store);
     assert_eq!(
-        (left.state.as_str(), left.partner_object_id.as_deref()),
+        (left.state.label(), left.partner_object_id.as_deref()),
         ("creating", None),
         "the state a kill leaves: {left:?}"
     );
@@ -132,7 +132,7 @@ async fn a_copy_deleted_while_its_pair_was_creating_stays_deleted_and_takes_the_
 
     let d = duo.start(settings(&duo)).await;
     let o = settled(&d.store, link.id, &origin).await;
-    assert_eq!(o.state, "removed", "{o:?}");
+    assert_eq!(o.state, ObjectState::Removed, "{o:?}");
     assert_eq!(o.partner_object_id.as_deref(), Some(copy.as_str()));
     assert!(
         copies_of(&duo.pa, &origin).await.is_empty(),
@@ -155,7 +155,7 @@ async fn a_reshared_message_whose_copy_was_never_made_is_copied_once() {
     let first = common::eventually("the first copy is made", WAIT, || async {
         pair(&d.store, link.id, &origin)
             .await
-            .filter(|o| o.state == "active")
+            .filter(|o| o.state == ObjectState::Active)
             .and_then(|o| o.partner_object_id)
     })
     .await;
@@ -175,7 +175,7 @@ async fn a_reshared_message_whose_copy_was_never_made_is_copied_once() {
     let unshared = common::eventually("the pair is unshared", WAIT, || async {
         pair(&d.store, link.id, &origin)
             .await
-            .filter(|o| o.state == "unshared")
+            .filter(|o| o.state == ObjectState::Unshared)
     })
     .await;
     let store = d.store.clone();
@@ -183,7 +183,7 @@ async fn a_reshared_message_whose_copy_was_never_made_is_copied_once() {
 
     // Shared again, and dealsync died after saying it was making the copy, before the upsert.
     let mut creating = unshared;
-    creating.state = "creating".into();
+    creating.state = ObjectState::Creating;
     store
         .call(move |c| store::record_creating(c, &[(link.id, creating)]))
         .await
@@ -200,7 +200,7 @@ async fn a_reshared_message_whose_copy_was_never_made_is_copied_once() {
 
     let d = duo.start(settings(&duo)).await;
     let o = settled(&d.store, link.id, &origin).await;
-    assert_eq!(o.state, "active", "{o:?}");
+    assert_eq!(o.state, ObjectState::Active, "{o:?}");
     let copies = copies_of(&duo.pa, &origin).await;
     assert_eq!(copies.len(), 1, "one new copy");
     assert!(on_deal(&copies[0], &p));

@@ -494,7 +494,7 @@ async fn edits_deletions_and_unsharing_propagate() {
     })
     .await;
     wait_object(&d.store, "pair recorded as unshared", |o| {
-        o.origin == origin && o.state == "unshared"
+        o.origin == origin && o.state == dealsync::store::ObjectState::Unshared
     })
     .await;
     // Shared again: a new copy, with the current text.
@@ -550,7 +550,7 @@ async fn edits_deletions_and_unsharing_propagate() {
     )
     .await;
     wait_object(&d.store, "pair detached", |o| {
-        o.origin == origin3 && o.state == "detached"
+        o.origin == origin3 && o.state == dealsync::store::ObjectState::Detached
     })
     .await;
     assert_eq!(
@@ -724,7 +724,7 @@ async fn isolation_between_partners_of_one_hubspot_deal() {
     // An untargeted HubSpot message goes nowhere and is recorded as needing a target.
     let mu = note(&w.hs, &h, "for whom?", true, json!({})).await;
     wait_object(&d.store, "untargeted message needs a target", |o| {
-        o.origin == format!("hubspot:{mu}") && o.state == "needs_target"
+        o.origin == format!("hubspot:{mu}") && o.state == dealsync::store::ObjectState::NeedsTarget
     })
     .await;
     // A targeted one goes to its partner only.
@@ -817,7 +817,9 @@ async fn a_file_copied_by_a_run_that_then_failed_is_reused_not_uploaded_again() 
     .await;
     w.hs.set_faults(json!({})).await;
     wait_object(&d.store, "the message copied once the upsert works", |o| {
-        o.origin == origin && o.state == "active" && o.hubspot_object_id.is_some()
+        o.origin == origin
+            && o.state == dealsync::store::ObjectState::Active
+            && o.hubspot_object_id.is_some()
     })
     .await;
     let copy = copies_of(&w.hs, &origin).await;
@@ -886,7 +888,7 @@ async fn a_partner_linked_later_never_gets_an_earlier_partners_untargeted_thread
     wait_object(
         &d.store,
         "partner B's link holds the message for a target",
-        |o| o.origin == origin && o.state == "needs_target",
+        |o| o.origin == origin && o.state == dealsync::store::ObjectState::NeedsTarget,
     )
     .await;
     let on_b = notes(&w.pb).await;
@@ -975,7 +977,11 @@ async fn a_copy_whose_create_answer_was_lost_is_not_duplicated() {
     wait_object(
         &d.store,
         "pair recorded once the answer gets through",
-        |o| o.origin == origin && o.state == "active" && o.hubspot_object_id.is_some(),
+        |o| {
+            o.origin == origin
+                && o.state == dealsync::store::ObjectState::Active
+                && o.hubspot_object_id.is_some()
+        },
     )
     .await;
     assert_eq!(copies_of(&w.hs, &origin).await.len(), 1, "exactly one copy");
@@ -1015,7 +1021,7 @@ async fn unreadable_and_oversized_attachments_are_skipped_with_a_reason() {
     .await;
     assert_eq!(file_content(&w.hs, &attachments(&c)[0]).await, b"ok");
     let skipped = wait_object(&d.store, "big file recorded as skipped", |o| {
-        o.origin == format!("partner-a:{big}") && o.state == "skipped"
+        o.origin == format!("partner-a:{big}") && o.state == dealsync::store::ObjectState::Skipped
     })
     .await;
     assert!(
@@ -1216,7 +1222,8 @@ async fn an_unreadable_attachment_is_skipped_with_the_reason() {
     .await;
     assert_eq!(file_content(&w.hs, &attachments(&c)[0]).await, b"kept");
     let o = wait_object(&d.store, "gone file recorded as unreadable", |o| {
-        o.origin == format!("partner-a:{gone}") && o.state == "unreadable"
+        o.origin == format!("partner-a:{gone}")
+            && o.state == dealsync::store::ObjectState::Unreadable
     })
     .await;
     assert!(

@@ -111,9 +111,10 @@ impl World {
                 .call(move |c| store::object_links(c, &[id]))
                 .await
                 .unwrap();
-            let copied = objects
-                .get(&id)
-                .is_some_and(|o| o.iter().any(|o| o.kind == "message" && o.state == "active"));
+            let copied = objects.get(&id).is_some_and(|o| {
+                o.iter()
+                    .any(|o| o.kind == "message" && o.state == dealsync::store::ObjectState::Active)
+            });
             (sh.get(&id).is_some_and(|m| m.contains_key("dealstage")) && copied).then_some(())
         })
         .await;

@@ -47,7 +47,7 @@ use sha2::{Digest, Sha256};
 use crate::crm::{Client, CrmError, ErrorClass, FileCopy, Record};
 use crate::properties::{ORIGIN, REPLY_TO, TARGET, VISIBILITY};
 use crate::rules::{self, ConflictPolicy, Direction, Observed, Rule};
-use crate::store::{ConflictRecord, Link, ObjectLink, Side};
+use crate::store::{ConflictRecord, Link, ObjectLink, ObjectState, Side};
 
 /// How messages sync.
 #[derive(Debug, Clone)]
@@ -312,7 +312,10 @@ impl DealContext {
                 continue;
             };
             if o.origin.split_once(':').map(|(p, _)| p) == Some(hubspot_portal) {
-                if !matches!(o.state.as_str(), "needs_target" | "elsewhere" | "new") {
+                if !matches!(
+                    o.state,
+                    ObjectState::NeedsTarget | ObjectState::Elsewhere | ObjectState::New
+                ) {
                     c.other_originals.insert(hid);
                 }
             } else {
@@ -410,11 +413,11 @@ pub fn intend(
         let mut pair = recorded.cloned().unwrap_or_else(|| ObjectLink {
             kind: "message".into(),
             origin: key.clone(),
-            state: "new".into(),
+            state: ObjectState::New,
             ..Default::default()
         });
         set_id(&mut pair, from, Some(orig_id.clone()));
-        let was_active = pair.state == "active";
+        let was_active = pair.state == ObjectState::Active;
         let orig = notes(from).get(&orig_id);
         // A copy found by origin counts only when this link knows the pair or the original is
         // on this link's deal: a copy also associated with another deal of the same partner
@@ -427,18 +430,18 @@ pub fn intend(
         if let Some(c) = copy {
             set_id(&mut pair, to, Some(c.id.clone()));
         }
-        let with_state = |mut p: ObjectLink, state: &str, note: &str| {
-            p.state = state.into();
+        let with_state = |mut p: ObjectLink, state: ObjectState, note: &str| {
+            p.state = state;
             p.note = Some(note.to_owned());
             p
         };
         // The original is gone, private, or not for this partner: its copy goes — unless the
         // copy was made private on its side (detached): it is that side's own note now.
-        let retire = |p: ObjectLink, state: &str, note: &str| match copy {
-            _ if p.state == "detached" => None,
+        let retire = |p: ObjectLink, state: ObjectState, note: &str| match copy {
+            _ if p.state == ObjectState::Detached => None,
             Some(c) if !c.shared => Some(Intent::Record(with_state(
                 p,
-                "detached",
+                ObjectState::Detached,
                 "the copy was made private; the pair no longer syncs",
             ))),
             Some(c) => Some(Intent::Remove {
@@ -446,7 +449,7 @@ pub fn intend(
                 side: to,
                 id: c.id.clone(),
             }),
-            None if p.state == "creating" => Some(Intent::RemoveByOrigin {
+            None if p.state == ObjectState::Creating => Some(Intent::RemoveByOrigin {
                 pair: with_state(p, state, note),
                 side: to,
             }),
@@ -456,8 +459,10 @@ pub fn intend(
             None => None,
         };
         let intent = match orig {
-            None => retire(pair, "removed", "the original was deleted"),
-            Some(o) if !o.shared => retire(pair, "unshared", "the original was made private"),
+            None => retire(pair, ObjectState::Removed, "the original was deleted"),
+            Some(o) if !o.shared => {
+                retire(pair, ObjectState::Unshared, "the original was made private")
+            }
             Some(o) => {
                 let reachable = match from {
                     Side::Partner => Reach::Here,
@@ -468,7 +473,7 @@ pub fn intend(
                         // a copy already shared, nor one leaving send out a message that was
                         // held for a target. Naming a target decides it again.
                         None if was_active => Reach::Here,
-                        None if pair.state == "needs_target" => Reach::NeedsTarget,
+                        None if pair.state == ObjectState::NeedsTarget => Reach::NeedsTarget,
                         // Its thread was shared with another of the deal's partners.
                         None if thread_ids(o, hubspot)
                             .iter()
@@ -480,22 +485,22 @@ pub fn intend(
                     },
                 };
                 match (reachable, copy) {
-                    (Reach::NeedsTarget, None) if pair.state != "needs_target" => {
+                    (Reach::NeedsTarget, None) if pair.state != ObjectState::NeedsTarget => {
                         Some(Intent::Record(with_state(
                             pair,
-                            "needs_target",
+                            ObjectState::NeedsTarget,
                             "the HubSpot deal has several partners: set dealsync_target on the message to the partner it is for",
                         )))
                     }
                     (Reach::NeedsTarget, None) => None,
                     (Reach::NeedsTarget | Reach::Elsewhere, _) => {
-                        retire(pair, "elsewhere", "the message is for another partner")
+                        retire(pair, ObjectState::Elsewhere, "the message is for another partner")
                     }
-                    (Reach::Here, _) if pair.state == "detached" => None,
+                    (Reach::Here, _) if pair.state == ObjectState::Detached => None,
                     (Reach::Here, Some(c)) if !c.shared => {
                         Some(Intent::Record(with_state(
                             pair,
-                            "detached",
+                            ObjectState::Detached,
                             "the copy was made private; the pair no longer syncs",
                         )))
                     }
@@ -503,7 +508,7 @@ pub fn intend(
                     // A copy the store does not know (written before a crash): rewritten.
                     (Reach::Here, Some(_)) => Some(Intent::Create { pair, from }),
                     (Reach::Here, None) if was_active => Some(Intent::Remove {
-                        pair: with_state(pair, "removed", "the copy was deleted"),
+                        pair: with_state(pair, ObjectState::Removed, "the copy was deleted"),
                         side: from,
                         id: orig_id.clone(),
                     }),
@@ -519,7 +524,7 @@ pub fn intend(
 /// Whether a pair's notes changed since it was last synced (or are to be checked anyway).
 pub fn changed(pair: &ObjectLink, partner: &NoteHead, hubspot: &NoteHead, force: bool) -> bool {
     force
-        || pair.state != "active"
+        || pair.state != ObjectState::Active
         || pair.partner_ms != partner.ms
         || pair.hubspot_ms != hubspot.ms
 }
@@ -698,7 +703,7 @@ pub async fn execute(
             // attached as one someone removed.
             e.files = files
                 .into_iter()
-                .filter(|f| uploaded.contains(&f.origin) && f.state == "active")
+                .filter(|f| uploaded.contains(&f.origin) && f.state == ObjectState::Active)
                 .collect();
             Err(e)
         }
@@ -758,15 +763,14 @@ async fn execute_with(
             }
             Intent::Remove { pair, side, id } => {
                 // Its file copies go with it (originals stay with whoever owns them).
-                for f in files
-                    .iter_mut()
-                    .filter(|f| f.parent.as_deref() == Some(&pair.origin) && f.state == "active")
-                {
+                for f in files.iter_mut().filter(|f| {
+                    f.parent.as_deref() == Some(&pair.origin) && f.state == ObjectState::Active
+                }) {
                     let copy_side = other(file_origin_side(f));
                     if let Some(fid) = id_on(f, copy_side) {
                         files_to_delete.push((copy_side, fid.to_owned()));
                     }
-                    f.state = "removed".into();
+                    f.state = ObjectState::Removed;
                     f.note = Some("its message was removed".into());
                     file_changed.insert(f.origin.clone());
                 }
@@ -856,8 +860,8 @@ async fn execute_with(
                 ) else {
                     // Unchanged since the last sync (contents not read), or made private
                     // between the reads (the next run sees it).
-                    if pair.state != "active" {
-                        pair.state = "active".into();
+                    if pair.state != ObjectState::Active {
+                        pair.state = ObjectState::Active;
                         out.objects.push(pair);
                     }
                     continue;
@@ -895,7 +899,7 @@ async fn execute_with(
                         .insert("hs_attachment_ids".into(), Value::String(ids.join(";")));
                 }
                 pair.shadow = Some(shadow);
-                pair.state = "active".into();
+                pair.state = ObjectState::Active;
                 pair.note = None;
                 pair.partner_ms = pc.ms;
                 pair.hubspot_ms = hc.ms;
@@ -911,7 +915,7 @@ async fn execute_with(
     // Copies, in waves: a comment goes once the message it replies to has its copy.
     let known: Vec<&ObjectLink> = recorded
         .iter()
-        .filter(|o| o.kind == "message" && o.state == "active")
+        .filter(|o| o.kind == "message" && o.state == ObjectState::Active)
         .collect();
     let mut pending = creates;
     let mut created: Vec<ObjectLink> = Vec::new();
@@ -975,7 +979,7 @@ async fn execute_with(
                         Side::Hubspot => pair.hubspot_ms,
                     },
                 });
-                pair.state = "active".into();
+                pair.state = ObjectState::Active;
                 pair.note = None;
                 assoc.push((r.id.clone(), v.deal_id.to_owned()));
                 created.push(pair);
@@ -1074,7 +1078,7 @@ async fn recover_creating(
         };
         let to = other(from);
         let on_deal = id_on(&pair, to).is_some_and(|id| view(to).heads.contains_key(id));
-        if pair.state != "creating" || on_deal {
+        if pair.state != ObjectState::Creating || on_deal {
             out.push(Intent::Create { pair, from });
             continue;
         }
@@ -1092,7 +1096,7 @@ async fn recover_creating(
             Some(copy) => {
                 let id = id_on(&pair, from).unwrap_or_default().to_owned();
                 set_id(&mut pair, to, Some(copy));
-                pair.state = "removed".into();
+                pair.state = ObjectState::Removed;
                 pair.note = Some("the copy was deleted".into());
                 out.push(Intent::Remove {
                     pair,
@@ -1145,14 +1149,14 @@ async fn copy_new_files(
         let key = origin_key(portal, fid);
         let known = files.iter().position(|f| f.origin == key);
         if let Some(f) = known.map(|i| &files[i]) {
-            match (f.state.as_str(), id_on(f, other(from))) {
+            match (f.state, id_on(f, other(from))) {
                 // Copied before (a retry after a crash): reuse it.
-                ("active", Some(c)) => {
+                (ObjectState::Active, Some(c)) => {
                     ids.push(c.to_owned());
                     continue;
                 }
                 // Known to be too large or unreadable: not tried again.
-                ("skipped" | "unreadable", _) => continue,
+                (ObjectState::Skipped | ObjectState::Unreadable, _) => continue,
                 // Removed with an unshared message that is shared again: copy anew.
                 _ => {}
             }
@@ -1193,7 +1197,7 @@ async fn copy_one(
         // the file, not of the portal, so it is skipped with the reason instead of failing the
         // link's job on every run.
         Err(e) if matches!(e.status(), Some(400 | 413 | 415)) => {
-            f.state = "skipped".into();
+            f.state = ObjectState::Skipped;
             f.note = Some(format!("refused by {}: {e}", dest.portal()));
             tracing::warn!(file = %fid, portal = %dest.portal(), "attachment refused; skipped");
             return Ok(None);
@@ -1203,12 +1207,12 @@ async fn copy_one(
     match copied {
         FileCopy::Copied(new_id) => {
             set_id(f, other(from), Some(new_id.clone()));
-            f.state = "active".into();
+            f.state = ObjectState::Active;
             f.note = None;
             Ok(Some(new_id))
         }
         FileCopy::Missing => {
-            f.state = "unreadable".into();
+            f.state = ObjectState::Unreadable;
             f.note = Some(format!(
                 "unreadable in {} (deleted?); message synced without it",
                 source.portal()
@@ -1217,7 +1221,7 @@ async fn copy_one(
             Ok(None)
         }
         FileCopy::TooLarge(size) => {
-            f.state = "skipped".into();
+            f.state = ObjectState::Skipped;
             f.note = Some(format!(
                 "{size} bytes, over messages.max_attachment_bytes ({}); not copied",
                 settings.max_attachment_bytes
@@ -1255,7 +1259,7 @@ async fn sync_files(
     // they left it.
     for f in files
         .iter_mut()
-        .filter(|f| f.parent.as_deref() == Some(&pair.origin) && f.state == "active")
+        .filter(|f| f.parent.as_deref() == Some(&pair.origin) && f.state == ObjectState::Active)
     {
         let mut gone = [false, false];
         for s in [Side::Partner, Side::Hubspot] {
@@ -1279,7 +1283,7 @@ async fn sync_files(
                     lists[idx(s)].retain(|a| a != id);
                 }
             }
-            f.state = "removed".into();
+            f.state = ObjectState::Removed;
             f.note = Some("removed from the message or deleted on one side".into());
             changed.insert(f.origin.clone());
         }
@@ -1326,7 +1330,7 @@ async fn sync_files(
             list.retain(|a| {
                 !files
                     .iter()
-                    .any(|f| f.state == "unreadable" && id_on(f, s) == Some(a.as_str()))
+                    .any(|f| f.state == ObjectState::Unreadable && id_on(f, s) == Some(a.as_str()))
             });
             (s, list)
         })
@@ -1375,7 +1379,7 @@ mod tests {
             origin: origin.into(),
             partner_object_id: p.map(Into::into),
             hubspot_object_id: h.map(Into::into),
-            state: state.into(),
+            state: ObjectState::parse(state).expect("a state label"),
             partner_ms: Some(1),
             hubspot_ms: Some(1),
             ..Default::default()

@@ -1377,9 +1377,11 @@ impl Engine {
             .iter()
             .flat_map(|(l, _, _, intents, _)| {
                 intents.iter().filter_map(|i| match i {
-                    messages::Intent::Create { pair, .. } if pair.state != "creating" => {
+                    messages::Intent::Create { pair, .. }
+                        if pair.state != store::ObjectState::Creating =>
+                    {
                         let mut p = pair.clone();
-                        p.state = "creating".into();
+                        p.state = store::ObjectState::Creating;
                         Some((l.id, p))
                     }
                     _ => None,

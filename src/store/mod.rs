@@ -11,6 +11,7 @@
 //! restart, and never leaves the store except to HubSpot's token endpoint.
 
 mod installs;
+mod labels;
 mod queries;
 
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
 pub use installs::*;
+pub use labels::*;
 pub use queries::*;
 
 /// Store failures. All of them are permanent for the job at hand except `Busy`, which the

@@ -1,5 +1,6 @@
 //! Typed queries. Each takes a connection and runs on the store thread (see `Store::call`).
 
+use super::labels::{LinkState, ObjectState};
 use std::collections::HashMap;
 
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
@@ -23,66 +24,6 @@ impl Side {
             Side::Partner => "partner",
             Side::Hubspot => "hubspot",
         }
-    }
-}
-
-/// Where a link is in its life (SPEC §2). Only `Active` links sync; the others are kept for
-/// status and history. Stored (and shown) as its [`LinkState::label`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LinkState {
-    #[default]
-    Active,
-    /// A HubSpot rep excluded the partner from the deal.
-    Excluded,
-    ClosedWon,
-    ClosedLost,
-    /// One of its deals was deleted or archived.
-    Orphaned,
-}
-
-impl LinkState {
-    pub const ALL: [LinkState; 5] = [
-        LinkState::Active,
-        LinkState::Excluded,
-        LinkState::ClosedWon,
-        LinkState::ClosedLost,
-        LinkState::Orphaned,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            LinkState::Active => "active",
-            LinkState::Excluded => "excluded",
-            LinkState::ClosedWon => "closed_won",
-            LinkState::ClosedLost => "closed_lost",
-            LinkState::Orphaned => "orphaned",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<LinkState> {
-        LinkState::ALL.into_iter().find(|l| l.label() == s)
-    }
-}
-
-impl std::fmt::Display for LinkState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.label())
-    }
-}
-
-impl rusqlite::types::ToSql for LinkState {
-    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
-        Ok(self.label().into())
-    }
-}
-
-impl rusqlite::types::FromSql for LinkState {
-    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
-        let s = v.as_str()?;
-        LinkState::parse(s).ok_or_else(|| {
-            rusqlite::types::FromSqlError::Other(format!("unknown link state {s:?}").into())
-        })
     }
 }
 
@@ -478,8 +419,7 @@ pub struct ObjectLink {
     pub origin: String,
     pub partner_object_id: Option<String>,
     pub hubspot_object_id: Option<String>,
-    /// `active`, `removed`, `unshared`, `detached`, `needs_target`, `skipped`, `unreadable`.
-    pub state: String,
+    pub state: ObjectState,
     /// Why the state is what it is, for status.
     pub note: Option<String>,
     /// For a file: the origin of its message.
@@ -1034,7 +974,7 @@ mod tests {
         let c = mem();
         let l = insert_link(&c, "partner-a", "1", "2", "channel").unwrap();
         assert_eq!(l.state, LinkState::Active);
-        for state in LinkState::ALL {
+        for &state in LinkState::ALL {
             assert_eq!(LinkState::parse(state.label()), Some(state));
             set_link_state(&c, l.id, state).unwrap();
             assert_eq!(link(&c, l.id).unwrap().unwrap().state, state);
