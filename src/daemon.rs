@@ -247,17 +247,14 @@ pub struct DaemonHandle {
     drain: Duration,
 }
 
-/// The HTTP client for HubSpot's token endpoint.
+/// The HTTP client for HubSpot's token endpoint: the process's shared one (its default
+/// timeout, 30 s, bounds a token call).
 fn oauth_http() -> Result<reqwest::Client, CrmError> {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .user_agent(concat!("dealsync/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| CrmError::Connect {
-            portal: "oauth".into(),
-            call: "client setup".into(),
-            detail: e.to_string(),
-        })
+    crate::crm::shared_http().map_err(|detail| CrmError::Connect {
+        portal: "oauth".into(),
+        call: "client setup".into(),
+        detail,
+    })
 }
 
 impl PortalConn {

@@ -170,21 +170,27 @@ pub fn deal_pollers_polled_since(db: &Path, portals: &[&str], after_ms: i64) -> 
 /// benchmarks that measure another process's memory; the child, its base URL and the portals'
 /// tokens in order.
 pub fn spawn_sandbox(portals: &str) -> (Reaped, String, Vec<String>) {
+    let off = [
+        "--rate-limit",
+        "0",
+        "--search-rate-limit",
+        "0",
+        "--daily-limit",
+        "0",
+    ];
+    spawn_sandbox_args(portals, &off)
+}
+
+/// [`spawn_sandbox`] with HubSpot's default limits on every portal.
+pub fn spawn_sandbox_limited(portals: &str) -> (Reaped, String, Vec<String>) {
+    spawn_sandbox_args(portals, &[])
+}
+
+fn spawn_sandbox_args(portals: &str, extra: &[&str]) -> (Reaped, String, Vec<String>) {
     let mut child = Reaped::spawn(
         Command::new(env!("CARGO_BIN_EXE_dealsync"))
-            .args([
-                "sandbox",
-                "--listen",
-                "127.0.0.1:0",
-                "--portals",
-                portals,
-                "--rate-limit",
-                "0",
-                "--search-rate-limit",
-                "0",
-                "--daily-limit",
-                "0",
-            ])
+            .args(["sandbox", "--listen", "127.0.0.1:0", "--portals", portals])
+            .args(extra)
             .env("DEALSYNC_LOG", "warn")
             .stdout(Stdio::piped()),
         "sandbox",

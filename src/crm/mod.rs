@@ -185,6 +185,25 @@ impl Auth {
     }
 }
 
+/// The one HTTP client of the process, shared by every portal (and the OAuth token calls):
+/// one connection pool and one TLS configuration instead of one per portal, which at a
+/// thousand partner portals was most of an idle daemon's memory (issue 20 item 7). A call's
+/// timeout is set per request (its portal's `request_timeout_ms`); the client's own default
+/// only bounds requests that set none.
+pub fn shared_http() -> Result<reqwest::Client, String> {
+    static HTTP: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    if let Some(c) = HTTP.get() {
+        return Ok(c.clone());
+    }
+    let built = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .connect_timeout(Duration::from_secs(10))
+        .user_agent(concat!("dealsync/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| e.to_string())?;
+    Ok(HTTP.get_or_init(|| built).clone())
+}
+
 /// A client for one portal.
 #[derive(Clone)]
 pub struct Client {
@@ -248,16 +267,11 @@ impl Client {
         budget: Arc<Budget>,
         retry: RetryPolicy,
     ) -> Result<Client, CrmError> {
-        let http = reqwest::Client::builder()
-            .timeout(retry.timeout)
-            .connect_timeout(Duration::from_secs(10).min(retry.timeout))
-            .user_agent(concat!("dealsync/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| CrmError::Connect {
-                portal: portal.to_owned(),
-                call: "client setup".into(),
-                detail: e.to_string(),
-            })?;
+        let http = shared_http().map_err(|detail| CrmError::Connect {
+            portal: portal.to_owned(),
+            call: "client setup".into(),
+            detail,
+        })?;
         Ok(Client {
             portal: portal.to_owned(),
             base: base_url.trim_end_matches('/').to_owned(),
@@ -390,6 +404,7 @@ impl Client {
         let mut rb = self
             .http
             .request(method, format!("{}{}", self.base, path))
+            .timeout(self.retry.timeout)
             .bearer_auth(token);
         if let Some(b) = body {
             rb = rb.json(b);

@@ -118,6 +118,9 @@ struct Compiled {
     value: Option<String>,
     values: Vec<String>,
     high: Option<String>,
+    /// `value` and `high` as ms, for a date filter (parsed once, not per record).
+    value_ms: Option<i64>,
+    high_ms: Option<i64>,
 }
 
 fn compile(data: &PortalData, t: ObjectType, f: &Filter) -> ApiResult<Compiled> {
@@ -174,17 +177,45 @@ fn compile(data: &PortalData, t: ObjectType, f: &Filter) -> ApiResult<Compiled> 
             f.operator, f.property_name
         )));
     }
+    let kind = kind(data, t, &f.property_name);
+    let value = f.value.as_ref().map(text);
+    let high = f.high_value.as_ref().map(text);
+    let ms = |v: &Option<String>| {
+        v.as_deref()
+            .filter(|_| kind == Kind::Time)
+            .and_then(parse_time_ms)
+    };
     Ok(Compiled {
         prop: f.property_name.clone(),
         op: f.operator.clone(),
-        kind: kind(data, t, &f.property_name),
-        value: f.value.as_ref().map(text),
+        kind,
+        value_ms: ms(&value),
+        high_ms: ms(&high),
+        value,
         values: f.values.iter().flatten().map(text).collect(),
-        high: f.high_value.as_ref().map(text),
+        high,
+    })
+}
+
+/// A date filter on a date HubSpot keeps, compared in ms; `None` for anything else.
+fn time_matches(c: &Compiled, obj: &Object, at: i64) -> Option<bool> {
+    let (v, x) = (obj.time_at(&c.prop, at)?, c.value_ms?);
+    Some(match c.op.as_str() {
+        "EQ" => v == x,
+        "NEQ" => v != x,
+        "LT" => v < x,
+        "LTE" => v <= x,
+        "GT" => v > x,
+        "GTE" => v >= x,
+        "BETWEEN" => v >= x && v <= c.high_ms?,
+        _ => return None,
     })
 }
 
 fn matches(c: &Compiled, obj: &Object, at: i64) -> bool {
+    if let Some(m) = time_matches(c, obj, at) {
+        return m;
+    }
     let v = obj.get_at(&c.prop, at);
     let cmp = |other: &str| v.as_deref().and_then(|v| compare(c.kind, v, other));
     let val = c.value.as_deref().unwrap_or("");
@@ -315,21 +346,47 @@ pub fn run(data: &PortalData, t: ObjectType, req: &SearchRequest, at: i64) -> Ap
             ),
         };
         let k = kind(data, t, &prop);
-        let keys: std::collections::HashMap<u64, Option<String>> =
-            hits.iter().map(|o| (o.id, o.get_at(&prop, at))).collect();
-        // Ties (equal values, same millisecond) fall back to id order so pages never overlap.
-        hits.sort_by(|a, b| {
-            let (ka, kb) = (&keys[&a.id], &keys[&b.id]);
-            let ord = match (ka, kb) {
-                (Some(x), Some(y)) => compare(k, x, y).unwrap_or(Ordering::Equal),
-                (None, Some(_)) => Ordering::Less,
-                (Some(_), None) => Ordering::Greater,
-                (None, None) => Ordering::Equal,
-            };
-            let ord = if desc { ord.reverse() } else { ord };
-            ord.then(a.id.cmp(&b.id))
-        });
+        // A date HubSpot keeps sorts by its ms (sort_by_key is stable: ties stay in id order).
+        if hits.iter().all(|o| o.time_at(&prop, at).is_some()) {
+            hits.sort_by_key(|o| {
+                let ms = o.time_at(&prop, at).unwrap_or_default();
+                (if desc { -ms } else { ms }, o.id)
+            });
+        } else {
+            sort_by_value(&mut hits, &prop, k, desc, at);
+        }
     }
+    Ok(page(data, t, &hits, req, offset, limit, at))
+}
+
+/// Sorts by a property's value as text, number or date; ties (equal values, same
+/// millisecond) fall back to id order so pages never overlap.
+fn sort_by_value(hits: &mut [&Object], prop: &str, k: Kind, desc: bool, at: i64) {
+    let keys: std::collections::HashMap<u64, Option<String>> =
+        hits.iter().map(|o| (o.id, o.get_at(prop, at))).collect();
+    hits.sort_by(|a, b| {
+        let (ka, kb) = (&keys[&a.id], &keys[&b.id]);
+        let ord = match (ka, kb) {
+            (Some(x), Some(y)) => compare(k, x, y).unwrap_or(Ordering::Equal),
+            (None, Some(_)) => Ordering::Less,
+            (Some(_), None) => Ordering::Greater,
+            (None, None) => Ordering::Equal,
+        };
+        let ord = if desc { ord.reverse() } else { ord };
+        ord.then(a.id.cmp(&b.id))
+    });
+}
+
+/// One page of the sorted hits, as HubSpot answers it.
+fn page(
+    data: &PortalData,
+    t: ObjectType,
+    hits: &[&Object],
+    req: &SearchRequest,
+    offset: usize,
+    limit: usize,
+    at: i64,
+) -> Value {
     let total = hits.len();
     let view = View {
         properties: (!req.properties.is_empty()).then(|| req.properties.clone()),
@@ -347,7 +404,7 @@ pub fn run(data: &PortalData, t: ObjectType, req: &SearchRequest, at: i64) -> Ap
         body["paging"] =
             json!({ "next": { "after": end.to_string(), "link": format!("?after={end}") } });
     }
-    Ok(body)
+    body
 }
 
 fn limit_error(message: String) -> ApiError {
