@@ -101,21 +101,6 @@ fn min_seconds(calls: usize) -> f64 {
     (calls.saturating_sub(PER_10S)).div_ceil(PER_10S) as f64 * 10.0
 }
 
-/// A `/proc/PID/status` field in MB (`VmRSS`, `VmHWM`).
-fn status_mb(pid: u32, field: &str) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(f64::NAN)
-        / 1024.0
-}
-
-fn round1(x: f64) -> f64 {
-    (x * 10.0).round() / 10.0
-}
-
 /// Per-endpoint calls between two counter snapshots.
 fn diff(before: &Value, after: &Value) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
@@ -256,7 +241,7 @@ sweep_interval_ms = {sweep}
         jobs, 0,
         "the pollers queued jobs before the sweep: nothing changed"
     );
-    let rss_before = status_mb(pid, "VmRSS:");
+    let rss_before = support::status_mb(pid, "VmRSS:");
     // Nothing runs from here until the sweep (checked below: one job per link since then).
     let quiet_from = store::now_ms();
 
@@ -294,7 +279,7 @@ sweep_interval_ms = {sweep}
         rt.block_on(support::counters(&base, "hubspot")),
         rt.block_on(support::counters(&base, "partner-a")),
     ];
-    let peak = status_mb(pid, "VmHWM:");
+    let peak = support::status_mb(pid, "VmHWM:");
 
     // Idle after the sweep: several samples, nothing queued meanwhile.
     let (samples, gap) = (
@@ -307,7 +292,7 @@ sweep_interval_ms = {sweep}
             std::thread::sleep(gap);
         }
         daemon.assert_running();
-        idle.push(round1(status_mb(pid, "VmRSS:")));
+        idle.push(support::round1(support::status_mb(pid, "VmRSS:")));
     }
     let (jobs, _) = queue(&db);
     let (_, _, last) = covered(&db, quiet_from);
@@ -315,7 +300,7 @@ sweep_interval_ms = {sweep}
         jobs == 0 && last == Some(end),
         "the daemon worked while idle was sampled ({jobs} jobs queued): the sweep interval is too short"
     );
-    let peak_after = status_mb(pid, "VmHWM:");
+    let peak_after = support::status_mb(pid, "VmHWM:");
 
     let mut calls = BTreeMap::new();
     let (mut sweep_calls, mut poll_calls, mut writes, mut http_429) = ([0u64; 2], 0u64, 0u64, 0u64);
@@ -339,12 +324,12 @@ sweep_interval_ms = {sweep}
     let line = support::mark(json!({
         "idle_rss_mb": idle.iter().copied().fold(f64::NAN, f64::max),
         "idle_rss_samples_mb": idle,
-        "rss_before_sweep_mb": round1(rss_before),
-        "peak_rss_mb": round1(peak.max(peak_after)),
+        "rss_before_sweep_mb": support::round1(rss_before),
+        "peak_rss_mb": support::round1(peak.max(peak_after)),
         "links": n,
-        "sweep_s": round1((end - start) as f64 / 1000.0),
+        "sweep_s": support::round1((end - start) as f64 / 1000.0),
         "sweep_min_s": min_s,
-        "sweep_interval_s": round1(interval.as_secs_f64()),
+        "sweep_interval_s": support::round1(interval.as_secs_f64()),
         "sweep_api_calls": total,
         "sweep_api_calls_hubspot": sweep_calls[0],
         "sweep_api_calls_partner": sweep_calls[1],

@@ -275,12 +275,7 @@ async fn throughput() -> (f64, f64, f64) {
 }
 
 fn status_kb(pid: u32, key: &str) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(f64::NAN)
+    support::status_mb(pid, key) * 1024.0
 }
 
 async fn memory() -> f64 {

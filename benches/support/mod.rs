@@ -277,3 +277,19 @@ pub async fn sandbox_with_deals(
     .expect("sandbox");
     (sb, ids)
 }
+
+/// A `/proc/PID/status` field in MB (`VmRSS`, `VmHWM`); NaN if unreadable.
+pub fn status_mb(pid: u32, field: &str) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(f64::NAN)
+        / 1024.0
+}
+
+/// `x` to one decimal, as the benches report MB and seconds.
+pub fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
