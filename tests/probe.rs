@@ -325,3 +325,44 @@ async fn a_missing_scope_and_a_budget_above_the_limit_are_named() {
         "no token in the probe's output"
     );
 }
+
+#[tokio::test]
+async fn an_unknown_portal_and_an_unreachable_one_say_what_to_do() {
+    let sb = common::sandbox().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &sb.base_url, "", 100);
+    let o = dealsync(
+        &sb,
+        &[
+            "probe",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--portal",
+            "nobody",
+        ],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("no portal named nobody"), "{err}");
+
+    // Nothing listens on port 1: every check is unknown, and the exit says try again.
+    let cfg = config(
+        dir.path(),
+        "http://127.0.0.1:1",
+        "[sync]\nrequest_timeout_ms = 2000\nretry_max_ms = 100\nretry_base_ms = 50",
+        100,
+    );
+    let o = dealsync(&sb, &["probe", "--config", cfg.to_str().unwrap()]).await;
+    let table = stdout(&o);
+    assert_eq!(o.status.code(), Some(69), "{table}");
+    assert!(
+        table.lines().skip(1).all(|l| !l.contains("| ok ")),
+        "nothing is ok when nothing answers: {table}"
+    );
+    assert!(
+        table.contains("token accepted") && table.contains("unchecked"),
+        "{table}"
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("try again"));
+}
