@@ -293,3 +293,22 @@ pub fn status_mb(pid: u32, field: &str) -> f64 {
 pub fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
+
+/// Sets the deal pollers' cursors of `portals` to `at_ms`, as a daemon that had polled them
+/// then would have left them.
+pub async fn set_deal_cursors(db: &Path, portals: &[&str], at_ms: i64) {
+    let store = Store::open(db).await.expect("store");
+    let portals: Vec<String> = portals.iter().map(|p| (*p).to_owned()).collect();
+    store
+        .call(move |c| {
+            for p in &portals {
+                c.execute(
+                    "INSERT OR REPLACE INTO cursors (portal, value_ms, updated_at) VALUES (?1, ?2, ?2)",
+                    rusqlite::params![p, at_ms],
+                )?;
+            }
+            Ok(())
+        })
+        .await
+        .expect("cursors");
+}
