@@ -151,8 +151,8 @@ pub struct Notice {
     pub event: Event,
     pub link_id: i64,
     pub partner: String,
-    /// The side told: `partner` or `hubspot`.
-    pub side: String,
+    /// The side told (`partner` or `hubspot` in the outbox's JSON).
+    pub side: Side,
     /// The portal told, and its deal.
     pub portal: String,
     pub deal_id: String,
@@ -177,15 +177,15 @@ impl Notice {
         object_id: Option<String>,
         status: Option<String>,
     ) -> Notice {
-        let (side, deal_id) = match to {
-            Side::Partner => ("partner", &link.partner_deal_id),
-            Side::Hubspot => ("hubspot", &link.hubspot_deal_id),
+        let deal_id = match to {
+            Side::Partner => &link.partner_deal_id,
+            Side::Hubspot => &link.hubspot_deal_id,
         };
         Notice {
             event,
             link_id: link.id,
             partner: link.partner.clone(),
-            side: side.into(),
+            side: to,
             portal: portal.to_owned(),
             deal_id: deal_id.clone(),
             partner_deal_id: link.partner_deal_id.clone(),
@@ -202,7 +202,7 @@ impl Notice {
 
     /// Who did it, as the receiving side knows them.
     fn actor(&self) -> &str {
-        if self.side == "partner" {
+        if self.side == Side::Partner {
             "HubSpot"
         } else {
             &self.partner
@@ -485,7 +485,7 @@ impl Notifier {
         notice: &Notice,
     ) -> Result<(Option<String>, Vec<Recipient>), CrmError> {
         let mut out: Vec<Recipient> = Vec::new();
-        let client = if notice.side == "hubspot" {
+        let client = if notice.side == Side::Hubspot {
             Some(&self.hubspot)
         } else {
             self.partners.get(&notice.partner)
@@ -812,5 +812,12 @@ mod tests {
         );
         let back: Notice = serde_json::from_str(&n.to_json()).unwrap();
         assert_eq!(back, n);
+        // The outbox keeps the side as the text it always had, so rows queued by an older
+        // version are still read.
+        assert!(
+            n.to_json().contains(r#""side":"partner""#),
+            "{}",
+            n.to_json()
+        );
     }
 }

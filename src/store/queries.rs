@@ -11,7 +11,7 @@ use super::StoreError;
 pub use crate::time::now_ms;
 
 /// Which portal of a link.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Side {
     Partner,
