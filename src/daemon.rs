@@ -481,7 +481,9 @@ impl DaemonHandle {
             Sweep {
                 store: store.clone(),
                 interval: parts.sweep_interval,
-                batch: parts.settings.batch_size,
+                // As many links as one association batch read takes: the engine runs a full
+                // batch of sweep jobs as one (see `Engine::worker`).
+                batch: crate::crm::ASSOC_BATCH,
                 wake: wake.clone(),
             }
             .run(cancel.clone()),

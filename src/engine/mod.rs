@@ -286,7 +286,18 @@ impl Engine {
             let limit = self.settings.batch_size;
             let claimed = self
                 .store
-                .call(move |c| store::claim_jobs(c, limit, store::now_ms()))
+                .call(move |c| {
+                    let now = store::now_ms();
+                    let mut jobs = store::claim_jobs(c, limit, now)?;
+                    let sweep = store::Reasons::from(store::JobReason::Sweep);
+                    // A full batch of sweep jobs grows to HubSpot's association read cap: the
+                    // sweep reads every link's associations, ten times fewer calls this way.
+                    if jobs.len() == limit && jobs.iter().all(|j| j.reason == sweep) {
+                        let more = crate::crm::ASSOC_BATCH.saturating_sub(limit);
+                        jobs.extend(store::claim_sweep_jobs(c, more, now)?);
+                    }
+                    Ok(jobs)
+                })
                 .await;
             match claimed {
                 Ok(jobs) if !jobs.is_empty() => {

@@ -1,7 +1,10 @@
 //! The reconciliation sweep: re-reads every active link on an interval so anything both
 //! webhooks and polling missed (deletions included) is healed. It queues links a batch at a
 //! time, spread over the interval, through the same queue and engine path as every other
-//! change — a link that needs nothing costs two batched reads and no writes.
+//! change — a link that needs nothing costs two batched reads and no writes. A step queues
+//! as many links as HubSpot's association batch read takes (1,000), and the engine runs such
+//! a batch as one, so the sweep's association reads are at HubSpot's cap, not the engine's
+//! usual batch of 100 (`benches/footprint.rs` measures it).
 
 use std::sync::Arc;
 use std::time::Duration;
