@@ -361,8 +361,9 @@ async fn first_read(client: &Client, r: &mut Recorder<'_>) -> Option<String> {
             Some("0".to_owned())
         }
         Err(e) => {
+            // 404: the version's path is not served; anything else is the token's or the
+            // portal's answer to any call.
             let first = match e.status() {
-                Some(401) => Capability::Token,
                 Some(404) => Capability::ApiVersion,
                 _ => Capability::Token,
             };

@@ -1254,3 +1254,22 @@ fn batch_error(portal: &str, e: Option<&Value>) -> CrmError {
         retry_after: None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_scopes_answer_names_its_scopes() {
+        let err = json!({
+            "category": "MISSING_SCOPES",
+            "errors": [{"message": "One or more of the following scopes are required.",
+                        "context": {"requiredScopes": ["crm.objects.quotes.read", "oauth"]}}],
+        });
+        assert_eq!(
+            required_scopes(&err).as_deref(),
+            Some("crm.objects.quotes.read, oauth")
+        );
+        assert_eq!(required_scopes(&json!({"message": "x"})), None);
+    }
+}

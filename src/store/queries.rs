@@ -770,14 +770,7 @@ pub fn claim_jobs(
     limit: usize,
     now: i64,
 ) -> Result<Vec<ClaimedJob>, StoreError> {
-    let mut st = c.prepare_cached(
-        "UPDATE jobs SET state = 'running'
-         WHERE link_id IN (SELECT link_id FROM jobs WHERE state = 'pending' AND due_at <= ?1
-                           ORDER BY due_at, link_id LIMIT ?2)
-         RETURNING link_id, attempts, reason, enqueued_at, first_failed_at",
-    )?;
-    let rows = st.query_map(params![now, limit as i64], claimed_row)?;
-    rows.collect::<Result<_, _>>().map_err(Into::into)
+    claim(c, limit, now, None)
 }
 
 /// Takes up to `limit` more due jobs queued by the sweep alone (first tries only), for a
@@ -788,15 +781,26 @@ pub fn claim_sweep_jobs(
     limit: usize,
     now: i64,
 ) -> Result<Vec<ClaimedJob>, StoreError> {
+    claim(c, limit, now, Some(JobReason::Sweep))
+}
+
+/// Marks up to `limit` due jobs running, oldest due first; with `only`, jobs queued for that
+/// reason alone and not yet tried.
+fn claim(
+    c: &mut Connection,
+    limit: usize,
+    now: i64,
+    only: Option<JobReason>,
+) -> Result<Vec<ClaimedJob>, StoreError> {
     let mut st = c.prepare_cached(
         "UPDATE jobs SET state = 'running'
          WHERE link_id IN (SELECT link_id FROM jobs WHERE state = 'pending' AND due_at <= ?1
-                             AND reason = ?3 AND attempts = 0
+                             AND (?3 IS NULL OR (reason = ?3 AND attempts = 0))
                            ORDER BY due_at, link_id LIMIT ?2)
          RETURNING link_id, attempts, reason, enqueued_at, first_failed_at",
     )?;
     let rows = st.query_map(
-        params![now, limit as i64, JobReason::Sweep.label()],
+        params![now, limit as i64, only.map(JobReason::label)],
         claimed_row,
     )?;
     rows.collect::<Result<_, _>>().map_err(Into::into)
