@@ -142,6 +142,9 @@ struct RawMessages {
     enabled: bool,
     max_attachment_bytes: u64,
     attachment_folder: String,
+    marking: crate::engine::marking::MarkingChoice,
+    tag: String,
+    search_settle_ms: u64,
 }
 
 impl Default for RawMessages {
@@ -151,6 +154,9 @@ impl Default for RawMessages {
             enabled: d.enabled,
             max_attachment_bytes: d.max_attachment_bytes,
             attachment_folder: d.folder,
+            marking: d.marking,
+            tag: d.tag.as_str().to_owned(),
+            search_settle_ms: d.search_settle.as_millis() as u64,
         }
     }
 }
@@ -864,10 +870,15 @@ impl Config {
                 "must be an absolute file-manager folder such as /dealsync",
             ));
         }
+        let tag = crate::engine::marking::Tag::new(&m.tag)
+            .map_err(|why| invalid("messages.tag", why))?;
         let messages = crate::engine::messages::MessageSettings {
             enabled: m.enabled,
             max_attachment_bytes: m.max_attachment_bytes,
             folder: m.attachment_folder,
+            marking: m.marking,
+            tag,
+            search_settle: Duration::from_millis(m.search_settle_ms),
             ..Default::default()
         };
         let notify = notifications(raw.notifications, &partners, env)?;

@@ -464,6 +464,7 @@ impl DaemonHandle {
                 .collect();
             hubspot_poller = hubspot_poller.with_invitations(crate::ingest::poll::Invitations {
                 partners: Arc::new(invited),
+                markings: engine.markings().clone(),
             });
         }
         tasks.spawn(hubspot_poller.run(cancel.clone()));

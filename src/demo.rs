@@ -217,7 +217,7 @@ impl Demo {
             props.insert("hs_attachment_ids".into(), json!(id));
         }
         props.extend(extra.as_object().cloned().unwrap_or_default());
-        let assoc = json!([{ "to": { "id": deal }, "types": [{ "associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 214 }] }]);
+        let assoc = crate::crm::to_deal(deal, crate::crm::NOTE_TO_DEAL);
         c.create("notes", &props, assoc)
             .await
             .map(|r| r.id)

@@ -92,6 +92,7 @@ pub enum Invited {
 pub async fn invite(
     store: &Store,
     hubspot: &Client,
+    markings: &crate::engine::messages::Markings,
     partners: &std::collections::HashMap<String, (Client, RegistrationSettings)>,
     deal: &Record,
 ) -> Result<Invited, InviteError> {
@@ -180,22 +181,18 @@ pub async fn invite(
         .call(move |c| store::insert_link(c, &p2, &pd, &hd, "channel"))
         .await?;
     // The welcome note, as a shared message on HubSpot's side: message sync carries it over.
-    let mut note = Map::new();
-    note.insert(
-        "hs_note_body".into(),
-        json!(deal.get(WELCOME_NOTE).unwrap_or_default()),
-    );
-    note.insert(
-        "hs_timestamp".into(),
-        json!(crate::time::iso(store::now_ms())),
-    );
-    note.insert(crate::properties::VISIBILITY.into(), json!("shared"));
-    note.insert(crate::properties::TARGET.into(), json!(partner));
+    let note = markings
+        .shared_note(
+            hubspot,
+            deal.get(WELCOME_NOTE).unwrap_or_default(),
+            &partner,
+        )
+        .await?;
     hubspot
         .create(
             "notes",
             &note,
-            json!([{ "to": { "id": deal.id }, "types": [{ "associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 214 }] }]),
+            crate::crm::to_deal(&deal.id, crate::crm::NOTE_TO_DEAL),
         )
         .await?;
     let id = link.id;

@@ -27,6 +27,8 @@ pub struct Metrics {
     conflicts: AtomicU64,
     /// Events at the app's webhook target for a portal id no configured portal has.
     webhook_unrouted: AtomicU64,
+    /// Note bodies read to decide whether a note is shared (tag marking).
+    bodies_read: AtomicU64,
 }
 
 impl Metrics {
@@ -57,6 +59,10 @@ impl Metrics {
 
     pub fn webhook_unrouted(&self, n: u64) {
         self.webhook_unrouted.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn bodies_read(&self, n: u64) {
+        self.bodies_read.fetch_add(n, Ordering::Relaxed);
     }
 }
 
@@ -157,6 +163,17 @@ pub fn render(m: &Metrics, s: &Scrape) -> String {
         o,
         "dealsync_webhook_events_unrouted_total {}",
         m.webhook_unrouted.load(Ordering::Relaxed)
+    );
+    family(
+        &mut o,
+        "dealsync_note_bodies_read_total",
+        "counter",
+        "Note bodies read to see whether a note starts with the tag (tag marking): the notes HubSpot's search returned for the tag, and pairs' notes that changed.",
+    );
+    let _ = writeln!(
+        o,
+        "dealsync_note_bodies_read_total {}",
+        m.bodies_read.load(Ordering::Relaxed)
     );
     family(
         &mut o,

@@ -424,53 +424,23 @@ async fn deal_properties(client: &Client, r: &mut Recorder<'_>, nonce: &str) {
 /// A portal's properties and groups of one object type.
 struct Schema {
     object: &'static str,
-    /// (name, hasUniqueValue).
-    properties: Vec<(String, bool)>,
-    groups: Vec<String>,
+    inner: crate::crm::Schema,
 }
 
 impl Schema {
     async fn read(client: &Client, object: &'static str) -> Result<Schema, CrmError> {
-        let list = |op| async move {
-            client
-                .call(
-                    reqwest::Method::GET,
-                    &client.path(op),
-                    None,
-                    CallKind::Ordinary,
-                )
-                .await
-        };
-        let results = |v: &Value| -> Vec<Value> {
-            v.get("results")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default()
-        };
-        let props = list(Op::Properties { object }).await?;
-        let groups = list(Op::PropertyGroups { object }).await?;
         Ok(Schema {
             object,
-            properties: results(&props)
-                .iter()
-                .filter_map(|p| {
-                    let name = p.get("name")?.as_str()?.to_owned();
-                    Some((name, p.get("hasUniqueValue") == Some(&json!(true))))
-                })
-                .collect(),
-            groups: results(&groups)
-                .iter()
-                .filter_map(|g| g.get("name")?.as_str().map(str::to_owned))
-                .collect(),
+            inner: client.schema(object).await?,
         })
     }
 
     fn has(&self, name: &str) -> bool {
-        self.properties.iter().any(|(n, _)| n == name)
+        self.inner.has(name)
     }
 
     fn unique(&self, name: &str) -> bool {
-        self.properties.iter().any(|(n, u)| n == name && *u)
+        self.inner.unique(name)
     }
 
     /// Creates a temporary property (in dealsync's group if it exists, else the first one)
@@ -483,10 +453,11 @@ impl Schema {
         unique: bool,
     ) -> Result<String, CrmError> {
         let group = self
+            .inner
             .groups
             .iter()
             .find(|g| *g == properties::GROUP)
-            .or(self.groups.first())
+            .or(self.inner.groups.first())
             .cloned()
             .unwrap_or_else(|| properties::GROUP.to_owned());
         let name = properties::probe_name(kind, nonce);

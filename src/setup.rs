@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use crate::crm::{Client, CrmError, Op};
+use crate::crm::{Client, CrmError};
 use crate::properties::GROUP;
 use crate::store::Side;
 
@@ -33,27 +33,8 @@ async fn ensure_object(
 ) -> Result<Vec<Action>, CrmError> {
     let mut actions = Vec::new();
     let portal = client.portal().to_owned();
-    let list = |path: String| async move {
-        client
-            .call(
-                reqwest::Method::GET,
-                &path,
-                None,
-                crate::crm::CallKind::Ordinary,
-            )
-            .await
-    };
-    let names_in = |v: &Value| -> Vec<String> {
-        v.get("results")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|p| p.get("name").and_then(Value::as_str).map(str::to_owned))
-            .collect()
-    };
-    let names = names_in(&list(client.path(Op::Properties { object })).await?);
-    let groups = names_in(&list(client.path(Op::PropertyGroups { object })).await?);
-    if !groups.iter().any(|g| g == GROUP) {
+    let schema = client.schema(object).await?;
+    if !schema.groups.iter().any(|g| g == GROUP) {
         if !dry_run {
             client.ensure_group(object, GROUP, "dealsync").await?;
         }
@@ -64,7 +45,7 @@ async fn ensure_object(
     }
     for p in properties {
         let name = p["name"].as_str().unwrap_or_default();
-        if names.iter().any(|n| n == name) {
+        if schema.has(name) {
             continue;
         }
         if !dry_run {

@@ -160,6 +160,37 @@ impl Owner {
     }
 }
 
+/// HubSpot's association type of a note to a deal (HUBSPOT-API.md §1.2).
+pub const NOTE_TO_DEAL: u32 = 214;
+
+/// The `associations` of a create call linking the new record to a deal with `type_id`.
+pub fn to_deal(deal_id: &str, type_id: u32) -> Value {
+    json!([{ "to": { "id": deal_id }, "types": [{ "associationCategory": "HUBSPOT_DEFINED", "associationTypeId": type_id }] }])
+}
+
+/// The `results` of a list answer.
+fn listed(v: &Value) -> impl Iterator<Item = &Value> {
+    v.get("results").and_then(Value::as_array).into_iter().flatten()
+}
+
+/// An object's properties and property groups, as the properties API lists them.
+#[derive(Debug, Default)]
+pub struct Schema {
+    /// (name, hasUniqueValue).
+    pub properties: Vec<(String, bool)>,
+    pub groups: Vec<String>,
+}
+
+impl Schema {
+    pub fn has(&self, name: &str) -> bool {
+        self.properties.iter().any(|(n, _)| n == name)
+    }
+
+    pub fn unique(&self, name: &str) -> bool {
+        self.properties.iter().any(|(n, u)| n == name && *u)
+    }
+}
+
 /// One page of search results.
 #[derive(Debug, Default)]
 pub struct SearchPage {
@@ -633,6 +664,43 @@ impl Client {
         out
     }
 
+    /// An object's properties (with whether each has unique values) and property groups.
+    pub async fn schema(&self, object: &str) -> Result<Schema, CrmError> {
+        let properties = self.property_names(object).await?;
+        let groups = self
+            .call(
+                Method::GET,
+                &self.path(Op::PropertyGroups { object }),
+                None,
+                CallKind::Ordinary,
+            )
+            .await?;
+        Ok(Schema {
+            properties,
+            groups: listed(&groups)
+                .filter_map(|g| g.get("name")?.as_str().map(str::to_owned))
+                .collect(),
+        })
+    }
+
+    /// An object's property names, each with whether it has unique values.
+    pub async fn property_names(&self, object: &str) -> Result<Vec<(String, bool)>, CrmError> {
+        let v = self
+            .call(
+                Method::GET,
+                &self.path(Op::Properties { object }),
+                None,
+                CallKind::Ordinary,
+            )
+            .await?;
+        Ok(listed(&v)
+            .filter_map(|p| {
+                let name = p.get("name")?.as_str()?.to_owned();
+                Some((name, p.get("hasUniqueValue") == Some(&Value::Bool(true))))
+            })
+            .collect())
+    }
+
     /// One search page.
     pub async fn search(&self, object: &str, body: &Value) -> Result<SearchPage, CrmError> {
         let v = self
@@ -802,6 +870,43 @@ impl Client {
                 return Err(batch_error(&self.portal, Some(e)));
             }
             out.extend(records(&v, &self.portal, "batch upsert")?);
+        }
+        Ok(out)
+    }
+
+    /// Creates records, 100 per call, each with its associations in the same call (so a note
+    /// is never on its own between two calls). All or nothing per call: no input carries an
+    /// `objectWriteTraceId`, and HubSpot then fails the whole batch on one bad input
+    /// (HUBSPOT-API.md §1). The answer's order is not relied on.
+    pub async fn batch_create(
+        &self,
+        object: &str,
+        inputs: &[(Map<String, Value>, Value)],
+    ) -> Result<Vec<Record>, CrmError> {
+        let mut out = Vec::with_capacity(inputs.len());
+        for chunk in inputs.chunks(BATCH) {
+            let body = json!({
+                "inputs": chunk.iter().map(|(p, a)| json!({ "properties": p, "associations": a })).collect::<Vec<_>>(),
+            });
+            let v = self
+                .call(
+                    Method::POST,
+                    &self.path(Op::Batch {
+                        object,
+                        action: BatchAction::Create,
+                    }),
+                    Some(&body),
+                    CallKind::Ordinary,
+                )
+                .await?;
+            if let Some(e) = v
+                .get("errors")
+                .and_then(Value::as_array)
+                .and_then(|e| e.first())
+            {
+                return Err(batch_error(&self.portal, Some(e)));
+            }
+            out.extend(records(&v, &self.portal, "batch create")?);
         }
         Ok(out)
     }

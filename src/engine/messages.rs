@@ -40,10 +40,12 @@
 //!   unreadable is skipped, recorded with the reason, and not tried again.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use super::marking::{self, Marking, MarkingChoice, Tag};
 use crate::crm::{Client, CrmError, ErrorClass, FileCopy, Record};
 use crate::properties::{ORIGIN, REPLY_TO, TARGET, VISIBILITY};
 use crate::rules::{self, ConflictPolicy, Direction, Observed, Rule};
@@ -61,6 +63,14 @@ pub struct MessageSettings {
     /// New copies one link's job makes before it commits and runs again: bounds the work a
     /// failure or a crash can make the next run repeat (uploads are not idempotent).
     pub per_job: usize,
+    /// `[messages] marking`, before it is resolved per portal.
+    pub marking: MarkingChoice,
+    /// The tag of tag marking.
+    pub tag: Tag,
+    /// How long HubSpot's search may lag behind a note's last change: a note on a tag-mode
+    /// portal that search does not (yet) show as holding the tag is looked at again until it
+    /// is this old.
+    pub search_settle: Duration,
 }
 
 impl Default for MessageSettings {
@@ -70,6 +80,9 @@ impl Default for MessageSettings {
             max_attachment_bytes: 100 * 1024 * 1024,
             folder: "/dealsync".into(),
             per_job: 100,
+            marking: MarkingChoice::Auto,
+            tag: Tag::default(),
+            search_settle: Duration::from_secs(60),
         }
     }
 }
@@ -91,6 +104,14 @@ pub fn content_props() -> Vec<String> {
             .map(|s| (*s).to_owned()),
     );
     v
+}
+
+/// The properties read from notes under tag marking (the portal has no custom ones).
+fn content_props_tag() -> Vec<String> {
+    ["hs_note_body", "hs_attachment_ids", "hs_timestamp", "hs_lastmodifieddate"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
 }
 
 /// A note as the decision sees it: deciding properties only.
@@ -128,14 +149,31 @@ pub struct Content {
     /// When the body itself last changed (its property history), for `latest_wins`.
     pub body_at: Option<i64>,
     pub shared: bool,
-    /// `dealsync_target` as of this read (HubSpot side).
+    /// `dealsync_target` as of this read (HubSpot side), or the target a tag names.
     pub target: Option<String>,
+    /// The origin a tag-mode copy's footer names.
+    pub reference: Option<String>,
 }
 
 impl Content {
-    pub fn from_record(r: &Record) -> Content {
+    /// A note's content as its portal marks it: under tag marking the body is the message
+    /// text (tag, target and footer taken off) and `shared` and `target` come from it.
+    pub fn from_record(r: &Record, marking: Marking, tag: &Tag) -> Content {
+        let body = r.get("hs_note_body").unwrap_or_default();
+        let (body, shared, target, reference) = match marking {
+            Marking::Property { .. } => (
+                body.to_owned(),
+                r.get(VISIBILITY) == Some("shared"),
+                r.get(TARGET).map(str::to_owned),
+                None,
+            ),
+            Marking::Tag => {
+                let p = marking::parse(body, tag);
+                (p.text, p.shared, p.target, p.reference)
+            }
+        };
         Content {
-            body: r.get("hs_note_body").unwrap_or_default().to_owned(),
+            body,
             attachments: split_ids(r.get("hs_attachment_ids").unwrap_or_default()),
             timestamp: r.get("hs_timestamp").map(str::to_owned),
             ms: r.last_modified_ms(),
@@ -144,10 +182,277 @@ impl Content {
                 .get("hs_note_body")
                 .copied()
                 .or_else(|| r.last_modified_ms()),
-            shared: r.get(VISIBILITY) == Some("shared"),
-            target: r.get(TARGET).map(str::to_owned),
+            shared,
+            target,
+            reference,
         }
     }
+}
+
+/// What the store knows of one note of a portal: it belongs to a recorded pair.
+#[derive(Debug, Clone, Default)]
+pub struct KnownNote {
+    /// The note's `hs_lastmodifieddate` when the pair was last synced.
+    pub ms: Option<i64>,
+    /// The pair is active (both notes shared when last synced).
+    pub active: bool,
+    /// The pair's origin when this note is the copy.
+    pub copy_of: Option<String>,
+}
+
+/// One portal's notes on a batch's deals, as the decision needs them.
+#[derive(Debug, Default)]
+pub struct PortalNotes {
+    /// Note ids per deal id.
+    pub assoc: HashMap<String, Vec<String>>,
+    pub heads: HashMap<String, NoteHead>,
+    /// Contents already read (tag marking reads bodies to decide).
+    pub contents: HashMap<String, Content>,
+    /// Notes search may not show yet: not known to hold the tag, changed within the search
+    /// settle time. When the last of them is settled (ms); until then a `creating` copy is
+    /// not made again (it may be one of them) and the job looks again.
+    pub unsettled_until: Option<i64>,
+    /// Bodies read to decide (tag marking), counted for the benchmark.
+    pub bodies_read: usize,
+}
+
+/// Reads a portal's notes on `deals`: associations, then what decides.
+///
+/// Property marking reads the deciding properties of every note (never a body). Tag marking
+/// must see the body's start, and reads as few bodies as it can: the notes the store knows
+/// (pairs) only when they changed since their pair was synced (or `force`), and of the others
+/// only those HubSpot's search returns for the tag's token (`CONTAINS_TOKEN`, the ids in
+/// `IN`). A private note without the tag is never fetched; a false candidate's body is tested
+/// and dropped with the read.
+pub async fn read_notes(
+    client: &Client,
+    marking: Marking,
+    settings: &MessageSettings,
+    deals: &[String],
+    known: &HashMap<String, KnownNote>,
+    force: bool,
+) -> Result<PortalNotes, CrmError> {
+    let assoc = client.associations("deals", "notes", deals).await?;
+    let ids = unique_ids(assoc.values().flatten());
+    if !marking.is_tag() {
+        let heads = client
+            .batch_read("notes", &ids, &decide_props(), false)
+            .await?
+            .iter()
+            .map(|r| (r.id.clone(), NoteHead::from_record(r)))
+            .collect();
+        return Ok(PortalNotes {
+            assoc,
+            heads,
+            ..Default::default()
+        });
+    }
+    let ms: HashMap<String, Option<i64>> = client
+        .batch_read("notes", &ids, &["hs_lastmodifieddate".to_owned()], false)
+        .await?
+        .iter()
+        .map(|r| (r.id.clone(), r.last_modified_ms()))
+        .collect();
+    let (mut read, mut unknown) = (Vec::new(), Vec::new());
+    for (id, m) in &ms {
+        match known.get(id) {
+            Some(k) if !force && k.active && k.ms == *m => {}
+            Some(_) => read.push(id.clone()),
+            None => unknown.push(id.clone()),
+        }
+    }
+    unknown.sort();
+    let candidates = tag_candidates(client, &settings.tag, &unknown).await?;
+    read.extend(candidates.iter().cloned());
+    read.sort();
+    let contents = read_contents(client, marking, settings, &read).await?;
+    let settle = settings.search_settle.as_millis() as i64;
+    let now = crate::store::now_ms();
+    let unsettled_until = unknown
+        .iter()
+        .filter(|id| !candidates.contains(*id))
+        .filter_map(|id| ms.get(id).copied().flatten())
+        .map(|m| m + settle)
+        .filter(|until| *until > now)
+        .max();
+    let heads = ms
+        .iter()
+        .map(|(id, m)| {
+            let k = known.get(id);
+            let head = match contents.get(id) {
+                Some(c) => NoteHead {
+                    id: id.clone(),
+                    shared: c.shared,
+                    origin: k.and_then(|k| k.copy_of.clone()).or_else(|| c.reference.clone()),
+                    reply_to: None,
+                    target: c.target.clone(),
+                    ms: *m,
+                },
+                // Known, unchanged and active: shared as when it was synced.
+                None => NoteHead {
+                    id: id.clone(),
+                    shared: k.is_some(),
+                    origin: k.and_then(|k| k.copy_of.clone()),
+                    reply_to: None,
+                    target: None,
+                    ms: *m,
+                },
+            };
+            (id.clone(), head)
+        })
+        .collect();
+    Ok(PortalNotes {
+        assoc,
+        heads,
+        bodies_read: contents.len(),
+        contents,
+        unsettled_until,
+    })
+}
+
+/// Reads notes' contents (with the body's change time, for `latest_wins`).
+pub async fn read_contents(
+    client: &Client,
+    marking: Marking,
+    settings: &MessageSettings,
+    ids: &[String],
+) -> Result<HashMap<String, Content>, CrmError> {
+    let props = match marking {
+        Marking::Property { .. } => content_props(),
+        Marking::Tag => content_props_tag(),
+    };
+    Ok(client
+        .batch_read_with_history("notes", ids, &props, &["hs_note_body".to_owned()])
+        .await?
+        .iter()
+        .map(|r| (r.id.clone(), Content::from_record(r, marking, &settings.tag)))
+        .collect())
+}
+
+/// Each portal's marking, resolved on first use after start (one read of its note
+/// properties, [`resolve_marking`]) and remembered: a portal unreachable at start is resolved
+/// once it answers. Running `setup` later takes effect at the next start.
+pub struct Markings {
+    choice: MarkingChoice,
+    tag: Tag,
+    cache: parking_lot::Mutex<HashMap<String, Marking>>,
+}
+
+impl Markings {
+    pub fn new(settings: &MessageSettings) -> Markings {
+        Markings {
+            choice: settings.marking,
+            tag: settings.tag.clone(),
+            cache: parking_lot::Mutex::default(),
+        }
+    }
+
+    pub async fn of(&self, client: &Client) -> Result<Marking, CrmError> {
+        if let Some(m) = self.cache.lock().get(client.portal()) {
+            return Ok(*m);
+        }
+        let m = resolve_marking(self.choice, client).await?;
+        tracing::info!(portal = %client.portal(), marking = m.label(), "shared messages in this portal are marked by {}", m.label());
+        self.cache.lock().insert(client.portal().to_owned(), m);
+        Ok(m)
+    }
+
+    /// The properties of a new shared message dealsync writes on the HubSpot side for one
+    /// partner (a quote request, an invitation's welcome note); message sync carries it over.
+    pub async fn shared_note(
+        &self,
+        hubspot: &Client,
+        text: &str,
+        partner: &str,
+    ) -> Result<Props, CrmError> {
+        let mut note = Props::new();
+        note.insert(
+            "hs_timestamp".into(),
+            Value::String(crate::time::iso(crate::store::now_ms())),
+        );
+        match self.of(hubspot).await? {
+            Marking::Property { .. } => {
+                note.insert("hs_note_body".into(), Value::String(text.to_owned()));
+                note.insert(VISIBILITY.into(), "shared".into());
+                note.insert(TARGET.into(), partner.into());
+            }
+            Marking::Tag => {
+                let body = marking::render(text, &self.tag, Some(partner), None);
+                note.insert("hs_note_body".into(), Value::String(body));
+            }
+        }
+        Ok(note)
+    }
+}
+
+/// A portal's marking: `tag` and `property` as configured; `auto` is property where
+/// dealsync's note properties exist (setup makes them where the portal allows custom note
+/// properties), else tag. One read of the portal's note properties.
+pub async fn resolve_marking(choice: MarkingChoice, client: &Client) -> Result<Marking, CrmError> {
+    if choice == MarkingChoice::Tag {
+        return Ok(Marking::Tag);
+    }
+    let props = client.property_names("notes").await?;
+    let has = |name: &str| props.iter().any(|(n, _)| n == name);
+    let unique = props.iter().any(|(n, u)| n == ORIGIN && *u);
+    Ok(match choice {
+        MarkingChoice::Auto if !has(VISIBILITY) => Marking::Tag,
+        _ => Marking::Property { unique },
+    })
+}
+
+/// The notes of `side` (in `portal`) that recorded pairs name, by id.
+pub fn known_notes<'a>(
+    side: Side,
+    portal: &str,
+    pairs: impl Iterator<Item = &'a ObjectLink>,
+) -> HashMap<String, KnownNote> {
+    let mut out = HashMap::new();
+    for o in pairs.filter(|o| o.kind == "message") {
+        let Some(id) = id_on(o, side) else { continue };
+        let copy_of = (o.origin != origin_key(portal, id)).then(|| o.origin.clone());
+        out.insert(
+            id.to_owned(),
+            KnownNote {
+                ms: match side {
+                    Side::Partner => o.partner_ms,
+                    Side::Hubspot => o.hubspot_ms,
+                },
+                active: o.state == ObjectState::Active,
+                copy_of,
+            },
+        );
+    }
+    out
+}
+
+/// The notes among `ids` HubSpot's search finds holding the tag's token, 100 ids a call.
+async fn tag_candidates(
+    client: &Client,
+    tag: &Tag,
+    ids: &[String],
+) -> Result<HashSet<String>, CrmError> {
+    let mut out = HashSet::new();
+    for chunk in ids.chunks(100) {
+        let body = serde_json::json!({
+            "filterGroups": [{ "filters": [
+                { "propertyName": "hs_object_id", "operator": "IN", "values": chunk },
+                { "propertyName": "hs_note_body", "operator": "CONTAINS_TOKEN", "value": tag.search_value() },
+            ]}],
+            "properties": ["hs_object_id"],
+            "limit": 200,
+        });
+        let page = client.search("notes", &body).await?;
+        out.extend(page.records.into_iter().map(|r| r.id));
+    }
+    Ok(out)
+}
+
+fn unique_ids<'a>(it: impl Iterator<Item = &'a String>) -> Vec<String> {
+    let mut v: Vec<String> = it.cloned().collect();
+    v.sort();
+    v.dedup();
+    v
 }
 
 pub fn split_ids(s: &str) -> Vec<String> {
@@ -596,6 +901,8 @@ pub struct MessageOutcome {
     pub more: bool,
     /// Copies made in this run (what the receiving side is notified of).
     pub arrivals: Vec<Arrival>,
+    /// Notes search may not show yet (tag marking): the job looks again at this time (ms).
+    pub recheck_at: Option<i64>,
 }
 
 /// A copy that arrived on one side.
@@ -643,6 +950,41 @@ pub struct SideView<'a> {
     pub deal_id: &'a str,
     pub heads: &'a HashMap<String, NoteHead>,
     pub contents: &'a HashMap<String, Content>,
+    pub marking: Marking,
+    /// See [`PortalNotes::unsettled_until`].
+    pub unsettled_until: Option<i64>,
+}
+
+impl SideView<'_> {
+    /// Whether a copy here can be found by its unique origin anywhere, live or archived.
+    fn finds_by_origin(&self) -> bool {
+        self.marking == (Marking::Property { unique: true })
+    }
+
+    /// The body to write on this side for a message's text: under tag marking the tag (and
+    /// an original's target) in front, and a copy's footer.
+    fn body_for(
+        &self,
+        settings: &MessageSettings,
+        pair: &ObjectLink,
+        text: &str,
+        target: Option<&str>,
+        reply: bool,
+    ) -> String {
+        if !self.marking.is_tag() {
+            return text.to_owned();
+        }
+        let from = pair.origin.split_once(':').map_or("", |(p, _)| p);
+        if from == self.portal {
+            return marking::render(text, &settings.tag, target, None);
+        }
+        let footer = marking::Footer {
+            from,
+            reference: &pair.origin,
+            reply,
+        };
+        marking::render(text, &settings.tag, None, Some(footer))
+    }
 }
 
 /// A note's properties to write.
@@ -655,6 +997,9 @@ struct PendingCopy {
     to: Side,
     props: Props,
     parent: Option<String>,
+    /// The copy already exists (on the deal, or found by its unique origin): rewritten and
+    /// associated instead of created.
+    existing: Option<String>,
 }
 
 /// Carries out one link's intents. `recorded` are the link's object links as stored.
@@ -743,12 +1088,22 @@ async fn execute_with(
     let mut removals: Vec<(ObjectLink, Side, String)> = Vec::new();
     let mut files_to_delete: Vec<(Side, String)> = Vec::new();
 
-    let intents = recover_creating(intents, [&partner, &hubspot]).await?;
+    out.recheck_at = partner.unsettled_until.max(hubspot.unsettled_until);
+    let (intents, adopted) = recover_creating(intents, [&partner, &hubspot]).await?;
     for intent in intents {
         match intent {
             Intent::Record(p) => out.objects.push(p),
             Intent::RemoveByOrigin { mut pair, side } => {
                 let v = view(side);
+                if !v.finds_by_origin() {
+                    // No unique origin to look up: a copy made before a crash is on the deal
+                    // (created with its association), where the read would have found it —
+                    // unless search cannot show it yet.
+                    if v.unsettled_until.is_none() {
+                        out.objects.push(pair);
+                    }
+                    continue;
+                }
                 match v
                     .client
                     .get_by("notes", &pair.origin, ORIGIN, &[ORIGIN.to_owned()])
@@ -782,6 +1137,14 @@ async fn execute_with(
                     continue;
                 }
                 let to = other(from);
+                // A copy made before a crash may be among the notes search cannot show yet
+                // (where no unique origin finds it anywhere): not made again until they settle.
+                if pair.state == ObjectState::Creating
+                    && !view(to).finds_by_origin()
+                    && view(to).unsettled_until.is_some()
+                {
+                    continue;
+                }
                 let orig_id = id_on(&pair, from).unwrap_or_default().to_owned();
                 let head_target = view(from)
                     .heads
@@ -796,6 +1159,21 @@ async fn execute_with(
                     // on the first): leave it for the next run, which decides again.
                     continue;
                 };
+                let parent = view(from)
+                    .heads
+                    .get(&orig_id)
+                    .and_then(|h| h.reply_to.clone());
+                let body = view(to).body_for(settings, &pair, &content.body, None, parent.is_some());
+                if !marking::fits(&body) {
+                    pair.state = ObjectState::Skipped;
+                    pair.note = Some(format!(
+                        "too long to copy into {} with dealsync's tag and footer (HubSpot keeps {} characters); shorten the message to share it",
+                        view(to).portal,
+                        marking::MAX_BODY_CHARS
+                    ));
+                    out.objects.push(pair);
+                    continue;
+                }
                 let before: HashSet<String> = file_changed.clone();
                 let copied = copy_new_files(
                     settings,
@@ -812,7 +1190,7 @@ async fn execute_with(
                 uploaded.extend(file_changed.difference(&before).cloned());
                 let attachments = copied?;
                 let mut props = Map::new();
-                props.insert("hs_note_body".into(), Value::String(content.body.clone()));
+                props.insert("hs_note_body".into(), Value::String(body));
                 props.insert(
                     "hs_timestamp".into(),
                     Value::String(
@@ -822,23 +1200,25 @@ async fn execute_with(
                             .unwrap_or_else(|| crate::time::iso(crate::store::now_ms())),
                     ),
                 );
-                props.insert(VISIBILITY.into(), Value::String("shared".into()));
-                props.insert(ORIGIN.into(), Value::String(pair.origin.clone()));
+                if !view(to).marking.is_tag() {
+                    props.insert(VISIBILITY.into(), Value::String("shared".into()));
+                    props.insert(ORIGIN.into(), Value::String(pair.origin.clone()));
+                }
                 props.insert(
                     "hs_attachment_ids".into(),
                     Value::String(attachments.join(";")),
                 );
                 pair.shadow = Some(body_hash(&content.body));
                 set_ms(&mut pair, from, content.ms);
-                let parent = view(from)
-                    .heads
-                    .get(&orig_id)
-                    .and_then(|h| h.reply_to.clone());
+                let existing = id_on(&pair, to)
+                    .filter(|id| view(to).heads.contains_key(*id) || adopted.contains(*id))
+                    .map(str::to_owned);
                 creates.push(PendingCopy {
                     pair,
                     to,
                     props,
                     parent,
+                    existing,
                 });
             }
             Intent::Sync { mut pair, .. } => {
@@ -869,17 +1249,30 @@ async fn execute_with(
                 let (to_p, to_h, shadow, conflict) = decide_body(link.id, &pair, pc, hc);
                 out.conflicts.extend(conflict);
                 let mut writes: HashMap<Side, Map<String, Value>> = HashMap::new();
-                if let Some(b) = to_p {
-                    writes
-                        .entry(Side::Partner)
-                        .or_default()
-                        .insert("hs_note_body".into(), Value::String(b));
+                let bodies = [(Side::Partner, to_p, &pc.target), (Side::Hubspot, to_h, &hc.target)]
+                    .map(|(side, text, target)| {
+                        let body = text.map(|t| {
+                            view(side).body_for(settings, &pair, &t, target.as_deref(), false)
+                        });
+                        (side, body)
+                    });
+                if bodies.iter().any(|(_, b)| b.as_deref().is_some_and(|b| !marking::fits(b))) {
+                    // Nothing written, the pair left as it was: the edit is not lost, and
+                    // it syncs once the message is short enough.
+                    pair.note = Some(format!(
+                        "an edit is too long to carry dealsync's tag and footer (HubSpot keeps {} characters); shorten the message",
+                        marking::MAX_BODY_CHARS
+                    ));
+                    out.objects.push(pair);
+                    continue;
                 }
-                if let Some(b) = to_h {
-                    writes
-                        .entry(Side::Hubspot)
-                        .or_default()
-                        .insert("hs_note_body".into(), Value::String(b));
+                for (side, body) in bodies {
+                    if let Some(b) = body {
+                        writes
+                            .entry(side)
+                            .or_default()
+                            .insert("hs_note_body".into(), Value::String(b));
+                    }
                 }
                 let sets = sync_files(
                     settings,
@@ -920,7 +1313,7 @@ async fn execute_with(
     let mut pending = creates;
     let mut created: Vec<ObjectLink> = Vec::new();
     loop {
-        let mut wave: HashMap<Side, Vec<(ObjectLink, Props)>> = HashMap::new();
+        let mut wave: HashMap<Side, Vec<PendingCopy>> = HashMap::new();
         let mut rest = Vec::new();
         for mut c in pending {
             let (to, from) = (c.to, other(c.to));
@@ -932,48 +1325,32 @@ async fn execute_with(
                     .find(|o| id_on(o, from) == Some(p.as_str()))
                     .and_then(|o| id_on(o, to).map(str::to_owned));
                 match counterpart {
-                    Some(id) => {
+                    // Under tag marking the reply is said in the copy's footer.
+                    Some(id) if !view(to).marking.is_tag() => {
                         c.props.insert(REPLY_TO.into(), Value::String(id));
                     }
+                    Some(_) => {}
                     None => {
                         rest.push(c);
                         continue;
                     }
                 }
             }
-            wave.entry(to).or_default().push((c.pair, c.props));
+            wave.entry(to).or_default().push(c);
         }
         if wave.is_empty() {
             pending = rest;
             break;
         }
         for (to, items) in wave {
-            let v = view(to);
-            let inputs: Vec<(String, Props)> = items
-                .iter()
-                .map(|(p, props)| (p.origin.clone(), props.clone()))
-                .collect();
-            let records = v.client.batch_upsert("notes", ORIGIN, &inputs).await?;
-            let by_origin: HashMap<&str, &Record> = records
-                .iter()
-                .filter_map(|r| r.get(ORIGIN).map(|o| (o, r)))
-                .collect();
-            let mut assoc = Vec::new();
-            for (mut pair, props) in items {
-                let Some(r) = by_origin.get(pair.origin.as_str()) else {
-                    return Err(CrmError::Decode {
-                        portal: v.portal.to_owned(),
-                        call: "batch upsert".into(),
-                        detail: format!("the answer has no note for origin {}", pair.origin),
-                    }
-                    .into());
-                };
-                set_id(&mut pair, to, Some(r.id.clone()));
-                set_ms(&mut pair, to, r.last_modified_ms());
+            for (c, id, ms) in write_copies(view(to), items, &settings.tag).await? {
+                let mut pair = c.pair;
+                set_id(&mut pair, to, Some(id.clone()));
+                set_ms(&mut pair, to, ms);
                 out.arrivals.push(Arrival {
                     side: to,
-                    comment: props.contains_key(REPLY_TO),
-                    id: r.id.clone(),
+                    comment: c.parent.is_some(),
+                    id,
                     original_ms: match other(to) {
                         Side::Partner => pair.partner_ms,
                         Side::Hubspot => pair.hubspot_ms,
@@ -981,10 +1358,8 @@ async fn execute_with(
                 });
                 pair.state = ObjectState::Active;
                 pair.note = None;
-                assoc.push((r.id.clone(), v.deal_id.to_owned()));
                 created.push(pair);
             }
-            v.client.associate_default("notes", "deals", &assoc).await?;
         }
         out.written += created.len();
         pending = rest;
@@ -1047,6 +1422,76 @@ async fn execute_with(
     Ok(out)
 }
 
+/// Writes one wave of copies to one side: new ones by batch create, each with its deal
+/// association in the same call (no copy is ever off its deal, so after a crash the deal's
+/// notes show whether it was made); ones that exist already by update (and association, for
+/// one found off the deal by its unique origin). Returns each copy with its id and
+/// `hs_lastmodifieddate`.
+async fn write_copies(
+    v: &SideView<'_>,
+    items: Vec<PendingCopy>,
+    tag: &Tag,
+) -> Result<Vec<(PendingCopy, String, Option<i64>)>, MessageError> {
+    let (adopt, fresh): (Vec<_>, Vec<_>) = items.into_iter().partition(|c| c.existing.is_some());
+    let mut out = Vec::new();
+    if !fresh.is_empty() {
+        let inputs: Vec<(Props, Value)> = fresh
+            .iter()
+            .map(|c| (c.props.clone(), crate::crm::to_deal(v.deal_id, crate::crm::NOTE_TO_DEAL)))
+            .collect();
+        let records = v.client.batch_create("notes", &inputs).await?;
+        // Matched by origin: HubSpot does not promise the answer's order.
+        let origin_of = |r: &Record| match v.marking {
+            Marking::Property { .. } => r.get(ORIGIN).map(str::to_owned),
+            Marking::Tag => marking::parse(r.get("hs_note_body")?, tag).reference,
+        };
+        let by_origin: HashMap<String, &Record> = records
+            .iter()
+            .filter_map(|r| Some((origin_of(r)?, r)))
+            .collect();
+        for c in fresh {
+            let Some(r) = by_origin.get(&c.pair.origin) else {
+                return Err(CrmError::Decode {
+                    portal: v.portal.to_owned(),
+                    call: "batch create".into(),
+                    detail: format!("the answer has no note for origin {}", c.pair.origin),
+                }
+                .into());
+            };
+            let (id, ms) = (r.id.clone(), r.last_modified_ms());
+            out.push((c, id, ms));
+        }
+    }
+    if !adopt.is_empty() {
+        let list: Vec<(String, Props)> = adopt
+            .iter()
+            .filter_map(|c| Some((c.existing.clone()?, c.props.clone())))
+            .collect();
+        let written = v.client.batch_update("notes", &list).await;
+        if let Some((_, e)) = written.failed.into_iter().next() {
+            return Err(e.into());
+        }
+        let off_deal: Vec<(String, String)> = list
+            .iter()
+            .filter(|(id, _)| !v.heads.contains_key(id))
+            .map(|(id, _)| (id.clone(), v.deal_id.to_owned()))
+            .collect();
+        if !off_deal.is_empty() {
+            v.client.associate_default("notes", "deals", &off_deal).await?;
+        }
+        for c in adopt {
+            let id = c.existing.clone().unwrap_or_default();
+            let ms = written
+                .written
+                .iter()
+                .find(|r| r.id == id)
+                .and_then(Record::last_modified_ms);
+            out.push((c, id, ms));
+        }
+    }
+    Ok(out)
+}
+
 /// Recovers the copies a failed run or a dead process left `creating` (the store says a copy
 /// may exist, the copy is not on the deal) before they are written again.
 ///
@@ -1065,12 +1510,13 @@ async fn execute_with(
 async fn recover_creating(
     intents: Vec<Intent>,
     views: [&SideView<'_>; 2],
-) -> Result<Vec<Intent>, MessageError> {
+) -> Result<(Vec<Intent>, HashSet<String>), MessageError> {
     let view = |side: Side| match side {
         Side::Partner => views[0],
         Side::Hubspot => views[1],
     };
     let mut out = Vec::with_capacity(intents.len());
+    let mut adopted = HashSet::new();
     for intent in intents {
         let Intent::Create { mut pair, from } = intent else {
             out.push(intent);
@@ -1078,15 +1524,22 @@ async fn recover_creating(
         };
         let to = other(from);
         let on_deal = id_on(&pair, to).is_some_and(|id| view(to).heads.contains_key(id));
-        if pair.state != ObjectState::Creating || on_deal {
+        // Without a unique origin the deal's notes are all there is to look at, and the read
+        // that decided looked (a copy is created with its association).
+        if pair.state != ObjectState::Creating || on_deal || !view(to).finds_by_origin() {
             out.push(Intent::Create { pair, from });
             continue;
         }
         let client = view(to).client;
-        let live = client
+        let found = client
             .get_by("notes", &pair.origin, ORIGIN, &[ORIGIN.to_owned()])
-            .await?
-            .is_some();
+            .await?;
+        let live = found.is_some();
+        if let Some(r) = found {
+            // Off its deal (written by an upsert before this version): rewritten and associated.
+            set_id(&mut pair, to, Some(r.id.clone()));
+            adopted.insert(r.id);
+        }
         let archived = if live {
             None
         } else {
@@ -1107,7 +1560,7 @@ async fn recover_creating(
             None => out.push(Intent::Create { pair, from }),
         }
     }
-    Ok(out)
+    Ok((out, adopted))
 }
 
 /// The copy of a `creating` pair a person deleted, if any: an archived note holding the

@@ -13,6 +13,7 @@
 //!   exhausted retries go to the dead-letter file, with the reason.
 
 pub mod batch;
+pub mod marking;
 pub mod messages;
 pub mod plan;
 
@@ -85,6 +86,8 @@ pub struct Engine {
     metrics: Arc<crate::metrics::Metrics>,
     /// Each portal's users, for the deal team (see [`crate::team`]).
     directory: Arc<crate::team::Directory>,
+    /// Each portal's message marking (shared with the invitation poller).
+    markings: Arc<messages::Markings>,
 }
 
 impl Engine {
@@ -95,13 +98,19 @@ impl Engine {
         Engine {
             store,
             portals,
-            settings,
             wake,
             in_flight: InFlight::default(),
             heartbeat: Heartbeat::default(),
             metrics: Arc::default(),
             directory: Arc::default(),
+            markings: Arc::new(messages::Markings::new(&settings.messages)),
+            settings,
         }
+    }
+
+    /// Each portal's message marking.
+    pub fn markings(&self) -> &Arc<messages::Markings> {
+        &self.markings
     }
 
     pub fn store(&self) -> &Store {
@@ -680,6 +689,12 @@ impl Engine {
                 c.outcome = store::JobOutcome::Synced;
             }
             c.more = m.more;
+            if let Some(at) = m.recheck_at {
+                c.retry = Some((
+                    at,
+                    "a note on the deal changed too recently for HubSpot's search to show whether it starts with the tag; it is looked at again".into(),
+                ));
+            }
             let Some(why) = m.waiting else { continue };
             let job = by_id[&id];
             if job.attempts + 1 >= self.settings.max_attempts {
@@ -876,20 +891,21 @@ impl Engine {
             .get_by("tasks", &key, crate::properties::REQUEST_KEY, &[])
             .await?
             .is_some();
-        let to_deal = |type_id: u32| serde_json::json!([{ "to": { "id": l.hubspot_deal_id }, "types": [{ "associationCategory": "HUBSPOT_DEFINED", "associationTypeId": type_id }] }]);
         if !known {
-            let mut note = Map::new();
-            note.insert(
-                "hs_note_body".into(),
-                Value::String(format!("Quote request from {}: {text}", l.partner)),
-            );
-            note.insert(
-                "hs_timestamp".into(),
-                Value::String(crate::time::iso(store::now_ms())),
-            );
-            note.insert(crate::properties::VISIBILITY.into(), "shared".into());
-            note.insert(crate::properties::TARGET.into(), l.partner.clone().into());
-            hs.create("notes", &note, to_deal(214)).await?;
+            let note = self
+                .markings
+                .shared_note(
+                    hs,
+                    &format!("Quote request from {}: {text}", l.partner),
+                    &l.partner,
+                )
+                .await?;
+            hs.create(
+                "notes",
+                &note,
+                crate::crm::to_deal(&l.hubspot_deal_id, crate::crm::NOTE_TO_DEAL),
+            )
+            .await?;
             let mut task = Map::new();
             task.insert(
                 "hs_task_subject".into(),
@@ -1204,45 +1220,6 @@ impl Engine {
         use messages::{Content, NoteHead};
         let mut results = HashMap::new();
         let hubspot_portal = self.portals.hubspot.portal().to_owned();
-        // Step 1: every deal's notes and their deciding properties, per portal.
-        let mut by_portal: HashMap<String, (Client, Vec<String>)> = HashMap::new();
-        for l in links {
-            by_portal
-                .entry(hubspot_portal.clone())
-                .or_insert_with(|| (self.portals.hubspot.clone(), Vec::new()))
-                .1
-                .push(l.hubspot_deal_id.clone());
-            if let Some(c) = self.portals.partners.get(&l.partner) {
-                by_portal
-                    .entry(l.partner.clone())
-                    .or_insert_with(|| (c.clone(), Vec::new()))
-                    .1
-                    .push(l.partner_deal_id.clone());
-            }
-        }
-        type Heads = (HashMap<String, Vec<String>>, HashMap<String, NoteHead>);
-        let reads = by_portal
-            .iter()
-            .map(|(portal, (client, deals))| async move {
-                let deals = unique(deals.iter().cloned());
-                let r: Result<Heads, CrmError> = async {
-                    let assoc = client.associations("deals", "notes", &deals).await?;
-                    let ids = unique(assoc.values().flatten().cloned());
-                    let heads = client
-                        .batch_read("notes", &ids, &messages::decide_props(), false)
-                        .await?
-                        .iter()
-                        .map(|r| (r.id.clone(), NoteHead::from_record(r)))
-                        .collect();
-                    Ok((assoc, heads))
-                }
-                .await;
-                (portal.clone(), r)
-            });
-        let heads: HashMap<String, Result<Heads, CrmError>> = futures_util::future::join_all(reads)
-            .await
-            .into_iter()
-            .collect();
         let ids: Vec<i64> = links.iter().map(|l| l.id).collect();
         let hs_deals = unique(links.iter().map(|l| l.hubspot_deal_id.clone()));
         // The HubSpot deals' other links too: what they share is not this link's (isolation).
@@ -1261,15 +1238,67 @@ impl Engine {
                 ))
             })
             .await?;
+        // Step 1: every deal's notes and what decides, per portal.
+        let forced = |l: &Link| {
+            jobs.get(&l.id).is_some_and(|j| {
+                j.reason.contains(store::JobReason::Sweep)
+                    || j.reason.contains(store::JobReason::Replay)
+            })
+        };
+        let mut by_portal: HashMap<String, (Client, Side, Vec<String>, bool)> = HashMap::new();
+        for l in links {
+            let mut add = |portal: &str, client: &Client, side: Side, deal: &str| {
+                let e = by_portal
+                    .entry(portal.to_owned())
+                    .or_insert_with(|| (client.clone(), side, Vec::new(), false));
+                e.2.push(deal.to_owned());
+                e.3 |= forced(l);
+            };
+            add(&hubspot_portal, &self.portals.hubspot, Side::Hubspot, &l.hubspot_deal_id);
+            if let Some(c) = self.portals.partners.get(&l.partner) {
+                add(&l.partner, c, Side::Partner, &l.partner_deal_id);
+            }
+        }
+        let settings = &self.settings.messages;
+        let reads = by_portal
+            .iter()
+            .map(|(portal, (client, side, deals, force))| {
+                let known = messages::known_notes(*side, portal, recorded.values().flatten());
+                async move {
+                    let deals = unique(deals.iter().cloned());
+                    let r = match self.markings.of(client).await {
+                        Ok(m) => {
+                            messages::read_notes(client, m, settings, &deals, &known, *force)
+                                .await
+                                .map(|n| (m, n))
+                        }
+                        Err(e) => Err(e),
+                    };
+                    (portal.clone(), r)
+                }
+            });
+        let notes: HashMap<String, Result<(marking::Marking, messages::PortalNotes), CrmError>> =
+            futures_util::future::join_all(reads)
+                .await
+                .into_iter()
+                .collect();
+        for n in notes.values().flatten() {
+            self.metrics.bodies_read(n.1.bodies_read as u64);
+        }
 
         // Step 2: intents per link, and which contents to read.
+        let notes_read: HashMap<&str, &HashMap<String, Content>> = notes
+            .iter()
+            .filter_map(|(portal, r)| Some((portal.as_str(), &r.as_ref().ok()?.1.contents)))
+            .collect();
         let notes_of = |portal: &str, deal: &str| -> Result<HashMap<String, NoteHead>, CrmError> {
-            match heads.get(portal) {
-                Some(Ok((assoc, heads))) => Ok(assoc
+            match notes.get(portal) {
+                Some(Ok((_, n))) => Ok(n
+                    .assoc
                     .get(deal)
                     .into_iter()
                     .flatten()
-                    .filter_map(|id| heads.get(id).map(|h| (id.clone(), h.clone())))
+                    .filter_map(|id| n.heads.get(id).map(|h| (id.clone(), h.clone())))
                     .collect()),
                 Some(Err(e)) => Err(e.clone()),
                 None => Ok(HashMap::new()),
@@ -1288,10 +1317,7 @@ impl Engine {
                     continue;
                 }
             };
-            let force = jobs.get(&l.id).is_some_and(|j| {
-                j.reason.contains(store::JobReason::Sweep)
-                    || j.reason.contains(store::JobReason::Replay)
-            });
+            let force = forced(l);
             let pairs = recorded.get(&l.id).unwrap_or(&empty);
             let deal = messages::DealContext::new(
                 l.id,
@@ -1310,8 +1336,13 @@ impl Engine {
                         Side::Partner => (&l.partner, &p),
                         Side::Hubspot => (&hubspot_portal, &h),
                     };
-                    // Contents of shared notes only.
-                    if let Some(id) = id.filter(|id| notes.get(*id).is_some_and(|n| n.shared)) {
+                    let read = |id: &str| {
+                        matches!(notes_read.get(portal.as_str()), Some(m) if m.contains_key(id))
+                    };
+                    // Contents of shared notes only, not read yet.
+                    if let Some(id) = id.filter(|id| {
+                        notes.get(*id).is_some_and(|n| n.shared) && !read(id)
+                    }) {
                         wanted
                             .entry(portal.clone())
                             .or_default()
@@ -1343,44 +1374,47 @@ impl Engine {
             work.push((*l, p, h, intents, force));
         }
 
-        // Step 3: contents, per portal.
+        // Step 3: contents, per portal, added to those read to decide.
         let reads = wanted.into_iter().map(|(portal, ids)| {
             let client = if portal == hubspot_portal {
                 Some(self.portals.hubspot.clone())
             } else {
                 self.portals.partners.get(&portal).cloned()
             };
+            let marking = match notes.get(&portal) {
+                Some(Ok((m, _))) => *m,
+                _ => marking::Marking::Property { unique: true },
+            };
             async move {
                 let r = match client {
-                    Some(c) => c
-                        .batch_read_with_history(
-                            "notes",
-                            &unique(ids.into_iter()),
-                            &messages::content_props(),
-                            // When the body itself changed, for latest_wins.
-                            &["hs_note_body".to_owned()],
-                        )
-                        .await
-                        .map(|rs| {
-                            rs.iter()
-                                .map(|r| (r.id.clone(), Content::from_record(r)))
-                                .collect::<HashMap<_, _>>()
-                        }),
+                    Some(c) => {
+                        messages::read_contents(&c, marking, settings, &unique(ids.into_iter()))
+                            .await
+                    }
                     None => Ok(HashMap::new()),
                 };
                 (portal, r)
             }
         });
-        let contents: HashMap<String, Result<HashMap<String, Content>, CrmError>> =
+        let mut contents: HashMap<String, Result<HashMap<String, Content>, CrmError>> =
             futures_util::future::join_all(reads)
                 .await
                 .into_iter()
                 .collect();
+        for (portal, read) in &notes_read {
+            if let Ok(m) = contents.entry((*portal).to_owned()).or_insert_with(|| Ok(HashMap::new())) {
+                m.extend(read.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+        }
         let no_contents = HashMap::new();
         let contents_of = |portal: &str| match contents.get(portal) {
             Some(Ok(m)) => Ok(m),
             Some(Err(e)) => Err(e.clone()),
             None => Ok(&no_contents),
+        };
+        let side_of = |portal: &str| match notes.get(portal) {
+            Some(Ok((m, n))) => (*m, n.unsettled_until),
+            _ => (marking::Marking::Property { unique: true }, None),
         };
 
         // Step 4: say which copies are about to be made, then write, per link (in parallel).
@@ -1415,12 +1449,16 @@ impl Engine {
                     ));
                 }
             };
+            let (pm, pu) = side_of(&l.partner);
+            let (hm, hu) = side_of(&hubspot_portal);
             let partner = messages::SideView {
                 portal: &l.partner,
                 client,
                 deal_id: &l.partner_deal_id,
                 heads: p,
                 contents: pc,
+                marking: pm,
+                unsettled_until: pu,
             };
             let hubspot = messages::SideView {
                 portal: &hubspot_portal,
@@ -1428,6 +1466,8 @@ impl Engine {
                 deal_id: &l.hubspot_deal_id,
                 heads: h,
                 contents: hc,
+                marking: hm,
+                unsettled_until: hu,
             };
             let pairs = recorded.get(&l.id).unwrap_or(&empty);
             let settings = &self.settings.messages;

@@ -95,6 +95,8 @@ pub struct Poller {
 #[derive(Clone)]
 pub struct Invitations {
     pub partners: std::sync::Arc<HashMap<String, (Client, crate::register::RegistrationSettings)>>,
+    /// How the welcome note is marked as a shared message.
+    pub markings: Arc<crate::engine::messages::Markings>,
 }
 
 /// What a partner's deal poller needs to register deals marked in the partner's CRM.
@@ -557,7 +559,13 @@ impl Poller {
                             && r.get(crate::properties::ADD_PARTNER).is_some()
                             && !links.iter().any(|(l, _)| l.hubspot_deal_id == r.id)
                     }) {
-                        match crate::invite::invite(&self.store, &self.client, &inv.partners, r)
+                        match crate::invite::invite(
+                            &self.store,
+                            &self.client,
+                            &inv.markings,
+                            &inv.partners,
+                            r,
+                        )
                             .await
                         {
                             Ok(outcome) => {
