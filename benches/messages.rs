@@ -154,7 +154,7 @@ async fn throughput() -> (f64, f64, f64) {
     let hs = client("hubspot", &sb.base_url, &hs_info.token);
     let pa = client("partner-a", &sb.base_url, &pa_info.token);
     for c in [&hs, &pa] {
-        dealsync::setup::ensure(c, false).await.unwrap();
+        dealsync::setup::ensure(c, false, true).await.unwrap();
     }
     let p_deals = support::create_deals(&pa, DEALS).await;
     let h_deals = support::create_deals(&hs, DEALS).await;
@@ -287,7 +287,7 @@ async fn memory() -> f64 {
         client("partner-a", &base, &token(1)),
     );
     for c in [&hs, &pa] {
-        dealsync::setup::ensure(c, false).await.unwrap();
+        dealsync::setup::ensure(c, false, true).await.unwrap();
     }
     let p = support::create_deals(&pa, 1).await;
     let h = support::create_deals(&hs, 1).await;

@@ -782,6 +782,8 @@ async fn probe_portals(
         let needs = Needs {
             side,
             messages: config.messages.enabled,
+            marking: config.messages.marking,
+            tag: config.messages.tag.as_str().to_owned(),
             folder: config.messages.folder.clone(),
             per_10s: p.rate_limit_per_10s,
         };
@@ -844,7 +846,9 @@ async fn run_setup(args: SetupArgs) -> Result<(), CliError> {
 /// table before anything is created. (The probe writes and archives a little; a dry run
 /// promises to write nothing, so it skips the probe.)
 async fn ensure_properties(config: &crate::config::Config, dry_run: bool) -> Result<(), CliError> {
-    if !dry_run {
+    let report = if dry_run {
+        None
+    } else {
         let report = probe_portals(config, None).await?;
         if !report.ready() {
             print!("{}", report.table());
@@ -853,12 +857,25 @@ async fn ensure_properties(config: &crate::config::Config, dry_run: bool) -> Res
                 e
             });
         }
-    }
+        Some(report)
+    };
     let parts = crate::daemon::DaemonParts::from_config(config);
     let mut total = 0;
     for p in std::iter::once(&parts.hubspot).chain(parts.partners.iter()) {
         let client = client_for(p, parts.retry, &parts.store_path).await?;
-        let actions = crate::setup::ensure(&client, dry_run)
+        // A dry run has not probed: it lists the note properties property marking would need.
+        let notes = config.messages.enabled
+            && report.as_ref().is_none_or(|r| {
+                r.wants_note_properties(&p.name, config.messages.marking)
+            });
+        if let Some(r) = &report {
+            if let Some(c) = r.checks.iter().find(|c| {
+                c.portal == p.name && c.capability == crate::probe::Capability::MessageMarking
+            }) {
+                println!("{}: shared messages: {}", p.name, c.seen);
+            }
+        }
+        let actions = crate::setup::ensure(&client, dry_run, notes)
             .await
             .map_err(|e| CliError {
                 code: exit::UNAVAILABLE,

@@ -356,7 +356,7 @@ pub async fn run() -> Result<(), DemoError> {
         .chain(parts.partners.iter())
         .filter(|c| c.oauth.is_none())
     {
-        crate::setup::ensure(&client(c)?, false)
+        crate::setup::ensure(&client(c)?, false, true)
             .await
             .map_err(setup)?;
     }
@@ -965,7 +965,7 @@ async fn install_by_link(
     if client.oauth().is_none() {
         return Err(demo.fail("the daemon's partner-a client does not use the install"));
     }
-    let actions = crate::setup::ensure(&client, false)
+    let actions = crate::setup::ensure(&client, false, true)
         .await
         .map_err(|e| demo.fail(e.to_string()))?;
     println!(

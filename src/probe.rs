@@ -39,6 +39,8 @@ pub enum Capability {
     Files,
     RateLimits,
     WebhookSubscriptions,
+    /// Not a capability: which marking shared messages get here, and why.
+    MessageMarking,
 }
 
 impl Capability {
@@ -59,6 +61,7 @@ impl Capability {
             Capability::Files => "file upload and signed URL",
             Capability::RateLimits => "rate limits",
             Capability::WebhookSubscriptions => "webhook subscriptions",
+            Capability::MessageMarking => "shared message marking",
         }
     }
 
@@ -73,11 +76,14 @@ impl Capability {
             Capability::ReadQuotes => "partners see no quote summaries",
             Capability::DealProperties => "setup cannot create dealsync's deal properties",
             Capability::Notes | Capability::NoteSearch => "no shared message syncs",
-            Capability::NoteProperties
-            | Capability::UniqueNoteProperty
-            | Capability::NoteUpsert => {
-                "messages cannot be marked and copied exactly once: no shared message syncs"
+            Capability::NoteProperties => {
+                "shared messages fall back to tag marking (with marking = \"property\" none syncs)"
             }
+            Capability::UniqueNoteProperty => {
+                "a copy a person deletes while dealsync is stopped mid-copy is made again"
+            }
+            Capability::NoteUpsert => "none: copies are created with their deal association",
+            Capability::MessageMarking => "",
             Capability::Files => "attachments are not copied",
             Capability::RateLimits => "the budget is above the portal's limit: 429s",
             Capability::WebhookSubscriptions => "without them, changes arrive by polling only",
@@ -102,11 +108,11 @@ impl Capability {
             Capability::Notes | Capability::NoteSearch | Capability::Files => {
                 "grant the app the scopes this call names, or set [messages] enabled = false"
             }
-            Capability::NoteProperties
-            | Capability::UniqueNoteProperty
-            | Capability::NoteUpsert => {
-                "set [messages] enabled = false for this deployment (a fallback is planned)"
+            Capability::NoteProperties => {
+                "nothing with marking = \"auto\" or \"tag\" (README: tag marking); for property marking grant crm.schemas.notes.write"
             }
+            Capability::UniqueNoteProperty | Capability::NoteUpsert => "nothing required",
+            Capability::MessageMarking => "",
             Capability::RateLimits => "lower the portal's rate_limit_per_10s to the stated limit",
             Capability::WebhookSubscriptions => {
                 "compare the app's webhooks with `dealsync setup --project DIR --dry-run`"
@@ -154,6 +160,10 @@ pub struct Needs {
     pub side: Side,
     /// `[messages] enabled`.
     pub messages: bool,
+    /// `[messages] marking`.
+    pub marking: crate::engine::marking::MarkingChoice,
+    /// `[messages] tag`.
+    pub tag: String,
     /// Where attachment copies go (the file check writes there).
     pub folder: String,
     /// The portal's configured budget (calls per 10 s).
@@ -167,10 +177,11 @@ impl Needs {
             Token | ApiVersion | ReadDeals | ReadAssociations | ReadOwners | DealProperties
             | RateLimits => true,
             ReadQuotes => self.side == Side::Hubspot,
-            Notes | NoteSearch | NoteProperties | UniqueNoteProperty | NoteUpsert | Files => {
-                self.messages
+            Notes | NoteSearch | Files => self.messages,
+            NoteProperties => {
+                self.messages && self.marking == crate::engine::marking::MarkingChoice::Property
             }
-            WebhookSubscriptions => false,
+            UniqueNoteProperty | NoteUpsert | WebhookSubscriptions | MessageMarking => false,
         }
     }
 }
@@ -325,6 +336,7 @@ pub async fn probe(client: &Client, needs: &Needs, nonce: &str) -> Vec<Check> {
     deal_properties(client, &mut r, nonce).await;
     if needs.messages {
         notes(client, &mut r, nonce).await;
+        marking(&mut r);
         files(client, &mut r, nonce).await;
     }
     rate_limits(client.reported_limits(), &mut r);
@@ -334,6 +346,58 @@ pub async fn probe(client: &Client, needs: &Needs, nonce: &str) -> Vec<Check> {
         "not checked yet: reading an app's subscriptions needs its developer credentials",
     );
     r.checks
+}
+
+/// Which marking the portal's shared messages get, from the note-properties check.
+fn marking(r: &mut Recorder<'_>) {
+    use crate::engine::marking::MarkingChoice;
+    let props = r
+        .checks
+        .iter()
+        .find(|c| c.capability == Capability::NoteProperties)
+        .map(|c| c.verdict);
+    let tag = r.needs.tag.clone();
+    let (verdict, seen) = match (r.needs.marking, props) {
+        (MarkingChoice::Tag, _) => (
+            Verdict::Ok,
+            format!("tag (configured): notes whose text starts with {tag} are shared"),
+        ),
+        (MarkingChoice::Property, _) => (
+            Verdict::Ok,
+            "property (configured): dealsync_visibility = shared".to_owned(),
+        ),
+        (MarkingChoice::Auto, Some(Verdict::Ok)) => (
+            Verdict::Ok,
+            "property: the portal takes custom note properties (dealsync_visibility = shared)"
+                .to_owned(),
+        ),
+        (MarkingChoice::Auto, Some(Verdict::Missing)) => (
+            Verdict::Ok,
+            format!("tag: the portal refuses custom note properties, so notes whose text starts with {tag} are shared"),
+        ),
+        (MarkingChoice::Auto, _) => (
+            Verdict::Unchecked,
+            "unknown until the note-properties check answers".to_owned(),
+        ),
+    };
+    r.put(Capability::MessageMarking, verdict, seen);
+}
+
+impl Report {
+    /// Whether setup should create dealsync's note properties in `portal`: property marking
+    /// configured, or `auto` where the portal takes custom note properties.
+    pub fn wants_note_properties(&self, portal: &str, choice: crate::engine::marking::MarkingChoice) -> bool {
+        use crate::engine::marking::MarkingChoice;
+        match choice {
+            MarkingChoice::Property => true,
+            MarkingChoice::Tag => false,
+            MarkingChoice::Auto => self.checks.iter().any(|c| {
+                c.portal == portal
+                    && c.capability == Capability::NoteProperties
+                    && c.verdict == Verdict::Ok
+            }),
+        }
+    }
 }
 
 /// Lists deals: the token, the API version and the deals scope at once. Returns a deal id to
@@ -686,11 +750,14 @@ fn rate_limits(stated: Option<ReportedLimits>, r: &mut Recorder<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::marking::MarkingChoice;
 
     fn needs(messages: bool) -> Needs {
         Needs {
             side: Side::Partner,
             messages,
+            marking: MarkingChoice::Auto,
+            tag: "#shared".into(),
             folder: "/dealsync".into(),
             per_10s: 100,
         }
@@ -708,14 +775,22 @@ mod tests {
 
     #[test]
     fn note_features_are_required_only_with_messages() {
-        for c in [
-            Capability::NoteProperties,
-            Capability::UniqueNoteProperty,
-            Capability::NoteUpsert,
-            Capability::Files,
-        ] {
+        for c in [Capability::Notes, Capability::NoteSearch, Capability::Files] {
             assert!(needs(true).requires(c), "{c:?}");
             assert!(!needs(false).requires(c), "{c:?}");
+        }
+        // Custom note properties only for property marking: auto and tag fall back on tags.
+        let property = |marking| Needs {
+            marking,
+            ..needs(true)
+        };
+        assert!(property(MarkingChoice::Property).requires(Capability::NoteProperties));
+        for m in [MarkingChoice::Auto, MarkingChoice::Tag] {
+            assert!(!property(m).requires(Capability::NoteProperties), "{m:?}");
+        }
+        // Copies are created with their association: upsert and a unique key are optional.
+        for c in [Capability::UniqueNoteProperty, Capability::NoteUpsert] {
+            assert!(!property(MarkingChoice::Property).requires(c), "{c:?}");
         }
         assert!(!needs(true).requires(Capability::ReadQuotes));
         let hubspot = Needs {

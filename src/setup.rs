@@ -15,10 +15,14 @@ pub struct Action {
     pub what: String,
 }
 
-/// Creates the groups and properties that are missing in one portal (deals and notes).
-pub async fn ensure(client: &Client, dry_run: bool) -> Result<Vec<Action>, CrmError> {
+/// Creates the groups and properties that are missing in one portal: deals, and notes when
+/// `notes` (the portal's shared messages are marked by property).
+pub async fn ensure(client: &Client, dry_run: bool, notes: bool) -> Result<Vec<Action>, CrmError> {
     let mut actions = Vec::new();
     for (object, label, props) in crate::properties::definitions() {
+        if object == "notes" && !notes {
+            continue;
+        }
         actions.extend(ensure_object(client, object, label, props, dry_run).await?);
     }
     Ok(actions)

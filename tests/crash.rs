@@ -347,7 +347,7 @@ async fn linked_deals(
             dealsync::crm::RetryPolicy::default(),
         )
         .unwrap();
-        dealsync::setup::ensure(&c, false).await.unwrap();
+        dealsync::setup::ensure(&c, false, true).await.unwrap();
     }
     pairs
 }

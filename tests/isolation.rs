@@ -47,7 +47,7 @@ async fn three_partners_each_reach_hubspot_and_never_each_other() {
             RetryPolicy::default(),
         )
         .unwrap();
-        dealsync::setup::ensure(&client, false)
+        dealsync::setup::ensure(&client, false, true)
             .await
             .expect("setup");
     }

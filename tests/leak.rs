@@ -102,7 +102,7 @@ async fn no_private_note_or_other_partners_message_leaks_anywhere() {
             retry,
         )
         .unwrap();
-        dealsync::setup::ensure(&client, false)
+        dealsync::setup::ensure(&client, false, true)
             .await
             .expect("setup");
     }

@@ -953,10 +953,10 @@ async fn a_copy_whose_create_answer_was_lost_is_not_duplicated() {
     let d = w.start().await;
     let h = w.hs.create_deal(json!({"dealname": "Shared deal"})).await;
     let p = w.link(&d.store, &w.pa, &h).await;
-    // Every upsert on HubSpot's side is applied and then answered 500: dealsync cannot know
-    // its copy exists, and retries (in the client, then the job).
+    // Every create on HubSpot's side is applied and then answered 500: dealsync cannot know
+    // its copy exists, and the job runs again (the client does not repeat a create blind).
     w.hs.set_faults(
-        json!({"error_after_write": 1.0, "paths": ["/crm/objects/2026-09/notes/batch/upsert"]}),
+        json!({"error_after_write": 1.0, "paths": ["/crm/objects/2026-09/notes/batch/create"]}),
     )
     .await;
     let m = note(&w.pa, &p, "written once", true, json!({})).await;
@@ -966,10 +966,14 @@ async fn a_copy_whose_create_answer_was_lost_is_not_duplicated() {
         WAIT,
         || async {
             let c = w.hs.counters().await;
-            let upserts = c["endpoints"]["POST /crm/objects/2026-09/notes/batch/upsert"]
+            let creates = c["endpoints"]["POST /crm/objects/2026-09/notes/batch/create"]
                 .as_u64()
                 .unwrap_or(0);
-            (upserts >= 3).then_some(())
+            let updates = c["endpoints"]["POST /crm/objects/2026-09/notes/batch/update"]
+                .as_u64()
+                .unwrap_or(0);
+            // Made once; the next run finds it on the deal and rewrites it instead.
+            (creates >= 1 && creates + updates >= 2).then_some(())
         },
     )
     .await;

@@ -195,7 +195,7 @@ async fn a_portal_with_every_feature_is_ready_and_the_probe_leaves_nothing_live(
 }
 
 #[tokio::test]
-async fn a_portal_without_note_features_stops_setup_with_the_table_and_nothing_created() {
+async fn a_portal_without_note_features_falls_back_to_tags_unless_property_marking_is_asked_for() {
     let sb = common::sandbox().await;
     let pa = common::portal(&sb, "partner-a");
     let set = pa
@@ -207,33 +207,36 @@ async fn a_portal_without_note_features_stops_setup_with_the_table_and_nothing_c
         .await;
     assert_eq!(set.status, 200, "{}", set.text);
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), &sb.base_url, "", 100);
-    let cfg = cfg.to_str().unwrap();
-
-    let o = dealsync(&sb, &["probe", "--config", cfg]).await;
-    let table = stdout(&o);
-    assert_eq!(o.status.code(), Some(CONFIG_EXIT), "{table}");
-    let row = |cap: &str| {
+    let row = |table: &str, cap: &str| {
         table
             .lines()
             .find(|l| l.starts_with("partner-a") && l.contains(cap))
             .unwrap_or_else(|| panic!("no {cap} row: {table}"))
             .to_owned()
     };
+
+    // Property marking asked for: the portal cannot run it, and setup stops with the table.
+    let cfg = config(
+        dir.path(),
+        &sb.base_url,
+        "[messages]\nmarking = \"property\"",
+        100,
+    );
+    let cfg = cfg.to_str().unwrap();
+    let o = dealsync(&sb, &["probe", "--config", cfg]).await;
+    let table = stdout(&o);
+    assert_eq!(o.status.code(), Some(CONFIG_EXIT), "{table}");
+    assert!(row(&table, "custom note properties").contains("| missing"), "{table}");
     assert!(
-        row("custom note properties").contains("| missing"),
+        row(&table, "unique-value note property").contains("missing (optional)"),
         "{table}"
     );
     assert!(
-        row("unique-value note property").contains("| missing"),
+        row(&table, "batch upsert of notes").contains("unchecked (optional)"),
         "{table}"
     );
     assert!(
-        row("batch upsert of notes").contains("unchecked"),
-        "{table}"
-    );
-    assert!(
-        row("custom note properties").contains("[messages] enabled = false"),
+        row(&table, "custom note properties").contains("marking = \"auto\""),
         "the row says what to do: {table}"
     );
     assert!(
@@ -243,7 +246,6 @@ async fn a_portal_without_note_features_stops_setup_with_the_table_and_nothing_c
             .all(|l| !l.contains("| missing")),
         "HubSpot's portal has every feature: {table}"
     );
-
     let o = dealsync(&sb, &["setup", "--config", cfg]).await;
     assert_eq!(o.status.code(), Some(CONFIG_EXIT));
     assert!(
@@ -263,7 +265,41 @@ async fn a_portal_without_note_features_stops_setup_with_the_table_and_nothing_c
         assert_nothing_left(&p).await;
     }
 
-    // Without shared messages the note features are not needed.
+    // The default, auto: the portal's messages are marked by tag, and setup goes ahead.
+    let cfg = config(dir.path(), &sb.base_url, "", 100);
+    let cfg = cfg.to_str().unwrap();
+    let o = dealsync(&sb, &["probe", "--config", cfg]).await;
+    let table = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{table}");
+    assert!(
+        row(&table, "custom note properties").contains("missing (optional)"),
+        "{table}"
+    );
+    assert!(
+        row(&table, "shared message marking").contains("tag: the portal refuses custom note properties, so notes whose text starts with #shared are shared"),
+        "{table}"
+    );
+    let o = dealsync(&sb, &["setup", "--config", cfg]).await;
+    let said = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{said}\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(said.contains("partner-a: shared messages: tag"), "{said}");
+    assert!(said.contains("hubspot: shared messages: property"), "{said}");
+    let note_prop = |p: &Portal| {
+        let p = p.clone();
+        async move {
+            p.get(&format!("/crm/v3/properties/notes/{}", dealsync::properties::ORIGIN))
+                .await
+                .status
+        }
+    };
+    assert_eq!(note_prop(&pa).await, 404, "no note property is tried on partner-a");
+    assert_eq!(note_prop(&common::portal(&sb, "hubspot")).await, 200);
+    let intro = pa
+        .get(&format!("/crm/v3/properties/deals/{}", dealsync::properties::INTRO_NOTE))
+        .await;
+    assert_eq!(intro.status, 200, "deal properties are made");
+
+    // Without shared messages the note features are not needed at all.
     let cfg = config(dir.path(), &sb.base_url, "[messages]\nenabled = false", 100);
     let o = dealsync(&sb, &["probe", "--config", cfg.to_str().unwrap()]).await;
     assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));

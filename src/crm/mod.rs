@@ -366,6 +366,34 @@ impl Client {
         body: Option<&Value>,
         kind: CallKind,
     ) -> Result<Value, CrmError> {
+        self.call_retrying(method, path, body, kind, CrmError::is_transient)
+            .await
+    }
+
+    /// [`Client::call`] for a write that must not be repeated blind (a create: a second one
+    /// makes a second record). Retried only after a 429, which HubSpot answers without
+    /// applying the call; a 5xx or a timeout may have applied it and is returned, for the
+    /// caller to look before it writes again.
+    pub async fn call_unrepeated(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, CrmError> {
+        self.call_retrying(method, path, body, CallKind::Ordinary, |e| {
+            e.status() == Some(429)
+        })
+        .await
+    }
+
+    async fn call_retrying(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        kind: CallKind,
+        retry_when: fn(&CrmError) -> bool,
+    ) -> Result<Value, CrmError> {
         let call_name = format!("{method} {}", path.split('?').next().unwrap_or(path));
         // Inputs only, never the body: it can carry note text and property values.
         let inputs = body
@@ -382,7 +410,7 @@ impl Client {
                     .with_max_times(self.retry.max_retries)
                     .with_jitter(),
             )
-            .when(CrmError::is_transient)
+            .when(retry_when)
             // Honour Retry-After, but only while the backoff still allows a retry (`d` is
             // `None` once retries are exhausted): a portal stuck at a limit must not hang us.
             .adjust(|e, d| match (e, d) {
@@ -889,14 +917,13 @@ impl Client {
                 "inputs": chunk.iter().map(|(p, a)| json!({ "properties": p, "associations": a })).collect::<Vec<_>>(),
             });
             let v = self
-                .call(
+                .call_unrepeated(
                     Method::POST,
                     &self.path(Op::Batch {
                         object,
                         action: BatchAction::Create,
                     }),
                     Some(&body),
-                    CallKind::Ordinary,
                 )
                 .await?;
             if let Some(e) = v

@@ -40,6 +40,8 @@ pub struct Counters {
     pub http_429: u64,
     pub http_5xx: u64,
     pub endpoints: BTreeMap<String, u64>,
+    /// Notes whose `hs_note_body` a batch read or a search answered with, by id.
+    pub note_bodies: std::collections::BTreeSet<String>,
 }
 
 impl Counters {

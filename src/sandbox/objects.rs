@@ -212,6 +212,7 @@ pub async fn list(
         let after = next.id.to_string();
         body["paging"] = json!({ "next": { "after": after, "link": format!("?after={after}") } });
     }
+    bodies_served(&ctx, t, &body);
     Ok(reply(StatusCode::OK, body))
 }
 
@@ -384,10 +385,9 @@ pub async fn read(
         .get(&id)
         .filter(|o| o.is_archived() == archived)
         .ok_or_else(|| not_found(t, &id.to_string()))?;
-    Ok(reply(
-        StatusCode::OK,
-        render(&data, t, obj, &view, i64::MAX),
-    ))
+    let body = render(&data, t, obj, &view, i64::MAX);
+    bodies_served(&ctx, t, &json!({ "results": [&body] }));
+    Ok(reply(StatusCode::OK, body))
 }
 
 #[derive(Deserialize)]
@@ -591,6 +591,9 @@ pub async fn batch(
         }
     };
     shared.publish(&ctx.portal, changes, ctx.source);
+    if op == "read" {
+        bodies_served(&ctx, t, &body);
+    }
     Ok(reply(status, body))
 }
 
@@ -852,7 +855,28 @@ pub async fn search(
     let t = object_type(&t)?;
     let lag = ctx.portal.faults.lock().search_lag_ms as i64;
     let at = shared.now_ms() - lag;
-    let data = ctx.portal.data.lock();
-    let body = search::run(&data, t, &req, at)?;
+    let body = {
+        let data = ctx.portal.data.lock();
+        search::run(&data, t, &req, at)?
+    };
+    bodies_served(&ctx, t, &body);
     Ok(reply(StatusCode::OK, body))
+}
+
+/// Counts the notes whose body a read answer carries (`note_bodies` in the counters): how the
+/// tag-marking tests show that a private note without the tag is never fetched.
+fn bodies_served(ctx: &Ctx, t: ObjectType, body: &Value) {
+    if t != ObjectType::Notes {
+        return;
+    }
+    let ids: Vec<String> = body["results"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| !r["properties"]["hs_note_body"].is_null())
+        .filter_map(|r| r["id"].as_str().map(str::to_owned))
+        .collect();
+    if !ids.is_empty() {
+        ctx.portal.counters.lock().note_bodies.extend(ids);
+    }
 }

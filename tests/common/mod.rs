@@ -309,7 +309,7 @@ pub async fn setup_portals(sb: &SandboxHandle, names: &[&str]) {
             dealsync::crm::RetryPolicy::default(),
         )
         .expect("client");
-        dealsync::setup::ensure(&c, false).await.expect("setup");
+        dealsync::setup::ensure(&c, false, true).await.expect("setup");
     }
 }
 
