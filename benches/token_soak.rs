@@ -109,7 +109,9 @@ async fn main() {
         let c = conn(&sb, name)
             .client(dealsync::crm::RetryPolicy::default(), None)
             .expect("client");
-        dealsync::setup::ensure(&c, false, true).await.expect("setup");
+        dealsync::setup::ensure(&c, false, true)
+            .await
+            .expect("setup");
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -865,9 +865,9 @@ async fn ensure_properties(config: &crate::config::Config, dry_run: bool) -> Res
         let client = client_for(p, parts.retry, &parts.store_path).await?;
         // A dry run has not probed: it lists the note properties property marking would need.
         let notes = config.messages.enabled
-            && report.as_ref().is_none_or(|r| {
-                r.wants_note_properties(&p.name, config.messages.marking)
-            });
+            && report
+                .as_ref()
+                .is_none_or(|r| r.wants_note_properties(&p.name, config.messages.marking));
         if let Some(r) = &report {
             if let Some(c) = r.checks.iter().find(|c| {
                 c.portal == p.name && c.capability == crate::probe::Capability::MessageMarking

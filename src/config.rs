@@ -870,8 +870,8 @@ impl Config {
                 "must be an absolute file-manager folder such as /dealsync",
             ));
         }
-        let tag = crate::engine::marking::Tag::new(&m.tag)
-            .map_err(|why| invalid("messages.tag", why))?;
+        let tag =
+            crate::engine::marking::Tag::new(&m.tag).map_err(|why| invalid("messages.tag", why))?;
         let messages = crate::engine::messages::MessageSettings {
             enabled: m.enabled,
             max_attachment_bytes: m.max_attachment_bytes,

@@ -386,7 +386,11 @@ fn marking(r: &mut Recorder<'_>) {
 impl Report {
     /// Whether setup should create dealsync's note properties in `portal`: property marking
     /// configured, or `auto` where the portal takes custom note properties.
-    pub fn wants_note_properties(&self, portal: &str, choice: crate::engine::marking::MarkingChoice) -> bool {
+    pub fn wants_note_properties(
+        &self,
+        portal: &str,
+        choice: crate::engine::marking::MarkingChoice,
+    ) -> bool {
         use crate::engine::marking::MarkingChoice;
         match choice {
             MarkingChoice::Property => true,

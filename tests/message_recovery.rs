@@ -14,10 +14,13 @@ use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// The create of a copy (with its deal association, in one call), under either API version.
-const CREATE: [&str; 2] = [
+/// The writes of a copy: its create (with its deal association, in one call) and, once a run
+/// finds it on the deal, its rewrite; under either API version.
+const WRITES: [&str; 4] = [
     "/crm/v3/objects/notes/batch/create",
     "/crm/objects/2026-09/notes/batch/create",
+    "/crm/v3/objects/notes/batch/update",
+    "/crm/objects/2026-09/notes/batch/update",
 ];
 
 /// A daemon that keeps retrying a failing job instead of dead-lettering it.
@@ -87,9 +90,9 @@ async fn a_copy_deleted_while_its_pair_was_creating_stays_deleted_and_takes_the_
     let duo = common::Duo::new().await;
     let d = duo.start(settings(&duo)).await;
     let (link, h, p) = linked(&duo, &d.store).await;
-    // Every copy created on the partner's side is made, on its deal, then answered 500.
+    // Every copy written on the partner's side is written, on its deal, then answered 500.
     duo.pa
-        .set_faults(json!({"error_after_write": 1.0, "paths": CREATE}))
+        .set_faults(json!({"error_after_write": 1.0, "paths": WRITES}))
         .await;
     let m = note(&duo.hs, &h, "for the partner", true, json!({})).await;
     let origin = format!("hubspot:{m}");

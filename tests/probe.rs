@@ -226,7 +226,10 @@ async fn a_portal_without_note_features_falls_back_to_tags_unless_property_marki
     let o = dealsync(&sb, &["probe", "--config", cfg]).await;
     let table = stdout(&o);
     assert_eq!(o.status.code(), Some(CONFIG_EXIT), "{table}");
-    assert!(row(&table, "custom note properties").contains("| missing"), "{table}");
+    assert!(
+        row(&table, "custom note properties").contains("| missing"),
+        "{table}"
+    );
     assert!(
         row(&table, "unique-value note property").contains("missing (optional)"),
         "{table}"
@@ -281,21 +284,39 @@ async fn a_portal_without_note_features_falls_back_to_tags_unless_property_marki
     );
     let o = dealsync(&sb, &["setup", "--config", cfg]).await;
     let said = stdout(&o);
-    assert_eq!(o.status.code(), Some(0), "{said}\n{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{said}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(said.contains("partner-a: shared messages: tag"), "{said}");
-    assert!(said.contains("hubspot: shared messages: property"), "{said}");
+    assert!(
+        said.contains("hubspot: shared messages: property"),
+        "{said}"
+    );
     let note_prop = |p: &Portal| {
         let p = p.clone();
         async move {
-            p.get(&format!("/crm/v3/properties/notes/{}", dealsync::properties::ORIGIN))
-                .await
-                .status
+            p.get(&format!(
+                "/crm/v3/properties/notes/{}",
+                dealsync::properties::ORIGIN
+            ))
+            .await
+            .status
         }
     };
-    assert_eq!(note_prop(&pa).await, 404, "no note property is tried on partner-a");
+    assert_eq!(
+        note_prop(&pa).await,
+        404,
+        "no note property is tried on partner-a"
+    );
     assert_eq!(note_prop(&common::portal(&sb, "hubspot")).await, 200);
     let intro = pa
-        .get(&format!("/crm/v3/properties/deals/{}", dealsync::properties::INTRO_NOTE))
+        .get(&format!(
+            "/crm/v3/properties/deals/{}",
+            dealsync::properties::INTRO_NOTE
+        ))
         .await;
     assert_eq!(intro.status, 200, "deal properties are made");
 

@@ -70,7 +70,9 @@ impl World {
         };
         let (hs_client, pa_client) = (client(&hs), client(&pa));
         for c in [&hs_client, &pa_client] {
-            dealsync::setup::ensure(c, false, true).await.expect("setup");
+            dealsync::setup::ensure(c, false, true)
+                .await
+                .expect("setup");
         }
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("dealsync.db")).await.unwrap();

@@ -27,7 +27,9 @@ async fn setup_is_idempotent_and_a_dry_run_writes_nothing() {
         )
         .unwrap();
         let before = writes(&p.counters().await);
-        let planned = dealsync::setup::ensure(&c, true, true).await.expect("dry run");
+        let planned = dealsync::setup::ensure(&c, true, true)
+            .await
+            .expect("dry run");
         assert_eq!(
             writes(&p.counters().await),
             before,
@@ -40,7 +42,9 @@ async fn setup_is_idempotent_and_a_dry_run_writes_nothing() {
             + 4; // a group per object
         assert_eq!(planned.len(), expected, "{planned:?}");
 
-        let done = dealsync::setup::ensure(&c, false, true).await.expect("setup");
+        let done = dealsync::setup::ensure(&c, false, true)
+            .await
+            .expect("setup");
         assert_eq!(done, planned, "a run does what the dry run said");
         for (object, name, unique) in [
             ("deals", dealsync::properties::REGISTRATION, true),

@@ -111,7 +111,9 @@ impl World {
         };
         for p in [&w.hs, &w.pa] {
             let c = w.client(p);
-            dealsync::setup::ensure(&c, false, true).await.expect("setup");
+            dealsync::setup::ensure(&c, false, true)
+                .await
+                .expect("setup");
         }
         w
     }

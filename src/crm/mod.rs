@@ -170,7 +170,10 @@ pub fn to_deal(deal_id: &str, type_id: u32) -> Value {
 
 /// The `results` of a list answer.
 fn listed(v: &Value) -> impl Iterator<Item = &Value> {
-    v.get("results").and_then(Value::as_array).into_iter().flatten()
+    v.get("results")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
 }
 
 /// An object's properties and property groups, as the properties API lists them.

@@ -89,8 +89,7 @@ impl Tag {
         if s.chars().count() > 32 {
             return Err("is longer than 32 characters".into());
         }
-        if s
-            .chars()
+        if s.chars()
             .any(|c| c.is_whitespace() || matches!(c, '<' | '>' | '&' | '"' | '@'))
         {
             return Err("must be one word without spaces, HTML characters or @".into());
@@ -297,12 +296,20 @@ mod tests {
             ("#shared hello", true, "hello"),
             ("#SHARED hello", true, "hello"),
             ("<p>#shared hello</p>", true, "<p>hello</p>"),
-            ("<div style=\"x\"><p>&nbsp;#Shared&nbsp;hi</p></div>", true, "<div style=\"x\"><p>&nbsp;hi</p></div>"),
+            (
+                "<div style=\"x\"><p>&nbsp;#Shared&nbsp;hi</p></div>",
+                true,
+                "<div style=\"x\"><p>&nbsp;hi</p></div>",
+            ),
             ("#shared", true, ""),
             ("<p>#shared</p>", true, "<p></p>"),
             ("#shared: hi", true, ": hi"),
             ("hello #shared", false, "hello #shared"),
-            ("<p>note</p><p>#shared hi</p>", false, "<p>note</p><p>#shared hi</p>"),
+            (
+                "<p>note</p><p>#shared hi</p>",
+                false,
+                "<p>note</p><p>#shared hi</p>",
+            ),
             ("#sharedness hi", false, "#sharedness hi"),
             ("#share hi", false, "#share hi"),
             ("", false, ""),
@@ -371,11 +378,17 @@ mod tests {
     fn a_footer_someone_edited_still_comes_off() {
         let body = "#shared hi<p>— shared by dealsync from acme. ref:acme:9</p>";
         let p = parse(body, &tag());
-        assert_eq!((p.text.as_str(), p.reference.as_deref()), ("hi", Some("acme:9")));
+        assert_eq!(
+            (p.text.as_str(), p.reference.as_deref()),
+            ("hi", Some("acme:9"))
+        );
         // The footer without a closing tag, or without a usable ref.
         let p = parse("#shared hi<p>— shared by dealsync from acme", &tag());
         assert_eq!((p.text.as_str(), p.reference), ("hi", None));
-        let p = parse("#shared hi<p>— shared by dealsync from acme. ref:</p>", &tag());
+        let p = parse(
+            "#shared hi<p>— shared by dealsync from acme. ref:</p>",
+            &tag(),
+        );
         assert_eq!(p.reference, None);
     }
 
@@ -401,7 +414,14 @@ mod tests {
         assert!(p.shared);
         assert!(!fits(&render(&p.text, &tag(), None, None)));
         assert!(fits(&"x".repeat(MAX_BODY_CHARS)));
-        for body in ["&nbsp", "<p>&", "#shared&nbsp", "#shared @", "é#shared", "<p>é</p>"] {
+        for body in [
+            "&nbsp",
+            "<p>&",
+            "#shared&nbsp",
+            "#shared @",
+            "é#shared",
+            "<p>é</p>",
+        ] {
             let _ = parse(body, &tag());
         }
         let t = Tag::new("é").unwrap();

@@ -108,10 +108,15 @@ pub fn content_props() -> Vec<String> {
 
 /// The properties read from notes under tag marking (the portal has no custom ones).
 fn content_props_tag() -> Vec<String> {
-    ["hs_note_body", "hs_attachment_ids", "hs_timestamp", "hs_lastmodifieddate"]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect()
+    [
+        "hs_note_body",
+        "hs_attachment_ids",
+        "hs_timestamp",
+        "hs_lastmodifieddate",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
 }
 
 /// A note as the decision sees it: deciding properties only.
@@ -283,7 +288,9 @@ pub async fn read_notes(
                 Some(c) => NoteHead {
                     id: id.clone(),
                     shared: c.shared,
-                    origin: k.and_then(|k| k.copy_of.clone()).or_else(|| c.reference.clone()),
+                    origin: k
+                        .and_then(|k| k.copy_of.clone())
+                        .or_else(|| c.reference.clone()),
                     reply_to: None,
                     target: c.target.clone(),
                     ms: *m,
@@ -325,7 +332,12 @@ pub async fn read_contents(
         .batch_read_with_history("notes", ids, &props, &["hs_note_body".to_owned()])
         .await?
         .iter()
-        .map(|r| (r.id.clone(), Content::from_record(r, marking, &settings.tag)))
+        .map(|r| {
+            (
+                r.id.clone(),
+                Content::from_record(r, marking, &settings.tag),
+            )
+        })
         .collect())
 }
 
@@ -1163,7 +1175,8 @@ async fn execute_with(
                     .heads
                     .get(&orig_id)
                     .and_then(|h| h.reply_to.clone());
-                let body = view(to).body_for(settings, &pair, &content.body, None, parent.is_some());
+                let body =
+                    view(to).body_for(settings, &pair, &content.body, None, parent.is_some());
                 if !marking::fits(&body) {
                     pair.state = ObjectState::Skipped;
                     pair.note = Some(format!(
@@ -1249,14 +1262,20 @@ async fn execute_with(
                 let (to_p, to_h, shadow, conflict) = decide_body(link.id, &pair, pc, hc);
                 out.conflicts.extend(conflict);
                 let mut writes: HashMap<Side, Map<String, Value>> = HashMap::new();
-                let bodies = [(Side::Partner, to_p, &pc.target), (Side::Hubspot, to_h, &hc.target)]
-                    .map(|(side, text, target)| {
-                        let body = text.map(|t| {
-                            view(side).body_for(settings, &pair, &t, target.as_deref(), false)
-                        });
-                        (side, body)
+                let bodies = [
+                    (Side::Partner, to_p, &pc.target),
+                    (Side::Hubspot, to_h, &hc.target),
+                ]
+                .map(|(side, text, target)| {
+                    let body = text.map(|t| {
+                        view(side).body_for(settings, &pair, &t, target.as_deref(), false)
                     });
-                if bodies.iter().any(|(_, b)| b.as_deref().is_some_and(|b| !marking::fits(b))) {
+                    (side, body)
+                });
+                if bodies
+                    .iter()
+                    .any(|(_, b)| b.as_deref().is_some_and(|b| !marking::fits(b)))
+                {
                     // Nothing written, the pair left as it was: the edit is not lost, and
                     // it syncs once the message is short enough.
                     pair.note = Some(format!(
@@ -1437,7 +1456,12 @@ async fn write_copies(
     if !fresh.is_empty() {
         let inputs: Vec<(Props, Value)> = fresh
             .iter()
-            .map(|c| (c.props.clone(), crate::crm::to_deal(v.deal_id, crate::crm::NOTE_TO_DEAL)))
+            .map(|c| {
+                (
+                    c.props.clone(),
+                    crate::crm::to_deal(v.deal_id, crate::crm::NOTE_TO_DEAL),
+                )
+            })
             .collect();
         let records = v.client.batch_create("notes", &inputs).await?;
         // Matched by origin: HubSpot does not promise the answer's order.
@@ -1477,7 +1501,9 @@ async fn write_copies(
             .map(|(id, _)| (id.clone(), v.deal_id.to_owned()))
             .collect();
         if !off_deal.is_empty() {
-            v.client.associate_default("notes", "deals", &off_deal).await?;
+            v.client
+                .associate_default("notes", "deals", &off_deal)
+                .await?;
         }
         for c in adopt {
             let id = c.existing.clone().unwrap_or_default();

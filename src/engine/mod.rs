@@ -1254,7 +1254,12 @@ impl Engine {
                 e.2.push(deal.to_owned());
                 e.3 |= forced(l);
             };
-            add(&hubspot_portal, &self.portals.hubspot, Side::Hubspot, &l.hubspot_deal_id);
+            add(
+                &hubspot_portal,
+                &self.portals.hubspot,
+                Side::Hubspot,
+                &l.hubspot_deal_id,
+            );
             if let Some(c) = self.portals.partners.get(&l.partner) {
                 add(&l.partner, c, Side::Partner, &l.partner_deal_id);
             }
@@ -1267,11 +1272,9 @@ impl Engine {
                 async move {
                     let deals = unique(deals.iter().cloned());
                     let r = match self.markings.of(client).await {
-                        Ok(m) => {
-                            messages::read_notes(client, m, settings, &deals, &known, *force)
-                                .await
-                                .map(|n| (m, n))
-                        }
+                        Ok(m) => messages::read_notes(client, m, settings, &deals, &known, *force)
+                            .await
+                            .map(|n| (m, n)),
                         Err(e) => Err(e),
                     };
                     (portal.clone(), r)
@@ -1336,13 +1339,11 @@ impl Engine {
                         Side::Partner => (&l.partner, &p),
                         Side::Hubspot => (&hubspot_portal, &h),
                     };
-                    let read = |id: &str| {
-                        matches!(notes_read.get(portal.as_str()), Some(m) if m.contains_key(id))
-                    };
+                    let read = |id: &str| matches!(notes_read.get(portal.as_str()), Some(m) if m.contains_key(id));
                     // Contents of shared notes only, not read yet.
-                    if let Some(id) = id.filter(|id| {
-                        notes.get(*id).is_some_and(|n| n.shared) && !read(id)
-                    }) {
+                    if let Some(id) =
+                        id.filter(|id| notes.get(*id).is_some_and(|n| n.shared) && !read(id))
+                    {
                         wanted
                             .entry(portal.clone())
                             .or_default()
@@ -1402,7 +1403,10 @@ impl Engine {
                 .into_iter()
                 .collect();
         for (portal, read) in &notes_read {
-            if let Ok(m) = contents.entry((*portal).to_owned()).or_insert_with(|| Ok(HashMap::new())) {
+            if let Ok(m) = contents
+                .entry((*portal).to_owned())
+                .or_insert_with(|| Ok(HashMap::new()))
+            {
                 m.extend(read.iter().map(|(k, v)| (k.clone(), v.clone())));
             }
         }

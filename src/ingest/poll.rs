@@ -566,7 +566,7 @@ impl Poller {
                             &inv.partners,
                             r,
                         )
-                            .await
+                        .await
                         {
                             Ok(outcome) => {
                                 tracing::info!(deal = %r.id, outcome = ?outcome, "partner added on HubSpot's side")

@@ -297,9 +297,14 @@ pub async fn wait_deal_prop(p: &Portal, id: &str, name: &str, want: &str) {
     .await;
 }
 
-/// Runs `dealsync setup` (its properties and groups) in each named portal of a sandbox.
+/// Runs `dealsync setup` (its properties and groups) in each named portal of a sandbox, as
+/// `marking = "auto"` does: note properties only where the portal takes them.
 pub async fn setup_portals(sb: &SandboxHandle, names: &[&str]) {
     for name in names {
+        let features = portal(sb, name)
+            .control(reqwest::Method::GET, "/features", None)
+            .await;
+        let notes = features.body["note_properties"] != false;
         let p = sb.portal(name);
         let c = dealsync::crm::Client::new(
             name,
@@ -309,7 +314,9 @@ pub async fn setup_portals(sb: &SandboxHandle, names: &[&str]) {
             dealsync::crm::RetryPolicy::default(),
         )
         .expect("client");
-        dealsync::setup::ensure(&c, false, true).await.expect("setup");
+        dealsync::setup::ensure(&c, false, notes)
+            .await
+            .expect("setup");
     }
 }
 

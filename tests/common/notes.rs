@@ -93,3 +93,38 @@ pub fn attachments(n: &Value) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// The origin a note says it was copied from: `dealsync_origin` (property marking), or the
+/// `ref:` of dealsync's footer (tag marking).
+pub fn origin(n: &Value) -> Option<String> {
+    prop(n, dealsync::properties::ORIGIN)
+        .map(str::to_owned)
+        .or_else(|| {
+            let body = prop(n, "hs_note_body")?;
+            dealsync::engine::marking::parse(body, &Default::default()).reference
+        })
+}
+
+/// Puts a portal in tag marking as a real one that refuses custom note properties would be:
+/// the features off, then `dealsync setup` makes only its deal properties.
+pub async fn refuse_note_properties(sb: &dealsync::sandbox::SandboxHandle, name: &str) {
+    let p = super::portal(sb, name);
+    let a = p
+        .control(
+            reqwest::Method::PUT,
+            "/features",
+            Some(serde_json::json!({ "note_properties": false, "note_unique_properties": false, "note_upsert": false })),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+}
+
+/// The note ids whose body the portal has served in a read or search answer.
+pub async fn bodies_served(p: &Portal) -> std::collections::BTreeSet<String> {
+    p.counters().await["note_bodies"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect()
+}
