@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::notes::{attachments, prop as note_prop};
+use common::notes::{attachments, origin as note_origin};
 use dealsync::store::{self, Store};
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -46,7 +46,13 @@ fn env_num(key: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn config(dir: &Path, base: &str, webhooks: Option<u16>, sweep_ms: u64) -> std::path::PathBuf {
+fn config(
+    dir: &Path,
+    base: &str,
+    webhooks: Option<u16>,
+    sweep_ms: u64,
+    extra: &str,
+) -> std::path::PathBuf {
     let path = dir.join("dealsync.toml");
     let map: String = STAGES.iter().map(|s| format!("{s} = \"{s}\"\n")).collect();
     std::fs::write(
@@ -87,7 +93,7 @@ webhook_secret_env = "NOTIFY_SECRET"
 max_attempts = 100
 retry_base_ms = 50
 retry_max_ms = 500
-{hooks}"#,
+{hooks}{extra}"#,
             db = dir.join("dealsync.db").display(),
             dl = dir.join("dead-letters.jsonl").display(),
             sweep_ms = sweep_ms,
@@ -140,7 +146,7 @@ async fn point_webhooks(sb: &str, daemon_addr: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_loses_nothing() {
-    soak(false).await;
+    soak(false, false).await;
 }
 
 /// The same stream with the sandbox misbehaving all along: 5xx answers, added latency, search
@@ -148,7 +154,7 @@ async fn sigkill_at_random_moments_loses_nothing() {
 /// Transient faults only, so there must be no dead letter either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_amid_injected_faults_loses_nothing() {
-    soak(true).await;
+    soak(true, false).await;
 }
 
 /// Retries a test-side write through injected faults (the test is a user, not the daemon).
@@ -165,10 +171,21 @@ async fn patch(p: &common::Portal, id: &str, body: serde_json::Value, seed: u64)
     panic!("seed {seed}: the sandbox refused a change 50 times");
 }
 
-async fn soak(faults: bool) {
+/// The same stream with partner-a refusing custom note properties: its shared messages are
+/// marked by the `#shared` tag (`marking = "auto"`), its copies carry a footer with their ref.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_with_a_tag_marking_partner_loses_nothing() {
+    soak(false, true).await;
+}
+
+async fn soak(faults: bool, tag: bool) {
     let seed = env_num("DEALSYNC_SOAK_SEED", rand::rng().random());
     let kills = env_num("DEALSYNC_SOAK_KILLS", 30);
-    let name = if faults { "fault soak" } else { "crash test" };
+    let name = match (faults, tag) {
+        (true, _) => "fault soak",
+        (false, true) => "crash test (tag marking)",
+        (false, false) => "crash test",
+    };
     eprintln!("{name}: seed {seed}, {kills} kills (DEALSYNC_SOAK_SEED={seed} reproduces)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let sb = common::unlimited_sandbox().await;
@@ -185,11 +202,21 @@ async fn soak(faults: bool) {
             .unwrap()
             .port()
     });
-    let cfg = config(dir.path(), &sb.base_url, port, 4000);
+    // The sandbox's search has no lag here: a note need not settle long (tag marking).
+    let cfg = config(
+        dir.path(),
+        &sb.base_url,
+        port,
+        4000,
+        "[messages]\nsearch_settle_ms = 500\n",
+    );
     if let Some(port) = port {
         point_webhooks(&sb.base_url, &format!("127.0.0.1:{port}")).await;
     }
     let db = dir.path().join("dealsync.db");
+    if tag {
+        common::notes::refuse_note_properties(&sb, "partner-a").await;
+    }
     let pairs = linked_deals(&sb, &hs, &pa, &db, DEALS).await;
     if faults {
         for p in [&hs, &pa] {
@@ -205,7 +232,10 @@ async fn soak(faults: bool) {
     let mut last: HashMap<(usize, &str), String> = HashMap::new();
     let mut last_change: HashMap<usize, Instant> = HashMap::new();
     let mut changes = 0u64;
-    let mut msgs = Messages::default();
+    let mut msgs = Messages {
+        tag,
+        ..Default::default()
+    };
     let spacing = Duration::from_secs(if faults { 3 } else { 1 });
     let mut daemon = start(&cfg, &hs, &pa);
     for kill in 0..kills {
@@ -338,17 +368,7 @@ async fn linked_deals(
         pairs.push((p, h));
     }
     drop(store);
-    for p in [hs, pa] {
-        let c = dealsync::crm::Client::new(
-            &p.info.name,
-            &sb.base_url,
-            &p.info.token,
-            std::sync::Arc::new(dealsync::crm::Budget::new(1000, 100)),
-            dealsync::crm::RetryPolicy::default(),
-        )
-        .unwrap();
-        dealsync::setup::ensure(&c, false, true).await.unwrap();
-    }
+    common::setup_portals(sb, &[&hs.info.name, &pa.info.name]).await;
     pairs
 }
 
@@ -369,7 +389,7 @@ async fn sigkill_right_after_a_webhook_2xx_loses_nothing() {
         .local_addr()
         .unwrap()
         .port();
-    let cfg = config(dir.path(), &sb.base_url, Some(port), 3_600_000);
+    let cfg = config(dir.path(), &sb.base_url, Some(port), 3_600_000, "");
     let db = dir.path().join("dealsync.db");
     let (p, h) = linked_deals(&sb, &hs, &pa, &db, 1).await.remove(0);
     let blind = json!({"search_lag_ms": 600_000});
@@ -455,16 +475,24 @@ fn diagnose(db: &Path) -> String {
 async fn note(
     p: &common::Portal,
     deal: &str,
-    body: &str,
-    shared: bool,
+    (body, shared, tag): (&str, bool, bool),
     extra: serde_json::Value,
     seed: u64,
 ) -> String {
-    let mut props = json!({
-        "hs_note_body": body,
-        "hs_timestamp": "2026-11-26T10:00:00.000Z",
-        dealsync::properties::VISIBILITY: if shared { "shared" } else { "private" },
-    });
+    let mut props = if tag {
+        let body = if shared {
+            format!("#shared {body}")
+        } else {
+            body.to_owned()
+        };
+        json!({ "hs_note_body": body, "hs_timestamp": "2026-11-26T10:00:00.000Z" })
+    } else {
+        json!({
+            "hs_note_body": body,
+            "hs_timestamp": "2026-11-26T10:00:00.000Z",
+            dealsync::properties::VISIBILITY: if shared { "shared" } else { "private" },
+        })
+    };
     for (k, v) in extra.as_object().into_iter().flatten() {
         props[k] = v.clone();
     }
@@ -516,7 +544,7 @@ async fn notes(p: &common::Portal) -> Option<Vec<serde_json::Value>> {
     loop {
         let a = p
             .get(&format!(
-                "/crm/v3/objects/notes?limit=100&properties=hs_attachment_ids,dealsync_origin{after}"
+                "/crm/v3/objects/notes?limit=100&properties=hs_note_body,hs_attachment_ids,dealsync_origin{after}"
             ))
             .await;
         if a.status != 200 {
@@ -545,6 +573,8 @@ struct Shared {
 /// The message half of the stream.
 #[derive(Default)]
 struct Messages {
+    /// partner-a marks shared messages with the tag.
+    tag: bool,
     shared: Vec<Shared>,
     private: usize,
     detached: usize,
@@ -570,6 +600,10 @@ where
 }
 
 impl Messages {
+    fn tags(&self, portal: &str) -> bool {
+        self.tag && portal == "partner-a"
+    }
+
     /// Writes a shared message (half with a file), a private note, removes an attachment from
     /// an earlier shared message, or deletes one.
     async fn act(
@@ -596,7 +630,8 @@ impl Messages {
                 let f = upload(who, &format!("f{n}.txt"), format!("file {n} s{seed}"), seed).await;
                 props = json!({ "hs_attachment_ids": f });
             }
-            let id = note(who, deal, &format!("shared {n} s{seed}"), true, props, seed).await;
+            let text = format!("shared {n} s{seed}");
+            let id = note(who, deal, (&text, true, self.tags(portal)), props, seed).await;
             self.shared.push(Shared {
                 portal,
                 id,
@@ -605,7 +640,7 @@ impl Messages {
             });
         } else if roll < 8 {
             let body = format!("{} {}", marker(seed, portal), self.private);
-            note(who, deal, &body, false, json!({}), seed).await;
+            note(who, deal, (&body, false, self.tags(portal)), json!({}), seed).await;
             self.private += 1;
         } else if roll < 9 {
             let k = mine[rng.random_range(0..mine.len())];
@@ -661,7 +696,7 @@ impl Messages {
             let origin = format!("{}:{}", m.portal, m.id);
             let copies: Vec<_> = there
                 .iter()
-                .filter(|n| note_prop(n, dealsync::properties::ORIGIN) == Some(origin.as_str()))
+                .filter(|n| note_origin(n).as_deref() == Some(origin.as_str()))
                 .collect();
             assert!(
                 copies.len() <= 1,
@@ -715,7 +750,7 @@ impl Messages {
                         there
                             .iter()
                             .find(|n| {
-                                note_prop(n, dealsync::properties::ORIGIN) == Some(origin.as_str())
+                                note_origin(n).as_deref() == Some(origin.as_str())
                             })
                             .and_then(|n| n["id"].as_str())
                             .is_some_and(|id| told.contains(id))
