@@ -640,7 +640,14 @@ impl Messages {
             });
         } else if roll < 8 {
             let body = format!("{} {}", marker(seed, portal), self.private);
-            note(who, deal, (&body, false, self.tags(portal)), json!({}), seed).await;
+            note(
+                who,
+                deal,
+                (&body, false, self.tags(portal)),
+                json!({}),
+                seed,
+            )
+            .await;
             self.private += 1;
         } else if roll < 9 {
             let k = mine[rng.random_range(0..mine.len())];
@@ -749,9 +756,7 @@ impl Messages {
                         };
                         there
                             .iter()
-                            .find(|n| {
-                                note_origin(n).as_deref() == Some(origin.as_str())
-                            })
+                            .find(|n| note_origin(n).as_deref() == Some(origin.as_str()))
                             .and_then(|n| n["id"].as_str())
                             .is_some_and(|id| told.contains(id))
                     })

@@ -13,16 +13,16 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::notes::{note, notes, prop, upload};
+use common::scan::{assert_absent, assert_local_clean, assert_portal_clean, state, Capture};
 use dealsync::crm::{Budget, Client, RetryPolicy};
 use dealsync::daemon::{DaemonHandle, DaemonParts, PortalConn, WebhookParts};
 use dealsync::engine::{FieldKind, FieldSpec, Settings};
 use dealsync::store;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -36,37 +36,9 @@ fn shared_by(portal: &str) -> String {
     format!("SHAREDMARK-{portal}-k2")
 }
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn assert_absent(what: &str, text: &str, marker: &str) {
-    if let Some(i) = text.find(marker) {
-        let around: String = text[i..].chars().take(80).collect();
-        panic!("{what} contains {marker}: …{around}…");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_private_note_or_other_partners_message_leaks_anywhere() {
-    let logs = Capture::default();
-    let writer = logs.clone();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(
-            "dealsync=trace,dealsync::sandbox=off",
-        ))
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .init();
+    let logs = Capture::install();
 
     let sb = common::unlimited_sandbox().await;
     let names = ["hubspot", "partner-a", "partner-b"];
@@ -326,51 +298,18 @@ async fn no_private_note_or_other_partners_message_leaks_anywhere() {
     d.shutdown().await;
 
     // Scan.
-    let state = |p: &common::Portal| {
-        let p = p.clone();
-        async move {
-            let a = p
-                .http
-                .get(format!("{}/_sandbox/portals/{}/state", p.base, p.info.name))
-                .send()
-                .await
-                .unwrap();
-            a.json::<Value>().await.unwrap()
-        }
-    };
     let mut scanned = 0;
     for owner in names {
         for other in names.iter().filter(|n| **n != owner) {
             let p = &portals[other];
-            let dump = state(p).await;
-            let text = dump.to_string();
-            assert_absent(
-                &format!("{other}'s portal (records, history, file names)"),
-                &text,
-                &private(owner),
-            );
+            scanned += assert_portal_clean(p, &private(owner)).await;
             // Partners never see each other's shared messages.
             if owner != "hubspot" && *other != "hubspot" {
-                assert_absent(&format!("{other}'s portal"), &text, &shared_by(owner));
-            }
-            for id in dump["data"]["files"]
-                .as_object()
-                .into_iter()
-                .flatten()
-                .map(|(id, _)| id)
-            {
-                let r = p
-                    .http
-                    .get(p.url(&format!("/files/v3/files/{id}/download")))
-                    .bearer_auth(&p.info.token)
-                    .send()
-                    .await
-                    .unwrap();
-                if r.status() == 200 {
-                    let body = String::from_utf8_lossy(&r.bytes().await.unwrap()).into_owned();
-                    assert_absent(&format!("file {id} in {other}"), &body, &private(owner));
-                    scanned += 1;
-                }
+                assert_absent(
+                    &format!("{other}'s portal"),
+                    &state(p).await.to_string(),
+                    &shared_by(owner),
+                );
             }
         }
         // Sanity: the marker is really there in its own portal, so the scans above could fail.
@@ -386,24 +325,6 @@ async fn no_private_note_or_other_partners_message_leaks_anywhere() {
         hub.contains(&shared_by("partner-a")) && hub.contains(&shared_by("partner-b")),
         "shared messages reached HubSpot"
     );
-
-    let mut files = vec![("store", std::fs::read(&db).unwrap())];
-    for extra in ["dealsync.db-wal", "dealsync.db-shm"] {
-        if let Ok(b) = std::fs::read(dir.path().join(extra)) {
-            files.push((extra, b));
-        }
-    }
-    files.push(("dead-letter file", std::fs::read(&dead).unwrap()));
-    let log = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
-    assert!(
-        log.lines().count() > 50,
-        "trace logging captured a real log"
-    );
-    files.push(("dealsync's log", log.into_bytes()));
-    for (what, bytes) in files {
-        let text = String::from_utf8_lossy(&bytes);
-        for owner in names {
-            assert_absent(what, &text, &private(owner));
-        }
-    }
+    let markers: Vec<String> = names.iter().map(|n| private(n)).collect();
+    assert_local_clean(dir.path(), &dead, &logs, &markers);
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod notes;
+pub mod scan;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
