@@ -6,11 +6,9 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::notes::{note, notes, prop};
-use dealsync::crm::{Budget, Client, RetryPolicy};
+use common::notes::{note, notes, plain_note, prop};
 use dealsync::daemon::DaemonHandle;
 use dealsync::sandbox::{PortalSpec, SandboxConfig};
 use dealsync::store;
@@ -24,6 +22,16 @@ fn marker(partner: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_partners_each_reach_hubspot_and_never_each_other() {
+    isolation(false).await;
+}
+
+/// The same with every portal refusing custom note properties (tag marking).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tag_marking_three_partners_each_reach_hubspot_and_never_each_other() {
+    isolation(true).await;
+}
+
+async fn isolation(tag: bool) {
     let sb = common::sandbox_with(SandboxConfig {
         portals: std::iter::once("hubspot")
             .chain(PARTNERS)
@@ -37,20 +45,13 @@ async fn three_partners_each_reach_hubspot_and_never_each_other() {
     .await;
     let portal = |n: &str| common::portal(&sb, n);
     let conn = |n: &str| common::conn(&sb, n);
-    for n in std::iter::once("hubspot").chain(PARTNERS) {
-        let c = conn(n);
-        let client = Client::new(
-            n,
-            &c.base_url,
-            &c.token,
-            Arc::new(Budget::new(100, 4)),
-            RetryPolicy::default(),
-        )
-        .unwrap();
-        dealsync::setup::ensure(&client, false, true)
-            .await
-            .expect("setup");
+    let all: Vec<&str> = std::iter::once("hubspot").chain(PARTNERS).collect();
+    if tag {
+        for n in &all {
+            common::notes::refuse_note_properties(&sb, n).await;
+        }
     }
+    common::setup_portals(&sb, &all).await;
     let dir = tempfile::tempdir().unwrap();
     let d = DaemonHandle::start(common::parts(
         dir.path(),
@@ -76,14 +77,12 @@ async fn three_partners_each_reach_hubspot_and_never_each_other() {
     }
     // Each partner shares a message with its marker on its deal.
     for p in PARTNERS {
-        note(
-            &portal(p),
-            &deals[p],
-            &format!("{} pitch", marker(p)),
-            true,
-            json!({}),
-        )
-        .await;
+        let text = format!("{} pitch", marker(p));
+        if tag {
+            plain_note(&portal(p), &deals[p], &format!("#shared {text}"), json!({})).await;
+        } else {
+            note(&portal(p), &deals[p], &text, true, json!({})).await;
+        }
     }
     common::eventually(
         "every partner's message reaches HubSpot",

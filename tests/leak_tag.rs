@@ -15,7 +15,9 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::notes::{bodies_served, notes, origin, refuse_note_properties, upload};
+use common::notes::{
+    bodies_served, notes, origin, plain_note as write, refuse_note_properties, upload,
+};
 use common::scan::{assert_absent, assert_local_clean, assert_portal_clean, state, Capture};
 use common::Portal;
 use dealsync::daemon::DaemonHandle;
@@ -30,24 +32,6 @@ fn private(portal: &str) -> String {
 
 fn shared_by(portal: &str) -> String {
     format!("SHAREDTAGMARK-{portal}-w9")
-}
-
-async fn write(p: &Portal, deal: &str, body: &str, extra: serde_json::Value) -> String {
-    let mut props = json!({ "hs_note_body": body, "hs_timestamp": "2026-12-05T10:00:00.000Z" });
-    for (k, v) in extra.as_object().into_iter().flatten() {
-        props[k] = v.clone();
-    }
-    let a = p
-        .post(
-            "/crm/v3/objects/notes",
-            json!({
-                "properties": props,
-                "associations": [{ "to": { "id": deal }, "types": [{ "associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 214 }] }],
-            }),
-        )
-        .await;
-    assert_eq!(a.status, 201, "{}", a.text);
-    a.body["id"].as_str().expect("id").to_owned()
 }
 
 async fn has_copy(p: &Portal, from: &str) -> bool {

@@ -11,7 +11,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::notes::{bodies_served, notes, origin, prop, refuse_note_properties};
+use common::notes::{
+    bodies_served, notes, origin, plain_note as write, prop, refuse_note_properties,
+};
 use common::Portal;
 use dealsync::daemon::DaemonHandle;
 use dealsync::engine::messages::MessageSettings;
@@ -91,21 +93,6 @@ impl World {
     }
 }
 
-/// A note as a person writes it in a tag-mode portal: only a body.
-async fn write(p: &Portal, deal: &str, body: &str) -> String {
-    let a = p
-        .post(
-            "/crm/v3/objects/notes",
-            json!({
-                "properties": { "hs_note_body": body, "hs_timestamp": "2026-12-05T10:00:00.000Z" },
-                "associations": [{ "to": { "id": deal }, "types": [{ "associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 214 }] }],
-            }),
-        )
-        .await;
-    assert_eq!(a.status, 201, "create note: {}", a.text);
-    a.body["id"].as_str().expect("id").to_owned()
-}
-
 async fn edit(p: &Portal, id: &str, props: Value) {
     let a = p
         .patch(
@@ -183,9 +170,15 @@ async fn a_tag_portal_and_a_property_portal_share_each_way_and_private_notes_are
     let h = w.hs.create_deal(json!({"dealname": "Shared deal"})).await;
     let p = w.link(&d.store, &w.pa, &h).await;
 
-    let private = write(&w.pa, &p, "<p>Margin is thin, PRIVTAG-1</p>").await;
-    let mention = write(&w.pa, &p, "<p>We never said #shared here, PRIVTAG-2</p>").await;
-    let m1 = write(&w.pa, &p, "<p>#Shared Kick-off on Monday</p>").await;
+    let private = write(&w.pa, &p, "<p>Margin is thin, PRIVTAG-1</p>", json!({})).await;
+    let mention = write(
+        &w.pa,
+        &p,
+        "<p>We never said #shared here, PRIVTAG-2</p>",
+        json!({}),
+    )
+    .await;
+    let m1 = write(&w.pa, &p, "<p>#Shared Kick-off on Monday</p>", json!({})).await;
     let c1 = one_copy(
         &w.hs,
         &format!("partner-a:{m1}"),
@@ -337,9 +330,9 @@ async fn with_every_portal_on_tags_a_hubspot_message_names_its_partner() {
     w.link(&d.store, &w.pa, &h).await;
     let pb = w.link(&d.store, &w.pb, &h).await;
 
-    let for_a = write(&w.hs, &h, "<p>#shared @partner-a Only for A</p>").await;
-    let untargeted = write(&w.hs, &h, "<p>#shared For whom?</p>").await;
-    let from_b = write(&w.pb, &pb, "#shared Hello from B").await;
+    let for_a = write(&w.hs, &h, "<p>#shared @partner-a Only for A</p>", json!({})).await;
+    let untargeted = write(&w.hs, &h, "<p>#shared For whom?</p>", json!({})).await;
+    let from_b = write(&w.pb, &pb, "#shared Hello from B", json!({})).await;
 
     one_copy(
         &w.pa,
@@ -448,9 +441,21 @@ async fn odd_bodies_in_a_tag_portal() {
     let h = w.hs.create_deal(json!({"dealname": "Shared deal"})).await;
     let p = w.link(&d.store, &w.pa, &h).await;
 
-    let only = write(&w.pa, &p, "#shared").await;
-    let html = write(&w.pa, &p, "<div><span>&nbsp;#SHARED</span> styled</div>").await;
-    let late = write(&w.pa, &p, "<p>intro</p><p>#shared not first PRIVTAG-3</p>").await;
+    let only = write(&w.pa, &p, "#shared", json!({})).await;
+    let html = write(
+        &w.pa,
+        &p,
+        "<div><span>&nbsp;#SHARED</span> styled</div>",
+        json!({}),
+    )
+    .await;
+    let late = write(
+        &w.pa,
+        &p,
+        "<p>intro</p><p>#shared not first PRIVTAG-3</p>",
+        json!({}),
+    )
+    .await;
     one_copy(
         &w.hs,
         &format!("partner-a:{only}"),

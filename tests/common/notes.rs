@@ -128,3 +128,23 @@ pub async fn bodies_served(p: &Portal) -> std::collections::BTreeSet<String> {
         .filter_map(|v| v.as_str().map(str::to_owned))
         .collect()
 }
+
+/// Creates a note on a deal as a person in a tag-mode portal writes it: a body (and `extra`
+/// properties), no dealsync property.
+pub async fn plain_note(p: &Portal, deal: &str, body: &str, extra: Value) -> String {
+    let mut props = json!({ "hs_note_body": body, "hs_timestamp": "2026-12-05T10:00:00.000Z" });
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        props[k] = v.clone();
+    }
+    let a = p
+        .post(
+            "/crm/v3/objects/notes",
+            json!({
+                "properties": props,
+                "associations": [{ "to": { "id": deal }, "types": [{ "associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 214 }] }],
+            }),
+        )
+        .await;
+    assert_eq!(a.status, 201, "create note: {}", a.text);
+    a.body["id"].as_str().expect("note id").to_owned()
+}
