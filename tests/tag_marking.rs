@@ -1,7 +1,7 @@
 //! Shared messages with a portal that refuses custom note properties (issue 17): the sandbox
 //! plays such a portal (`/features`), `marking = "auto"` falls back to tags there, and:
-//! messages flow each way (tag portal ↔ property portal, and tag ↔ tag) without echo, edits and
-//! un-sharing propagate, a HubSpot message names its partner with `@name` on a deal with
+//! messages (with an attachment, and a comment) flow each way (tag portal ↔ property portal,
+//! and tag ↔ tag) without echo, edits and un-sharing propagate, a HubSpot message names its partner with `@name` on a deal with
 //! several partners, a private note without the tag is never fetched (the sandbox counts the
 //! bodies it serves), a copy whose create answer was lost is found by its footer's `ref:` and
 //! not made twice (also while search still lags), and the bad inputs: the tag anywhere but
@@ -178,7 +178,14 @@ async fn a_tag_portal_and_a_property_portal_share_each_way_and_private_notes_are
         json!({}),
     )
     .await;
-    let m1 = write(&w.pa, &p, "<p>#Shared Kick-off on Monday</p>", json!({})).await;
+    let f1 = common::notes::upload(&w.pa, "plan.pdf", b"partner plan".to_vec()).await;
+    let m1 = write(
+        &w.pa,
+        &p,
+        "<p>#Shared Kick-off on Monday</p>",
+        json!({ "hs_attachment_ids": f1 }),
+    )
+    .await;
     let c1 = one_copy(
         &w.hs,
         &format!("partner-a:{m1}"),
@@ -187,6 +194,12 @@ async fn a_tag_portal_and_a_property_portal_share_each_way_and_private_notes_are
     )
     .await;
     assert_eq!(prop(&c1, dealsync::properties::VISIBILITY), Some("shared"));
+    let files = common::notes::attachments(&c1);
+    assert_eq!(files.len(), 1, "the attachment came along: {c1}");
+    assert_eq!(
+        common::notes::file_content(&w.hs, &files[0]).await,
+        b"partner plan"
+    );
 
     let m2 = common::notes::note(&w.hs, &h, "<p>Pricing call moved</p>", true, json!({})).await;
     let c2 = one_copy(
@@ -201,6 +214,25 @@ async fn a_tag_portal_and_a_property_portal_share_each_way_and_private_notes_are
         c2_body.contains("To answer, write a note that starts with #shared"),
         "the footer says how to answer: {c2_body}"
     );
+    // A comment on HubSpot's side arrives as a message whose footer says it is a reply.
+    let r2 = common::notes::note(
+        &w.hs,
+        &h,
+        "<p>Agenda attached later</p>",
+        true,
+        json!({ dealsync::properties::REPLY_TO: m2 }),
+    )
+    .await;
+    one_copy(
+        &w.pa,
+        &format!("hubspot:{r2}"),
+        "the comment, said to be a reply",
+        |b| {
+            b.starts_with("<p>#shared Agenda attached later</p>")
+                && b.contains("in reply to an earlier message")
+        },
+    )
+    .await;
     drained(&d.store).await;
     let before = (
         w.hs.counters().await["writes"].clone(),
