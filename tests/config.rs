@@ -206,6 +206,9 @@ fn bad_inputs_name_their_key() {
         (format!("{MINIMAL}\n[notifications.smtp]\nhost = \"smtp.example.com\"\nfrom = \"a@b.example\"\nusername = \"u\"\n"), "notifications.smtp"),
         (format!("{MINIMAL}\n[notifications.smtp]\nhost = \"smtp.example.com\"\nfrom = \"a@b.example\"\npassword = \"x\"\n"), "notifications.smtp.password"),
         (format!("{MINIMAL}\n[metrics]\nlisten = \"localhost\"\n"), "metrics.listen"),
+        (format!("{MINIMAL}\n[messages]\ntag = \"\"\n"), "messages.tag"),
+        (format!("{MINIMAL}\n[messages]\ntag = \"two words\"\n"), "messages.tag"),
+        (format!("{MINIMAL}\n[messages]\nmarking = \"label\"\n"), "marking"),
         (format!("{}\n[webhooks]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n", MINIMAL.replace("token_env = \"HS\"", "token_env = \"HS\"\nwebhook_secret_env = \"HS\"")), "remove [metrics]"),
     ];
     for (text, key) in cases {
