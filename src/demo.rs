@@ -5,8 +5,9 @@
 //!
 //! partner-a is installed the way a real partner installs dealsync: by OAuth, from an install
 //! link, with the sandbox as HubSpot's OAuth server; HubSpot's portal and partner-b keep static
-//! tokens. Every call goes to HubSpot's date-versioned paths, which the last step checks in the
-//! sandbox's counters.
+//! tokens. partner-b also plays a portal that refuses custom note properties, so its shared
+//! messages are marked by the `#shared` tag (`marking = "auto"`). Every call goes to HubSpot's
+//! date-versioned paths, which the last step checks in the sandbox's counters.
 //!
 //! Every step is verified, and the demo exits non-zero if one fails.
 
@@ -153,7 +154,14 @@ impl Demo {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .find(|d| d["body"]["event"] == event && d["body"]["side"] == side);
+                // partner-a's deal: the inbound deal's messages are notified too.
+                .find(|d| {
+                    d["body"]["event"] == event
+                        && d["body"]["side"] == side
+                        && d["body"]["summary"].as_str().is_some_and(|s| {
+                            s.starts_with("partner-a") || s.ends_with("in partner-a)")
+                        })
+                });
             if let Some(d) = found {
                 let text = |k: &str| d[k].as_str().unwrap_or("");
                 if !crate::notify::verify(
@@ -301,6 +309,9 @@ impl Demo {
 }
 
 /// Runs the demo; `Ok` only if every step was verified.
+/// The demo's partner whose portal refuses custom note properties (tag marking).
+const TAG_PORTAL: &str = "partner-b";
+
 pub async fn run() -> Result<(), DemoError> {
     let started = Instant::now();
     let sb = sandbox::start(SandboxConfig {
@@ -351,12 +362,25 @@ pub async fn run() -> Result<(), DemoError> {
         "dealsync demo — sandbox at {} (nothing leaves this machine)",
         sb.base_url
     );
+    // partner-b plays a portal that refuses custom note properties: with `marking = "auto"`
+    // its shared messages are marked by the `#shared` tag, and setup makes no note property.
+    let refused = reqwest::Client::new()
+        .put(format!("{}/_sandbox/portals/{TAG_PORTAL}/features", sb.base_url))
+        .json(&json!({ "note_properties": false, "note_unique_properties": false, "note_upsert": false }))
+        .send()
+        .await
+        .map_err(setup)?;
+    if !refused.status().is_success() {
+        return Err(setup(format!(
+            "the sandbox did not take {TAG_PORTAL}'s features"
+        )));
+    }
     // An OAuth portal is set up once it is installed (step 1).
     for c in std::iter::once(&parts.hubspot)
         .chain(parts.partners.iter())
         .filter(|c| c.oauth.is_none())
     {
-        crate::setup::ensure(&client(c)?, false, true)
+        crate::setup::ensure(&client(c)?, false, c.name != TAG_PORTAL)
             .await
             .map_err(setup)?;
     }
@@ -588,12 +612,14 @@ pub async fn run() -> Result<(), DemoError> {
             .unwrap_or_default()
             .iter()
             .any(|n| {
-                n.get("hs_note_body")
-                    .is_some_and(|b| b.starts_with("Welcome!"))
+                n.get("hs_note_body").is_some_and(|b| {
+                    let p = crate::engine::marking::parse(b, &Default::default());
+                    p.shared && p.text.starts_with("Welcome!")
+                })
             });
         if welcome {
             println!(
-                "   ✔ the welcome note is its first shared message, after {} ms",
+                "   ✔ the welcome note is its first shared message, after {} ms; {TAG_PORTAL} refuses custom note properties, so it arrives as a note starting with #shared",
                 t0.elapsed().as_millis()
             );
             break;
@@ -603,6 +629,49 @@ pub async fn run() -> Result<(), DemoError> {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+
+    demo.say("partner-b answers with a note that starts with #shared (tag marking); its private note stays put");
+    let written = |body: &str| {
+        let mut n = Map::new();
+        n.insert("hs_note_body".into(), json!(body));
+        n.insert(
+            "hs_timestamp".into(),
+            json!(sandbox::model::iso(store::now_ms())),
+        );
+        n
+    };
+    let on_b = crate::crm::to_deal(&added.partner_deal_id, crate::crm::NOTE_TO_DEAL);
+    partner_b
+        .create(
+            "notes",
+            &written("<p>Our margin floor is 12%.</p>"),
+            on_b.clone(),
+        )
+        .await
+        .map_err(|e| demo.fail(e.to_string()))?;
+    let answer = partner_b
+        .create(
+            "notes",
+            &written("<p>#shared Thanks! We can start on Monday.</p>"),
+            on_b,
+        )
+        .await
+        .map_err(|e| demo.fail(e.to_string()))?
+        .id;
+    let copy_b = demo
+        .until_copy(true, &inbound, &format!("{TAG_PORTAL}:{answer}"), 0)
+        .await?;
+    if copy_b.get("hs_note_body") != Some("<p>Thanks! We can start on Monday.</p>") {
+        return Err(demo.fail("the tagged answer reached HubSpot with its tag, or changed"));
+    }
+    let on_hubspot = demo.notes(true, &inbound).await;
+    if on_hubspot.iter().any(|n| {
+        n.get("hs_note_body")
+            .is_some_and(|b| b.contains("margin floor"))
+    }) {
+        return Err(demo.fail("partner-b's private note reached HubSpot"));
+    }
+    println!("   ✔ HubSpot's rep reads it without the tag; the private note was never read");
 
     demo.say("The partner renames the deal in their CRM");
     demo.set(false, &p, "dealname", "Acme — Sales Hub + Service Hub")

@@ -57,7 +57,7 @@ fn demo_verifies_every_step_and_exits_zero() {
         stdout.contains("the partner's deal has no trace of it"),
         "{stdout}"
     );
-    assert!(stdout.contains("MESSAGES  active 3"), "{stdout}");
+    assert!(stdout.contains("MESSAGES  active 4"), "{stdout}");
     // A registration: refused with the reason, then accepted and linked.
     assert!(
         stdout.contains("refused, and the deal says why: the deal has no associated contact"),
@@ -72,7 +72,16 @@ fn demo_verifies_every_step_and_exits_zero() {
     );
     assert!(!stdout.contains("Not in this demo yet"), "{stdout}");
     assert!(stdout.contains("DEAD LETTERS  0 open of "), "{stdout}");
-    assert!(stdout.contains("14 steps verified"), "{stdout}");
+    assert!(stdout.contains("15 steps verified"), "{stdout}");
+    // partner-b refuses custom note properties: its messages are marked by the tag.
+    assert!(
+        stdout.contains("so it arrives as a note starting with #shared"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("HubSpot's rep reads it without the tag; the private note was never read"),
+        "{stdout}"
+    );
     // Notifications (signed, verified by the demo) and the deal team.
     assert!(stdout.contains("✔ message_shared → hubspot: "), "{stdout}");
     assert!(stdout.contains("✔ comment_added → partner: "), "{stdout}");
