@@ -6,18 +6,27 @@
 //!    5/s) and dealsync's default rate budget. The data is seeded into an unlimited sandbox,
 //!    saved, and loaded into the limited one, so seeding costs the daemon nothing. Reported:
 //!    every API call both portals answered while the daemon ran, per message, against the
-//!    minimum the API allows (per file a signed URL and an upload; per 100 notes a heads read,
-//!    an upsert and an association call; per 50 a contents read, which asks for the body's
-//!    history and HubSpot caps those at 50 inputs; per 200 a search page; per 1,000
-//!    an association read on each side), and messages per second until every pair and file
-//!    was recorded.
+//!    minimum the API allows (per file a signed URL and an upload; per 100 notes a heads read
+//!    and a create, which carries the deal association; per 50 a contents read, which asks
+//!    for the body's history and HubSpot caps those at 50 inputs; per 200 a search page of the
+//!    note poller; per 1,000 an association read on each side), and messages per second until
+//!    every pair and file was recorded.
+//!    The same again with partner-a on **tag marking** (it refuses custom note properties;
+//!    its shared notes start with `#shared`), with 100 private notes beside them on the linked
+//!    deals and 100 tagged notes on unlinked deals. Its minimum adds, per 100 notes, one
+//!    search for the tag among the deals' notes (the `IN` filter takes 100 ids), and the
+//!    contents read doubles as the body read that decides. Reported too: how many note bodies
+//!    partner-a served, and how many of them were not shared messages on linked deals (the
+//!    private notes' bodies must never be read; a private note without the tag is not a
+//!    search candidate).
 //! 2. **Memory.** The daemon runs as its own process (`dealsync run`) against the sandbox as
 //!    another; after it idles, a shared message with a 50 MB attachment is written, and the
 //!    daemon's peak resident memory (VmHWM) while copying it is compared with its idle VmRSS.
 //!    Target: under 40 MB above idle (the file streams; it is never held whole).
 //!
 //! Last line: `{"api_calls_per_message":…,"min_api_calls_per_message":…,"messages_per_s":…,
-//! "attachment_peak_rss_over_idle_mb":…}`.
+//! "tag_api_calls_per_message":…,"tag_min_api_calls_per_message":…,"tag_messages_per_s":…,
+//! "tag_bodies_read":…,"tag_bodies_read_outside_shared":…,"attachment_peak_rss_over_idle_mb":…}`.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -79,33 +88,100 @@ async fn upload(
     v["id"].as_str().expect("file id").to_owned()
 }
 
-/// Creates shared notes on deals, 100 per batch call, each with its attachment ids.
-async fn create_notes(c: &Client, notes: &[(String, String)]) {
+/// How the seeded notes are marked.
+#[derive(Clone, Copy, PartialEq)]
+enum Mark {
+    /// `dealsync_visibility = shared`.
+    Property,
+    /// The text starts with `#shared`.
+    Tag,
+    /// Neither: a private note.
+    Private,
+}
+
+/// Creates notes on deals, 100 per batch call, each with its attachment ids; their ids.
+async fn create_notes(c: &Client, notes: &[(String, String)], mark: Mark) -> Vec<String> {
+    let mut ids = Vec::new();
     for chunk in notes.chunks(100) {
         let inputs: Vec<Value> = chunk
             .iter()
             .enumerate()
             .map(|(i, (deal, files))| {
-                json!({
-                    "properties": {
-                        "hs_note_body": format!("<p>Shared update {i}</p>"),
-                        "hs_timestamp": "2026-11-26T10:00:00.000Z",
-                        dealsync::properties::VISIBILITY: "shared",
-                        "hs_attachment_ids": files,
+                let mut props = json!({
+                    "hs_note_body": match mark {
+                        Mark::Tag => format!("<p>#shared Shared update {i}</p>"),
+                        Mark::Property => format!("<p>Shared update {i}</p>"),
+                        Mark::Private => format!("<p>Internal {i}</p>"),
                     },
+                    "hs_timestamp": "2026-11-26T10:00:00.000Z",
+                    "hs_attachment_ids": files,
+                });
+                if mark == Mark::Property {
+                    props[dealsync::properties::VISIBILITY] = json!("shared");
+                }
+                json!({
+                    "properties": props,
                     "associations": [{ "to": { "id": deal }, "types": [{ "associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 214 }] }],
                 })
             })
             .collect();
-        c.call(
-            reqwest::Method::POST,
-            "/crm/v3/objects/notes/batch/create",
-            Some(&json!({ "inputs": inputs })),
-            CallKind::Ordinary,
-        )
-        .await
-        .expect("batch create notes");
+        let v = c
+            .call(
+                reqwest::Method::POST,
+                "/crm/v3/objects/notes/batch/create",
+                Some(&json!({ "inputs": inputs })),
+                CallKind::Ordinary,
+            )
+            .await
+            .expect("batch create notes");
+        ids.extend(
+            v["results"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r["id"].as_str().map(str::to_owned)),
+        );
     }
+    ids
+}
+
+/// Makes a sandbox portal refuse custom note properties (tag marking).
+async fn refuse_note_properties(http: &reqwest::Client, base: &str, portal: &str) {
+    let r = http
+        .put(format!("{base}/_sandbox/portals/{portal}/features"))
+        .json(&json!({ "note_properties": false, "note_unique_properties": false, "note_upsert": false }))
+        .send()
+        .await
+        .expect("features");
+    assert!(r.status().is_success(), "features: {}", r.status());
+}
+
+/// The note ids whose bodies a portal served (batch reads and searches).
+async fn bodies_served(http: &reqwest::Client, base: &str, portal: &str) -> Vec<String> {
+    let v: Value = http
+        .get(format!("{base}/_sandbox/portals/{portal}/counters"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["note_bodies"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// One throughput run's figures.
+struct Run {
+    per_message: f64,
+    min: f64,
+    rate: f64,
+    /// Note bodies partner-a served, and how many were not shared messages on linked deals.
+    bodies: usize,
+    bodies_outside: usize,
 }
 
 fn counted(
@@ -132,7 +208,7 @@ fn counted(
     }
 }
 
-async fn throughput() -> (f64, f64, f64) {
+async fn throughput(tag: bool) -> Run {
     // BENCH_SMOKE (CI): 20 messages instead of 1,000, same code path.
     let messages = support::size(MESSAGES, 20);
     let dir = tempfile::tempdir().unwrap();
@@ -153,9 +229,11 @@ async fn throughput() -> (f64, f64, f64) {
     let (hs_info, pa_info) = (sb.portal("hubspot").clone(), sb.portal("partner-a").clone());
     let hs = client("hubspot", &sb.base_url, &hs_info.token);
     let pa = client("partner-a", &sb.base_url, &pa_info.token);
-    for c in [&hs, &pa] {
-        dealsync::setup::ensure(c, false, true).await.unwrap();
+    if tag {
+        refuse_note_properties(&http, &sb.base_url, "partner-a").await;
     }
+    dealsync::setup::ensure(&hs, false, true).await.unwrap();
+    dealsync::setup::ensure(&pa, false, !tag).await.unwrap();
     let p_deals = support::create_deals(&pa, DEALS).await;
     let h_deals = support::create_deals(&hs, DEALS).await;
     let mut notes = Vec::new();
@@ -175,7 +253,21 @@ async fn throughput() -> (f64, f64, f64) {
         }
         notes.push((p_deals[i % DEALS].clone(), ids.join(";")));
     }
-    create_notes(&pa, &notes).await;
+    let mark = if tag { Mark::Tag } else { Mark::Property };
+    let shared: std::collections::HashSet<String> =
+        create_notes(&pa, &notes, mark).await.into_iter().collect();
+    if tag {
+        // Private notes beside them, and tagged notes on deals no link names.
+        let private: Vec<(String, String)> = (0..messages / 10)
+            .map(|i| (p_deals[i % DEALS].clone(), String::new()))
+            .collect();
+        create_notes(&pa, &private, Mark::Private).await;
+        let unlinked = support::create_deals(&pa, 1).await;
+        let elsewhere: Vec<(String, String)> = (0..messages / 10)
+            .map(|_| (unlinked[0].clone(), String::new()))
+            .collect();
+        create_notes(&pa, &elsewhere, Mark::Tag).await;
+    }
     sb.shutdown().await;
 
     // Run, under HubSpot's default limits.
@@ -187,6 +279,9 @@ async fn throughput() -> (f64, f64, f64) {
     })
     .await
     .unwrap();
+    if tag {
+        refuse_note_properties(&http, &sb.base_url, "partner-a").await;
+    }
     let db = dir.path().join("dealsync.db");
     let pairs: Vec<(String, String)> = p_deals.into_iter().zip(h_deals).collect();
     support::link_agreed(&db, &pairs).await;
@@ -263,15 +358,35 @@ async fn throughput() -> (f64, f64, f64) {
     let calls = counted(&sb, &sb.base_url, &http).await - before;
     let n = messages as f64;
     let ceil = |a: usize, b: usize| a.div_ceil(b) as f64;
-    // The contents read asks for the body's history: HubSpot caps such reads at 50 inputs.
+    // Per 100 notes: the heads read and the create (plus, under tag marking, the search for
+    // the tag among the deals' notes, private ones included). The contents read asks for the
+    // body's history: HubSpot caps such reads at 50 inputs.
+    let notes_on_deals = if tag { messages + messages / 10 } else { messages };
+    let per_hundred = if tag {
+        ceil(notes_on_deals, 100) * 2.0 + ceil(messages, 100)
+    } else {
+        2.0 * ceil(messages, 100)
+    };
     let min = (2 * FILES_PER_MESSAGE) as f64
-        + (3.0 * ceil(messages, 100)
+        + (per_hundred
             + ceil(messages, dealsync::crm::HISTORY_BATCH)
-            + ceil(messages, 200)
+            + ceil(notes_on_deals, 200)
             + 2.0 * ceil(messages, 1000))
             / n;
-    eprintln!("throughput: {messages} messages, {calls} calls in {elapsed:.1} s");
-    (calls as f64 / n, min, n / elapsed)
+    let served = bodies_served(&http, &sb.base_url, "partner-a").await;
+    let outside = served.iter().filter(|id| !shared.contains(*id)).count();
+    eprintln!(
+        "throughput ({}): {messages} messages, {calls} calls in {elapsed:.1} s; partner-a served {} bodies, {outside} not of shared messages on linked deals",
+        if tag { "tag marking" } else { "property marking" },
+        served.len()
+    );
+    Run {
+        per_message: calls as f64 / n,
+        min,
+        rate: n / elapsed,
+        bodies: served.len(),
+        bodies_outside: outside,
+    }
 }
 
 fn status_kb(pid: u32, key: &str) -> f64 {
@@ -328,7 +443,7 @@ async fn memory() -> f64 {
         vec![0x5a; support::size(BIG_FILE, 5 * 1024 * 1024)],
     )
     .await;
-    create_notes(&pa, &[(p[0].clone(), f)]).await;
+    create_notes(&pa, &[(p[0].clone(), f)], Mark::Property).await;
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -356,15 +471,21 @@ async fn memory() -> f64 {
 
 fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (per_message, min, rate) = rt.block_on(throughput());
+    let property = rt.block_on(throughput(false));
+    let tag = rt.block_on(throughput(true));
     let over_idle = rt.block_on(memory());
     let r = |x: f64| (x * 100.0).round() / 100.0;
     println!(
         "{}",
         support::mark(json!({
-            "api_calls_per_message": r(per_message),
-            "min_api_calls_per_message": r(min),
-            "messages_per_s": r(rate),
+            "api_calls_per_message": r(property.per_message),
+            "min_api_calls_per_message": r(property.min),
+            "messages_per_s": r(property.rate),
+            "tag_api_calls_per_message": r(tag.per_message),
+            "tag_min_api_calls_per_message": r(tag.min),
+            "tag_messages_per_s": r(tag.rate),
+            "tag_bodies_read": tag.bodies,
+            "tag_bodies_read_outside_shared": tag.bodies_outside,
             "attachment_peak_rss_over_idle_mb": r(over_idle),
         }))
     );
