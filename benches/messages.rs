@@ -361,7 +361,11 @@ async fn throughput(tag: bool) -> Run {
     // Per 100 notes: the heads read and the create (plus, under tag marking, the search for
     // the tag among the deals' notes, private ones included). The contents read asks for the
     // body's history: HubSpot caps such reads at 50 inputs.
-    let notes_on_deals = if tag { messages + messages / 10 } else { messages };
+    let notes_on_deals = if tag {
+        messages + messages / 10
+    } else {
+        messages
+    };
     let per_hundred = if tag {
         ceil(notes_on_deals, 100) * 2.0 + ceil(messages, 100)
     } else {

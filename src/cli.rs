@@ -791,6 +791,17 @@ async fn probe_portals(
             .checks
             .extend(crate::probe::probe(&client, &needs, &nonce).await);
     }
+    if only.is_none() {
+        let wanted = if config.webhooks.is_some() {
+            crate::project::subscriptions(config)
+        } else {
+            Vec::new()
+        };
+        report.checks.push(
+            crate::probe::app_webhooks(&config.hubspot.base_url, config.app.as_ref(), &wanted)
+                .await,
+        );
+    }
     Ok(report)
 }
 

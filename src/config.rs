@@ -54,6 +54,27 @@ struct Raw {
     notifications: Option<RawNotifications>,
     metrics: Option<RawMetrics>,
     oauth: Option<RawOAuth>,
+    app: Option<RawApp>,
+}
+
+/// `[app]`: the project app as its developer account knows it; `dealsync probe` reads the
+/// app's webhook subscriptions with these (HubSpot's app webhooks API takes only a developer
+/// API key, never an app's token).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApp {
+    id: String,
+    developer_key_env: Option<String>,
+    developer_key_file: Option<PathBuf>,
+    developer_key_credential: Option<String>,
+}
+
+/// `[app]`, resolved.
+#[derive(Debug, Clone)]
+pub struct AppCredentials {
+    /// The app id (the number in the app's URL in the developer account).
+    pub id: String,
+    pub developer_key: Secret,
 }
 
 /// `[oauth]`: the operator's project app, for portals with `auth = "oauth"`.
@@ -454,6 +475,8 @@ pub struct Config {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// `[oauth]`: the project app installed in the portals with `auth = "oauth"`.
     pub oauth: Option<Arc<OAuthApp>>,
+    /// `[app]`: what `probe` reads the app's webhook subscriptions with.
+    pub app: Option<AppCredentials>,
 }
 
 /// The fields synced when the config names none.
@@ -898,8 +921,36 @@ impl Config {
             })?),
         };
         let oauth = oauth_app(raw.oauth, &hubspot, &partners, webhooks.as_ref(), env)?;
+        let app = match raw.app {
+            None => None,
+            Some(a) => {
+                if a.id.is_empty() || !a.id.chars().all(|c| c.is_ascii_digit()) {
+                    return Err(invalid(
+                        "app.id",
+                        "must be the app's numeric id (in the app's URL in your developer account)",
+                    ));
+                }
+                let key = secret(
+                    "app",
+                    "developer_key",
+                    a.developer_key_env,
+                    a.developer_key_file,
+                    a.developer_key_credential,
+                    env,
+                )?
+                .ok_or_else(|| ConfigError::Secret {
+                    key: "app.developer_key_env".into(),
+                    why: "the developer account's API key is needed: set developer_key_env, developer_key_file or developer_key_credential".into(),
+                })?;
+                Some(AppCredentials {
+                    id: a.id,
+                    developer_key: key,
+                })
+            }
+        };
         Ok(Config {
             oauth,
+            app,
             notify,
             metrics_listen,
             store_path: raw.store.path,

@@ -115,7 +115,7 @@ impl Capability {
             Capability::MessageMarking => "",
             Capability::RateLimits => "lower the portal's rate_limit_per_10s to the stated limit",
             Capability::WebhookSubscriptions => {
-                "compare the app's webhooks with `dealsync setup --project DIR --dry-run`"
+                "add them to the app's webhooks-hsmeta.json (`dealsync setup --project DIR`) and upload the project with HubSpot's CLI"
             }
         }
     }
@@ -340,12 +340,119 @@ pub async fn probe(client: &Client, needs: &Needs, nonce: &str) -> Vec<Check> {
         files(client, &mut r, nonce).await;
     }
     rate_limits(client.reported_limits(), &mut r);
-    r.put(
-        Capability::WebhookSubscriptions,
-        Verdict::Unchecked,
-        "not checked yet: reading an app's subscriptions needs its developer credentials",
-    );
     r.checks
+}
+
+/// The row of the app's webhook subscriptions, read from HubSpot's app webhooks API with the
+/// developer key (`[app]`) and compared with what dealsync needs (`project::subscriptions`).
+/// Optional: without webhooks dealsync polls.
+pub async fn app_webhooks(
+    base_url: &str,
+    app: Option<&crate::config::AppCredentials>,
+    wanted: &[crate::project::Subscription],
+) -> Check {
+    let row = |portal: String, verdict, seen: String| Check {
+        portal,
+        capability: Capability::WebhookSubscriptions,
+        verdict,
+        required: false,
+        seen,
+    };
+    let Some(app) = app else {
+        return row(
+            "app".into(),
+            Verdict::Unchecked,
+            "set [app] id and developer_key_env to check them".into(),
+        );
+    };
+    let portal = format!("app {}", app.id);
+    let key: String =
+        form_urlencoded::byte_serialize(app.developer_key.expose().as_bytes()).collect();
+    let url = format!(
+        "{}/app-webhooks/2026-09/{}/subscriptions?hapikey={key}",
+        base_url.trim_end_matches('/'),
+        app.id
+    );
+    let answer = match crate::crm::shared_http() {
+        Ok(http) => {
+            http.get(&url)
+                .timeout(std::time::Duration::from_secs(30))
+                .send()
+                .await
+        }
+        Err(e) => return row(portal, Verdict::Unchecked, e),
+    };
+    // The key rides in the query: an error must not carry the URL.
+    let answer = match answer {
+        Ok(a) => a,
+        Err(e) => return row(portal, Verdict::Unchecked, e.without_url().to_string()),
+    };
+    let status = answer.status();
+    let body: Value = answer.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        let said = body["message"].as_str().unwrap_or_default();
+        let verdict = if status.is_server_error() {
+            Verdict::Unchecked
+        } else {
+            Verdict::Missing
+        };
+        return row(
+            portal,
+            verdict,
+            format!("the app webhooks API answered {status}: {said}"),
+        );
+    }
+    let listed = body["results"].as_array().cloned().unwrap_or_default();
+    let (missing, paused) = compare_subscriptions(wanted, &listed);
+    if missing.is_empty() && paused.is_empty() {
+        return row(
+            portal,
+            Verdict::Ok,
+            format!(
+                "all {} subscriptions dealsync needs are active",
+                wanted.len()
+            ),
+        );
+    }
+    let list = |v: &[String]| {
+        let shown: Vec<&str> = v.iter().take(5).map(String::as_str).collect();
+        let more = v.len().saturating_sub(5);
+        let mut s = shown.join(", ");
+        if more > 0 {
+            s.push_str(&format!(" and {more} more"));
+        }
+        s
+    };
+    let mut seen = Vec::new();
+    if !missing.is_empty() {
+        seen.push(format!("missing: {}", list(&missing)));
+    }
+    if !paused.is_empty() {
+        seen.push(format!("paused: {}", list(&paused)));
+    }
+    row(portal, Verdict::Missing, seen.join("; "))
+}
+
+/// What dealsync needs that the app lacks, and what it has but paused (labels).
+pub fn compare_subscriptions(
+    wanted: &[crate::project::Subscription],
+    listed: &[Value],
+) -> (Vec<String>, Vec<String>) {
+    let (mut missing, mut paused) = (Vec::new(), Vec::new());
+    for w in wanted {
+        let found = listed.iter().find(|l| {
+            l["eventType"].as_str() == Some(w.event_type.as_str())
+                && l["propertyName"].as_str() == w.property.as_deref()
+                && w.object_type_id
+                    .is_none_or(|t| l["objectTypeId"].as_str() == Some(t))
+        });
+        match found {
+            None => missing.push(w.label()),
+            Some(l) if l["active"] == Value::Bool(false) => paused.push(w.label()),
+            Some(_) => {}
+        }
+    }
+    (missing, paused)
 }
 
 /// Which marking the portal's shared messages get, from the note-properties check.

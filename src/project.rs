@@ -187,6 +187,72 @@ pub fn target_url(config: &Config) -> Result<Option<String>, ProjectError> {
     )))
 }
 
+/// One webhook subscription the app needs, as HubSpot's app webhooks API lists it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Subscription {
+    /// `deal.creation`, `object.propertyChange`, …
+    pub event_type: String,
+    pub property: Option<String>,
+    /// `0-46` for notes (the generic `object.*` events); `None` for `deal.*`.
+    pub object_type_id: Option<&'static str>,
+}
+
+impl Subscription {
+    fn new(event_type: &str, property: Option<String>, notes: bool) -> Subscription {
+        Subscription {
+            event_type: event_type.to_owned(),
+            property,
+            object_type_id: notes.then_some("0-46"),
+        }
+    }
+
+    /// As the operator reads it: `deal.propertyChange (dealname)`, `object.creation (notes)`.
+    pub fn label(&self) -> String {
+        let mut inner: Vec<&str> = Vec::new();
+        if self.object_type_id.is_some() {
+            inner.push("notes");
+        }
+        if let Some(p) = &self.property {
+            inner.push(p);
+        }
+        if inner.is_empty() {
+            self.event_type.clone()
+        } else {
+            format!("{} ({})", self.event_type, inner.join(", "))
+        }
+    }
+}
+
+/// Every webhook subscription the app needs (see [`webhooks`]).
+pub fn subscriptions(config: &Config) -> Vec<Subscription> {
+    let mut v: Vec<Subscription> = [
+        "deal.creation",
+        "deal.deletion",
+        "deal.restore",
+        "deal.merge",
+        "deal.associationChange",
+    ]
+    .iter()
+    .map(|t| Subscription::new(t, None, false))
+    .collect();
+    v.extend(
+        deal_properties(config)
+            .into_iter()
+            .map(|p| Subscription::new("deal.propertyChange", Some(p), false)),
+    );
+    v.extend(
+        ["object.creation", "object.deletion"]
+            .iter()
+            .map(|t| Subscription::new(t, None, true)),
+    );
+    v.extend(
+        note_properties()
+            .into_iter()
+            .map(|p| Subscription::new("object.propertyChange", Some(p), true)),
+    );
+    v
+}
+
 /// `src/app/webhooks/webhooks-hsmeta.json`, or `None` without `[webhooks]` (polling alone).
 ///
 /// Deals use `legacyCrmObjects` (`deal.creation`, `deal.deletion`, `deal.restore`,
@@ -199,26 +265,21 @@ pub fn webhooks(config: &Config) -> Result<Option<Value>, ProjectError> {
     let Some(target) = target_url(config)? else {
         return Ok(None);
     };
-    let mut deals: Vec<Value> = [
-        "deal.creation",
-        "deal.deletion",
-        "deal.restore",
-        "deal.merge",
-        "deal.associationChange",
-    ]
-    .iter()
-    .map(|t| json!({ "subscriptionType": t, "active": true }))
-    .collect();
-    deals.extend(deal_properties(config).into_iter().map(
-        |p| json!({ "subscriptionType": "deal.propertyChange", "propertyName": p, "active": true }),
-    ));
-    let mut notes: Vec<Value> = ["object.creation", "object.deletion"]
-        .iter()
-        .map(|t| json!({ "subscriptionType": t, "objectType": "note", "active": true }))
-        .collect();
-    notes.extend(note_properties().into_iter().map(|p| {
-        json!({ "subscriptionType": "object.propertyChange", "objectType": "note", "propertyName": p, "active": true })
-    }));
+    let (notes, deals): (Vec<Subscription>, Vec<Subscription>) = subscriptions(config)
+        .into_iter()
+        .partition(|s| s.object_type_id.is_some());
+    let entry = |s: &Subscription| {
+        let mut v = json!({ "subscriptionType": s.event_type, "active": true });
+        if s.object_type_id.is_some() {
+            v["objectType"] = json!("note");
+        }
+        if let Some(p) = &s.property {
+            v["propertyName"] = json!(p);
+        }
+        v
+    };
+    let notes: Vec<Value> = notes.iter().map(entry).collect();
+    let deals: Vec<Value> = deals.iter().map(entry).collect();
     Ok(Some(json!({
         "uid": WEBHOOKS_UID,
         "type": "webhooks",

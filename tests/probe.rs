@@ -24,6 +24,7 @@ dead_letter_path = "{dl}"
 [hubspot]
 base_url = "{base}"
 token_env = "HS_TOKEN"
+webhook_secret_env = "HS_SECRET"
 rate_limit_per_10s = {hubspot_rate}
 [[partners]]
 name = "partner-a"
@@ -42,12 +43,7 @@ qualifiedtobuy = "qualifiedtobuy"
 }
 
 async fn dealsync(sb: &SandboxHandle, args: &[&str]) -> Output {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_dealsync"));
-    cmd.args(args)
-        .env("HS_TOKEN", &sb.portal("hubspot").token)
-        .env("PA_TOKEN", &sb.portal("partner-a").token)
-        .env("DEALSYNC_LOG", "warn");
-    cmd.output().await.expect("run dealsync")
+    dealsync_with(sb, args, &sb.oauth_app().developer_key).await
 }
 
 fn stdout(o: &Output) -> String {
@@ -422,4 +418,110 @@ async fn an_unknown_portal_and_an_unreachable_one_say_what_to_do() {
         "{table}"
     );
     assert!(String::from_utf8_lossy(&o.stderr).contains("try again"));
+}
+
+#[tokio::test]
+async fn the_apps_webhook_subscriptions_are_read_with_the_developer_key_and_compared() {
+    let sb = common::sandbox().await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = sb.oauth_app();
+    let extra = format!(
+        "[webhooks]\nlisten = \"127.0.0.1:0\"\npublic_url = \"https://dealsync.example.com\"\n[app]\nid = \"{}\"\ndeveloper_key_env = \"DEV_KEY\"\n",
+        app.app_id
+    );
+    let cfg = config(dir.path(), &sb.base_url, &extra, 100);
+    let env: std::collections::HashMap<String, String> = [
+        ("HS_TOKEN", sb.portal("hubspot").token.clone()),
+        ("PA_TOKEN", sb.portal("partner-a").token.clone()),
+        ("HS_SECRET", sb.portal("hubspot").webhook_secret.clone()),
+        ("DEV_KEY", app.developer_key.clone()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let config = dealsync::config::Config::load_with(&cfg, &env).expect("config");
+    let wanted = dealsync::project::subscriptions(&config);
+    assert!(wanted.len() > 8, "{wanted:?}");
+    let as_listed = |s: &dealsync::project::Subscription, active: bool| {
+        let mut v = json!({ "eventType": s.event_type, "active": active });
+        if let Some(p) = &s.property {
+            v["propertyName"] = json!(p);
+        }
+        if let Some(t) = s.object_type_id {
+            v["objectTypeId"] = json!(t);
+        }
+        v
+    };
+    let hs = common::portal(&sb, "hubspot");
+    let set = |list: Vec<Value>| {
+        let hs = hs.clone();
+        async move {
+            let a = hs
+                .http
+                .put(format!("{}/_sandbox/oauth/subscriptions", hs.base))
+                .json(&json!({ "results": list }))
+                .send()
+                .await
+                .unwrap();
+            assert!(a.status().is_success());
+        }
+    };
+    let row = |o: &Output| -> Value {
+        let json: Value = serde_json::from_str(&stdout(o)).expect("JSON");
+        json["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["capability"] == "webhook_subscriptions")
+            .cloned()
+            .expect("a webhook subscriptions row")
+    };
+    let cfg = cfg.to_str().unwrap();
+
+    // One missing, one paused: named, and optional (the exit stays 0: polling still works).
+    let mut listed: Vec<Value> = wanted[1..].iter().map(|s| as_listed(s, true)).collect();
+    listed[0]["active"] = json!(false);
+    set(listed).await;
+    let o = dealsync(&sb, &["probe", "--config", cfg, "--json"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    let r = row(&o);
+    assert_eq!(r["verdict"], "missing", "{r}");
+    assert_eq!(r["required"], false);
+    assert_eq!(r["portal"], format!("app {}", app.app_id));
+    let seen = r["seen"].as_str().unwrap();
+    assert!(
+        seen.contains(&format!("missing: {}", wanted[0].label())),
+        "{seen}"
+    );
+    assert!(
+        seen.contains(&format!("paused: {}", wanted[1].label())),
+        "{seen}"
+    );
+    assert!(
+        !stdout(&o).contains(&app.developer_key),
+        "no developer key in the output"
+    );
+
+    // All there and active.
+    set(wanted.iter().map(|s| as_listed(s, true)).collect()).await;
+    let o = dealsync(&sb, &["probe", "--config", cfg, "--json"]).await;
+    assert_eq!(row(&o)["verdict"], "ok", "{}", stdout(&o));
+
+    // A wrong key is refused, and says so without the key.
+    let bad = dealsync_with(&sb, &["probe", "--config", cfg, "--json"], "not-the-key").await;
+    let r = row(&bad);
+    assert_eq!(r["verdict"], "missing", "{r}");
+    assert!(r["seen"].as_str().unwrap().contains("401"), "{r}");
+    assert!(!stdout(&bad).contains("not-the-key"));
+}
+
+async fn dealsync_with(sb: &SandboxHandle, args: &[&str], dev_key: &str) -> Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_dealsync"));
+    cmd.args(args)
+        .env("HS_TOKEN", &sb.portal("hubspot").token)
+        .env("PA_TOKEN", &sb.portal("partner-a").token)
+        .env("HS_SECRET", &sb.portal("hubspot").webhook_secret)
+        .env("DEV_KEY", dev_key)
+        .env("DEALSYNC_LOG", "warn");
+    cmd.output().await.expect("run dealsync")
 }

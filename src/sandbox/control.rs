@@ -68,6 +68,10 @@ pub fn router() -> Router<Arc<Shared>> {
         .route("/_sandbox/oauth/authorize", post(oauth::control_authorize))
         .route("/_sandbox/oauth/tokens", get(oauth::control_tokens))
         .route(
+            "/_sandbox/oauth/subscriptions",
+            get(oauth::control_get_subscriptions).put(oauth::control_put_subscriptions),
+        )
+        .route(
             "/_sandbox/oauth/faults",
             put(oauth::control_put_faults).delete(oauth::control_clear_faults),
         )

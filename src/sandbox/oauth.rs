@@ -44,6 +44,12 @@ const FORGET_EXPIRED_MS: i64 = 3_600_000;
 pub struct OAuthApp {
     pub client_id: String,
     pub client_secret: String,
+    /// The app's id in its developer account (the app webhooks API's `{appId}`).
+    #[serde(default)]
+    pub app_id: String,
+    /// The developer account's API key (`hapikey`), which the app webhooks API takes.
+    #[serde(default)]
+    pub developer_key: String,
 }
 
 impl std::fmt::Debug for OAuthApp {
@@ -51,6 +57,8 @@ impl std::fmt::Debug for OAuthApp {
         f.debug_struct("OAuthApp")
             .field("client_id", &self.client_id)
             .field("client_secret", &"[redacted]")
+            .field("app_id", &self.app_id)
+            .field("developer_key", &"[redacted]")
             .finish()
     }
 }
@@ -136,6 +144,9 @@ pub(crate) struct OAuth {
     ttl: Duration,
     rotate: bool,
     grants: Mutex<Grants>,
+    /// The app's webhook subscriptions, as the app webhooks API lists them (set through
+    /// `PUT /_sandbox/oauth/subscriptions`; none at start).
+    subscriptions: Mutex<Vec<Value>>,
 }
 
 fn uuid_from(rng: &mut StdRng) -> String {
@@ -152,9 +163,13 @@ impl OAuth {
             Some(s) => StdRng::seed_from_u64(s ^ 0x0a07_4a11_5eed_0001),
             None => StdRng::from_os_rng(),
         };
+        let client_id = uuid_from(&mut rng);
+        let client_secret = uuid_from(&mut rng);
         let app = OAuthApp {
-            client_id: uuid_from(&mut rng),
-            client_secret: uuid_from(&mut rng),
+            client_id,
+            client_secret,
+            app_id: rng.random_range(1_000_000..10_000_000u64).to_string(),
+            developer_key: uuid_from(&mut rng),
         };
         OAuth {
             app,
@@ -169,6 +184,7 @@ impl OAuth {
                 faults: TokenFaults::default(),
                 counts: Counts::default(),
             }),
+            subscriptions: Mutex::new(Vec::new()),
         }
     }
 
@@ -249,6 +265,65 @@ pub fn router() -> Router<Arc<Shared>> {
         .route("/oauth/2026-09/token", post(token))
         .route("/oauth/2026-09/token/introspect", post(introspect))
         .route("/oauth/2026-09/token/revoke", post(revoke))
+        .route(
+            "/app-webhooks/2026-09/{app_id}/subscriptions",
+            get(app_subscriptions),
+        )
+}
+
+/// `GET /app-webhooks/2026-09/{appId}/subscriptions?hapikey=…`: the app's webhook
+/// subscriptions (`webhooks.json`, `SubscriptionListResponse`). Only the developer key opens
+/// it; an unknown app is a 404.
+async fn app_subscriptions(
+    State(shared): State<Arc<Shared>>,
+    Path(app_id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let app = &shared.oauth.app;
+    let query = Query::parse(q.as_deref());
+    let key = query.get("hapikey").unwrap_or_default();
+    if !bool::from(key.as_bytes().ct_eq(app.developer_key.as_bytes())) || key.is_empty() {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "INVALID_AUTHENTICATION",
+            "The developer API key provided is invalid. View or manage your API key here: https://app.hubspot.com/l/api-key/",
+        )
+        .into_response();
+    }
+    if app_id != app.app_id {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "OBJECT_NOT_FOUND",
+            format!("No app with id {app_id} in this developer account"),
+        )
+        .into_response();
+    }
+    let results = shared.oauth.subscriptions.lock().clone();
+    reply(StatusCode::OK, json!({ "results": results }))
+}
+
+/// `PUT /_sandbox/oauth/subscriptions` `{results: [...]}`: sets the app's webhook
+/// subscriptions (each `{eventType, propertyName?, objectTypeId?, active}`); ids and times are
+/// filled in. `GET` lists them.
+pub async fn control_put_subscriptions(
+    State(shared): State<Arc<Shared>>,
+    Json(body): Json<Value>,
+) -> Response {
+    let mut list: Vec<Value> = body["results"].as_array().cloned().unwrap_or_default();
+    for (i, s) in list.iter_mut().enumerate() {
+        s["id"] = json!((i + 1).to_string());
+        s["createdAt"] = json!(shared.now_ms().to_string());
+        if s.get("active").is_none() {
+            s["active"] = json!(true);
+        }
+    }
+    *shared.oauth.subscriptions.lock() = list.clone();
+    reply(StatusCode::OK, json!({ "results": list }))
+}
+
+pub async fn control_get_subscriptions(State(shared): State<Arc<Shared>>) -> Response {
+    let list = shared.oauth.subscriptions.lock().clone();
+    reply(StatusCode::OK, json!({ "results": list }))
 }
 
 /// What a person approves on HubSpot's consent screen.
