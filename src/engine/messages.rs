@@ -1067,6 +1067,27 @@ pub async fn execute(
     }
 }
 
+/// One link's message writes: what the intents plan (`plan_*`), then the writes in order
+/// (copies in waves, updates, removals, file deletions).
+struct Run<'a, 'v> {
+    link: &'a Link,
+    settings: &'a MessageSettings,
+    views: [&'a SideView<'v>; 2],
+    recorded: &'a [ObjectLink],
+    force: bool,
+    files: &'a mut Vec<ObjectLink>,
+    file_changed: &'a mut HashSet<String>,
+    uploaded: &'a mut HashSet<String>,
+    /// Notes found off their deal by their unique origin (`recover_creating`).
+    adopted: HashSet<String>,
+    out: MessageOutcome,
+    creates: Vec<PendingCopy>,
+    updates: HashMap<Side, Vec<(String, Props)>>,
+    update_pairs: Vec<ObjectLink>,
+    removals: Vec<(ObjectLink, Side, String)>,
+    files_to_delete: Vec<(Side, String)>,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn execute_with(
     link: &Link,
@@ -1080,365 +1101,431 @@ async fn execute_with(
     file_changed: &mut HashSet<String>,
     uploaded: &mut HashSet<String>,
 ) -> Result<MessageOutcome, MessageError> {
-    let view = |side: Side| match side {
-        Side::Partner => &partner,
-        Side::Hubspot => &hubspot,
-    };
-    let mut out = MessageOutcome::default();
-    // The side a file pair's original lives on; only the other side's file is ours to delete.
-    let file_origin_side = |f: &ObjectLink| {
-        if f.origin.split_once(':').map(|(p, _)| p) == Some(hubspot.portal) {
-            Side::Hubspot
-        } else {
-            Side::Partner
-        }
-    };
-    // Pairs whose copy is to be created, keyed by origin, with the copy's properties.
-    let mut creates: Vec<PendingCopy> = Vec::new();
-    let mut updates: HashMap<Side, Vec<(String, Props)>> = HashMap::new();
-    let mut update_pairs: Vec<ObjectLink> = Vec::new();
-    let mut removals: Vec<(ObjectLink, Side, String)> = Vec::new();
-    let mut files_to_delete: Vec<(Side, String)> = Vec::new();
-
-    out.recheck_at = partner.unsettled_until.max(hubspot.unsettled_until);
     let (intents, adopted) = recover_creating(intents, [&partner, &hubspot]).await?;
+    let mut run = Run {
+        link,
+        settings,
+        views: [&partner, &hubspot],
+        recorded,
+        force,
+        files,
+        file_changed,
+        uploaded,
+        adopted,
+        out: MessageOutcome {
+            recheck_at: partner.unsettled_until.max(hubspot.unsettled_until),
+            ..Default::default()
+        },
+        creates: Vec::new(),
+        updates: HashMap::new(),
+        update_pairs: Vec::new(),
+        removals: Vec::new(),
+        files_to_delete: Vec::new(),
+    };
     for intent in intents {
         match intent {
-            Intent::Record(p) => out.objects.push(p),
-            Intent::RemoveByOrigin { mut pair, side } => {
-                let v = view(side);
-                if !v.finds_by_origin() {
-                    // No unique origin to look up: a copy made before a crash is on the deal
-                    // (created with its association), where the read would have found it —
-                    // unless search cannot show it yet.
-                    if v.unsettled_until.is_none() {
-                        out.objects.push(pair);
-                    }
-                    continue;
-                }
-                match v
-                    .client
-                    .get_by("notes", &pair.origin, ORIGIN, &[ORIGIN.to_owned()])
-                    .await?
-                {
-                    Some(r) => {
-                        set_id(&mut pair, side, Some(r.id.clone()));
-                        removals.push((pair, side, r.id));
-                    }
-                    None => out.objects.push(pair),
-                }
-            }
-            Intent::Remove { pair, side, id } => {
-                // Its file copies go with it (originals stay with whoever owns them).
-                for f in files.iter_mut().filter(|f| {
-                    f.parent.as_deref() == Some(&pair.origin) && f.state == ObjectState::Active
-                }) {
-                    let copy_side = other(file_origin_side(f));
-                    if let Some(fid) = id_on(f, copy_side) {
-                        files_to_delete.push((copy_side, fid.to_owned()));
-                    }
-                    f.state = ObjectState::Removed;
-                    f.note = Some("its message was removed".into());
-                    file_changed.insert(f.origin.clone());
-                }
-                removals.push((pair, side, id));
-            }
-            Intent::Create { mut pair, from } => {
-                if creates.len() >= settings.per_job.max(1) {
-                    out.more = true;
-                    continue;
-                }
-                let to = other(from);
-                // A copy made before a crash may be among the notes search cannot show yet
-                // (where no unique origin finds it anywhere): not made again until they settle.
-                if pair.state == ObjectState::Creating
-                    && !view(to).finds_by_origin()
-                    && view(to).unsettled_until.is_some()
-                {
-                    continue;
-                }
-                let orig_id = id_on(&pair, from).unwrap_or_default().to_owned();
-                let head_target = view(from)
-                    .heads
-                    .get(&orig_id)
-                    .and_then(|h| h.target.as_ref());
-                let Some(content) = view(from)
-                    .contents
-                    .get(&orig_id)
-                    .filter(|c| c.shared && c.target.as_ref() == head_target)
-                else {
-                    // Made private or retargeted between the two reads (the decision was made
-                    // on the first): leave it for the next run, which decides again.
-                    continue;
-                };
-                let parent = view(from)
-                    .heads
-                    .get(&orig_id)
-                    .and_then(|h| h.reply_to.clone());
-                let body =
-                    view(to).body_for(settings, &pair, &content.body, None, parent.is_some());
-                if !marking::fits(&body) {
-                    pair.state = ObjectState::Skipped;
-                    pair.note = Some(format!(
-                        "too long to copy into {} with dealsync's tag and footer (HubSpot keeps {} characters); shorten the message to share it",
-                        view(to).portal,
-                        marking::MAX_BODY_CHARS
-                    ));
-                    out.objects.push(pair);
-                    continue;
-                }
-                let before: HashSet<String> = file_changed.clone();
-                let copied = copy_new_files(
-                    settings,
-                    &pair,
-                    from,
-                    view(from).client,
-                    view(to).client,
-                    content,
-                    files,
-                    file_changed,
-                    view(from).portal,
-                )
-                .await;
-                uploaded.extend(file_changed.difference(&before).cloned());
-                let attachments = copied?;
-                let mut props = Map::new();
-                props.insert("hs_note_body".into(), Value::String(body));
-                props.insert(
-                    "hs_timestamp".into(),
-                    Value::String(
-                        content
-                            .timestamp
-                            .clone()
-                            .unwrap_or_else(|| crate::time::iso(crate::store::now_ms())),
-                    ),
-                );
-                if !view(to).marking.is_tag() {
-                    props.insert(VISIBILITY.into(), Value::String("shared".into()));
-                    props.insert(ORIGIN.into(), Value::String(pair.origin.clone()));
-                }
-                props.insert(
-                    "hs_attachment_ids".into(),
-                    Value::String(attachments.join(";")),
-                );
-                pair.shadow = Some(body_hash(&content.body));
-                set_ms(&mut pair, from, content.ms);
-                let existing = id_on(&pair, to)
-                    .filter(|id| view(to).heads.contains_key(*id) || adopted.contains(*id))
-                    .map(str::to_owned);
-                creates.push(PendingCopy {
-                    pair,
-                    to,
-                    props,
-                    parent,
-                    existing,
-                });
-            }
-            Intent::Sync { mut pair, .. } => {
-                let (pid, hid) = (
-                    id_on(&pair, Side::Partner).unwrap_or_default().to_owned(),
-                    id_on(&pair, Side::Hubspot).unwrap_or_default().to_owned(),
-                );
-                // Retargeted between the two reads: this link may no longer be where it goes,
-                // so nothing is written; the next run decides again.
-                let retargeted = hubspot.contents.get(&hid).is_some_and(|c| {
-                    c.target.as_ref() != hubspot.heads.get(&hid).and_then(|h| h.target.as_ref())
-                });
-                if retargeted {
-                    continue;
-                }
-                let (Some(pc), Some(hc)) = (
-                    partner.contents.get(&pid).filter(|c| c.shared),
-                    hubspot.contents.get(&hid).filter(|c| c.shared),
-                ) else {
-                    // Unchanged since the last sync (contents not read), or made private
-                    // between the reads (the next run sees it).
-                    if pair.state != ObjectState::Active {
-                        pair.state = ObjectState::Active;
-                        out.objects.push(pair);
-                    }
-                    continue;
-                };
-                let (to_p, to_h, shadow, conflict) = decide_body(link.id, &pair, pc, hc);
-                out.conflicts.extend(conflict);
-                let mut writes: HashMap<Side, Map<String, Value>> = HashMap::new();
-                let bodies = [
-                    (Side::Partner, to_p, &pc.target),
-                    (Side::Hubspot, to_h, &hc.target),
-                ]
-                .map(|(side, text, target)| {
-                    let body = text.map(|t| {
-                        view(side).body_for(settings, &pair, &t, target.as_deref(), false)
-                    });
-                    (side, body)
-                });
-                if bodies
-                    .iter()
-                    .any(|(_, b)| b.as_deref().is_some_and(|b| !marking::fits(b)))
-                {
-                    // Nothing written, the pair left as it was: the edit is not lost, and
-                    // it syncs once the message is short enough.
-                    pair.note = Some(format!(
-                        "an edit is too long to carry dealsync's tag and footer (HubSpot keeps {} characters); shorten the message",
-                        marking::MAX_BODY_CHARS
-                    ));
-                    out.objects.push(pair);
-                    continue;
-                }
-                for (side, body) in bodies {
-                    if let Some(b) = body {
-                        writes
-                            .entry(side)
-                            .or_default()
-                            .insert("hs_note_body".into(), Value::String(b));
-                    }
-                }
-                let sets = sync_files(
-                    settings,
-                    &pair,
-                    [&partner, &hubspot],
-                    [pc, hc],
-                    files,
-                    file_changed,
-                    &mut files_to_delete,
-                    force,
-                )
-                .await?;
-                for (side, ids) in sets {
-                    writes
-                        .entry(side)
-                        .or_default()
-                        .insert("hs_attachment_ids".into(), Value::String(ids.join(";")));
-                }
-                pair.shadow = Some(shadow);
-                pair.state = ObjectState::Active;
-                pair.note = None;
-                pair.partner_ms = pc.ms;
-                pair.hubspot_ms = hc.ms;
-                for (side, props) in writes {
-                    let id = id_on(&pair, side).unwrap_or_default().to_owned();
-                    updates.entry(side).or_default().push((id, props));
-                }
-                update_pairs.push(pair);
-            }
+            Intent::Record(p) => run.out.objects.push(p),
+            Intent::RemoveByOrigin { pair, side } => run.plan_remove_by_origin(pair, side).await?,
+            Intent::Remove { pair, side, id } => run.plan_remove(pair, side, id),
+            Intent::Create { pair, from } => run.plan_copy(pair, from).await?,
+            Intent::Sync { pair, .. } => run.plan_sync(pair).await?,
+        }
+    }
+    run.write_copies_in_waves().await?;
+    run.write_updates().await?;
+    run.write_removals().await?;
+    Ok(run.out)
+}
+
+impl<'a, 'v> Run<'a, 'v> {
+    fn view(&self, side: Side) -> &'a SideView<'v> {
+        match side {
+            Side::Partner => self.views[0],
+            Side::Hubspot => self.views[1],
         }
     }
 
-    // Copies, in waves: a comment goes once the message it replies to has its copy.
-    let known: Vec<&ObjectLink> = recorded
-        .iter()
-        .filter(|o| o.kind == "message" && o.state == ObjectState::Active)
-        .collect();
-    let mut pending = creates;
-    let mut created: Vec<ObjectLink> = Vec::new();
-    loop {
-        let mut wave: HashMap<Side, Vec<PendingCopy>> = HashMap::new();
-        let mut rest = Vec::new();
-        for mut c in pending {
-            let (to, from) = (c.to, other(c.to));
-            if let Some(p) = &c.parent {
-                let counterpart = known
-                    .iter()
-                    .copied()
-                    .chain(created.iter())
-                    .find(|o| id_on(o, from) == Some(p.as_str()))
-                    .and_then(|o| id_on(o, to).map(str::to_owned));
-                match counterpart {
-                    // Under tag marking the reply is said in the copy's footer.
-                    Some(id) if !view(to).marking.is_tag() => {
-                        c.props.insert(REPLY_TO.into(), Value::String(id));
-                    }
-                    Some(_) => {}
-                    None => {
-                        rest.push(c);
-                        continue;
-                    }
-                }
+    async fn plan_remove_by_origin(
+        &mut self,
+        mut pair: ObjectLink,
+        side: Side,
+    ) -> Result<(), MessageError> {
+        let v = self.view(side);
+        if !v.finds_by_origin() {
+            // No unique origin to look up: a copy made before a crash is on the deal (created
+            // with its association), where the read would have found it — unless search
+            // cannot show it yet.
+            if v.unsettled_until.is_none() {
+                self.out.objects.push(pair);
             }
-            wave.entry(to).or_default().push(c);
+            return Ok(());
         }
-        if wave.is_empty() {
-            pending = rest;
-            break;
-        }
-        for (to, items) in wave {
-            for (c, id, ms) in write_copies(view(to), items, &settings.tag).await? {
-                let mut pair = c.pair;
-                set_id(&mut pair, to, Some(id.clone()));
-                set_ms(&mut pair, to, ms);
-                out.arrivals.push(Arrival {
-                    side: to,
-                    comment: c.parent.is_some(),
-                    id,
-                    original_ms: match other(to) {
-                        Side::Partner => pair.partner_ms,
-                        Side::Hubspot => pair.hubspot_ms,
-                    },
-                });
-                pair.state = ObjectState::Active;
-                pair.note = None;
-                created.push(pair);
+        match v
+            .client
+            .get_by("notes", &pair.origin, ORIGIN, &[ORIGIN.to_owned()])
+            .await?
+        {
+            Some(r) => {
+                set_id(&mut pair, side, Some(r.id.clone()));
+                self.removals.push((pair, side, r.id));
             }
+            None => self.out.objects.push(pair),
         }
-        out.written += created.len();
-        pending = rest;
+        Ok(())
     }
-    // A run that made no copy at all has nothing to come back for at once (replies waiting
-    // for parents must not spin the job); otherwise a parent may simply be in the next run.
-    if created.is_empty() {
-        out.more = false;
-    }
-    if let Some(c) = pending.first().filter(|_| !out.more) {
-        out.waiting = Some(format!(
-            "comment {} replies to message {}, which is not a shared message synced on this deal yet; it waits for its parent",
-            c.pair.origin,
-            c.parent.as_deref().unwrap_or("?")
-        ));
-    }
-    out.objects.extend(created);
 
-    // Body and attachment updates.
-    for (side, list) in updates {
-        if list.is_empty() {
-            continue;
-        }
-        let r = view(side).client.batch_update("notes", &list).await;
-        if let Some((_, e)) = r.failed.into_iter().next() {
-            return Err(e.into());
-        }
-        for rec in r.written {
-            if let Some(p) = update_pairs
-                .iter_mut()
-                .find(|p| id_on(p, side) == Some(rec.id.as_str()))
-            {
-                set_ms(p, side, rec.last_modified_ms());
+    fn plan_remove(&mut self, pair: ObjectLink, side: Side, id: String) {
+        // Its file copies go with it (originals stay with whoever owns them): a file pair's
+        // copy is on the side its origin is not.
+        let hubspot_portal = self.view(Side::Hubspot).portal;
+        for f in self
+            .files
+            .iter_mut()
+            .filter(|f| f.parent.as_deref() == Some(&pair.origin) && f.state == ObjectState::Active)
+        {
+            let from_hubspot = f.origin.split_once(':').map(|(p, _)| p) == Some(hubspot_portal);
+            let copy_side = if from_hubspot {
+                Side::Partner
+            } else {
+                Side::Hubspot
+            };
+            if let Some(fid) = id_on(f, copy_side) {
+                self.files_to_delete.push((copy_side, fid.to_owned()));
             }
+            f.state = ObjectState::Removed;
+            f.note = Some("its message was removed".into());
+            self.file_changed.insert(f.origin.clone());
         }
-        out.written += list.len();
+        self.removals.push((pair, side, id));
     }
-    out.objects.extend(update_pairs);
 
-    // Removals last: a failure above leaves nothing half-deleted.
-    for (side, ids) in [Side::Partner, Side::Hubspot].map(|s| {
-        (
-            s,
-            removals
-                .iter()
-                .filter(|r| r.1 == s)
-                .map(|r| r.2.clone())
-                .collect::<Vec<_>>(),
+    /// A copy to make: its body as the receiving side marks messages, its files copied now.
+    async fn plan_copy(&mut self, mut pair: ObjectLink, from: Side) -> Result<(), MessageError> {
+        if self.creates.len() >= self.settings.per_job.max(1) {
+            self.out.more = true;
+            return Ok(());
+        }
+        let to = other(from);
+        // A copy made before a crash may be among the notes search cannot show yet
+        // (where no unique origin finds it anywhere): not made again until they settle.
+        if pair.state == ObjectState::Creating
+            && !self.view(to).finds_by_origin()
+            && self.view(to).unsettled_until.is_some()
+        {
+            return Ok(());
+        }
+        let orig_id = id_on(&pair, from).unwrap_or_default().to_owned();
+        let head_target = self
+            .view(from)
+            .heads
+            .get(&orig_id)
+            .and_then(|h| h.target.as_ref());
+        let Some(content) = self
+            .view(from)
+            .contents
+            .get(&orig_id)
+            .filter(|c| c.shared && c.target.as_ref() == head_target)
+        else {
+            // Made private or retargeted between the two reads (the decision was made
+            // on the first): leave it for the next run, which decides again.
+            return Ok(());
+        };
+        let parent = self
+            .view(from)
+            .heads
+            .get(&orig_id)
+            .and_then(|h| h.reply_to.clone());
+        let body =
+            self.view(to)
+                .body_for(self.settings, &pair, &content.body, None, parent.is_some());
+        if !marking::fits(&body) {
+            pair.state = ObjectState::Skipped;
+            pair.note = Some(format!(
+                "too long to copy into {} with dealsync's tag and footer (HubSpot keeps {} characters); shorten the message to share it",
+                self.view(to).portal,
+                marking::MAX_BODY_CHARS
+            ));
+            self.out.objects.push(pair);
+            return Ok(());
+        }
+        let before: HashSet<String> = self.file_changed.clone();
+        let (source, dest) = (self.view(from), self.view(to));
+        let copied = copy_new_files(
+            self.settings,
+            &pair,
+            from,
+            source.client,
+            dest.client,
+            content,
+            &mut *self.files,
+            &mut *self.file_changed,
+            source.portal,
         )
-    }) {
-        if !ids.is_empty() {
-            view(side).client.batch_archive("notes", &ids).await?;
+        .await;
+        self.uploaded
+            .extend(self.file_changed.difference(&before).cloned());
+        let attachments = copied?;
+        let mut props = Map::new();
+        props.insert("hs_note_body".into(), Value::String(body));
+        props.insert(
+            "hs_timestamp".into(),
+            Value::String(
+                content
+                    .timestamp
+                    .clone()
+                    .unwrap_or_else(|| crate::time::iso(crate::store::now_ms())),
+            ),
+        );
+        if !self.view(to).marking.is_tag() {
+            props.insert(VISIBILITY.into(), Value::String("shared".into()));
+            props.insert(ORIGIN.into(), Value::String(pair.origin.clone()));
         }
+        props.insert(
+            "hs_attachment_ids".into(),
+            Value::String(attachments.join(";")),
+        );
+        pair.shadow = Some(body_hash(&content.body));
+        set_ms(&mut pair, from, content.ms);
+        let existing = id_on(&pair, to)
+            .filter(|id| self.view(to).heads.contains_key(*id) || self.adopted.contains(*id))
+            .map(str::to_owned);
+        self.creates.push(PendingCopy {
+            pair,
+            to,
+            props,
+            parent,
+            existing,
+        });
+        Ok(())
     }
-    out.written += removals.len();
-    out.objects.extend(removals.into_iter().map(|r| r.0));
-    for (side, id) in files_to_delete {
-        view(side).client.delete_file(&id).await?;
+
+    /// A pair's body and files brought in step, both ways.
+    async fn plan_sync(&mut self, mut pair: ObjectLink) -> Result<(), MessageError> {
+        let (partner, hubspot) = (self.view(Side::Partner), self.view(Side::Hubspot));
+        let (pid, hid) = (
+            id_on(&pair, Side::Partner).unwrap_or_default().to_owned(),
+            id_on(&pair, Side::Hubspot).unwrap_or_default().to_owned(),
+        );
+        // Retargeted between the two reads: this link may no longer be where it goes,
+        // so nothing is written; the next run decides again.
+        let retargeted = hubspot.contents.get(&hid).is_some_and(|c| {
+            c.target.as_ref() != hubspot.heads.get(&hid).and_then(|h| h.target.as_ref())
+        });
+        if retargeted {
+            return Ok(());
+        }
+        let (Some(pc), Some(hc)) = (
+            partner.contents.get(&pid).filter(|c| c.shared),
+            hubspot.contents.get(&hid).filter(|c| c.shared),
+        ) else {
+            // Unchanged since the last sync (contents not read), or made private
+            // between the reads (the next run sees it).
+            if pair.state != ObjectState::Active {
+                pair.state = ObjectState::Active;
+                self.out.objects.push(pair);
+            }
+            return Ok(());
+        };
+        let (to_p, to_h, shadow, conflict) = decide_body(self.link.id, &pair, pc, hc);
+        self.out.conflicts.extend(conflict);
+        let mut writes: HashMap<Side, Map<String, Value>> = HashMap::new();
+        let bodies = [
+            (Side::Partner, to_p, &pc.target),
+            (Side::Hubspot, to_h, &hc.target),
+        ]
+        .map(|(side, text, target)| {
+            let body = text.map(|t| {
+                self.view(side)
+                    .body_for(self.settings, &pair, &t, target.as_deref(), false)
+            });
+            (side, body)
+        });
+        if bodies
+            .iter()
+            .any(|(_, b)| b.as_deref().is_some_and(|b| !marking::fits(b)))
+        {
+            // Nothing written, the pair left as it was: the edit is not lost, and
+            // it syncs once the message is short enough.
+            pair.note = Some(format!(
+                "an edit is too long to carry dealsync's tag and footer (HubSpot keeps {} characters); shorten the message",
+                marking::MAX_BODY_CHARS
+            ));
+            self.out.objects.push(pair);
+            return Ok(());
+        }
+        for (side, body) in bodies {
+            if let Some(b) = body {
+                writes
+                    .entry(side)
+                    .or_default()
+                    .insert("hs_note_body".into(), Value::String(b));
+            }
+        }
+        let sets = sync_files(
+            self.settings,
+            &pair,
+            [partner, hubspot],
+            [pc, hc],
+            &mut *self.files,
+            &mut *self.file_changed,
+            &mut self.files_to_delete,
+            self.force,
+        )
+        .await?;
+        for (side, ids) in sets {
+            writes
+                .entry(side)
+                .or_default()
+                .insert("hs_attachment_ids".into(), Value::String(ids.join(";")));
+        }
+        pair.shadow = Some(shadow);
+        pair.state = ObjectState::Active;
+        pair.note = None;
+        pair.partner_ms = pc.ms;
+        pair.hubspot_ms = hc.ms;
+        for (side, props) in writes {
+            let id = id_on(&pair, side).unwrap_or_default().to_owned();
+            self.updates.entry(side).or_default().push((id, props));
+        }
+        self.update_pairs.push(pair);
+        Ok(())
     }
-    Ok(out)
+
+    /// Copies, in waves: a comment goes once the message it replies to has its copy.
+    async fn write_copies_in_waves(&mut self) -> Result<(), MessageError> {
+        let known: Vec<&ObjectLink> = self
+            .recorded
+            .iter()
+            .filter(|o| o.kind == "message" && o.state == ObjectState::Active)
+            .collect();
+        let mut pending = std::mem::take(&mut self.creates);
+        let mut created: Vec<ObjectLink> = Vec::new();
+        loop {
+            let mut wave: HashMap<Side, Vec<PendingCopy>> = HashMap::new();
+            let mut rest = Vec::new();
+            for mut c in pending {
+                let (to, from) = (c.to, other(c.to));
+                if let Some(p) = &c.parent {
+                    let counterpart = known
+                        .iter()
+                        .copied()
+                        .chain(created.iter())
+                        .find(|o| id_on(o, from) == Some(p.as_str()))
+                        .and_then(|o| id_on(o, to).map(str::to_owned));
+                    match counterpart {
+                        // Under tag marking the reply is said in the copy's footer.
+                        Some(id) if !self.view(to).marking.is_tag() => {
+                            c.props.insert(REPLY_TO.into(), Value::String(id));
+                        }
+                        Some(_) => {}
+                        None => {
+                            rest.push(c);
+                            continue;
+                        }
+                    }
+                }
+                wave.entry(to).or_default().push(c);
+            }
+            if wave.is_empty() {
+                pending = rest;
+                break;
+            }
+            for (to, items) in wave {
+                for (c, id, ms) in write_copies(self.view(to), items, &self.settings.tag).await? {
+                    self.out.written += 1;
+                    created.push(self.arrived(c.pair, to, id, ms, c.parent.is_some()));
+                }
+            }
+            pending = rest;
+        }
+        // A run that made no copy at all has nothing to come back for at once (replies waiting
+        // for parents must not spin the job); otherwise a parent may simply be in the next run.
+        if created.is_empty() {
+            self.out.more = false;
+        }
+        if let Some(c) = pending.first().filter(|_| !self.out.more) {
+            self.out.waiting = Some(format!(
+                "comment {} replies to message {}, which is not a shared message synced on this deal yet; it waits for its parent",
+                c.pair.origin,
+                c.parent.as_deref().unwrap_or("?")
+            ));
+        }
+        self.out.objects.extend(created);
+        Ok(())
+    }
+
+    /// A copy written on `to`: the pair as it now is, and the arrival to notify.
+    fn arrived(
+        &mut self,
+        mut pair: ObjectLink,
+        to: Side,
+        id: String,
+        ms: Option<i64>,
+        comment: bool,
+    ) -> ObjectLink {
+        set_id(&mut pair, to, Some(id.clone()));
+        set_ms(&mut pair, to, ms);
+        self.out.arrivals.push(Arrival {
+            side: to,
+            comment,
+            id,
+            original_ms: match other(to) {
+                Side::Partner => pair.partner_ms,
+                Side::Hubspot => pair.hubspot_ms,
+            },
+        });
+        pair.state = ObjectState::Active;
+        pair.note = None;
+        pair
+    }
+
+    /// Body and attachment updates.
+    async fn write_updates(&mut self) -> Result<(), MessageError> {
+        for (side, list) in std::mem::take(&mut self.updates) {
+            if list.is_empty() {
+                continue;
+            }
+            let r = self.view(side).client.batch_update("notes", &list).await;
+            if let Some((_, e)) = r.failed.into_iter().next() {
+                return Err(e.into());
+            }
+            for rec in r.written {
+                if let Some(p) = self
+                    .update_pairs
+                    .iter_mut()
+                    .find(|p| id_on(p, side) == Some(rec.id.as_str()))
+                {
+                    set_ms(p, side, rec.last_modified_ms());
+                }
+            }
+            self.out.written += list.len();
+        }
+        self.out
+            .objects
+            .extend(std::mem::take(&mut self.update_pairs));
+        Ok(())
+    }
+
+    /// Removals last: a failure above leaves nothing half-deleted.
+    async fn write_removals(&mut self) -> Result<(), MessageError> {
+        let removals = std::mem::take(&mut self.removals);
+        for side in [Side::Partner, Side::Hubspot] {
+            let ids: Vec<String> = removals
+                .iter()
+                .filter(|r| r.1 == side)
+                .map(|r| r.2.clone())
+                .collect();
+            if !ids.is_empty() {
+                self.view(side).client.batch_archive("notes", &ids).await?;
+            }
+        }
+        self.out.written += removals.len();
+        self.out.objects.extend(removals.into_iter().map(|r| r.0));
+        for (side, id) in std::mem::take(&mut self.files_to_delete) {
+            self.view(side).client.delete_file(&id).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Writes one wave of copies to one side: new ones by batch create, each with its deal
