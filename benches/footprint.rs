@@ -48,12 +48,14 @@
 //! - associations (v4 batch read, ≤ 1,000 inputs): deal→notes on each side (messages are on)
 //!   and deal→quotes on HubSpot: ⌈N/1000⌉ each, three in all;
 //! - the owners directory (deal teams), one page per side;
+//! - the notes' property list, once per side after start: how the portal marks shared messages
+//!   (`engine::messages::Markings`, resolved on the first message job);
 //! - nothing else: no note or quote exists, so none is read; a plain batch read (≤ 100) would
 //!   only be needed for those.
 //!
-//! For N = 100,000: 2 × 2,000 + 3 × 100 + 2 = 4,302 (HubSpot 2,201, partner 2,101).
+//! For N = 100,000: 2 × 2,000 + 3 × 100 + 4 = 4,304 (HubSpot 2,202, partner 2,102).
 //! `sweep_min_s`: the busier portal's minimum calls under its rolling limit with zero latency:
-//! the first 100 at once, then 100 per 10 s: ⌈(2,201 − 100) / 100⌉ × 10 s = 220 s.
+//! the first 100 at once, then 100 per 10 s: ⌈(2,202 − 100) / 100⌉ × 10 s = 220 s.
 //!
 //! `FOOTPRINT_LINKS=1000` runs it at another size (default 100,000; 1,000 under `BENCH_SMOKE`).
 //! Last line: `{"idle_rss_mb":…,"peak_rss_mb":…,"sweep_s":…,"sweep_api_calls":…,…}`.
@@ -63,7 +65,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -93,61 +94,13 @@ fn links() -> usize {
 fn min_calls(n: usize) -> (usize, usize) {
     let deals = n.div_ceil(HISTORY_BATCH);
     let assoc = n.div_ceil(ASSOC_CAP);
-    (deals + 2 * assoc + 1, deals + assoc + 1)
+    // The owners directory and the notes' property list (the marking), once each.
+    (deals + 2 * assoc + 2, deals + assoc + 2)
 }
 
 /// The shortest time `calls` take under a rolling limit of 100 per 10 s, zero latency.
 fn min_seconds(calls: usize) -> f64 {
     (calls.saturating_sub(PER_10S)).div_ceil(PER_10S) as f64 * 10.0
-}
-
-/// Per-endpoint calls between two counter snapshots.
-fn diff(before: &Value, after: &Value) -> BTreeMap<String, u64> {
-    let mut out = BTreeMap::new();
-    if let Some(a) = after["endpoints"].as_object() {
-        for (k, v) in a {
-            let n = v.as_u64().unwrap_or(0) - before["endpoints"][k].as_u64().unwrap_or(0);
-            if n > 0 {
-                out.insert(k.clone(), n);
-            }
-        }
-    }
-    out
-}
-
-/// One look at the queue: (jobs, earliest `enqueued_at`).
-fn queue(db: &Path) -> (i64, Option<i64>) {
-    let Ok(c) = store::open_read_only(db) else {
-        return (0, None);
-    };
-    c.query_row("SELECT COUNT(*), MIN(enqueued_at) FROM jobs", [], |r| {
-        Ok((r.get(0)?, r.get(1)?))
-    })
-    .unwrap_or((0, None))
-}
-
-/// Links with a `job_history` row at or after `since`, and the earliest and latest such
-/// row's time.
-fn covered(db: &Path, since: i64) -> (i64, Option<i64>, Option<i64>) {
-    let c = store::open_read_only(db).expect("store");
-    c.query_row(
-        "SELECT COUNT(DISTINCT link_id), MIN(at), MAX(at) FROM job_history WHERE at >= ?1",
-        [since],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-    )
-    .expect("job_history")
-}
-
-/// `job_history` rows at or after `since`, counted by outcome.
-fn outcomes(db: &Path, since: i64) -> BTreeMap<String, i64> {
-    let c = store::open_read_only(db).expect("store");
-    let mut st = c
-        .prepare("SELECT outcome, COUNT(*) FROM job_history WHERE at >= ?1 GROUP BY outcome")
-        .expect("job_history");
-    st.query_map([since], |r| Ok((r.get(0)?, r.get(1)?)))
-        .expect("job_history")
-        .collect::<Result<_, _>>()
-        .expect("job_history")
 }
 
 fn main() {
@@ -236,7 +189,7 @@ sweep_interval_ms = {sweep}
         rt.block_on(support::counters(&base, "hubspot")),
         rt.block_on(support::counters(&base, "partner-a")),
     ];
-    let (jobs, _) = queue(&db);
+    let (jobs, _) = support::queue(&db);
     assert_eq!(
         jobs, 0,
         "the pollers queued jobs before the sweep: nothing changed"
@@ -251,14 +204,14 @@ sweep_interval_ms = {sweep}
     let (mut first_done, mut end) = (None, None);
     support::wait_for("the sweep has read every link", bound, || {
         daemon.assert_running();
-        let (jobs, first) = queue(&db);
+        let (jobs, first) = support::queue(&db);
         if let Some(f) = first {
             queued_first = Some(queued_first.map_or(f, |s| s.min(f)));
         }
         if jobs > 0 {
             return false;
         }
-        let (links, first, last) = covered(&db, quiet_from);
+        let (links, first, last) = support::covered(&db, quiet_from);
         (first_done, end) = (first, last);
         links as usize >= n
     });
@@ -269,7 +222,7 @@ sweep_interval_ms = {sweep}
         (q, d) => q.or(d).expect("sweep start"),
     };
     let end = end.expect("sweep end");
-    let done = outcomes(&db, quiet_from);
+    let done = support::outcomes(&db, quiet_from);
     assert_eq!(
         done,
         BTreeMap::from([(store::JobOutcome::NoChange.text().to_string(), n as i64)]),
@@ -294,8 +247,8 @@ sweep_interval_ms = {sweep}
         daemon.assert_running();
         idle.push(support::round1(support::status_mb(pid, "VmRSS:")));
     }
-    let (jobs, _) = queue(&db);
-    let (_, _, last) = covered(&db, quiet_from);
+    let (jobs, _) = support::queue(&db);
+    let (_, _, last) = support::covered(&db, quiet_from);
     assert!(
         jobs == 0 && last == Some(end),
         "the daemon worked while idle was sampled ({jobs} jobs queued): the sweep interval is too short"
@@ -305,7 +258,7 @@ sweep_interval_ms = {sweep}
     let mut calls = BTreeMap::new();
     let (mut sweep_calls, mut poll_calls, mut writes, mut http_429) = ([0u64; 2], 0u64, 0u64, 0u64);
     for (i, portal) in ["hubspot", "partner-a"].iter().enumerate() {
-        for (k, v) in diff(&before[i], &after[i]) {
+        for (k, v) in support::diff(&before[i], &after[i]) {
             if k.ends_with("/search") {
                 poll_calls += v;
             } else {

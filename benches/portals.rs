@@ -18,6 +18,8 @@
 //! quote poller skips a round that meets its deal poller's scan, so fewer is normal). The
 //! idle minimum of a portal with no links is its deal poller alone: 2 calls a minute.
 //!
+//! `portals_links` is the same with 100 links per partner, after a sweep.
+//!
 //! `PORTALS_PARTNERS=100` runs it at another size (default 1,000; 20 under `BENCH_SMOKE`).
 //! Last line: `{"idle_rss_mb":…,"partners":…,"cpu_s_per_min":…,…}`. Target: < 60 MB idle.
 
@@ -39,19 +41,6 @@ fn partners() -> usize {
             .unwrap_or_else(|_| panic!("PORTALS_PARTNERS={v} is not a number of portals")),
         Err(_) => support::size(PARTNERS, 20),
     }
-}
-
-/// User plus system CPU seconds the process has used (`/proc/PID/stat` fields 14 and 15, in
-/// clock ticks of 1/100 s on Linux).
-fn cpu_s(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The command name (field 2) may hold spaces; count from the closing parenthesis.
-    let rest = s.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<f64> = rest
-        .split_whitespace()
-        .map(|v| v.parse().unwrap_or(0.0))
-        .collect();
-    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
 }
 
 fn config(dir: &std::path::Path, base: &str, n: usize) -> std::path::PathBuf {
@@ -110,7 +99,7 @@ fn main() {
     };
     let (hs0, p0) = (count("hubspot"), count("p0"));
     let window = support::duration(Duration::from_secs(60), Duration::from_secs(15));
-    let cpu0 = cpu_s(pid);
+    let cpu0 = support::cpu_s(pid);
     let t0 = Instant::now();
     let mut samples = Vec::new();
     while t0.elapsed() < window {
@@ -119,7 +108,7 @@ fn main() {
         samples.push(support::round1(support::status_mb(pid, "VmRSS:")));
     }
     let minutes = t0.elapsed().as_secs_f64() / 60.0;
-    let cpu = (cpu_s(pid) - cpu0) / minutes;
+    let cpu = (support::cpu_s(pid) - cpu0) / minutes;
     let (hs1, p1) = (count("hubspot"), count("p0"));
     // Scheduled: each poller's one search per 30 s interval (deals and notes everywhere,
     // quotes on HubSpot's portal). A note or quote poller skips its round while the portal's

@@ -46,8 +46,14 @@ pub fn mark(mut v: Value) -> Value {
 
 /// Creates `n` deals named `Deal 0`…`Deal n-1`, 100 per batch call; their ids in order.
 pub async fn create_deals(c: &Client, n: usize) -> Vec<String> {
-    let mut ids = Vec::with_capacity(n);
-    for start in (0..n).step_by(100) {
+    create_named_deals(c, 0..n).await
+}
+
+/// Creates deals named `Deal i` for each `i` of `names`, 100 per batch call; their ids in order.
+pub async fn create_named_deals(c: &Client, names: std::ops::Range<usize>) -> Vec<String> {
+    let (first, n) = (names.start, names.end);
+    let mut ids = Vec::with_capacity(n.saturating_sub(first));
+    for start in (first..n).step_by(100) {
         let inputs: Vec<Value> = (start..(start + 100).min(n))
             .map(|i| json!({"properties": {"dealname": format!("Deal {i}")}}))
             .collect();
@@ -238,44 +244,8 @@ pub async fn sandbox_with_deals(
     config: dealsync::sandbox::SandboxConfig,
     n: usize,
 ) -> (dealsync::sandbox::SandboxHandle, Vec<Vec<String>>) {
-    use dealsync::crm::{Budget, RetryPolicy};
-    use dealsync::sandbox::{self, SandboxConfig};
-    use std::sync::Arc;
-    let state = dir.join("sandbox-state.json");
-    let loader = sandbox::start(SandboxConfig {
-        rate_limit_per_10s: None,
-        daily_limit: None,
-        search_per_s: None,
-        state_file: Some(state.clone()),
-        webhook_targets: Vec::new(),
-        app_webhook_target: None,
-        ..config.clone()
-    })
-    .await
-    .expect("loading sandbox");
-    let clients: Vec<Client> = loader
-        .portals
-        .iter()
-        .map(|p| {
-            Client::new(
-                &p.name,
-                &loader.base_url,
-                &p.token,
-                Arc::new(Budget::new(1_000_000, 1_000_000)),
-                RetryPolicy::default(),
-            )
-            .expect("client")
-        })
-        .collect();
-    let ids = futures_util::future::join_all(clients.iter().map(|c| create_deals(c, n))).await;
-    loader.shutdown().await; // saves the state file
-    let sb = sandbox::start(SandboxConfig {
-        state_file: Some(state),
-        ..config
-    })
-    .await
-    .expect("sandbox");
-    (sb, ids)
+    let names = vec![0..n; config.portals.len()];
+    sandbox_with_deal_counts(dir, config, &names).await
 }
 
 /// A `/proc/PID/status` field in MB (`VmRSS`, `VmHWM`); NaN if unreadable.
@@ -311,4 +281,147 @@ pub async fn set_deal_cursors(db: &Path, portals: &[&str], at_ms: i64) {
         })
         .await
         .expect("cursors");
+}
+
+/// Like [`sandbox_with_deals`], with deals `Deal i` for each `i` of `names[p]` in the p-th
+/// portal of `config`.
+pub async fn sandbox_with_deal_counts(
+    dir: &Path,
+    config: dealsync::sandbox::SandboxConfig,
+    names: &[std::ops::Range<usize>],
+) -> (dealsync::sandbox::SandboxHandle, Vec<Vec<String>>) {
+    use dealsync::crm::{Budget, RetryPolicy};
+    use dealsync::sandbox::{self, SandboxConfig};
+    use std::sync::Arc;
+    let state = dir.join("sandbox-state.json");
+    let loader = sandbox::start(SandboxConfig {
+        rate_limit_per_10s: None,
+        daily_limit: None,
+        search_per_s: None,
+        state_file: Some(state.clone()),
+        webhook_targets: Vec::new(),
+        app_webhook_target: None,
+        ..config.clone()
+    })
+    .await
+    .expect("loading sandbox");
+    let clients: Vec<Client> = loader
+        .portals
+        .iter()
+        .map(|p| {
+            Client::new(
+                &p.name,
+                &loader.base_url,
+                &p.token,
+                Arc::new(Budget::new(1_000_000, 1_000_000)),
+                RetryPolicy::default(),
+            )
+            .expect("client")
+        })
+        .collect();
+    let mut ids = Vec::with_capacity(clients.len());
+    // A few portals at a time: a thousand at once would open a thousand connections.
+    for (chunk, names) in clients.chunks(16).zip(names.chunks(16)) {
+        ids.extend(
+            futures_util::future::join_all(
+                chunk
+                    .iter()
+                    .zip(names)
+                    .map(|(c, r)| create_named_deals(c, r.clone())),
+            )
+            .await,
+        );
+    }
+    loader.shutdown().await; // saves the state file
+    let sb = sandbox::start(SandboxConfig {
+        state_file: Some(state),
+        ..config
+    })
+    .await
+    .expect("sandbox");
+    (sb, ids)
+}
+
+/// Links each (partner, partner deal, HubSpot deal, agreed `dealname`) in the store at `db`,
+/// as after a first sync.
+pub async fn link_agreed_named(db: &Path, links: &[(String, String, String, String)]) {
+    let store = Store::open(db).await.expect("store");
+    let links = links.to_vec();
+    store
+        .call(move |c| {
+            let tx = c.transaction()?;
+            for (partner, p, h, name) in &links {
+                let l = store::insert_link(&tx, partner, p, h, "channel")?;
+                tx.execute(
+                    "INSERT INTO shadows (link_id, field, value, updated_at) VALUES (?1, 'dealname', ?2, 0)",
+                    rusqlite::params![l.id, name],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+        .expect("links");
+}
+
+/// Per endpoint, how many more calls `after` counts than `before` (sandbox counters).
+pub fn diff(before: &Value, after: &Value) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    if let Some(a) = after["endpoints"].as_object() {
+        for (k, v) in a {
+            let n = v.as_u64().unwrap_or(0) - before["endpoints"][k].as_u64().unwrap_or(0);
+            if n > 0 {
+                out.insert(k.clone(), n);
+            }
+        }
+    }
+    out
+}
+
+/// One look at the queue: (jobs, earliest `enqueued_at`).
+pub fn queue(db: &Path) -> (i64, Option<i64>) {
+    let Ok(c) = store::open_read_only(db) else {
+        return (0, None);
+    };
+    c.query_row("SELECT COUNT(*), MIN(enqueued_at) FROM jobs", [], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })
+    .unwrap_or((0, None))
+}
+
+/// Links with a `job_history` row at or after `since`, and the earliest and latest such
+/// row's time.
+pub fn covered(db: &Path, since: i64) -> (i64, Option<i64>, Option<i64>) {
+    let c = store::open_read_only(db).expect("store");
+    c.query_row(
+        "SELECT COUNT(DISTINCT link_id), MIN(at), MAX(at) FROM job_history WHERE at >= ?1",
+        [since],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )
+    .expect("job_history")
+}
+
+/// `job_history` rows at or after `since`, counted by outcome.
+pub fn outcomes(db: &Path, since: i64) -> std::collections::BTreeMap<String, i64> {
+    let c = store::open_read_only(db).expect("store");
+    let mut st = c
+        .prepare("SELECT outcome, COUNT(*) FROM job_history WHERE at >= ?1 GROUP BY outcome")
+        .expect("job_history");
+    st.query_map([since], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("job_history")
+        .collect::<Result<_, _>>()
+        .expect("job_history")
+}
+
+/// User plus system CPU seconds the process has used (`/proc/PID/stat` fields 14 and 15, in
+/// clock ticks of 1/100 s on Linux).
+pub fn cpu_s(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name (field 2) may hold spaces; count from the closing parenthesis.
+    let rest = s.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
 }
