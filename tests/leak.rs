@@ -17,11 +17,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::notes::{note, notes, prop, upload};
-use common::scan::{assert_absent, assert_local_clean, assert_portal_clean, state, Capture};
+use common::scan::{
+    assert_absent, assert_local_clean, assert_portal_clean, state, Capture, LeakDeals,
+};
 use dealsync::crm::{Budget, Client, RetryPolicy};
 use dealsync::daemon::{DaemonHandle, DaemonParts, PortalConn, WebhookParts};
 use dealsync::engine::{FieldKind, FieldSpec, Settings};
-use dealsync::store;
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -139,22 +140,7 @@ async fn no_private_note_or_other_partners_message_leaks_anywhere() {
     }
 
     // H1: best partner wins (partner-a and partner-b); H2: partner-a only.
-    let h1 = hs.create_deal(json!({"dealname": "Contested"})).await;
-    let h2 = hs.create_deal(json!({"dealname": "Solo"})).await;
-    let a1 = pa.create_deal(json!({"dealname": "Contested"})).await;
-    let a2 = pa.create_deal(json!({"dealname": "Solo"})).await;
-    let b1 = pb.create_deal(json!({"dealname": "Contested"})).await;
-    for (partner, pd, hd) in [
-        ("partner-a", &a1, &h1),
-        ("partner-a", &a2, &h2),
-        ("partner-b", &b1, &h1),
-    ] {
-        let (p, pd, hd) = (partner.to_owned(), pd.clone(), hd.clone());
-        d.store
-            .call(move |c| store::insert_link(c, &p, &pd, &hd, "best_partner_wins"))
-            .await
-            .unwrap();
-    }
+    let LeakDeals { h1, h2, a1, a2, b1 } = LeakDeals::create(&d.store, hs, pa, pb).await;
     let deals: [(&common::Portal, &str); 5] =
         [(hs, &h1), (hs, &h2), (pa, &a1), (pa, &a2), (pb, &b1)];
 

@@ -18,10 +18,11 @@ use std::time::Duration;
 use common::notes::{
     bodies_served, notes, origin, plain_note as write, refuse_note_properties, upload,
 };
-use common::scan::{assert_absent, assert_local_clean, assert_portal_clean, state, Capture};
+use common::scan::{
+    assert_absent, assert_local_clean, assert_portal_clean, state, Capture, LeakDeals,
+};
 use common::Portal;
 use dealsync::daemon::DaemonHandle;
-use dealsync::store;
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -74,22 +75,7 @@ async fn with_tag_marking_no_private_note_or_other_partners_message_leaks_anywhe
     let d = DaemonHandle::start(parts).await.expect("daemon");
 
     // H1: two partners; H2: partner-a only.
-    let h1 = hs.create_deal(json!({"dealname": "Contested"})).await;
-    let h2 = hs.create_deal(json!({"dealname": "Solo"})).await;
-    let a1 = pa.create_deal(json!({"dealname": "Contested"})).await;
-    let a2 = pa.create_deal(json!({"dealname": "Solo"})).await;
-    let b1 = pb.create_deal(json!({"dealname": "Contested"})).await;
-    for (partner, pd, hd) in [
-        ("partner-a", &a1, &h1),
-        ("partner-a", &a2, &h2),
-        ("partner-b", &b1, &h1),
-    ] {
-        let (p, pd, hd) = (partner.to_owned(), pd.clone(), hd.clone());
-        d.store
-            .call(move |c| store::insert_link(c, &p, &pd, &hd, "best_partner_wins"))
-            .await
-            .unwrap();
-    }
+    let LeakDeals { h1, h2, a1, a2, b1 } = LeakDeals::create(&d.store, hs, pa, pb).await;
     let deals: [(&Portal, &str); 5] = [(hs, &h1), (hs, &h2), (pa, &a1), (pa, &a2), (pb, &b1)];
     let mut never_read: Vec<(&Portal, String)> = Vec::new();
     let mut expected: Vec<(String, &Portal)> = Vec::new();

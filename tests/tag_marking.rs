@@ -77,19 +77,7 @@ impl World {
 
     /// A partner deal linked to `hubspot_deal`.
     async fn link(&self, store: &Store, partner: &Portal, hubspot_deal: &str) -> String {
-        let p = partner
-            .create_deal(json!({"dealname": "Shared deal"}))
-            .await;
-        let (p2, h2, name) = (
-            p.clone(),
-            hubspot_deal.to_owned(),
-            partner.info.name.clone(),
-        );
-        store
-            .call(move |c| store::insert_link(c, &name, &p2, &h2, "channel"))
-            .await
-            .expect("link");
-        p
+        common::link_new_deal(store, partner, hubspot_deal).await
     }
 }
 

@@ -893,14 +893,7 @@ impl Client {
                     CallKind::Ordinary,
                 )
                 .await?;
-            if let Some(e) = v
-                .get("errors")
-                .and_then(Value::as_array)
-                .and_then(|e| e.first())
-            {
-                return Err(batch_error(&self.portal, Some(e)));
-            }
-            out.extend(records(&v, &self.portal, "batch upsert")?);
+            out.extend(all_or_nothing(&v, &self.portal, "batch upsert")?);
         }
         Ok(out)
     }
@@ -929,14 +922,7 @@ impl Client {
                     Some(&body),
                 )
                 .await?;
-            if let Some(e) = v
-                .get("errors")
-                .and_then(Value::as_array)
-                .and_then(|e| e.first())
-            {
-                return Err(batch_error(&self.portal, Some(e)));
-            }
-            out.extend(records(&v, &self.portal, "batch create")?);
+            out.extend(all_or_nothing(&v, &self.portal, "batch create")?);
         }
         Ok(out)
     }
@@ -1365,6 +1351,18 @@ fn error_mentions(e: &Value, id: &str) -> bool {
                     .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(id)))
             })
         })
+}
+
+/// The records of a batch write's answer, or its first error: a write that must land whole.
+fn all_or_nothing(v: &Value, portal: &str, call: &str) -> Result<Vec<Record>, CrmError> {
+    if let Some(e) = v
+        .get("errors")
+        .and_then(Value::as_array)
+        .and_then(|e| e.first())
+    {
+        return Err(batch_error(portal, Some(e)));
+    }
+    records(v, portal, call)
 }
 
 fn batch_error(portal: &str, e: Option<&Value>) -> CrmError {

@@ -413,3 +413,25 @@ pub async fn users(p: &Portal) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// A partner deal named "Shared deal" in `partner`, linked in `store` to `hubspot_deal`;
+/// its id.
+pub async fn link_new_deal(
+    store: &dealsync::store::Store,
+    partner: &Portal,
+    hubspot_deal: &str,
+) -> String {
+    let p = partner
+        .create_deal(serde_json::json!({"dealname": "Shared deal"}))
+        .await;
+    let (p2, h2, name) = (
+        p.clone(),
+        hubspot_deal.to_owned(),
+        partner.info.name.clone(),
+    );
+    store
+        .call(move |c| dealsync::store::insert_link(c, &name, &p2, &h2, "channel"))
+        .await
+        .expect("link");
+    p
+}

@@ -116,3 +116,46 @@ pub fn assert_local_clean(
         }
     }
 }
+
+/// The leak tests' deals: H1 (HubSpot) contested by partner-a (A1) and partner-b (B1), best
+/// partner wins; H2 (HubSpot) linked to A2 only.
+pub struct LeakDeals {
+    pub h1: String,
+    pub h2: String,
+    pub a1: String,
+    pub a2: String,
+    pub b1: String,
+}
+
+impl LeakDeals {
+    pub async fn create(
+        store: &dealsync::store::Store,
+        hs: &Portal,
+        pa: &Portal,
+        pb: &Portal,
+    ) -> LeakDeals {
+        let deal = |p: &Portal, name: &str| {
+            let (p, name) = (p.clone(), name.to_owned());
+            async move { p.create_deal(serde_json::json!({ "dealname": name })).await }
+        };
+        let d = LeakDeals {
+            h1: deal(hs, "Contested").await,
+            h2: deal(hs, "Solo").await,
+            a1: deal(pa, "Contested").await,
+            a2: deal(pa, "Solo").await,
+            b1: deal(pb, "Contested").await,
+        };
+        for (partner, pd, hd) in [
+            ("partner-a", &d.a1, &d.h1),
+            ("partner-a", &d.a2, &d.h2),
+            ("partner-b", &d.b1, &d.h1),
+        ] {
+            let (p, pd, hd) = (partner.to_owned(), pd.clone(), hd.clone());
+            store
+                .call(move |c| dealsync::store::insert_link(c, &p, &pd, &hd, "best_partner_wins"))
+                .await
+                .unwrap();
+        }
+        d
+    }
+}
