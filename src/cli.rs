@@ -493,7 +493,7 @@ async fn run_replay(args: ReplayArgs) -> Result<(), CliError> {
     let sel = if args.all {
         crate::replay::Selection::All
     } else if let Some(c) = args.class.clone() {
-        crate::replay::Selection::Class(c)
+        crate::replay::Selection::Class(crate::deadletter::DeadClass::from_label(&c))
     } else {
         crate::replay::Selection::Ids(args.id.clone())
     };

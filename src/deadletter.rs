@@ -24,9 +24,8 @@ pub struct Entry {
     pub hubspot_deal_id: String,
     pub reason: String,
     pub error: String,
-    /// `permanent`, `exhausted` (transient failures past the retry limit), or a finer class
-    /// such as `unmapped_stage`.
-    pub class: String,
+    /// Why it was given up on.
+    pub class: DeadClass,
     pub attempts: i64,
     pub first_at: String,
     pub last_at: String,
@@ -34,6 +33,86 @@ pub struct Entry {
     /// `dealsync replay` puts back in the queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notification: Option<i64>,
+}
+
+/// Why an entry was given up on: its `class` in the file, and what `replay --class` selects.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DeadClass {
+    /// A permanent failure with no finer reason (HubSpot's message says what).
+    Permanent,
+    /// Transient failures past the retry limit.
+    Exhausted,
+    /// A deal stage the partner's stage map does not name.
+    UnmappedStage,
+    /// A comment whose parent never became a shared message on the deal.
+    UnknownParent,
+    /// The portal's own write-validation rules refused the write.
+    PortalValidation,
+    /// A notification that could not be sent.
+    Notification,
+    /// A class this version does not know (written by a newer one): read and kept as it is,
+    /// so a downgrade neither loses nor rewrites entries.
+    Other(String),
+}
+
+impl DeadClass {
+    const KNOWN: [DeadClass; 6] = [
+        DeadClass::Permanent,
+        DeadClass::Exhausted,
+        DeadClass::UnmappedStage,
+        DeadClass::UnknownParent,
+        DeadClass::PortalValidation,
+        DeadClass::Notification,
+    ];
+
+    pub fn label(&self) -> &str {
+        match self {
+            DeadClass::Permanent => "permanent",
+            DeadClass::Exhausted => "exhausted",
+            DeadClass::UnmappedStage => "unmapped_stage",
+            DeadClass::UnknownParent => "unknown_parent",
+            DeadClass::PortalValidation => "portal_validation",
+            DeadClass::Notification => "notification",
+            DeadClass::Other(s) => s,
+        }
+    }
+
+    pub fn from_label(s: &str) -> DeadClass {
+        DeadClass::KNOWN
+            .into_iter()
+            .find(|c| c.label() == s)
+            .unwrap_or_else(|| DeadClass::Other(s.to_owned()))
+    }
+}
+
+impl std::fmt::Display for DeadClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+impl From<&str> for DeadClass {
+    fn from(s: &str) -> DeadClass {
+        DeadClass::from_label(s)
+    }
+}
+
+impl PartialEq<&str> for DeadClass {
+    fn eq(&self, other: &&str) -> bool {
+        self.label() == *other
+    }
+}
+
+impl Serialize for DeadClass {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.label())
+    }
+}
+
+impl<'de> Deserialize<'de> for DeadClass {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<DeadClass, D::Error> {
+        Ok(DeadClass::from_label(&String::deserialize(d)?))
+    }
 }
 
 /// The deal pair an entry is about, as the store knows it (empty strings where it does not).
@@ -52,7 +131,7 @@ impl Entry {
         subject: Subject,
         reason: &str,
         error: String,
-        class: &str,
+        class: DeadClass,
         attempts: i64,
         first_failed_ms: Option<i64>,
     ) -> Entry {
@@ -70,13 +149,19 @@ impl Entry {
         created_ms: i64,
         notification: i64,
     ) -> Entry {
-        let mut e = Entry::new(subject, reason, error, "notification", attempts)
+        let mut e = Entry::new(subject, reason, error, DeadClass::Notification, attempts)
             .times(created_ms, crate::time::now_ms());
         e.notification = Some(notification);
         e
     }
 
-    fn new(subject: Subject, reason: String, error: String, class: &str, attempts: i64) -> Entry {
+    fn new(
+        subject: Subject,
+        reason: String,
+        error: String,
+        class: DeadClass,
+        attempts: i64,
+    ) -> Entry {
         Entry {
             id: uuid::Uuid::new_v4().to_string(),
             link_id: subject.link_id,
@@ -85,7 +170,7 @@ impl Entry {
             hubspot_deal_id: subject.hubspot_deal_id,
             reason,
             error,
-            class: class.to_owned(),
+            class,
             attempts,
             first_at: String::new(),
             last_at: String::new(),
@@ -342,6 +427,23 @@ pub fn read(path: &Path) -> Result<(Vec<Entry>, Vec<String>), DeadLetterError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn classes_read_and_write_as_their_labels_and_unknown_ones_survive() {
+        for c in DeadClass::KNOWN {
+            let text = serde_json::to_string(&c).unwrap();
+            assert_eq!(text, format!("\"{}\"", c.label()));
+            assert_eq!(serde_json::from_str::<DeadClass>(&text).unwrap(), c);
+        }
+        // A class a newer version wrote: kept, and written back as it was.
+        let future: DeadClass = serde_json::from_str("\"quota_exceeded\"").unwrap();
+        assert_eq!(future, DeadClass::Other("quota_exceeded".into()));
+        assert_eq!(
+            serde_json::to_string(&future).unwrap(),
+            "\"quota_exceeded\""
+        );
+        assert!(DeadClass::UnmappedStage == "unmapped_stage");
+    }
+
     use super::*;
 
     fn entry(id: &str) -> Entry {
@@ -353,7 +455,7 @@ mod tests {
             hubspot_deal_id: "2".into(),
             reason: "poll".into(),
             error: "stage x has no mapping".into(),
-            class: "unmapped_stage".into(),
+            class: DeadClass::UnmappedStage,
             attempts: 1,
             first_at: "2026-01-01T00:00:00.000Z".into(),
             last_at: "2026-01-01T00:00:00.000Z".into(),

@@ -27,7 +27,7 @@ pub enum Selection {
     /// These entries, open or not.
     Ids(Vec<String>),
     /// Open entries of one class.
-    Class(String),
+    Class(crate::deadletter::DeadClass),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +46,7 @@ pub enum ReplayError {
 pub fn select(file: &DeadLetterFile, sel: &Selection) -> Result<Vec<Entry>, ReplayError> {
     match sel {
         Selection::All => Ok(file.open().cloned().collect()),
-        Selection::Class(c) => Ok(file.open().filter(|e| &e.class == c).cloned().collect()),
+        Selection::Class(c) => Ok(file.open().filter(|e| e.class == *c).cloned().collect()),
         Selection::Ids(ids) => ids
             .iter()
             .map(|id| {

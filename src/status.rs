@@ -473,7 +473,7 @@ pub fn dead_letters(path: &Path) -> Result<DeadLetters, StatusError> {
     let open: Vec<&deadletter::Entry> = file.open().collect();
     let mut by_class: BTreeMap<&str, (usize, &deadletter::Entry)> = BTreeMap::new();
     for e in &open {
-        let slot = by_class.entry(e.class.as_str()).or_insert((0, e));
+        let slot = by_class.entry(e.class.label()).or_insert((0, e));
         slot.0 += 1;
         if e.last_at >= slot.1.last_at {
             slot.1 = e;

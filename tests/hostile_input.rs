@@ -1274,7 +1274,7 @@ fn entry() -> impl Strategy<Value = Entry> {
                 hubspot_deal_id: hd,
                 reason,
                 error,
-                class,
+                class: class.as_str().into(),
                 attempts,
                 first_at: first,
                 last_at: last,

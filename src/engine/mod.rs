@@ -223,7 +223,7 @@ enum Outcome {
     Failed {
         error: String,
         class: ErrorClass,
-        fine_class: &'static str,
+        fine_class: deadletter::DeadClass,
     },
 }
 
@@ -397,7 +397,7 @@ impl Engine {
                     batch::Failure::Plan(e) => Outcome::Failed {
                         error: e.to_string(),
                         class: ErrorClass::Permanent,
-                        fine_class: "unmapped_stage",
+                        fine_class: deadletter::DeadClass::UnmappedStage,
                     },
                 },
             );
@@ -670,7 +670,7 @@ impl Engine {
                         Outcome::Failed {
                             error: e.error,
                             class: e.class,
-                            fine_class: "permanent",
+                            fine_class: deadletter::DeadClass::Permanent,
                         },
                     );
                     continue;
@@ -704,7 +704,7 @@ impl Engine {
                     Outcome::Failed {
                         error: why,
                         class: ErrorClass::Permanent,
-                        fine_class: "unknown_parent",
+                        fine_class: deadletter::DeadClass::UnknownParent,
                     },
                 );
             } else {
@@ -751,7 +751,7 @@ impl Engine {
                 }
                 _ => {
                     let class = if class == ErrorClass::Transient {
-                        "exhausted"
+                        deadletter::DeadClass::Exhausted
                     } else {
                         fine_class
                     };
@@ -1364,7 +1364,7 @@ fn failed(e: &CrmError) -> Outcome {
     Outcome::Failed {
         error: e.report(),
         class: e.class(),
-        fine_class: e.fine_class(),
+        fine_class: deadletter::DeadClass::from_label(e.fine_class()),
     }
 }
 
