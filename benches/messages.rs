@@ -145,17 +145,6 @@ async fn create_notes(c: &Client, notes: &[(String, String)], mark: Mark) -> Vec
     ids
 }
 
-/// Makes a sandbox portal refuse custom note properties (tag marking).
-async fn refuse_note_properties(http: &reqwest::Client, base: &str, portal: &str) {
-    let r = http
-        .put(format!("{base}/_sandbox/portals/{portal}/features"))
-        .json(&json!({ "note_properties": false, "note_unique_properties": false, "note_upsert": false }))
-        .send()
-        .await
-        .expect("features");
-    assert!(r.status().is_success(), "features: {}", r.status());
-}
-
 /// The note ids whose bodies a portal served (batch reads and searches).
 async fn bodies_served(http: &reqwest::Client, base: &str, portal: &str) -> Vec<String> {
     let v: Value = http
@@ -230,7 +219,7 @@ async fn throughput(tag: bool) -> Run {
     let hs = client("hubspot", &sb.base_url, &hs_info.token);
     let pa = client("partner-a", &sb.base_url, &pa_info.token);
     if tag {
-        refuse_note_properties(&http, &sb.base_url, "partner-a").await;
+        sb.set_features("partner-a", sandbox::Features::without_note_features());
     }
     dealsync::setup::ensure(&hs, false, true).await.unwrap();
     dealsync::setup::ensure(&pa, false, !tag).await.unwrap();
@@ -280,7 +269,7 @@ async fn throughput(tag: bool) -> Run {
     .await
     .unwrap();
     if tag {
-        refuse_note_properties(&http, &sb.base_url, "partner-a").await;
+        sb.set_features("partner-a", sandbox::Features::without_note_features());
     }
     let db = dir.path().join("dealsync.db");
     let pairs: Vec<(String, String)> = p_deals.into_iter().zip(h_deals).collect();

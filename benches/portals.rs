@@ -43,22 +43,6 @@ fn partners() -> usize {
     }
 }
 
-fn config(dir: &std::path::Path, base: &str, n: usize) -> std::path::PathBuf {
-    let mut text = format!(
-        "[store]\npath = \"{}\"\ndead_letter_path = \"{}\"\n[hubspot]\nbase_url = \"{base}\"\ntoken_env = \"HS_TOKEN\"\n",
-        dir.join("dealsync.db").display(),
-        dir.join("dl.jsonl").display(),
-    );
-    for i in 0..n {
-        text.push_str(&format!(
-            "[[partners]]\nname = \"p{i}\"\nbase_url = \"{base}\"\ntoken_env = \"P{i}_TOKEN\"\n[partners.stage_map]\nqualifiedtobuy = \"qualifiedtobuy\"\n"
-        ));
-    }
-    let path = dir.join("dealsync.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 fn main() {
     let n = partners();
     let names: Vec<String> = std::iter::once("hubspot".to_owned())
@@ -66,7 +50,7 @@ fn main() {
         .collect();
     let (_sandbox, base, tokens) = support::spawn_sandbox_limited(&names.join(","));
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), &base, n);
+    let cfg = support::partners_config(dir.path(), &base, n, "");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_dealsync"));
     cmd.args(["run", "--config", cfg.to_str().unwrap()])
         .env("HS_TOKEN", &tokens[0])

@@ -59,26 +59,6 @@ fn min_calls(links: usize, hubspot: bool) -> usize {
     links.div_ceil(HISTORY_BATCH) + assoc_kinds * links.div_ceil(ASSOC_CAP) + 2
 }
 
-fn config(dir: &std::path::Path, base: &str, n: usize, sweep: Duration) -> std::path::PathBuf {
-    let mut text = format!(
-        "[store]\npath = \"{}\"\ndead_letter_path = \"{}\"\n[hubspot]\nbase_url = \"{base}\"\ntoken_env = \"HS_TOKEN\"\n",
-        dir.join("dealsync.db").display(),
-        dir.join("dl.jsonl").display(),
-    );
-    for i in 0..n {
-        text.push_str(&format!(
-            "[[partners]]\nname = \"p{i}\"\nbase_url = \"{base}\"\ntoken_env = \"P{i}_TOKEN\"\n[partners.stage_map]\nqualifiedtobuy = \"qualifiedtobuy\"\n"
-        ));
-    }
-    text.push_str(&format!(
-        "[sync]\npoll_overlap_ms = 1000\nsweep_interval_ms = {}\n",
-        sweep.as_millis()
-    ));
-    let path = dir.join("dealsync.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 fn main() {
     let n = env_or("PORTALS_PARTNERS", 1_000, 20);
     let k = env_or("PORTALS_LINKS", 100, 10);
@@ -124,7 +104,15 @@ fn main() {
         interval.as_secs_f64()
     );
     let base = sb.base_url.clone();
-    let cfg = config(dir.path(), &base, n, interval);
+    let cfg = support::partners_config(
+        dir.path(),
+        &base,
+        n,
+        &format!(
+            "[sync]\npoll_overlap_ms = 1000\nsweep_interval_ms = {}\n",
+            interval.as_millis()
+        ),
+    );
     support::wait_for(
         "the deals are older than two poll overlaps",
         Duration::from_secs(5),

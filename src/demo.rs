@@ -364,17 +364,7 @@ pub async fn run() -> Result<(), DemoError> {
     );
     // partner-b plays a portal that refuses custom note properties: with `marking = "auto"`
     // its shared messages are marked by the `#shared` tag, and setup makes no note property.
-    let refused = reqwest::Client::new()
-        .put(format!("{}/_sandbox/portals/{TAG_PORTAL}/features", sb.base_url))
-        .json(&json!({ "note_properties": false, "note_unique_properties": false, "note_upsert": false }))
-        .send()
-        .await
-        .map_err(setup)?;
-    if !refused.status().is_success() {
-        return Err(setup(format!(
-            "the sandbox did not take {TAG_PORTAL}'s features"
-        )));
-    }
+    sb.set_features(TAG_PORTAL, sandbox::Features::without_note_features());
     // An OAuth portal is set up once it is installed (step 1).
     for c in std::iter::once(&parts.hubspot)
         .chain(parts.partners.iter())

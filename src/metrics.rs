@@ -267,6 +267,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn note_bodies_read_are_counted_on_metrics() {
+        let m = Metrics::default();
+        m.bodies_read(3);
+        m.bodies_read(2);
+        let text = render(&m, &Scrape::default());
+        assert!(text.contains("dealsync_note_bodies_read_total 5"), "{text}");
+    }
+
+    #[test]
     fn histogram_buckets_are_cumulative() {
         let m = Metrics::default();
         m.propagated(0.07);

@@ -215,7 +215,7 @@ async fn soak(faults: bool, tag: bool) {
     }
     let db = dir.path().join("dealsync.db");
     if tag {
-        common::notes::refuse_note_properties(&sb, "partner-a").await;
+        common::notes::refuse_note_properties(&sb, "partner-a");
     }
     let pairs = linked_deals(&sb, &hs, &pa, &db, DEALS).await;
     if faults {

@@ -48,7 +48,7 @@ async fn isolation(tag: bool) {
     let all: Vec<&str> = std::iter::once("hubspot").chain(PARTNERS).collect();
     if tag {
         for n in &all {
-            common::notes::refuse_note_properties(&sb, n).await;
+            common::notes::refuse_note_properties(&sb, n);
         }
     }
     common::setup_portals(&sb, &all).await;

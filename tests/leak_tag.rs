@@ -48,7 +48,7 @@ async fn with_tag_marking_no_private_note_or_other_partners_message_leaks_anywhe
     let sb = common::unlimited_sandbox().await;
     let names = ["hubspot", "partner-a", "partner-b"];
     for n in names {
-        refuse_note_properties(&sb, n).await;
+        refuse_note_properties(&sb, n);
     }
     common::setup_portals(&sb, &names).await;
     let portals: HashMap<&str, Portal> =

@@ -16,7 +16,7 @@ use dealsync::daemon::{DaemonHandle, DaemonParts, PortalConn, WebhookParts};
 use dealsync::engine::messages::MessageSettings;
 use dealsync::engine::{FieldKind, FieldSpec, Settings};
 use dealsync::sandbox::SandboxHandle;
-use dealsync::store::{self, ObjectLink, Store};
+use dealsync::store::{self, Store};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -191,33 +191,6 @@ async fn wait_copy(
             (c.len() == 1 && check(&c[0])).then(|| c[0].clone())
         },
     )
-    .await
-}
-
-async fn object_links(store: &Store) -> Vec<ObjectLink> {
-    let ids: Vec<i64> = store
-        .call(|c| {
-            let mut st = c.prepare("SELECT id FROM links")?;
-            let v = st
-                .query_map([], |r| r.get(0))?
-                .collect::<Result<Vec<i64>, _>>()?;
-            Ok(v)
-        })
-        .await
-        .expect("links");
-    store
-        .call(move |c| store::object_links(c, &ids))
-        .await
-        .expect("object links")
-        .into_values()
-        .flatten()
-        .collect()
-}
-
-async fn wait_object(store: &Store, what: &str, check: impl Fn(&ObjectLink) -> bool) -> ObjectLink {
-    common::eventually(what, WAIT, || async {
-        object_links(store).await.into_iter().find(|o| check(o))
-    })
     .await
 }
 
@@ -481,7 +454,7 @@ async fn edits_deletions_and_unsharing_propagate() {
         copies_of(&w.hs, &origin).await.is_empty().then_some(())
     })
     .await;
-    wait_object(&d.store, "pair recorded as unshared", |o| {
+    common::wait_object(&d.store, "pair recorded as unshared", |o| {
         o.origin == origin && o.state == dealsync::store::ObjectState::Unshared
     })
     .await;
@@ -537,7 +510,7 @@ async fn edits_deletions_and_unsharing_propagate() {
         json!({dealsync::properties::VISIBILITY: "private"}),
     )
     .await;
-    wait_object(&d.store, "pair detached", |o| {
+    common::wait_object(&d.store, "pair detached", |o| {
         o.origin == origin3 && o.state == dealsync::store::ObjectState::Detached
     })
     .await;
@@ -711,7 +684,7 @@ async fn isolation_between_partners_of_one_hubspot_deal() {
     .await;
     // An untargeted HubSpot message goes nowhere and is recorded as needing a target.
     let mu = note(&w.hs, &h, "for whom?", true, json!({})).await;
-    wait_object(&d.store, "untargeted message needs a target", |o| {
+    common::wait_object(&d.store, "untargeted message needs a target", |o| {
         o.origin == format!("hubspot:{mu}") && o.state == dealsync::store::ObjectState::NeedsTarget
     })
     .await;
@@ -793,7 +766,7 @@ async fn a_file_copied_by_a_run_that_then_failed_is_reused_not_uploaded_again() 
     )
     .await;
     let origin = format!("partner-a:{m}");
-    let file = wait_object(
+    let file = common::wait_object(
         &d.store,
         "the uploaded copy recorded despite the failure",
         |o| {
@@ -804,7 +777,7 @@ async fn a_file_copied_by_a_run_that_then_failed_is_reused_not_uploaded_again() 
     )
     .await;
     w.hs.set_faults(json!({})).await;
-    wait_object(&d.store, "the message copied once the upsert works", |o| {
+    common::wait_object(&d.store, "the message copied once the upsert works", |o| {
         o.origin == origin
             && o.state == dealsync::store::ObjectState::Active
             && o.hubspot_object_id.is_some()
@@ -873,7 +846,7 @@ async fn a_partner_linked_later_never_gets_an_earlier_partners_untargeted_thread
         })
         .await
         .unwrap();
-    wait_object(
+    common::wait_object(
         &d.store,
         "partner B's link holds the message for a target",
         |o| o.origin == origin && o.state == dealsync::store::ObjectState::NeedsTarget,
@@ -966,7 +939,7 @@ async fn a_copy_whose_create_answer_was_lost_is_not_duplicated() {
     )
     .await;
     w.hs.set_faults(json!({})).await;
-    wait_object(
+    common::wait_object(
         &d.store,
         "pair recorded once the answer gets through",
         |o| {
@@ -1012,7 +985,7 @@ async fn unreadable_and_oversized_attachments_are_skipped_with_a_reason() {
     )
     .await;
     assert_eq!(file_content(&w.hs, &attachments(&c)[0]).await, b"ok");
-    let skipped = wait_object(&d.store, "big file recorded as skipped", |o| {
+    let skipped = common::wait_object(&d.store, "big file recorded as skipped", |o| {
         o.origin == format!("partner-a:{big}") && o.state == dealsync::store::ObjectState::Skipped
     })
     .await;
@@ -1213,7 +1186,7 @@ async fn an_unreadable_attachment_is_skipped_with_the_reason() {
     )
     .await;
     assert_eq!(file_content(&w.hs, &attachments(&c)[0]).await, b"kept");
-    let o = wait_object(&d.store, "gone file recorded as unreadable", |o| {
+    let o = common::wait_object(&d.store, "gone file recorded as unreadable", |o| {
         o.origin == format!("partner-a:{gone}")
             && o.state == dealsync::store::ObjectState::Unreadable
     })

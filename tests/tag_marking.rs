@@ -18,7 +18,7 @@ use common::Portal;
 use dealsync::daemon::DaemonHandle;
 use dealsync::engine::messages::MessageSettings;
 use dealsync::sandbox::SandboxHandle;
-use dealsync::store::{self, ObjectLink, ObjectState, Store};
+use dealsync::store::{self, ObjectState, Store};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -36,7 +36,7 @@ impl World {
     async fn new(tag_portals: &[&str]) -> World {
         let sb = common::unlimited_sandbox().await;
         for name in tag_portals {
-            refuse_note_properties(&sb, name).await;
+            refuse_note_properties(&sb, name);
         }
         common::setup_portals(&sb, &["hubspot", "partner-a", "partner-b"]).await;
         World {
@@ -110,29 +110,6 @@ async fn one_copy(p: &Portal, from: &str, what: &str, check: impl Fn(&str) -> bo
                 .then(|| c[0].clone())
         },
     )
-    .await
-}
-
-async fn pairs(store: &Store) -> Vec<ObjectLink> {
-    store
-        .call(|c| {
-            let ids: Vec<i64> = c
-                .prepare("SELECT id FROM links")?
-                .query_map([], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
-            store::object_links(c, &ids)
-        })
-        .await
-        .expect("object links")
-        .into_values()
-        .flatten()
-        .collect()
-}
-
-async fn wait_pair(store: &Store, what: &str, check: impl Fn(&ObjectLink) -> bool) -> ObjectLink {
-    common::eventually(what, WAIT, || async {
-        pairs(store).await.into_iter().find(|o| check(o))
-    })
     .await
 }
 
@@ -289,6 +266,14 @@ async fn a_tag_portal_and_a_property_portal_share_each_way_and_private_notes_are
     // The private note was never fetched; the one that only mentions the tag was a search
     // candidate, read and dropped; neither reached HubSpot's portal.
     let served = bodies_served(&w.pa).await;
+    // /metrics counts the bodies read to decide: every one the sandbox served, at least.
+    let metrics = dealsync::metrics::render(d.engine.metrics(), &Default::default());
+    let counted: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("dealsync_note_bodies_read_total "))
+        .and_then(|v| v.parse().ok())
+        .expect("the metric is rendered");
+    assert!(counted as usize >= served.len() && counted > 0, "{counted} for {served:?}");
     assert!(
         !served.contains(&private),
         "a private note's body was read: {served:?}"
@@ -368,7 +353,7 @@ async fn with_every_portal_on_tags_a_hubspot_message_names_its_partner() {
         |b| b.starts_with("#shared Hello from B") && b.contains("from partner-b"),
     )
     .await;
-    wait_pair(&d.store, "the untargeted message waits for a target", |o| {
+    common::wait_object(&d.store, "the untargeted message waits for a target", |o| {
         o.origin == format!("hubspot:{untargeted}") && o.state == ObjectState::NeedsTarget
     })
     .await;
@@ -442,7 +427,7 @@ async fn a_copy_whose_create_answer_was_lost_is_found_by_its_ref_even_while_sear
     })
     .await;
     w.pa.set_faults(json!({ "search_lag_ms": 1500 })).await;
-    let pair = wait_pair(&d.store, "the pair is recorded once found", |o| {
+    let pair = common::wait_object(&d.store, "the pair is recorded once found", |o| {
         o.origin == from && o.state == ObjectState::Active
     })
     .await;
@@ -493,7 +478,7 @@ async fn odd_bodies_in_a_tag_portal() {
     // A message too long to carry the tag and footer into the tag portal is held, with why.
     let long = format!("<p>{}</p>", "x".repeat(65_500));
     let big = common::notes::note(&w.hs, &h, &long, true, json!({})).await;
-    let held = wait_pair(&d.store, "the long message is held with the reason", |o| {
+    let held = common::wait_object(&d.store, "the long message is held with the reason", |o| {
         o.origin == format!("hubspot:{big}") && o.state == ObjectState::Skipped
     })
     .await;

@@ -425,3 +425,22 @@ pub fn cpu_s(pid: u32) -> f64 {
         .collect();
     (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
 }
+
+/// A `dealsync.toml` in `dir` for the sandbox at `base`: HubSpot's portal and `n` partners
+/// `p0`… (tokens from `HS_TOKEN`, `P0_TOKEN`…), the store in `dir`, then `extra`.
+pub fn partners_config(dir: &Path, base: &str, n: usize, extra: &str) -> std::path::PathBuf {
+    let mut text = format!(
+        "[store]\npath = \"{}\"\ndead_letter_path = \"{}\"\n[hubspot]\nbase_url = \"{base}\"\ntoken_env = \"HS_TOKEN\"\n",
+        dir.join("dealsync.db").display(),
+        dir.join("dl.jsonl").display(),
+    );
+    for i in 0..n {
+        text.push_str(&format!(
+            "[[partners]]\nname = \"p{i}\"\nbase_url = \"{base}\"\ntoken_env = \"P{i}_TOKEN\"\n[partners.stage_map]\nqualifiedtobuy = \"qualifiedtobuy\"\n"
+        ));
+    }
+    text.push_str(extra);
+    let path = dir.join("dealsync.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}

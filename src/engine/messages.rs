@@ -238,7 +238,7 @@ pub async fn read_notes(
     force: bool,
 ) -> Result<PortalNotes, CrmError> {
     let assoc = client.associations("deals", "notes", deals).await?;
-    let ids = unique_ids(assoc.values().flatten());
+    let ids = super::unique(assoc.values().flatten().cloned());
     if !marking.is_tag() {
         let heads = client
             .batch_read("notes", &ids, &decide_props(), false)
@@ -458,13 +458,6 @@ async fn tag_candidates(
         out.extend(page.records.into_iter().map(|r| r.id));
     }
     Ok(out)
-}
-
-fn unique_ids<'a>(it: impl Iterator<Item = &'a String>) -> Vec<String> {
-    let mut v: Vec<String> = it.cloned().collect();
-    v.sort();
-    v.dedup();
-    v
 }
 
 pub fn split_ids(s: &str) -> Vec<String> {

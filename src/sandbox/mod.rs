@@ -284,6 +284,16 @@ impl SandboxHandle {
             .unwrap_or_else(|| panic!("no sandbox portal named {name}"))
     }
 
+    /// Sets which note features a portal offers, as `PUT /_sandbox/portals/{name}/features`
+    /// does. Panics only on a name the caller configured itself.
+    pub fn set_features(&self, name: &str, features: Features) {
+        let p = self
+            .shared
+            .portal_by_name(name)
+            .unwrap_or_else(|| panic!("no sandbox portal named {name}"));
+        *p.features.lock() = features;
+    }
+
     /// Responses kept when `record_responses` is on.
     pub fn recorded(&self) -> Vec<Recorded> {
         self.shared

@@ -435,3 +435,32 @@ pub async fn link_new_deal(
         .expect("link");
     p
 }
+
+/// Every object link (message and file pairs) of every link in `store`.
+pub async fn object_links(store: &dealsync::store::Store) -> Vec<dealsync::store::ObjectLink> {
+    store
+        .call(|c| {
+            let ids: Vec<i64> = c
+                .prepare("SELECT id FROM links")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            dealsync::store::object_links(c, &ids)
+        })
+        .await
+        .expect("object links")
+        .into_values()
+        .flatten()
+        .collect()
+}
+
+/// Waits (up to 60 s) for an object link for which `check` holds; returns it.
+pub async fn wait_object(
+    store: &dealsync::store::Store,
+    what: &str,
+    check: impl Fn(&dealsync::store::ObjectLink) -> bool,
+) -> dealsync::store::ObjectLink {
+    eventually(what, Duration::from_secs(60), || async {
+        object_links(store).await.into_iter().find(|o| check(o))
+    })
+    .await
+}

@@ -107,16 +107,8 @@ pub fn origin(n: &Value) -> Option<String> {
 
 /// Puts a portal in tag marking as a real one that refuses custom note properties would be:
 /// the features off, then `dealsync setup` makes only its deal properties.
-pub async fn refuse_note_properties(sb: &dealsync::sandbox::SandboxHandle, name: &str) {
-    let p = super::portal(sb, name);
-    let a = p
-        .control(
-            reqwest::Method::PUT,
-            "/features",
-            Some(serde_json::json!({ "note_properties": false, "note_unique_properties": false, "note_upsert": false })),
-        )
-        .await;
-    assert_eq!(a.status, 200, "{}", a.text);
+pub fn refuse_note_properties(sb: &dealsync::sandbox::SandboxHandle, name: &str) {
+    sb.set_features(name, dealsync::sandbox::Features::without_note_features());
 }
 
 /// The note ids whose body the portal has served in a read or search answer.
