@@ -273,7 +273,10 @@ async fn a_tag_portal_and_a_property_portal_share_each_way_and_private_notes_are
         .find_map(|l| l.strip_prefix("dealsync_note_bodies_read_total "))
         .and_then(|v| v.parse().ok())
         .expect("the metric is rendered");
-    assert!(counted as usize >= served.len() && counted > 0, "{counted} for {served:?}");
+    assert!(
+        counted as usize >= served.len() && counted > 0,
+        "{counted} for {served:?}"
+    );
     assert!(
         !served.contains(&private),
         "a private note's body was read: {served:?}"

@@ -133,7 +133,20 @@ impl Engine {
         let reads = by_portal
             .iter()
             .map(|(portal, (client, side, deals, force))| {
-                let known = messages::known_notes(*side, portal, recorded.pairs.values().flatten());
+                // A partner's pairs only: note ids of different accounts may be equal.
+                let known = match side {
+                    Side::Hubspot => {
+                        messages::known_notes(*side, portal, recorded.pairs.values().flatten())
+                    }
+                    Side::Partner => messages::known_notes(
+                        *side,
+                        portal,
+                        links
+                            .iter()
+                            .filter(|l| l.partner == *portal)
+                            .flat_map(|l| recorded.pairs.get(&l.id).into_iter().flatten()),
+                    ),
+                };
                 async move {
                     let deals = unique(deals.iter().cloned());
                     let r = match self.markings.of(client).await {
